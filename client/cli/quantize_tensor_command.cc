@@ -1,0 +1,127 @@
+#include "client/cli/quantize_tensor_command.h"
+
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "client/cli/common_flags.h"
+#include "client/cli/exit_codes.h"
+#include "client/cli/report.h"
+#include "client/cli/tensor_input.h"
+#include "client/io/npy.h"
+#include "client/io/safetensors_writer.h"
+#include "common/status_macros.h"
+#include "common/version.h"
+
+namespace nvfp4::cli {
+namespace {
+
+struct QuantizeTensorFlags {
+  std::string input;
+  std::string output;
+  std::optional<std::string> dtype;
+  std::optional<std::string> shape;
+  std::optional<std::string> importance;
+  std::optional<float> amax;
+  std::optional<float> global_scale;
+  std::optional<std::string> dequantized;
+  bool json = false;
+  EngineFlags engine;
+  QuantizeFlags quantize;
+};
+
+absl::Status WriteModelOptTensor(const std::string& path, const QuantizeOptions& options,
+                                 const QuantizedTensor& q) {
+  const std::vector<io::SafetensorsEntry> entries = {
+      {"weight", "U8", {q.rows, q.padded_cols / 2}, q.packed.data(), q.packed.size()},
+      {"weight_scale", "F8_E4M3", {q.rows, q.padded_cols / 16}, q.scales.data(), q.scales.size()},
+      {"weight_scale_2", "F32", {}, &q.global_scale, sizeof(float)},
+  };
+  const std::map<std::string, std::string> metadata = {
+      {"format", "nvfp4"},
+      {"producer", absl::StrCat("nvfp4-scalesweep ", kVersion)},
+      {"method", std::string(MethodName(options.method))},
+      {"objective", std::string(ObjectiveName(options.objective))},
+      {"scale_max", absl::StrCat(options.scale_max)},
+      {"cols", absl::StrCat(q.cols)},
+  };
+  return io::WriteSafetensors(path, entries, metadata);
+}
+
+absl::StatusOr<int> Run(const QuantizeTensorFlags& flags) {
+  ASSIGN_OR_RETURN(LoadedTensor tensor, LoadTensor(flags.input, flags.dtype, flags.shape));
+  LoadedImportance importance;
+  if (flags.importance.has_value()) {
+    ASSIGN_OR_RETURN(importance, LoadImportance(*flags.importance, tensor.rows, tensor.cols));
+  }
+  ASSIGN_OR_RETURN(QuantizeOptions options, flags.quantize.ToOptions());
+  options.amax = flags.amax;
+  options.global_scale = flags.global_scale;
+  options.want_dequantized = flags.dequantized.has_value();
+  ASSIGN_OR_RETURN(std::unique_ptr<cpu::CpuBackend> backend, flags.engine.MakeBackend());
+  ASSIGN_OR_RETURN(QuantizedTensor q, backend->Quantize(tensor.view(), importance.view(), options));
+  RETURN_IF_ERROR(WriteModelOptTensor(flags.output, options, q));
+  if (flags.dequantized.has_value()) {
+    RETURN_IF_ERROR(io::WriteNpy(*flags.dequantized, "<f4", {q.rows, q.cols}, q.dequantized.data(),
+                                 q.dequantized.size() * sizeof(float)));
+  }
+  if (flags.json) {
+    nlohmann::json j = QuantizationJson(options, q);
+    j["input"] = flags.input;
+    j["output"] = flags.output;
+    j["backend"] = std::string(backend->name());
+    j["threads"] = backend->threads();
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    const TensorMetrics& m = q.metrics;
+    std::printf("%s [%lld, %lld] -> %s\n", flags.input.c_str(), static_cast<long long>(q.rows),
+                static_cast<long long>(q.cols), flags.output.c_str());
+    std::printf("  method %s/%s, F = %d, global scale %.8g (amax %.6g)\n",
+                std::string(MethodName(options.method)).c_str(),
+                std::string(ObjectiveName(options.objective)).c_str(), options.scale_max,
+                q.global_scale, q.amax);
+    std::printf("  MSE %.6g  NMSE %.6g  SQNR %.2f dB  max |err| %.6g\n", m.mse, m.nmse, m.sqnr_db,
+                m.max_abs_error);
+    if (m.weighted) std::printf("  WMSE %.6g\n", m.wmse);
+    std::printf("  vs AbsMax: MSE %.6g, gain %.4f (%+.1f %%), %.2f candidates/block\n",
+                m.absmax_mse, m.gain, 100.0 * (m.gain - 1.0), m.candidates_per_block);
+    std::printf("  %.3f s, %selem/s on %s x%d\n", m.seconds,
+                HumanRate(m.elements_per_second).c_str(), std::string(backend->name()).c_str(),
+                backend->threads());
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+std::function<int()> AddQuantizeTensorCommand(CLI::App& app) {
+  auto flags = std::make_shared<QuantizeTensorFlags>();
+  CLI::App* cmd =
+      app.add_subcommand("quantize-tensor",
+                         "Quantise one 2-D tensor (.npy f32/f16, or raw with --dtype/--shape) to "
+                         "an NVFP4 safetensors file in ModelOpt layout");
+  cmd->add_option("--input", flags->input, "input tensor (.npy, or raw with --dtype/--shape)")
+      ->required();
+  cmd->add_option("--output", flags->output, "output .safetensors")->required();
+  cmd->add_option("--dtype", flags->dtype, "raw input dtype: bf16, f16, f32");
+  cmd->add_option("--shape", flags->shape, "raw input shape N,K");
+  cmd->add_option("--importance", flags->importance,
+                  "WMSE weights .npy, f32 [K] (per column) or [N, K] (per element)");
+  cmd->add_option("--amax", flags->amax, "fused group: use this amax for the global scale");
+  cmd->add_option("--global-scale", flags->global_scale, "fused group: use this global scale g");
+  cmd->add_option("--dequantized", flags->dequantized,
+                  "also write the fake-quant f32 tensor (.npy)");
+  cmd->add_flag("--json", flags->json, "print one JSON object instead of text");
+  flags->quantize.Register(cmd);
+  flags->engine.Register(cmd);
+  return [cmd, flags]() -> int {
+    if (!cmd->parsed()) return -1;
+    absl::StatusOr<int> code = Run(*flags);
+    return code.ok() ? *code : ReportError(code.status());
+  };
+}
+
+}  // namespace nvfp4::cli

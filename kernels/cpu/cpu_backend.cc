@@ -1,0 +1,224 @@
+#include "kernels/cpu/cpu_backend.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <new>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "kernels/cpu/row_kernel.h"
+#include "kernels/numerics/block_math.h"
+#include "kernels/numerics/global_scale.h"
+#include "kernels/numerics/scale_table.h"
+#include "kernels/validate.h"
+
+namespace nvfp4::cpu {
+namespace {
+
+struct IsaKernels {
+  RowKernelFn rows;
+  ConvertFn convert;
+  ScanFn scan;
+};
+
+IsaKernels KernelsFor(CpuIsa isa) {
+  switch (isa) {
+    case CpuIsa::kAvx512:
+      return {QuantizeRowsAvx512, ConvertToF32Avx512, ScanF32Avx512};
+    case CpuIsa::kAvx2:
+      return {QuantizeRowsAvx2, ConvertToF32Avx2, ScanF32Avx2};
+    default:
+      return {QuantizeRowsScalar, ConvertToF32Scalar, ScanF32Scalar};
+  }
+}
+
+// Work unit size: about 64k elements (256 KiB of fp32), so a chunk's buffers stay in L2.
+constexpr int64_t kChunkElements = int64_t{1} << 16;
+
+std::string DescribeElement(int64_t index, int64_t cols) {
+  return absl::StrCat("element ", index, " (row ", index / cols, ", column ", index % cols, ")");
+}
+
+std::string DescribeValue(float v) {
+  if (std::isnan(v)) return "NaN";
+  return v > 0 ? "+Inf" : "-Inf";
+}
+
+// Scratch buffers reused by each pool thread across chunks and calls.
+std::vector<float>& ThreadScratch(int which) {
+  thread_local std::vector<float> scratch[2];
+  return scratch[which];
+}
+
+}  // namespace
+
+CpuBackend::CpuBackend(int threads, CpuIsa isa)
+    : pool_(threads), isa_(isa), name_(absl::StrCat("cpu-", std::string(CpuIsaName(isa)))) {}
+
+absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(const CpuBackendOptions& options) {
+  if (options.threads < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("threads must be >= 0, got ", options.threads));
+  }
+  CpuIsa isa = options.isa == CpuIsa::kAuto ? BestCpuIsa() : options.isa;
+  if (!CpuSupports(isa)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("this CPU does not support the ", std::string(CpuIsaName(isa)), " kernels"));
+  }
+  int threads = options.threads;
+  if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  return std::unique_ptr<CpuBackend>(new CpuBackend(threads, isa));
+}
+
+absl::StatusOr<float> CpuBackend::ComputeAmax(const TensorView& input) {
+  const IsaKernels kernels = KernelsFor(isa_);
+  const int64_t n = input.elements();
+  const int64_t chunks = (n + kChunkElements - 1) / kChunkElements;
+  std::vector<ScanResult> results(static_cast<size_t>(chunks));
+  const size_t element_size = DTypeSize(input.dtype);
+  pool_.ParallelFor(chunks, [&](int64_t chunk) {
+    const int64_t begin = chunk * kChunkElements;
+    const int64_t count = std::min(kChunkElements, n - begin);
+    const void* src = static_cast<const uint8_t*>(input.data) + begin * element_size;
+    if (input.dtype == DType::kF32) {
+      results[chunk] = kernels.scan(static_cast<const float*>(src), count);
+    } else {
+      std::vector<float>& buffer = ThreadScratch(0);
+      buffer.resize(static_cast<size_t>(count));
+      kernels.convert(input.dtype, src, count, buffer.data());
+      results[chunk] = kernels.scan(buffer.data(), count);
+    }
+  });
+  float amax = 0.0f;
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+    if (results[chunk].non_finite > 0) {
+      const int64_t begin = chunk * kChunkElements;
+      const int64_t count = std::min(kChunkElements, n - begin);
+      std::vector<float> values(static_cast<size_t>(count));
+      ConvertToF32Scalar(input.dtype,
+                         static_cast<const uint8_t*>(input.data) + begin * element_size, count,
+                         values.data());
+      for (int64_t i = 0; i < count; ++i) {
+        if (!std::isfinite(values[i])) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("input ", DescribeElement(begin + i, input.cols), " is ",
+                           DescribeValue(values[i]), "; NVFP4 needs finite values"));
+        }
+      }
+    }
+    amax = std::max(amax, results[chunk].max_abs);
+  }
+  return amax;
+}
+
+absl::StatusOr<QuantizedTensor> CpuBackend::Quantize(const TensorView& input,
+                                                     const ImportanceView& importance,
+                                                     const QuantizeOptions& options) {
+  RETURN_IF_ERROR(ValidateQuantizeRequest(input, importance, options));
+  try {
+    return QuantizeUnchecked(input, importance, options);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("out of memory quantising a [", input.rows, ", ", input.cols, "] tensor"));
+  }
+}
+
+absl::StatusOr<QuantizedTensor> CpuBackend::QuantizeUnchecked(const TensorView& input,
+                                                              const ImportanceView& importance,
+                                                              const QuantizeOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  const IsaKernels kernels = KernelsFor(isa_);
+  ASSIGN_OR_RETURN(const float tensor_amax, ComputeAmax(input));
+
+  QuantizedTensor out;
+  out.rows = input.rows;
+  out.cols = input.cols;
+  out.padded_cols = PaddedCols(input.cols);
+  out.amax = options.amax.value_or(tensor_amax);
+  out.global_scale = options.global_scale.has_value()
+                         ? *options.global_scale
+                         : GlobalScaleFromAmax(out.amax, options.scale_max);
+  auto table = std::make_unique<ScaleTable>();
+  BuildScaleTable(out.global_scale, table.get());
+  const ScaleSearchParams params =
+      MakeScaleSearchParams(options.method, options.objective, out.global_scale);
+
+  for (int64_t i = 0; i < importance.size; ++i) {
+    const float w = importance.data[i];
+    if (!std::isfinite(w) || w < 0.0f) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("importance value ", i, " is ", w, "; weights must be finite and >= 0"));
+    }
+  }
+  std::vector<float> column_weights;
+  if (importance.layout == ImportanceLayout::kPerColumn) {
+    column_weights.assign(static_cast<size_t>(out.padded_cols), 0.0f);
+    std::copy(importance.data, importance.data + input.cols, column_weights.begin());
+  }
+
+  const int64_t pc = out.padded_cols;
+  out.packed.resize(static_cast<size_t>(input.rows * pc / 2));
+  out.scales.resize(static_cast<size_t>(input.rows * pc / kBlockSize));
+  if (options.want_dequantized) out.dequantized.resize(static_cast<size_t>(input.elements()));
+
+  const int64_t rows_per_chunk = std::max<int64_t>(1, kChunkElements / pc);
+  const int64_t chunks = (input.rows + rows_per_chunk - 1) / rows_per_chunk;
+  std::vector<ErrorAccumulator> sums(static_cast<size_t>(chunks));
+  const size_t element_size = DTypeSize(input.dtype);
+  const bool direct = input.dtype == DType::kF32 && pc == input.cols;
+  pool_.ParallelFor(chunks, [&](int64_t chunk) {
+    const int64_t r0 = chunk * rows_per_chunk;
+    const int64_t rows = std::min(rows_per_chunk, input.rows - r0);
+    RowKernelArgs args;
+    if (direct) {
+      args.x = static_cast<const float*>(input.data) + r0 * pc;
+    } else {
+      std::vector<float>& x = ThreadScratch(0);
+      x.assign(static_cast<size_t>(rows * pc), 0.0f);
+      for (int64_t r = 0; r < rows; ++r) {
+        const auto* src =
+            static_cast<const uint8_t*>(input.data) + (r0 + r) * input.cols * element_size;
+        kernels.convert(input.dtype, src, input.cols, x.data() + r * pc);
+      }
+      args.x = x.data();
+    }
+    if (importance.layout == ImportanceLayout::kPerColumn) {
+      args.weights = column_weights.data();
+    } else if (importance.layout == ImportanceLayout::kPerElement) {
+      args.weights_per_element = true;
+      if (pc == input.cols) {
+        args.weights = importance.data + r0 * pc;
+      } else {
+        std::vector<float>& w = ThreadScratch(1);
+        w.assign(static_cast<size_t>(rows * pc), 0.0f);
+        for (int64_t r = 0; r < rows; ++r) {
+          const float* src = importance.data + (r0 + r) * input.cols;
+          std::copy(src, src + input.cols, w.begin() + r * pc);
+        }
+        args.weights = w.data();
+      }
+    }
+    args.rows = rows;
+    args.cols = input.cols;
+    args.padded_cols = pc;
+    args.table = table.get();
+    args.params = params;
+    args.packed = out.packed.data() + r0 * (pc / 2);
+    args.scales = out.scales.data() + r0 * (pc / kBlockSize);
+    args.dequantized =
+        options.want_dequantized ? out.dequantized.data() + r0 * input.cols : nullptr;
+    args.sums = &sums[chunk];
+    kernels.rows(args);
+  });
+
+  ErrorAccumulator total;
+  for (const ErrorAccumulator& s : sums) total.Merge(s);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  out.metrics = FinalizeMetrics(total, input.elements(), importance.present(), seconds);
+  return out;
+}
+
+}  // namespace nvfp4::cpu

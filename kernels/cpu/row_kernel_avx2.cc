@@ -1,0 +1,275 @@
+// AVX2 + FMA + F16C row kernel: one block = two ymm registers (elements 0..7 and 8..15), so
+// the first level of the defined tree sum (i + i+8) is a plain vertical add. Same operations as
+// the scalar reference, hence the same bytes.
+#include <immintrin.h>
+
+#include "kernels/cpu/row_driver.h"
+#include "kernels/cpu/row_kernel.h"
+
+namespace nvfp4::cpu {
+namespace {
+
+inline float TreeSum(__m256 lo, __m256 hi) {
+  const __m256 s8 = _mm256_add_ps(lo, hi);
+  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
+}
+
+inline __m256 Abs(__m256 x) {
+  return _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF)));
+}
+
+inline float MaxLane(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+
+inline __m256 GridMagnitude(__m256 ax, const float* thresholds) {
+  __m256 q = _mm256_setzero_ps();
+  constexpr float kStep[7] = {0.5f, 0.5f, 0.5f, 0.5f, 1.0f, 1.0f, 2.0f};
+  for (int k = 0; k < 7; ++k) {
+    const __m256 passed = _mm256_cmp_ps(ax, _mm256_broadcast_ss(thresholds + k), _CMP_GE_OQ);
+    q = _mm256_add_ps(q, _mm256_and_ps(passed, _mm256_set1_ps(kStep[k])));
+  }
+  return q;
+}
+
+inline __m256i GridIndex(__m256 ax, const float* thresholds) {
+  __m256i index = _mm256_setzero_si256();
+  for (int k = 0; k < 7; ++k) {
+    const __m256 passed = _mm256_cmp_ps(ax, _mm256_broadcast_ss(thresholds + k), _CMP_GE_OQ);
+    index = _mm256_sub_epi32(index, _mm256_castps_si256(passed));  // mask lanes are -1
+  }
+  return index;
+}
+
+struct Avx2Block {
+  __m256 ax_lo, ax_hi, axp_lo, axp_hi, w_lo, w_hi;
+  bool weighted;
+  float m, p, inv_p, w_total;
+  const ScaleTable* table;
+
+  float max_abs() const { return m; }
+  float total_weight() const { return w_total; }
+  float wmse_lower_bound() const {
+    const __m256 sixteen = _mm256_set1_ps(16.0f), w112 = _mm256_set1_ps(112.0f);
+    const __m256 total = _mm256_set1_ps(w_total);
+    const __m256 r_lo =
+        _mm256_div_ps(_mm256_mul_ps(_mm256_mul_ps(w_lo, axp_lo), sixteen),
+                      _mm256_add_ps(_mm256_sub_ps(total, w_lo), _mm256_mul_ps(w112, w_lo)));
+    const __m256 r_hi =
+        _mm256_div_ps(_mm256_mul_ps(_mm256_mul_ps(w_hi, axp_hi), sixteen),
+                      _mm256_add_ps(_mm256_sub_ps(total, w_hi), _mm256_mul_ps(w112, w_hi)));
+    return MaxLane(_mm256_max_ps(r_lo, r_hi)) * inv_p;
+  }
+  float loss(int c) const {
+    const float* thresholds = table->threshold[c];
+    const __m256 scale_p = _mm256_set1_ps(table->effective_scale[c] * p);
+    const __m256 d_lo = _mm256_fnmadd_ps(GridMagnitude(ax_lo, thresholds), scale_p, axp_lo);
+    const __m256 d_hi = _mm256_fnmadd_ps(GridMagnitude(ax_hi, thresholds), scale_p, axp_hi);
+    __m256 t_lo = _mm256_mul_ps(d_lo, d_lo), t_hi = _mm256_mul_ps(d_hi, d_hi);
+    if (weighted) {
+      t_lo = _mm256_mul_ps(w_lo, t_lo);
+      t_hi = _mm256_mul_ps(w_hi, t_hi);
+    }
+    return TreeSum(t_lo, t_hi);
+  }
+};
+
+// MetricLanes in registers: [0] lanes 0..3, [1] 4..7, [2] 8..11, [3] 12..15.
+struct Avx2Lanes {
+  __m256d squared_error[4], weighted_squared_error[4], weight_sum[4], squared_signal[4],
+      absmax_squared_error[4];
+  __m256 max_abs_error[2];
+};
+
+inline void Widen(__m256 lo, __m256 hi, __m256d* out) {
+  out[0] = _mm256_cvtps_pd(_mm256_castps256_ps128(lo));
+  out[1] = _mm256_cvtps_pd(_mm256_extractf128_ps(lo, 1));
+  out[2] = _mm256_cvtps_pd(_mm256_castps256_ps128(hi));
+  out[3] = _mm256_cvtps_pd(_mm256_extractf128_ps(hi, 1));
+}
+
+inline void AddSquares(__m256 lo, __m256 hi, __m256d* sum) {
+  __m256d v[4];
+  Widen(lo, hi, v);
+  for (int k = 0; k < 4; ++k) sum[k] = _mm256_add_pd(sum[k], _mm256_mul_pd(v[k], v[k]));
+}
+
+struct Avx2Ops {
+  using Block = Avx2Block;
+  using Lanes = Avx2Lanes;
+  static void Prepare(const float* x, const float* w, const ScaleTable& table, Block* block) {
+    block->ax_lo = Abs(_mm256_loadu_ps(x));
+    block->ax_hi = Abs(_mm256_loadu_ps(x + 8));
+    block->m = MaxLane(_mm256_max_ps(block->ax_lo, block->ax_hi));
+    block->p = BlockNormalizer(block->m);
+    block->inv_p = BlockDenormalizer(block->m);
+    const __m256 p = _mm256_set1_ps(block->p);
+    block->axp_lo = _mm256_mul_ps(block->ax_lo, p);
+    block->axp_hi = _mm256_mul_ps(block->ax_hi, p);
+    block->weighted = w != nullptr;
+    block->w_lo = block->w_hi = _mm256_setzero_ps();
+    if (w) {
+      const __m256 zero = _mm256_setzero_ps();
+      const __m256 lo =
+          _mm256_and_ps(_mm256_loadu_ps(w), _mm256_cmp_ps(block->ax_lo, zero, _CMP_GT_OQ));
+      const __m256 hi =
+          _mm256_and_ps(_mm256_loadu_ps(w + 8), _mm256_cmp_ps(block->ax_hi, zero, _CMP_GT_OQ));
+      const __m256 w_scale = _mm256_set1_ps(BlockNormalizer(MaxLane(_mm256_max_ps(lo, hi))));
+      block->w_lo = _mm256_mul_ps(lo, w_scale);
+      block->w_hi = _mm256_mul_ps(hi, w_scale);
+    }
+    block->w_total = w ? TreeSum(block->w_lo, block->w_hi) : 0.0f;
+    block->table = &table;
+  }
+  static __m256i Nibbles(__m256 v, __m256i index) {
+    const __m256 negative = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ);
+    return _mm256_or_si256(index,
+                           _mm256_and_si256(_mm256_castps_si256(negative), _mm256_set1_epi32(8)));
+  }
+  // Folds 8 nibbles (one per int32 lane) into 4 bytes in lanes 0..3 (as int32).
+  static __m128i PairBytes(__m256i nibble) {
+    nibble = _mm256_sllv_epi32(nibble, _mm256_set_epi32(4, 0, 4, 0, 4, 0, 4, 0));
+    nibble = _mm256_or_si256(nibble, _mm256_srli_epi64(nibble, 32));
+    return _mm256_castsi256_si128(
+        _mm256_permutevar8x32_epi32(nibble, _mm256_set_epi32(7, 5, 3, 1, 6, 4, 2, 0)));
+  }
+  static __m256 GridValue(__m256i index) {
+    return _mm256_permutevar8x32_ps(_mm256_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f),
+                                    index);
+  }
+  static void Finalize(const float* x, const float* w, const ScaleTable& table, int code,
+                       int absmax_code, uint8_t* packed, Lanes* lanes) {
+    const float* thresholds = table.threshold[code];
+    const __m256 v_lo = _mm256_loadu_ps(x), v_hi = _mm256_loadu_ps(x + 8);
+    const __m256 ax_lo = Abs(v_lo), ax_hi = Abs(v_hi);
+    const __m256i index_lo = GridIndex(ax_lo, thresholds), index_hi = GridIndex(ax_hi, thresholds);
+    const __m128i words =
+        _mm_packus_epi32(PairBytes(Nibbles(v_lo, index_lo)), PairBytes(Nibbles(v_hi, index_hi)));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(packed), _mm_packus_epi16(words, words));
+
+    const __m256 s = _mm256_set1_ps(table.effective_scale[code]);
+    const __m256 d_lo = _mm256_sub_ps(ax_lo, _mm256_mul_ps(GridValue(index_lo), s));
+    const __m256 d_hi = _mm256_sub_ps(ax_hi, _mm256_mul_ps(GridValue(index_hi), s));
+    __m256d d[4], dd[4];
+    Widen(d_lo, d_hi, d);
+    for (int k = 0; k < 4; ++k) {
+      dd[k] = _mm256_mul_pd(d[k], d[k]);
+      lanes->squared_error[k] = _mm256_add_pd(lanes->squared_error[k], dd[k]);
+    }
+    if (w) {
+      __m256d wd[4];
+      Widen(_mm256_loadu_ps(w), _mm256_loadu_ps(w + 8), wd);
+      for (int k = 0; k < 4; ++k) {
+        lanes->weighted_squared_error[k] =
+            _mm256_add_pd(lanes->weighted_squared_error[k], _mm256_mul_pd(wd[k], dd[k]));
+        lanes->weight_sum[k] = _mm256_add_pd(lanes->weight_sum[k], wd[k]);
+      }
+    }
+    AddSquares(v_lo, v_hi, lanes->squared_signal);
+    if (code == absmax_code) {
+      for (int k = 0; k < 4; ++k) {
+        lanes->absmax_squared_error[k] = _mm256_add_pd(lanes->absmax_squared_error[k], dd[k]);
+      }
+    } else {
+      const float* t = table.threshold[absmax_code];
+      const __m256 sa = _mm256_set1_ps(table.effective_scale[absmax_code]);
+      AddSquares(_mm256_sub_ps(ax_lo, _mm256_mul_ps(GridMagnitude(ax_lo, t), sa)),
+                 _mm256_sub_ps(ax_hi, _mm256_mul_ps(GridMagnitude(ax_hi, t), sa)),
+                 lanes->absmax_squared_error);
+    }
+    lanes->max_abs_error[0] = _mm256_max_ps(lanes->max_abs_error[0], Abs(d_lo));
+    lanes->max_abs_error[1] = _mm256_max_ps(lanes->max_abs_error[1], Abs(d_hi));
+  }
+  static void Dequantize(const float* x, const ScaleTable& table, int code, float* out, int n) {
+    const float* thresholds = table.threshold[code];
+    const __m256 s = _mm256_set1_ps(table.effective_scale[code]);
+    alignas(32) float values[16];
+    for (int half = 0; half < 2; ++half) {
+      const __m256 v = _mm256_loadu_ps(x + 8 * half);
+      const __m256 y = _mm256_mul_ps(GridMagnitude(Abs(v), thresholds), s);
+      const __m256 negative = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ);
+      _mm256_store_ps(values + 8 * half,
+                      _mm256_xor_ps(y, _mm256_and_ps(negative, _mm256_set1_ps(-0.0f))));
+    }
+    for (int i = 0; i < n; ++i) out[i] = values[i];
+  }
+  static void Clear(Lanes* lanes) {
+    for (int k = 0; k < 4; ++k) {
+      lanes->squared_error[k] = lanes->weighted_squared_error[k] = lanes->weight_sum[k] =
+          lanes->squared_signal[k] = lanes->absmax_squared_error[k] = _mm256_setzero_pd();
+    }
+    lanes->max_abs_error[0] = lanes->max_abs_error[1] = _mm256_setzero_ps();
+  }
+  static MetricTotals Flush(const Lanes& lanes) {
+    MetricLanes out;
+    auto store = [](const __m256d* v, double* dst) {
+      for (int k = 0; k < 4; ++k) _mm256_storeu_pd(dst + 4 * k, v[k]);
+    };
+    store(lanes.squared_error, out.squared_error);
+    store(lanes.weighted_squared_error, out.weighted_squared_error);
+    store(lanes.weight_sum, out.weight_sum);
+    store(lanes.squared_signal, out.squared_signal);
+    store(lanes.absmax_squared_error, out.absmax_squared_error);
+    _mm256_storeu_ps(out.max_abs_error, lanes.max_abs_error[0]);
+    _mm256_storeu_ps(out.max_abs_error + 8, lanes.max_abs_error[1]);
+    return FlushMetricLanes(out);
+  }
+};
+
+}  // namespace
+
+void QuantizeRowsAvx2(const RowKernelArgs& args) { QuantizeRowsWith<Avx2Ops>(args); }
+
+void ConvertToF32Avx2(DType dtype, const void* src, int64_t n, float* dst) {
+  int64_t i = 0;
+  if (dtype == DType::kF32) {
+    const float* s = static_cast<const float*>(src);
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_loadu_ps(s + i));
+  } else if (dtype == DType::kBF16) {
+    const uint16_t* s = static_cast<const uint16_t*>(src);
+    for (; i + 8 <= n; i += 8) {
+      const __m256i wide =
+          _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i)));
+      _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16)));
+    }
+  } else {
+    const uint16_t* s = static_cast<const uint16_t*>(src);
+    for (; i + 8 <= n; i += 8) {
+      _mm256_storeu_ps(dst + i,
+                       _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i))));
+    }
+  }
+  if (i < n) {
+    const size_t offset = static_cast<size_t>(i) * DTypeSize(dtype);
+    ConvertToF32Scalar(dtype, static_cast<const uint8_t*>(src) + offset, n - i, dst + i);
+  }
+}
+
+ScanResult ScanF32Avx2(const float* x, int64_t n) {
+  __m256 max_abs = _mm256_setzero_ps();
+  __m256i non_finite = _mm256_setzero_si256();
+  const __m256 float_max = _mm256_set1_ps(3.4028234663852886e38f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 a = Abs(_mm256_loadu_ps(x + i));
+    const __m256 finite = _mm256_cmp_ps(a, float_max, _CMP_LE_OQ);
+    max_abs = _mm256_max_ps(max_abs, _mm256_and_ps(a, finite));
+    non_finite = _mm256_sub_epi32(
+        non_finite,
+        _mm256_castps_si256(_mm256_andnot_ps(finite, _mm256_castsi256_ps(_mm256_set1_epi32(-1)))));
+  }
+  ScanResult result = ScanF32Scalar(x + i, n - i);
+  const float vector_max = MaxLane(max_abs);
+  if (vector_max > result.max_abs) result.max_abs = vector_max;
+  alignas(32) int32_t counts[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(counts), non_finite);
+  for (int k = 0; k < 8; ++k) result.non_finite += counts[k];
+  return result;
+}
+
+}  // namespace nvfp4::cpu

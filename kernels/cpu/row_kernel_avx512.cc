@@ -1,0 +1,232 @@
+// AVX-512 row kernel (F, BW, VL, DQ): one block = one zmm register. A transliteration of the
+// shared block functions (block_math.h) with the same operations in the same order, so the
+// bytes and sums equal the scalar reference; tests/kernels/cpu_backend_test.cc checks that.
+#include <immintrin.h>
+
+#include "kernels/cpu/row_driver.h"
+#include "kernels/cpu/row_kernel.h"
+
+namespace nvfp4::cpu {
+namespace {
+
+inline float TreeSum(__m512 t) {
+  const __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(t), _mm512_extractf32x8_ps(t, 1));
+  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
+}
+
+inline __m512 Abs(__m512 x) {
+  return _mm512_castsi512_ps(
+      _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7FFFFFFF)));
+}
+
+// Grid magnitude q of each |x| lane under scale code c (threshold table).
+inline __m512 GridMagnitude(__m512 ax, const float* thresholds) {
+  __m512 q = _mm512_setzero_ps();
+  const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
+  const __m512 step[7] = {half, half, half, half, one, one, two};
+  for (int k = 0; k < 7; ++k) {
+    const __mmask16 passed = _mm512_cmp_ps_mask(ax, _mm512_set1_ps(thresholds[k]), _CMP_GE_OQ);
+    q = _mm512_mask_add_ps(q, passed, q, step[k]);
+  }
+  return q;
+}
+
+inline __m512i GridIndex(__m512 ax, const float* thresholds) {
+  __m512i index = _mm512_setzero_si512();
+  const __m512i one = _mm512_set1_epi32(1);
+  for (int k = 0; k < 7; ++k) {
+    const __mmask16 passed = _mm512_cmp_ps_mask(ax, _mm512_set1_ps(thresholds[k]), _CMP_GE_OQ);
+    index = _mm512_mask_add_epi32(index, passed, index, one);
+  }
+  return index;
+}
+
+struct Avx512Block {
+  __m512 ax, axp, w;
+  bool weighted;
+  float m, p, inv_p, w_total;
+  const ScaleTable* table;
+
+  float max_abs() const { return m; }
+  float total_weight() const { return w_total; }
+  float wmse_lower_bound() const {
+    const __m512 numerator = _mm512_mul_ps(_mm512_mul_ps(w, axp), _mm512_set1_ps(16.0f));
+    const __m512 denominator = _mm512_add_ps(_mm512_sub_ps(_mm512_set1_ps(w_total), w),
+                                             _mm512_mul_ps(_mm512_set1_ps(112.0f), w));
+    return _mm512_reduce_max_ps(_mm512_div_ps(numerator, denominator)) * inv_p;
+  }
+  float loss(int c) const {
+    const __m512 q = GridMagnitude(ax, table->threshold[c]);
+    const __m512 scale_p = _mm512_set1_ps(table->effective_scale[c] * p);
+    const __m512 d = _mm512_fnmadd_ps(q, scale_p, axp);
+    __m512 t = _mm512_mul_ps(d, d);
+    if (weighted) t = _mm512_mul_ps(w, t);
+    return TreeSum(t);
+  }
+};
+
+inline __m512 GridValue(__m512i index) {
+  const __m512 grid = _mm512_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, 0.0f, 0.5f,
+                                     1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f);
+  return _mm512_permutexvar_ps(index, grid);
+}
+
+// MetricLanes in registers: lanes 0..7 in [0], 8..15 in [1].
+struct Avx512Lanes {
+  __m512d squared_error[2], weighted_squared_error[2], weight_sum[2], squared_signal[2],
+      absmax_squared_error[2];
+  __m512 max_abs_error;
+};
+
+inline void AddSquares(__m512 d, __m512d* sum) {
+  const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(d));
+  const __m512d hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(d, 1));
+  sum[0] = _mm512_add_pd(sum[0], _mm512_mul_pd(lo, lo));
+  sum[1] = _mm512_add_pd(sum[1], _mm512_mul_pd(hi, hi));
+}
+
+struct Avx512Ops {
+  using Block = Avx512Block;
+  using Lanes = Avx512Lanes;
+  static void Prepare(const float* x, const float* w, const ScaleTable& table, Block* block) {
+    block->ax = Abs(_mm512_loadu_ps(x));
+    block->m = _mm512_reduce_max_ps(block->ax);
+    block->p = BlockNormalizer(block->m);
+    block->inv_p = BlockDenormalizer(block->m);
+    block->axp = _mm512_mul_ps(block->ax, _mm512_set1_ps(block->p));
+    block->weighted = w != nullptr;
+    block->w = _mm512_setzero_ps();
+    if (w) {
+      const __mmask16 nonzero = _mm512_cmp_ps_mask(block->ax, _mm512_setzero_ps(), _CMP_GT_OQ);
+      const __m512 raw = _mm512_maskz_loadu_ps(nonzero, w);
+      block->w = _mm512_mul_ps(raw, _mm512_set1_ps(BlockNormalizer(_mm512_reduce_max_ps(raw))));
+    }
+    block->w_total = w ? TreeSum(block->w) : 0.0f;
+    block->table = &table;
+  }
+  static void Finalize(const float* x, const float* w, const ScaleTable& table, int code,
+                       int absmax_code, uint8_t* packed, Lanes* lanes) {
+    const __m512 v = _mm512_loadu_ps(x);
+    const __m512 ax = Abs(v);
+    const __m512i index = GridIndex(ax, table.threshold[code]);
+    // Packing: sign bit 3, odd elements in the high nibble, each pair folded into one byte.
+    const __mmask16 negative = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
+    __m512i nibble = _mm512_mask_or_epi32(index, negative, index, _mm512_set1_epi32(8));
+    nibble =
+        _mm512_sllv_epi32(nibble, _mm512_set_epi32(4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0));
+    nibble = _mm512_or_si512(nibble, _mm512_srli_epi64(nibble, 32));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(packed), _mm512_cvtepi64_epi8(nibble));
+    // Metrics.
+    const __m512 d = _mm512_sub_ps(
+        ax, _mm512_mul_ps(GridValue(index), _mm512_set1_ps(table.effective_scale[code])));
+    const __m512d d_lo = _mm512_cvtps_pd(_mm512_castps512_ps256(d));
+    const __m512d d_hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(d, 1));
+    const __m512d dd_lo = _mm512_mul_pd(d_lo, d_lo), dd_hi = _mm512_mul_pd(d_hi, d_hi);
+    lanes->squared_error[0] = _mm512_add_pd(lanes->squared_error[0], dd_lo);
+    lanes->squared_error[1] = _mm512_add_pd(lanes->squared_error[1], dd_hi);
+    if (w) {
+      const __m512 wv = _mm512_loadu_ps(w);
+      const __m512d w_lo = _mm512_cvtps_pd(_mm512_castps512_ps256(wv));
+      const __m512d w_hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(wv, 1));
+      lanes->weighted_squared_error[0] =
+          _mm512_add_pd(lanes->weighted_squared_error[0], _mm512_mul_pd(w_lo, dd_lo));
+      lanes->weighted_squared_error[1] =
+          _mm512_add_pd(lanes->weighted_squared_error[1], _mm512_mul_pd(w_hi, dd_hi));
+      lanes->weight_sum[0] = _mm512_add_pd(lanes->weight_sum[0], w_lo);
+      lanes->weight_sum[1] = _mm512_add_pd(lanes->weight_sum[1], w_hi);
+    }
+    AddSquares(v, lanes->squared_signal);
+    if (code == absmax_code) {
+      lanes->absmax_squared_error[0] = _mm512_add_pd(lanes->absmax_squared_error[0], dd_lo);
+      lanes->absmax_squared_error[1] = _mm512_add_pd(lanes->absmax_squared_error[1], dd_hi);
+    } else {
+      const __m512 q = GridValue(GridIndex(ax, table.threshold[absmax_code]));
+      AddSquares(
+          _mm512_sub_ps(ax, _mm512_mul_ps(q, _mm512_set1_ps(table.effective_scale[absmax_code]))),
+          lanes->absmax_squared_error);
+    }
+    lanes->max_abs_error = _mm512_max_ps(lanes->max_abs_error, Abs(d));
+  }
+  static void Dequantize(const float* x, const ScaleTable& table, int code, float* out, int n) {
+    const __m512 v = _mm512_loadu_ps(x);
+    __m512 y = _mm512_mul_ps(GridMagnitude(Abs(v), table.threshold[code]),
+                             _mm512_set1_ps(table.effective_scale[code]));
+    const __mmask16 negative = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
+    y = _mm512_mask_xor_ps(y, negative, y, _mm512_set1_ps(-0.0f));
+    _mm512_mask_storeu_ps(out, static_cast<__mmask16>((1u << n) - 1u), y);
+  }
+  static void Clear(Lanes* lanes) {
+    for (int h = 0; h < 2; ++h) {
+      lanes->squared_error[h] = lanes->weighted_squared_error[h] = lanes->weight_sum[h] =
+          lanes->squared_signal[h] = lanes->absmax_squared_error[h] = _mm512_setzero_pd();
+    }
+    lanes->max_abs_error = _mm512_setzero_ps();
+  }
+  static MetricTotals Flush(const Lanes& lanes) {
+    MetricLanes out;
+    auto store = [](const __m512d* v, double* dst) {
+      _mm512_storeu_pd(dst, v[0]);
+      _mm512_storeu_pd(dst + 8, v[1]);
+    };
+    store(lanes.squared_error, out.squared_error);
+    store(lanes.weighted_squared_error, out.weighted_squared_error);
+    store(lanes.weight_sum, out.weight_sum);
+    store(lanes.squared_signal, out.squared_signal);
+    store(lanes.absmax_squared_error, out.absmax_squared_error);
+    _mm512_storeu_ps(out.max_abs_error, lanes.max_abs_error);
+    return FlushMetricLanes(out);
+  }
+};
+
+}  // namespace
+
+void QuantizeRowsAvx512(const RowKernelArgs& args) { QuantizeRowsWith<Avx512Ops>(args); }
+
+void ConvertToF32Avx512(DType dtype, const void* src, int64_t n, float* dst) {
+  int64_t i = 0;
+  if (dtype == DType::kF32) {
+    const float* s = static_cast<const float*>(src);
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, _mm512_loadu_ps(s + i));
+  } else if (dtype == DType::kBF16) {
+    const uint16_t* s = static_cast<const uint16_t*>(src);
+    for (; i + 16 <= n; i += 16) {
+      const __m512i wide =
+          _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i)));
+      _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16)));
+    }
+  } else {
+    const uint16_t* s = static_cast<const uint16_t*>(src);
+    for (; i + 16 <= n; i += 16) {
+      _mm512_storeu_ps(
+          dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i))));
+    }
+  }
+  const int64_t done = i;
+  if (done < n) {
+    const size_t offset = static_cast<size_t>(done) * DTypeSize(dtype);
+    ConvertToF32Scalar(dtype, static_cast<const uint8_t*>(src) + offset, n - done, dst + done);
+  }
+}
+
+ScanResult ScanF32Avx512(const float* x, int64_t n) {
+  __m512 max_abs = _mm512_setzero_ps();
+  __m512i non_finite = _mm512_setzero_si512();
+  const __m512 float_max = _mm512_set1_ps(3.4028234663852886e38f);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 a = Abs(_mm512_loadu_ps(x + i));
+    const __mmask16 finite = _mm512_cmp_ps_mask(a, float_max, _CMP_LE_OQ);
+    max_abs = _mm512_mask_max_ps(max_abs, finite, max_abs, a);
+    non_finite = _mm512_mask_add_epi32(non_finite, static_cast<__mmask16>(~finite), non_finite,
+                                       _mm512_set1_epi32(1));
+  }
+  ScanResult result = ScanF32Scalar(x + i, n - i);
+  const float vector_max = _mm512_reduce_max_ps(max_abs);
+  if (vector_max > result.max_abs) result.max_abs = vector_max;
+  result.non_finite += _mm512_reduce_add_epi32(non_finite);
+  return result;
+}
+
+}  // namespace nvfp4::cpu

@@ -1,0 +1,69 @@
+// Scalar row kernel: the reference, built from the shared __host__ __device__ block functions
+// only. Compiled for the baseline ISA.
+#include <cmath>
+
+#include "kernels/cpu/row_driver.h"
+#include "kernels/cpu/row_kernel.h"
+#include "kernels/numerics/half.h"
+
+namespace nvfp4::cpu {
+namespace {
+
+struct ScalarOps {
+  using Block = ScalarBlock;
+  using Lanes = MetricLanes;
+  static void Prepare(const float* x, const float* w, const ScaleTable& table, Block* block) {
+    PrepareScalarBlock(x, w, table, block);
+  }
+  static void Finalize(const float* x, const float* w, const ScaleTable& table, int code,
+                       int absmax_code, uint8_t* packed, Lanes* lanes) {
+    EncodeBlock(x, table, code, packed);
+    AccumulateBlockMetrics(x, w, table, code, absmax_code, lanes);
+  }
+  static void Dequantize(const float* x, const ScaleTable& table, int code, float* out, int n) {
+    for (int i = 0; i < n; ++i) {
+      out[i] = DequantizeNibble(EncodeElement(x[i], table, code), table.effective_scale[code]);
+    }
+  }
+  static void Clear(Lanes* lanes) { ClearMetricLanes(lanes); }
+  static MetricTotals Flush(const Lanes& lanes) { return FlushMetricLanes(lanes); }
+};
+
+}  // namespace
+
+void QuantizeRowsScalar(const RowKernelArgs& args) { QuantizeRowsWith<ScalarOps>(args); }
+
+void ConvertToF32Scalar(DType dtype, const void* src, int64_t n, float* dst) {
+  switch (dtype) {
+    case DType::kF32: {
+      const float* s = static_cast<const float*>(src);
+      for (int64_t i = 0; i < n; ++i) dst[i] = s[i];
+      break;
+    }
+    case DType::kBF16: {
+      const uint16_t* s = static_cast<const uint16_t*>(src);
+      for (int64_t i = 0; i < n; ++i) dst[i] = Bf16BitsToFloat(s[i]);
+      break;
+    }
+    case DType::kF16: {
+      const uint16_t* s = static_cast<const uint16_t*>(src);
+      for (int64_t i = 0; i < n; ++i) dst[i] = HalfBitsToFloat(s[i]);
+      break;
+    }
+  }
+}
+
+ScanResult ScanF32Scalar(const float* x, int64_t n) {
+  ScanResult result;
+  for (int64_t i = 0; i < n; ++i) {
+    const float a = std::fabs(x[i]);
+    if (!(a <= 3.4028234663852886e38f)) {
+      ++result.non_finite;
+    } else if (a > result.max_abs) {
+      result.max_abs = a;
+    }
+  }
+  return result;
+}
+
+}  // namespace nvfp4::cpu

@@ -1,0 +1,49 @@
+// FP4 E2M1 codec. A nibble is `s e e m`: bit 3 is the sign, bits 2..0 index the magnitude
+// grid {0, 0.5, 1, 1.5, 2, 3, 4, 6}. Encoding rounds to nearest, ties to even
+// (0.25->0, 0.75->1, 1.25->1, 1.75->2, 2.5->2, 3.5->4, 5->4) and saturates at 6; the sign bit
+// is (y < 0), so -0.0 encodes as 0x0 and small negatives as 0x8 (ModelOpt's convention).
+// Pure, thread-safe.
+#ifndef NVFP4_KERNELS_NUMERICS_E2M1_H_
+#define NVFP4_KERNELS_NUMERICS_E2M1_H_
+
+#include <cstdint>
+
+#include "kernels/numerics/hd.h"
+
+namespace nvfp4 {
+
+inline constexpr float kE2M1Max = 6.0f;
+inline constexpr int kE2M1Levels = 8;
+
+// Magnitude of grid index i.
+NVFP4_HD float E2M1Magnitude(uint32_t index) {
+  constexpr float kGrid[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+  return kGrid[index & 7u];
+}
+
+// Rounding boundaries between grid index k and k+1, and whether the boundary value itself
+// rounds up (ties to even: the even neighbour wins).
+inline constexpr float kE2M1Boundary[7] = {0.25f, 0.75f, 1.25f, 1.75f, 2.5f, 3.5f, 5.0f};
+NVFP4_HD bool E2M1BoundaryRoundsUp(int k) { return (k & 1) != 0; }
+
+// Grid index (0..7) for a magnitude a >= 0: the number of boundaries that a passes.
+NVFP4_HD uint32_t E2M1MagnitudeIndex(float a) {
+  return static_cast<uint32_t>(a > 0.25f) + static_cast<uint32_t>(a >= 0.75f) +
+         static_cast<uint32_t>(a > 1.25f) + static_cast<uint32_t>(a >= 1.75f) +
+         static_cast<uint32_t>(a > 2.5f) + static_cast<uint32_t>(a >= 3.5f) +
+         static_cast<uint32_t>(a > 5.0f);
+}
+
+NVFP4_HD uint8_t EncodeE2M1(float y) {
+  const float a = y < 0.0f ? -y : y;
+  return static_cast<uint8_t>(E2M1MagnitudeIndex(a) | (y < 0.0f ? 8u : 0u));
+}
+
+NVFP4_HD float DecodeE2M1(uint8_t nibble) {
+  const float magnitude = E2M1Magnitude(nibble & 7u);
+  return (nibble & 8u) ? -magnitude : magnitude;
+}
+
+}  // namespace nvfp4
+
+#endif  // NVFP4_KERNELS_NUMERICS_E2M1_H_

@@ -1,0 +1,27 @@
+// What to do with a tensor: method, objective, F, fused-group scale, outputs.
+#ifndef NVFP4_KERNELS_QUANTIZE_OPTIONS_H_
+#define NVFP4_KERNELS_QUANTIZE_OPTIONS_H_
+
+#include <optional>
+
+#include "kernels/numerics/method.h"
+
+namespace nvfp4 {
+
+struct QuantizeOptions {
+  Method method = Method::kScaleSweep;
+  Objective objective = Objective::kMse;
+  // F in g = amax / (6 F): 448 (ModelOpt default, bit-exact AbsMax export) or 256 (default:
+  // head-room for the sweep, scalesweep-theory.md section 4).
+  int scale_max = 256;
+  // Fused groups (q/k/v, gate/up, ...) must share g: pass the group's amax, or g itself.
+  // global_scale wins when both are set. Values must be finite; amax >= 0, g >= 2^-117.
+  std::optional<float> amax;
+  std::optional<float> global_scale;
+  // Also produce the dequantised (fake-quant) tensor, f32 [rows, cols].
+  bool want_dequantized = false;
+};
+
+}  // namespace nvfp4
+
+#endif  // NVFP4_KERNELS_QUANTIZE_OPTIONS_H_

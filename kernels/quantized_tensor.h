@@ -1,0 +1,32 @@
+// The result of quantising one 2-D tensor to NVFP4, in the on-disk layout of a ModelOpt export
+// (nvfp4-formats.md section 7): packed values [rows, padded_cols / 2] (element 2j in the low
+// nibble of byte j), E4M3 block scales [rows, padded_cols / 16], row-major, unswizzled, and the
+// fp32 global scale g (ModelOpt's weight_scale_2). padded_cols = cols rounded up to 16; the
+// padding is zeros. Owns its buffers.
+#ifndef NVFP4_KERNELS_QUANTIZED_TENSOR_H_
+#define NVFP4_KERNELS_QUANTIZED_TENSOR_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "kernels/metrics.h"
+
+namespace nvfp4 {
+
+constexpr int64_t PaddedCols(int64_t cols) { return (cols + 15) / 16 * 16; }
+
+struct QuantizedTensor {
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int64_t padded_cols = 0;
+  float amax = 0;          // amax the global scale was derived from (the group's when fused)
+  float global_scale = 1;  // g
+  std::vector<uint8_t> packed;
+  std::vector<uint8_t> scales;
+  std::vector<float> dequantized;  // [rows, cols] when requested, else empty
+  TensorMetrics metrics;
+};
+
+}  // namespace nvfp4
+
+#endif  // NVFP4_KERNELS_QUANTIZED_TENSOR_H_

@@ -1,0 +1,20 @@
+// Request validation shared by all backends (and, later, the gRPC edge): shapes, importance
+// layout and length, options. Value checks (NaN/Inf) happen in the backends' first pass.
+#ifndef NVFP4_KERNELS_VALIDATE_H_
+#define NVFP4_KERNELS_VALIDATE_H_
+
+#include "absl/status/status.h"
+#include "kernels/quantize_options.h"
+#include "kernels/tensor.h"
+
+namespace nvfp4 {
+
+// Largest accepted dimension product: 2^40 elements.
+inline constexpr int64_t kMaxElements = int64_t{1} << 40;
+
+absl::Status ValidateQuantizeRequest(const TensorView& input, const ImportanceView& importance,
+                                     const QuantizeOptions& options);
+
+}  // namespace nvfp4
+
+#endif  // NVFP4_KERNELS_VALIDATE_H_

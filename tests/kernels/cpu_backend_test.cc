@@ -1,0 +1,264 @@
+// CPU engine tests: byte identity of every ISA path and thread count with the scalar
+// reference, dtype handling, padding, fused-group scales, dequantisation, and clear errors for
+// bad inputs.
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/dequantize.h"
+#include "kernels/numerics/half.h"
+#include "tests/kernels/distributions.h"
+
+namespace nvfp4 {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::unique_ptr<cpu::CpuBackend> MakeBackend(cpu::CpuIsa isa, int threads) {
+  auto backend = cpu::CpuBackend::Create({threads, isa});
+  EXPECT_TRUE(backend.ok()) << backend.status();
+  return backend.ok() ? std::move(*backend) : nullptr;
+}
+
+std::vector<cpu::CpuIsa> SupportedIsas() {
+  std::vector<cpu::CpuIsa> isas;
+  for (auto isa : {cpu::CpuIsa::kScalar, cpu::CpuIsa::kAvx2, cpu::CpuIsa::kAvx512}) {
+    if (cpu::CpuSupports(isa)) {
+      isas.push_back(isa);
+    } else {
+      std::printf("[ SKIPPED  ] ISA %s: not supported by this CPU\n",
+                  std::string(cpu::CpuIsaName(isa)).c_str());
+    }
+  }
+  return isas;
+}
+
+uint32_t Bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+void ExpectIdentical(const QuantizedTensor& a, const QuantizedTensor& b, const std::string& what) {
+  EXPECT_EQ(Bits(a.global_scale), Bits(b.global_scale)) << what;
+  EXPECT_TRUE(a.packed == b.packed) << what << ": packed values differ";
+  EXPECT_TRUE(a.scales == b.scales) << what << ": scales differ";
+  ASSERT_EQ(a.dequantized.size(), b.dequantized.size()) << what;
+  EXPECT_EQ(0, std::memcmp(a.dequantized.data(), b.dequantized.data(),
+                           a.dequantized.size() * sizeof(float)))
+      << what << ": dequantized values differ";
+  // Sums are accumulated per block in the defined tree order and merged per chunk, so the
+  // metrics are identical too.
+  EXPECT_EQ(a.metrics.mse, b.metrics.mse) << what;
+  EXPECT_EQ(a.metrics.wmse, b.metrics.wmse) << what;
+  EXPECT_EQ(a.metrics.absmax_mse, b.metrics.absmax_mse) << what;
+  EXPECT_EQ(a.metrics.max_abs_error, b.metrics.max_abs_error) << what;
+  EXPECT_EQ(a.metrics.candidates_per_block, b.metrics.candidates_per_block) << what;
+}
+
+struct Case {
+  Method method;
+  Objective objective;
+  ImportanceLayout layout;
+  DType dtype;
+  int64_t rows, cols;
+  int scale_max;
+};
+
+std::vector<uint16_t> ToBits(const std::vector<float>& x, DType dtype) {
+  std::vector<uint16_t> out(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (dtype == DType::kBF16) {
+      out[i] = FloatToBf16Bits(x[i]);
+    } else {  // f16 via exact round trip of small integers scaled by 2^-10
+      const float v = std::nearbyint(x[i] * 1024.0f);
+      const float clamped = std::fmax(-2000.0f, std::fmin(2000.0f, v));
+      // Build the half from an fp32 that is exactly representable in binary16.
+      const int sign = clamped < 0;
+      float a = std::fabs(clamped) / 1024.0f;
+      uint16_t h = 0;
+      if (a != 0) {
+        int e;
+        const float m = std::frexp(a, &e);  // a = m * 2^e, m in [0.5, 1)
+        const int exponent = e - 1 + 15;
+        const uint16_t mantissa = static_cast<uint16_t>(std::ldexp(m * 2 - 1, 10));
+        h = static_cast<uint16_t>((exponent << 10) | mantissa);
+      }
+      out[i] = static_cast<uint16_t>(h | (sign << 15));
+    }
+  }
+  return out;
+}
+
+TEST(CpuBackend, EveryIsaAndThreadCountGivesTheSameBytes) {
+  const std::vector<Case> cases = {
+      {Method::kAbsMax, Objective::kMse, ImportanceLayout::kNone, DType::kF32, 67, 512, 448},
+      {Method::kFourOverSix, Objective::kMse, ImportanceLayout::kNone, DType::kBF16, 33, 200, 256},
+      {Method::kScaleSweep, Objective::kMse, ImportanceLayout::kNone, DType::kF32, 300, 1024, 256},
+      {Method::kScaleSweep, Objective::kMse, ImportanceLayout::kNone, DType::kF16, 21, 37, 448},
+      {Method::kScaleSweep, Objective::kWmse, ImportanceLayout::kPerColumn, DType::kBF16, 90, 784,
+       256},
+      {Method::kScaleSweep, Objective::kWmse, ImportanceLayout::kPerElement, DType::kF32, 40, 100,
+       448},
+      {Method::kExhaustive, Objective::kWmse, ImportanceLayout::kPerElement, DType::kF32, 7, 64,
+       256},
+      {Method::kScaleSweep, Objective::kMse, ImportanceLayout::kPerColumn, DType::kF32, 5, 1, 256},
+  };
+  const auto isas = SupportedIsas();
+  uint64_t seed = 11;
+  for (const Case& c : cases) {
+    std::vector<float> x =
+        testing::Sample(testing::Distribution::kStudentT3, c.rows * c.cols, seed++);
+    for (size_t i = 0; i < x.size(); i += 97) x[i] = 0.0f;  // sprinkle exact zeros
+    const int64_t weight_count = c.layout == ImportanceLayout::kPerColumn    ? c.cols
+                                 : c.layout == ImportanceLayout::kPerElement ? c.rows * c.cols
+                                                                             : 0;
+    std::vector<float> w = testing::LognormalWeights(weight_count, 2.0, seed++);
+    for (size_t i = 0; i < w.size(); i += 13) w[i] = 0.0f;
+    std::vector<uint16_t> half_bits;
+    const void* data = x.data();
+    if (c.dtype != DType::kF32) {
+      half_bits = ToBits(x, c.dtype);
+      data = half_bits.data();
+    }
+    QuantizeOptions options;
+    options.method = c.method;
+    options.objective = c.objective;
+    options.scale_max = c.scale_max;
+    options.want_dequantized = true;
+    const TensorView input{c.dtype, c.rows, c.cols, data};
+    const ImportanceView importance{c.layout, w.empty() ? nullptr : w.data(), weight_count};
+    auto reference = MakeBackend(cpu::CpuIsa::kScalar, 1)->Quantize(input, importance, options);
+    ASSERT_TRUE(reference.ok()) << reference.status();
+    EXPECT_EQ(reference->padded_cols, (c.cols + 15) / 16 * 16);
+    // The fake-quant output equals an independent decode of the packed bytes.
+    const std::vector<float> decoded = DequantizeToF32(*reference);
+    EXPECT_EQ(0, std::memcmp(decoded.data(), reference->dequantized.data(),
+                             decoded.size() * sizeof(float)));
+    for (cpu::CpuIsa isa : isas) {
+      for (int threads : {1, 2, 3}) {
+        auto result = MakeBackend(isa, threads)->Quantize(input, importance, options);
+        ASSERT_TRUE(result.ok()) << result.status();
+        ExpectIdentical(*reference, *result,
+                        std::string(MethodName(c.method)) + "/" +
+                            std::string(ObjectiveName(c.objective)) + " " +
+                            std::string(cpu::CpuIsaName(isa)) + " x" + std::to_string(threads));
+      }
+    }
+  }
+}
+
+TEST(CpuBackend, PaddingIsZerosAndMatchesAnExplicitlyPaddedTensor) {
+  const int64_t rows = 9, cols = 23;
+  std::vector<float> x = testing::Sample(testing::Distribution::kGaussian, rows * cols, 3);
+  std::vector<float> padded(rows * 32, 0.0f);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) padded[r * 32 + c] = x[r * cols + c];
+  }
+  auto backend = MakeBackend(cpu::CpuIsa::kAuto, 2);
+  QuantizeOptions options;
+  options.amax = 4.0f;  // same g for both
+  auto a = backend->Quantize({DType::kF32, rows, cols, x.data()}, {}, options);
+  auto b = backend->Quantize({DType::kF32, rows, 32, padded.data()}, {}, options);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->packed, b->packed);
+  EXPECT_EQ(a->scales, b->scales);
+  EXPECT_EQ(a->packed.size(), static_cast<size_t>(rows * 16));
+  EXPECT_EQ(a->metrics.elements, rows * cols);
+}
+
+TEST(CpuBackend, FusedGroupScaleOverridesTheTensorAmax) {
+  std::vector<float> x = testing::Sample(testing::Distribution::kGaussian, 4 * 64, 8);
+  auto backend = MakeBackend(cpu::CpuIsa::kAuto, 1);
+  QuantizeOptions options;
+  options.scale_max = 448;
+  options.amax = 100.0f;
+  auto by_amax = backend->Quantize({DType::kF32, 4, 64, x.data()}, {}, options);
+  ASSERT_TRUE(by_amax.ok());
+  EXPECT_EQ(by_amax->global_scale, 100.0f / 2688.0f);
+  EXPECT_EQ(by_amax->amax, 100.0f);
+  options.global_scale = 0.5f;
+  auto by_g = backend->Quantize({DType::kF32, 4, 64, x.data()}, {}, options);
+  ASSERT_TRUE(by_g.ok());
+  EXPECT_EQ(by_g->global_scale, 0.5f);
+}
+
+TEST(CpuBackend, AllZeroTensor) {
+  std::vector<float> x(3 * 48, 0.0f);
+  auto backend = MakeBackend(cpu::CpuIsa::kAuto, 1);
+  for (Method m :
+       {Method::kAbsMax, Method::kFourOverSix, Method::kExhaustive, Method::kScaleSweep}) {
+    QuantizeOptions options;
+    options.method = m;
+    auto q = backend->Quantize({DType::kF32, 3, 48, x.data()}, {}, options);
+    ASSERT_TRUE(q.ok());
+    EXPECT_EQ(q->global_scale, 1.0f);
+    for (uint8_t s : q->scales) EXPECT_EQ(s, 0x38);
+    for (uint8_t p : q->packed) EXPECT_EQ(p, 0);
+    EXPECT_EQ(q->metrics.mse, 0.0);
+    EXPECT_EQ(q->metrics.gain, 1.0);
+  }
+}
+
+TEST(CpuBackend, RejectsNonFiniteInputsNamingTheFirstBadElement) {
+  auto backend = MakeBackend(cpu::CpuIsa::kAuto, 2);
+  std::vector<float> x(10 * 300, 1.0f);
+  x[2 * 300 + 17] = std::numeric_limits<float>::infinity();
+  x[5 * 300 + 1] = std::nanf("");
+  auto q = backend->Quantize({DType::kF32, 10, 300, x.data()}, {}, {});
+  ASSERT_FALSE(q.ok());
+  EXPECT_EQ(q.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(q.status().message()), HasSubstr("element 617 (row 2, column 17)"));
+  EXPECT_THAT(std::string(q.status().message()), HasSubstr("+Inf"));
+
+  std::vector<uint16_t> bf16(64, 0x3F80);
+  bf16[40] = 0x7FC0;  // NaN
+  q = backend->Quantize({DType::kBF16, 2, 32, bf16.data()}, {}, {});
+  ASSERT_FALSE(q.ok());
+  EXPECT_THAT(std::string(q.status().message()), HasSubstr("element 40 (row 1, column 8) is NaN"));
+}
+
+TEST(CpuBackend, RejectsBadRequestsWithClearMessages) {
+  auto backend = MakeBackend(cpu::CpuIsa::kAuto, 1);
+  std::vector<float> x(4 * 32, 1.0f);
+  std::vector<float> w(31, 1.0f);
+  const TensorView input{DType::kF32, 4, 32, x.data()};
+  auto message = [&](const TensorView& in, const ImportanceView& imp, const QuantizeOptions& o) {
+    auto q = backend->Quantize(in, imp, o);
+    EXPECT_FALSE(q.ok());
+    EXPECT_EQ(q.status().code(), absl::StatusCode::kInvalidArgument);
+    return std::string(q.status().message());
+  };
+  EXPECT_THAT(message({DType::kF32, 0, 32, x.data()}, {}, {}), HasSubstr("shape"));
+  EXPECT_THAT(message({DType::kF32, 4, 32, nullptr}, {}, {}), HasSubstr("null"));
+  EXPECT_THAT(message(input, {ImportanceLayout::kPerColumn, w.data(), 31}, {}),
+              HasSubstr("31 values but the tensor has 32 columns"));
+  EXPECT_THAT(message(input, {ImportanceLayout::kPerElement, w.data(), 31}, {}),
+              HasSubstr("128 elements"));
+  QuantizeOptions wmse;
+  wmse.objective = Objective::kWmse;
+  EXPECT_THAT(message(input, {}, wmse), HasSubstr("needs importance"));
+  QuantizeOptions bad_f;
+  bad_f.scale_max = 300;
+  EXPECT_THAT(message(input, {}, bad_f), HasSubstr("448 or 256"));
+  QuantizeOptions bad_g;
+  bad_g.global_scale = 0.0f;
+  EXPECT_THAT(message(input, {}, bad_g), HasSubstr("global_scale"));
+  QuantizeOptions bad_amax;
+  bad_amax.amax = -1.0f;
+  EXPECT_THAT(message(input, {}, bad_amax), HasSubstr("amax"));
+  std::vector<float> negative(32, 1.0f);
+  negative[3] = -2.0f;
+  EXPECT_THAT(message(input, {ImportanceLayout::kPerColumn, negative.data(), 32}, wmse),
+              HasSubstr("importance value 3"));
+  EXPECT_FALSE(cpu::CpuBackend::Create({-1, cpu::CpuIsa::kAuto}).ok());
+}
+
+}  // namespace
+}  // namespace nvfp4

@@ -1,0 +1,61 @@
+"""Shared fixtures: paths to the built binaries and the codec shim, set by CTest."""
+import ctypes
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+
+def _bin_dir() -> pathlib.Path:
+    path = os.environ.get("NVFP4_BIN")
+    if not path:
+        pytest.exit("NVFP4_BIN is not set: run these tests through ctest (make test)", 2)
+    return pathlib.Path(path)
+
+
+@pytest.fixture(scope="session")
+def nvfp4q() -> str:
+    return str(_bin_dir() / "nvfp4q")
+
+
+@pytest.fixture(scope="session")
+def codec():
+    lib = ctypes.CDLL(os.environ["NVFP4_SHIM"])
+    f32p = np.ctypeslib.ndpointer(np.float32, flags="C_CONTIGUOUS")
+    u8p = np.ctypeslib.ndpointer(np.uint8, flags="C_CONTIGUOUS")
+    for name, args in {
+        "nvfp4_encode_e4m3_rne": (f32p, u8p),
+        "nvfp4_encode_scale_e4m3": (f32p, u8p),
+        "nvfp4_decode_e4m3": (u8p, f32p),
+        "nvfp4_encode_e2m1": (f32p, u8p),
+        "nvfp4_decode_e2m1": (u8p, f32p),
+    }.items():
+        fn = getattr(lib, name)
+        fn.argtypes = [*args, ctypes.c_int64]
+        fn.restype = None
+
+    class Codec:
+        @staticmethod
+        def _map(fn, x, out_dtype):
+            x = np.ascontiguousarray(x)
+            out = np.empty(x.shape, dtype=out_dtype)
+            fn(x.ravel(), out.ravel(), x.size)
+            return out
+
+        def encode_e4m3_rne(self, x):
+            return self._map(lib.nvfp4_encode_e4m3_rne, x.astype(np.float32), np.uint8)
+
+        def encode_scale_e4m3(self, x):
+            return self._map(lib.nvfp4_encode_scale_e4m3, x.astype(np.float32), np.uint8)
+
+        def decode_e4m3(self, b):
+            return self._map(lib.nvfp4_decode_e4m3, b.astype(np.uint8), np.float32)
+
+        def encode_e2m1(self, x):
+            return self._map(lib.nvfp4_encode_e2m1, x.astype(np.float32), np.uint8)
+
+        def decode_e2m1(self, b):
+            return self._map(lib.nvfp4_decode_e2m1, b.astype(np.uint8), np.float32)
+
+    return Codec()

@@ -1,0 +1,170 @@
+"""nvfp4q end to end: its safetensors output read by the `safetensors` package, AbsMax with
+F = 448 against an independent numpy implementation of ModelOpt's export math
+(nvfp4-formats.md sections 1.2 and 7), the fake-quant output against a numpy decoder, and the
+stable JSON fields and exit codes."""
+import json
+import subprocess
+
+import ml_dtypes
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+# safetensors' numpy loader looks the fp8 dtype up on numpy itself.
+np.float8_e4m3fn = ml_dtypes.float8_e4m3fn
+
+E2M1_VALUES = np.array([0, .5, 1, 1.5, 2, 3, 4, 6, -0., -.5, -1, -1.5, -2, -3, -4, -6], np.float32)
+RNG = np.random.default_rng(7)
+
+
+def modelopt_export(w: np.ndarray):
+    """ModelOpt's NVFP4 weight export, written from its documented math in numpy/ml_dtypes."""
+    w = w.astype(np.float32)
+    n, k = w.shape
+    amax = np.float32(np.abs(w).max())
+    s2 = np.float32(amax / np.float32(2688.0))
+    blocks = w.reshape(n, k // 16, 16)
+    block_amax = np.abs(blocks).max(axis=-1)
+    bs = (block_amax / (np.float32(6.0) * s2)).astype(np.float32)
+    bs[bs == 0] = np.float32(1.0)
+    bs_fp8 = np.clip(bs, 2.0 ** -9, 448.0).astype(ml_dtypes.float8_e4m3fn)
+    eff = (bs_fp8.astype(np.float32) * s2).astype(np.float32)
+    y = (blocks / eff[..., None]).astype(np.float32)
+    ay = np.abs(y)
+    ordinal = np.searchsorted(np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0], np.float32), ay,
+                              side="left")
+    ordinal = ordinal + np.isin(ay, np.array([0.75, 1.75, 3.5], np.float32))
+    codes = (ordinal | ((y < 0).astype(np.int64) << 3)).astype(np.uint8).reshape(n, k)
+    packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
+    return packed, bs_fp8.view(np.uint8), s2
+
+
+def decode(packed, scales_u8, s2, k):
+    codes = np.stack([packed & 0xF, packed >> 4], axis=-1).reshape(packed.shape[0], -1)[:, :k]
+    scale = scales_u8.view(ml_dtypes.float8_e4m3fn).astype(np.float32)
+    eff = (scale * np.float32(s2)).astype(np.float32)
+    eff = np.repeat(eff, 16, axis=1)[:, :k]
+    return (E2M1_VALUES[codes] * eff).astype(np.float32)
+
+
+def run(nvfp4q, *args, check=True):
+    result = subprocess.run([nvfp4q, *map(str, args)], capture_output=True, text=True)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.mark.parametrize("shape,dist,dtype", [
+    ((64, 256), "normal", "f32"),
+    ((33, 1024), "t3", "f32"),
+    ((128, 64), "normal", "f16"),
+    ((16, 4096), "outlier", "bf16"),
+])
+def test_absmax_448_is_bit_exact_with_modelopt(nvfp4q, tmp_path, shape, dist, dtype):
+    n, k = shape
+    if dist == "normal":
+        w = RNG.normal(0, 0.02, shape)
+    elif dist == "t3":
+        w = RNG.standard_t(3, shape) * 0.01
+    else:
+        w = RNG.normal(0, 1, shape)
+        w[:, ::97] *= 30
+    w = w.astype(np.float32)
+    if dtype == "f16":
+        w = w.astype(np.float16)
+        src = tmp_path / "w.npy"
+        np.save(src, w)
+        extra = []
+    elif dtype == "bf16":
+        w = w.astype(ml_dtypes.bfloat16)
+        src = tmp_path / "w.bf16"
+        w.tofile(src)
+        extra = ["--dtype", "bf16", "--shape", f"{n},{k}"]
+    else:
+        src = tmp_path / "w.npy"
+        np.save(src, w)
+        extra = []
+    out = tmp_path / "w.safetensors"
+    deq = tmp_path / "deq.npy"
+    result = run(nvfp4q, "quantize-tensor", "--input", src, "--output", out, "--method", "absmax",
+                 "--scale-max", 448, "--dequantized", deq, "--json", *extra)
+    report = json.loads(result.stdout)
+    tensors = load_file(str(out))
+    assert set(tensors) == {"weight", "weight_scale", "weight_scale_2"}
+    assert tensors["weight"].dtype == np.uint8 and tensors["weight"].shape == (n, k // 2)
+    assert tensors["weight_scale"].shape == (n, k // 16)
+    assert tensors["weight_scale_2"].shape == () and tensors["weight_scale_2"].dtype == np.float32
+
+    packed, scales, s2 = modelopt_export(w.astype(np.float32))
+    assert np.array_equal(tensors["weight"], packed)
+    assert np.array_equal(tensors["weight_scale"].view(np.uint8), scales)
+    assert tensors["weight_scale_2"].view(np.uint32) == np.float32(s2).view(np.uint32)
+
+    ours = np.load(deq)
+    ref = decode(packed, scales, s2, k)
+    assert np.array_equal(ours.view(np.uint32), ref.view(np.uint32))
+    err = (w.astype(np.float64) - ref) ** 2
+    assert report["mse"] == pytest.approx(err.mean(), rel=1e-9)
+    assert report["gain"] == 1.0 and report["method"] == "absmax"
+
+
+def test_scalesweep_output_decodes_and_beats_absmax(nvfp4q, tmp_path):
+    w = RNG.normal(0, 1, (48, 200)).astype(np.float32)  # K % 16 != 0: zero-padded to 208
+    src = tmp_path / "w.npy"
+    np.save(src, w)
+    imp = tmp_path / "imp.npy"
+    np.save(imp, np.exp(RNG.normal(0, 1, 200)).astype(np.float32))
+    for objective in ("mse", "wmse"):
+        out = tmp_path / f"{objective}.safetensors"
+        deq = tmp_path / f"{objective}.npy"
+        args = ["quantize-tensor", "--input", src, "--output", out, "--objective", objective,
+                "--importance", imp, "--dequantized", deq, "--json", "--threads", 2]
+        report = json.loads(run(nvfp4q, *args).stdout)
+        for field in ("method", "objective", "scale_max", "global_scale", "mse", "nmse",
+                      "sqnr_db", "absmax_mse", "gain", "candidates_per_block", "seconds",
+                      "elements_per_second", "wmse"):
+            assert field in report, field
+        assert report["scale_max"] == 256 and report["method"] == "scalesweep"
+        assert report["gain"] == pytest.approx(report["mse"] / report["absmax_mse"])
+        t = load_file(str(out))
+        assert t["weight"].shape == (48, 104) and t["weight_scale"].shape == (48, 13)
+        ref = decode(t["weight"], t["weight_scale"].view(np.uint8), t["weight_scale_2"], 200)
+        assert np.array_equal(np.load(deq).view(np.uint32), ref.view(np.uint32))
+        assert report["mse"] == pytest.approx(((w.astype(np.float64) - ref) ** 2).mean(), rel=1e-9)
+        assert t["weight"][:, 100:].max() == 0  # the padding quantises to zero
+        if objective == "mse":
+            assert report["gain"] < 0.85
+
+
+def test_errors_have_distinct_exit_codes(nvfp4q, tmp_path):
+    bad = np.ones((4, 32), np.float32)
+    bad[2, 5] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    r = run(nvfp4q, "quantize-tensor", "--input", tmp_path / "nan.npy", "--output",
+            tmp_path / "o.safetensors", check=False)
+    assert r.returncode == 3 and "row 2, column 5" in r.stderr and "NaN" in r.stderr
+    r = run(nvfp4q, "quantize-tensor", "--input", tmp_path / "missing.npy", "--output",
+            tmp_path / "o.safetensors", check=False)
+    assert r.returncode == 4 and "missing.npy" in r.stderr
+    r = run(nvfp4q, "quantize-tensor", "--input", "x", "--output", "y", "--method", "nope",
+            check=False)
+    assert r.returncode == 2
+    np.save(tmp_path / "ok.npy", np.ones((4, 32), np.float32))
+    r = run(nvfp4q, "quantize-tensor", "--input", tmp_path / "ok.npy", "--output",
+            tmp_path / "o.safetensors", "--objective", "wmse", check=False)
+    assert r.returncode == 3 and "importance" in r.stderr
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_bench_json(nvfp4q):
+    r = run(nvfp4q, "bench", "--rows", 64, "--cols", 512, "--threads", "1,2", "--methods",
+            "absmax,scalesweep", "--objectives", "mse,wmse", "--repeat", 1, "--json")
+    report = json.loads(r.stdout)
+    assert report["memcpy_elements_per_second"] > 0
+    combos = {(x["method"], x["objective"], x["threads"]) for x in report["results"]}
+    assert combos == {("absmax", "mse", 1), ("absmax", "mse", 2), ("scalesweep", "mse", 1),
+                      ("scalesweep", "mse", 2), ("scalesweep", "wmse", 1),
+                      ("scalesweep", "wmse", 2)}
+    for x in report["results"]:
+        assert x["memcpy_ratio"] == pytest.approx(
+            x["elements_per_second"] / report["memcpy_elements_per_second"])
