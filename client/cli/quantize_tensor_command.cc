@@ -15,6 +15,7 @@
 #include "client/io/safetensors_writer.h"
 #include "common/status_macros.h"
 #include "common/version.h"
+#include "kernels/dequantize.h"
 
 namespace nvfp4::cli {
 namespace {
@@ -28,6 +29,7 @@ struct QuantizeTensorFlags {
   std::optional<float> amax;
   std::optional<float> global_scale;
   std::optional<std::string> dequantized;
+  std::string dequantized_dtype = "f32";
   bool json = false;
   EngineFlags engine;
   QuantizeFlags quantize;
@@ -65,8 +67,16 @@ absl::StatusOr<int> Run(const QuantizeTensorFlags& flags) {
   ASSIGN_OR_RETURN(QuantizedTensor q, backend->Quantize(tensor.view(), importance.view(), options));
   RETURN_IF_ERROR(WriteModelOptTensor(flags.output, options, q));
   if (flags.dequantized.has_value()) {
-    RETURN_IF_ERROR(io::WriteNpy(*flags.dequantized, "<f4", {q.rows, q.cols}, q.dequantized.data(),
-                                 q.dequantized.size() * sizeof(float)));
+    if (flags.dequantized_dtype == "bf16") {
+      // NumPy has no bf16 dtype: raw little-endian bf16 bits, row-major [rows, cols].
+      std::vector<uint16_t> bf16(q.dequantized.size());
+      DequantizeToBf16(q.packed.data(), q.scales.data(), q.global_scale, q.rows, q.cols,
+                       bf16.data());
+      RETURN_IF_ERROR(io::WriteRawFile(*flags.dequantized, bf16.data(), bf16.size() * 2));
+    } else {
+      RETURN_IF_ERROR(io::WriteNpy(*flags.dequantized, "<f4", {q.rows, q.cols},
+                                   q.dequantized.data(), q.dequantized.size() * sizeof(float)));
+    }
   }
   if (flags.json) {
     nlohmann::json j = QuantizationJson(options, q);
@@ -113,7 +123,10 @@ std::function<int()> AddQuantizeTensorCommand(CLI::App& app) {
   cmd->add_option("--amax", flags->amax, "fused group: use this amax for the global scale");
   cmd->add_option("--global-scale", flags->global_scale, "fused group: use this global scale g");
   cmd->add_option("--dequantized", flags->dequantized,
-                  "also write the fake-quant f32 tensor (.npy)");
+                  "also write the fake-quant tensor: .npy (f32) or raw bf16 bits");
+  cmd->add_option("--dequantized-dtype", flags->dequantized_dtype,
+                  "f32 (.npy) or bf16 (raw little-endian, [N, K])")
+      ->check(CLI::IsMember({"f32", "bf16"}));
   cmd->add_flag("--json", flags->json, "print one JSON object instead of text");
   flags->quantize.Register(cmd);
   flags->engine.Register(cmd);

@@ -393,4 +393,8 @@ absl::StatusOr<std::vector<uint8_t>> ReadRawFile(const std::string& path, size_t
   return data;
 }
 
+absl::Status WriteRawFile(const std::string& path, const void* data, size_t bytes) {
+  return internal::WriteFileAtomically(path, {{data, bytes}});
+}
+
 }  // namespace nvfp4::io

@@ -51,6 +51,9 @@ absl::Status WriteNpy(const std::string& path, const std::string& descr,
 // Reads a headerless binary file (e.g. raw bf16) that must be exactly `expected_bytes` long.
 absl::StatusOr<std::vector<uint8_t>> ReadRawFile(const std::string& path, size_t expected_bytes);
 
+// Writes `bytes` raw bytes to `path` atomically (temporary file, fsync, rename).
+absl::Status WriteRawFile(const std::string& path, const void* data, size_t bytes);
+
 }  // namespace nvfp4::io
 
 #endif  // NVFP4_CLIENT_IO_NPY_H_

@@ -49,10 +49,12 @@ inline __m256i GridIndex(__m256 ax, const float* thresholds) {
 struct Avx2Block {
   __m256 ax_lo, ax_hi, axp_lo, axp_hi, w_lo, w_hi;
   bool weighted;
+  uint8_t absmax;
   float m, p, inv_p, w_total;
   const ScaleTable* table;
 
   float max_abs() const { return m; }
+  uint8_t absmax_code() const { return absmax; }
   float total_weight() const { return w_total; }
   float wmse_lower_bound() const {
     const __m256 sixteen = _mm256_set1_ps(16.0f), w112 = _mm256_set1_ps(112.0f);
@@ -79,33 +81,30 @@ struct Avx2Block {
   }
 };
 
-// MetricLanes in registers: [0] lanes 0..3, [1] 4..7, [2] 8..11, [3] 12..15.
+// The fp32 partial lanes of MetricLanes in registers ([k][0]: lanes 0..7, [k][1]: 8..15); the
+// fp64 totals stay in memory.
 struct Avx2Lanes {
-  __m256d squared_error[4], weighted_squared_error[4], weight_sum[4], squared_signal[4],
-      absmax_squared_error[4];
+  __m256 partial[kMetricSums][2];
   __m256 max_abs_error[2];
+  MetricLanes memory;
 };
-
-inline void Widen(__m256 lo, __m256 hi, __m256d* out) {
-  out[0] = _mm256_cvtps_pd(_mm256_castps256_ps128(lo));
-  out[1] = _mm256_cvtps_pd(_mm256_extractf128_ps(lo, 1));
-  out[2] = _mm256_cvtps_pd(_mm256_castps256_ps128(hi));
-  out[3] = _mm256_cvtps_pd(_mm256_extractf128_ps(hi, 1));
-}
-
-inline void AddSquares(__m256 lo, __m256 hi, __m256d* sum) {
-  __m256d v[4];
-  Widen(lo, hi, v);
-  for (int k = 0; k < 4; ++k) sum[k] = _mm256_add_pd(sum[k], _mm256_mul_pd(v[k], v[k]));
-}
 
 struct Avx2Ops {
   using Block = Avx2Block;
   using Lanes = Avx2Lanes;
-  static void Prepare(const float* x, const float* w, const ScaleTable& table, Block* block) {
+  static void Summarize(const float* x, int blocks, float six_g, float* m, uint8_t* absmax) {
+    for (int b = 0; b < blocks; ++b) {
+      const float* xb = x + b * kBlockSize;
+      m[b] = MaxLane(_mm256_max_ps(Abs(_mm256_loadu_ps(xb)), Abs(_mm256_loadu_ps(xb + 8))));
+    }
+    for (int b = 0; b < blocks; ++b) absmax[b] = AbsMaxScaleCode(m[b], six_g);
+  }
+  static void Prepare(const float* x, const float* w, const ScaleTable& table, float m,
+                      uint8_t absmax, Block* block) {
     block->ax_lo = Abs(_mm256_loadu_ps(x));
     block->ax_hi = Abs(_mm256_loadu_ps(x + 8));
-    block->m = MaxLane(_mm256_max_ps(block->ax_lo, block->ax_hi));
+    block->m = m;
+    block->absmax = absmax;
     block->p = BlockNormalizer(block->m);
     block->inv_p = BlockDenormalizer(block->m);
     const __m256 p = _mm256_set1_ps(block->p);
@@ -152,38 +151,35 @@ struct Avx2Ops {
         _mm_packus_epi32(PairBytes(Nibbles(v_lo, index_lo)), PairBytes(Nibbles(v_hi, index_hi)));
     _mm_storel_epi64(reinterpret_cast<__m128i*>(packed), _mm_packus_epi16(words, words));
 
+    // Metrics (AccumulateBlockMetrics, lane by lane).
     const __m256 s = _mm256_set1_ps(table.effective_scale[code]);
-    const __m256 d_lo = _mm256_sub_ps(ax_lo, _mm256_mul_ps(GridValue(index_lo), s));
-    const __m256 d_hi = _mm256_sub_ps(ax_hi, _mm256_mul_ps(GridValue(index_hi), s));
-    __m256d d[4], dd[4];
-    Widen(d_lo, d_hi, d);
-    for (int k = 0; k < 4; ++k) {
-      dd[k] = _mm256_mul_pd(d[k], d[k]);
-      lanes->squared_error[k] = _mm256_add_pd(lanes->squared_error[k], dd[k]);
-    }
-    if (w) {
-      __m256d wd[4];
-      Widen(_mm256_loadu_ps(w), _mm256_loadu_ps(w + 8), wd);
-      for (int k = 0; k < 4; ++k) {
-        lanes->weighted_squared_error[k] =
-            _mm256_add_pd(lanes->weighted_squared_error[k], _mm256_mul_pd(wd[k], dd[k]));
-        lanes->weight_sum[k] = _mm256_add_pd(lanes->weight_sum[k], wd[k]);
-      }
-    }
-    AddSquares(v_lo, v_hi, lanes->squared_signal);
-    if (code == absmax_code) {
-      for (int k = 0; k < 4; ++k) {
-        lanes->absmax_squared_error[k] = _mm256_add_pd(lanes->absmax_squared_error[k], dd[k]);
-      }
-    } else {
+    const __m256 d[2] = {_mm256_sub_ps(ax_lo, _mm256_mul_ps(GridValue(index_lo), s)),
+                         _mm256_sub_ps(ax_hi, _mm256_mul_ps(GridValue(index_hi), s))};
+    const __m256 v[2] = {v_lo, v_hi};
+    // Computed even when code == absmax_code (then equal to d): a branch on the search result
+    // mispredicts often enough to cost more than the arithmetic.
+    // absmax_code < 0: the choice is the AbsMax code by construction (method absmax).
+    __m256 d_absmax[2] = {d[0], d[1]};
+    if (absmax_code >= 0) {
       const float* t = table.threshold[absmax_code];
       const __m256 sa = _mm256_set1_ps(table.effective_scale[absmax_code]);
-      AddSquares(_mm256_sub_ps(ax_lo, _mm256_mul_ps(GridMagnitude(ax_lo, t), sa)),
-                 _mm256_sub_ps(ax_hi, _mm256_mul_ps(GridMagnitude(ax_hi, t), sa)),
-                 lanes->absmax_squared_error);
+      d_absmax[0] = _mm256_sub_ps(ax_lo, _mm256_mul_ps(GridMagnitude(ax_lo, t), sa));
+      d_absmax[1] = _mm256_sub_ps(ax_hi, _mm256_mul_ps(GridMagnitude(ax_hi, t), sa));
     }
-    lanes->max_abs_error[0] = _mm256_max_ps(lanes->max_abs_error[0], Abs(d_lo));
-    lanes->max_abs_error[1] = _mm256_max_ps(lanes->max_abs_error[1], Abs(d_hi));
+    for (int h = 0; h < 2; ++h) {
+      __m256(&partial)[kMetricSums][2] = lanes->partial;
+      partial[kSquaredError][h] = _mm256_fmadd_ps(d[h], d[h], partial[kSquaredError][h]);
+      if (w) {
+        const __m256 wv = _mm256_loadu_ps(w + 8 * h);
+        partial[kWeightedSquaredError][h] =
+            _mm256_fmadd_ps(wv, _mm256_mul_ps(d[h], d[h]), partial[kWeightedSquaredError][h]);
+        partial[kWeightSum][h] = _mm256_add_ps(partial[kWeightSum][h], wv);
+      }
+      partial[kSquaredSignal][h] = _mm256_fmadd_ps(v[h], v[h], partial[kSquaredSignal][h]);
+      partial[kAbsMaxSquaredError][h] =
+          _mm256_fmadd_ps(d_absmax[h], d_absmax[h], partial[kAbsMaxSquaredError][h]);
+      lanes->max_abs_error[h] = _mm256_max_ps(lanes->max_abs_error[h], Abs(d[h]));
+    }
   }
   static void Dequantize(const float* x, const ScaleTable& table, int code, float* out, int n) {
     const float* thresholds = table.threshold[code];
@@ -199,25 +195,25 @@ struct Avx2Ops {
     for (int i = 0; i < n; ++i) out[i] = values[i];
   }
   static void Clear(Lanes* lanes) {
-    for (int k = 0; k < 4; ++k) {
-      lanes->squared_error[k] = lanes->weighted_squared_error[k] = lanes->weight_sum[k] =
-          lanes->squared_signal[k] = lanes->absmax_squared_error[k] = _mm256_setzero_pd();
-    }
+    ClearMetricLanes(&lanes->memory);
+    for (int k = 0; k < kMetricSums; ++k)
+      lanes->partial[k][0] = lanes->partial[k][1] = _mm256_setzero_ps();
     lanes->max_abs_error[0] = lanes->max_abs_error[1] = _mm256_setzero_ps();
   }
-  static MetricTotals Flush(const Lanes& lanes) {
-    MetricLanes out;
-    auto store = [](const __m256d* v, double* dst) {
-      for (int k = 0; k < 4; ++k) _mm256_storeu_pd(dst + 4 * k, v[k]);
-    };
-    store(lanes.squared_error, out.squared_error);
-    store(lanes.weighted_squared_error, out.weighted_squared_error);
-    store(lanes.weight_sum, out.weight_sum);
-    store(lanes.squared_signal, out.squared_signal);
-    store(lanes.absmax_squared_error, out.absmax_squared_error);
-    _mm256_storeu_ps(out.max_abs_error, lanes.max_abs_error[0]);
-    _mm256_storeu_ps(out.max_abs_error + 8, lanes.max_abs_error[1]);
-    return FlushMetricLanes(out);
+  static void Fold(Lanes* lanes) {
+    for (int k = 0; k < kMetricSums; ++k) {
+      for (int h = 0; h < 2; ++h) {
+        _mm256_storeu_ps(lanes->memory.partial[k] + 8 * h, lanes->partial[k][h]);
+        lanes->partial[k][h] = _mm256_setzero_ps();
+      }
+    }
+    FoldMetricLanes(&lanes->memory);
+  }
+  static MetricTotals Flush(Lanes* lanes) {
+    Fold(lanes);
+    _mm256_storeu_ps(lanes->memory.max_abs_error, lanes->max_abs_error[0]);
+    _mm256_storeu_ps(lanes->memory.max_abs_error + 8, lanes->max_abs_error[1]);
+    return FlushMetricLanes(&lanes->memory);
   }
 };
 

@@ -46,10 +46,12 @@ inline __m512i GridIndex(__m512 ax, const float* thresholds) {
 struct Avx512Block {
   __m512 ax, axp, w;
   bool weighted;
+  uint8_t absmax;
   float m, p, inv_p, w_total;
   const ScaleTable* table;
 
   float max_abs() const { return m; }
+  uint8_t absmax_code() const { return absmax; }
   float total_weight() const { return w_total; }
   float wmse_lower_bound() const {
     const __m512 numerator = _mm512_mul_ps(_mm512_mul_ps(w, axp), _mm512_set1_ps(16.0f));
@@ -73,26 +75,46 @@ inline __m512 GridValue(__m512i index) {
   return _mm512_permutexvar_ps(index, grid);
 }
 
-// MetricLanes in registers: lanes 0..7 in [0], 8..15 in [1].
+// The fp32 partial lanes of MetricLanes in registers; the fp64 totals stay in memory.
 struct Avx512Lanes {
-  __m512d squared_error[2], weighted_squared_error[2], weight_sum[2], squared_signal[2],
-      absmax_squared_error[2];
+  __m512 partial[kMetricSums];
   __m512 max_abs_error;
+  MetricLanes memory;
 };
-
-inline void AddSquares(__m512 d, __m512d* sum) {
-  const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(d));
-  const __m512d hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(d, 1));
-  sum[0] = _mm512_add_pd(sum[0], _mm512_mul_pd(lo, lo));
-  sum[1] = _mm512_add_pd(sum[1], _mm512_mul_pd(hi, hi));
-}
 
 struct Avx512Ops {
   using Block = Avx512Block;
   using Lanes = Avx512Lanes;
-  static void Prepare(const float* x, const float* w, const ScaleTable& table, Block* block) {
+  static void Summarize(const float* x, int blocks, float six_g, float* m, uint8_t* absmax) {
+    for (int b = 0; b < blocks; ++b) m[b] = _mm512_reduce_max_ps(Abs(_mm512_loadu_ps(x + b * 16)));
+    // AbsMaxScaleCode for 16 blocks at a time, operation for operation: IEEE division, zero ->
+    // 1.0, clamp to [2^-9, 448], then EncodeE4M3Rne (bit rounding for normals, rint below 2^-6).
+    int b = 0;
+    for (; b + 16 <= blocks; b += 16) {
+      __m512 s = _mm512_div_ps(_mm512_loadu_ps(m + b), _mm512_set1_ps(six_g));
+      s = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(s, _mm512_setzero_ps(), _CMP_EQ_OQ), s,
+                               _mm512_set1_ps(1.0f));
+      s = _mm512_min_ps(_mm512_max_ps(s, _mm512_set1_ps(kE4M3MinSubnormal)),
+                        _mm512_set1_ps(kE4M3Max));
+      const __m512i bits = _mm512_castps_si512(s);
+      const __m512i kept_lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 20), _mm512_set1_epi32(1));
+      const __m512i normal = _mm512_srli_epi32(
+          _mm512_add_epi32(_mm512_sub_epi32(bits, _mm512_set1_epi32(120 << 23)),
+                           _mm512_add_epi32(_mm512_set1_epi32(0x7FFFF), kept_lsb)),
+          20);
+      const __m512i subnormal = _mm512_cvtps_epi32(_mm512_roundscale_ps(
+          _mm512_mul_ps(s, _mm512_set1_ps(512.0f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      const __mmask16 is_normal = _mm512_cmp_ps_mask(s, _mm512_set1_ps(kE4M3MinNormal), _CMP_GE_OQ);
+      const __m512i code = _mm512_mask_blend_epi32(is_normal, subnormal, normal);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(absmax + b), _mm512_cvtepi32_epi8(code));
+    }
+    for (; b < blocks; ++b) absmax[b] = AbsMaxScaleCode(m[b], six_g);
+  }
+  static void Prepare(const float* x, const float* w, const ScaleTable& table, float m,
+                      uint8_t absmax, Block* block) {
     block->ax = Abs(_mm512_loadu_ps(x));
-    block->m = _mm512_reduce_max_ps(block->ax);
+    block->m = m;
+    block->absmax = absmax;
     block->p = BlockNormalizer(block->m);
     block->inv_p = BlockDenormalizer(block->m);
     block->axp = _mm512_mul_ps(block->ax, _mm512_set1_ps(block->p));
@@ -118,35 +140,29 @@ struct Avx512Ops {
         _mm512_sllv_epi32(nibble, _mm512_set_epi32(4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0));
     nibble = _mm512_or_si512(nibble, _mm512_srli_epi64(nibble, 32));
     _mm_storel_epi64(reinterpret_cast<__m128i*>(packed), _mm512_cvtepi64_epi8(nibble));
-    // Metrics.
+    // Metrics (AccumulateBlockMetrics, lane by lane).
     const __m512 d = _mm512_sub_ps(
         ax, _mm512_mul_ps(GridValue(index), _mm512_set1_ps(table.effective_scale[code])));
-    const __m512d d_lo = _mm512_cvtps_pd(_mm512_castps512_ps256(d));
-    const __m512d d_hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(d, 1));
-    const __m512d dd_lo = _mm512_mul_pd(d_lo, d_lo), dd_hi = _mm512_mul_pd(d_hi, d_hi);
-    lanes->squared_error[0] = _mm512_add_pd(lanes->squared_error[0], dd_lo);
-    lanes->squared_error[1] = _mm512_add_pd(lanes->squared_error[1], dd_hi);
+    __m512* partial = lanes->partial;
+    partial[kSquaredError] = _mm512_fmadd_ps(d, d, partial[kSquaredError]);
     if (w) {
       const __m512 wv = _mm512_loadu_ps(w);
-      const __m512d w_lo = _mm512_cvtps_pd(_mm512_castps512_ps256(wv));
-      const __m512d w_hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(wv, 1));
-      lanes->weighted_squared_error[0] =
-          _mm512_add_pd(lanes->weighted_squared_error[0], _mm512_mul_pd(w_lo, dd_lo));
-      lanes->weighted_squared_error[1] =
-          _mm512_add_pd(lanes->weighted_squared_error[1], _mm512_mul_pd(w_hi, dd_hi));
-      lanes->weight_sum[0] = _mm512_add_pd(lanes->weight_sum[0], w_lo);
-      lanes->weight_sum[1] = _mm512_add_pd(lanes->weight_sum[1], w_hi);
+      partial[kWeightedSquaredError] =
+          _mm512_fmadd_ps(wv, _mm512_mul_ps(d, d), partial[kWeightedSquaredError]);
+      partial[kWeightSum] = _mm512_add_ps(partial[kWeightSum], wv);
     }
-    AddSquares(v, lanes->squared_signal);
-    if (code == absmax_code) {
-      lanes->absmax_squared_error[0] = _mm512_add_pd(lanes->absmax_squared_error[0], dd_lo);
-      lanes->absmax_squared_error[1] = _mm512_add_pd(lanes->absmax_squared_error[1], dd_hi);
-    } else {
-      const __m512 q = GridValue(GridIndex(ax, table.threshold[absmax_code]));
-      AddSquares(
-          _mm512_sub_ps(ax, _mm512_mul_ps(q, _mm512_set1_ps(table.effective_scale[absmax_code]))),
-          lanes->absmax_squared_error);
+    partial[kSquaredSignal] = _mm512_fmadd_ps(v, v, partial[kSquaredSignal]);
+    // Computed even when code == absmax_code (then equal to d): a branch on the search result
+    // mispredicts often enough to cost more than the arithmetic.
+    // absmax_code < 0: the choice is the AbsMax code by construction (method absmax).
+    __m512 d_absmax = d;
+    if (absmax_code >= 0) {
+      const __m512 q_absmax = GridValue(GridIndex(ax, table.threshold[absmax_code]));
+      d_absmax = _mm512_sub_ps(
+          ax, _mm512_mul_ps(q_absmax, _mm512_set1_ps(table.effective_scale[absmax_code])));
     }
+    partial[kAbsMaxSquaredError] =
+        _mm512_fmadd_ps(d_absmax, d_absmax, partial[kAbsMaxSquaredError]);
     lanes->max_abs_error = _mm512_max_ps(lanes->max_abs_error, Abs(d));
   }
   static void Dequantize(const float* x, const ScaleTable& table, int code, float* out, int n) {
@@ -158,25 +174,21 @@ struct Avx512Ops {
     _mm512_mask_storeu_ps(out, static_cast<__mmask16>((1u << n) - 1u), y);
   }
   static void Clear(Lanes* lanes) {
-    for (int h = 0; h < 2; ++h) {
-      lanes->squared_error[h] = lanes->weighted_squared_error[h] = lanes->weight_sum[h] =
-          lanes->squared_signal[h] = lanes->absmax_squared_error[h] = _mm512_setzero_pd();
-    }
+    ClearMetricLanes(&lanes->memory);
+    for (int k = 0; k < kMetricSums; ++k) lanes->partial[k] = _mm512_setzero_ps();
     lanes->max_abs_error = _mm512_setzero_ps();
   }
-  static MetricTotals Flush(const Lanes& lanes) {
-    MetricLanes out;
-    auto store = [](const __m512d* v, double* dst) {
-      _mm512_storeu_pd(dst, v[0]);
-      _mm512_storeu_pd(dst + 8, v[1]);
-    };
-    store(lanes.squared_error, out.squared_error);
-    store(lanes.weighted_squared_error, out.weighted_squared_error);
-    store(lanes.weight_sum, out.weight_sum);
-    store(lanes.squared_signal, out.squared_signal);
-    store(lanes.absmax_squared_error, out.absmax_squared_error);
-    _mm512_storeu_ps(out.max_abs_error, lanes.max_abs_error);
-    return FlushMetricLanes(out);
+  static void Fold(Lanes* lanes) {
+    for (int k = 0; k < kMetricSums; ++k) {
+      _mm512_storeu_ps(lanes->memory.partial[k], lanes->partial[k]);
+      lanes->partial[k] = _mm512_setzero_ps();
+    }
+    FoldMetricLanes(&lanes->memory);
+  }
+  static MetricTotals Flush(Lanes* lanes) {
+    Fold(lanes);
+    _mm512_storeu_ps(lanes->memory.max_abs_error, lanes->max_abs_error);
+    return FlushMetricLanes(&lanes->memory);
   }
 };
 

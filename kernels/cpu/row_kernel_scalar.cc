@@ -12,8 +12,15 @@ namespace {
 struct ScalarOps {
   using Block = ScalarBlock;
   using Lanes = MetricLanes;
-  static void Prepare(const float* x, const float* w, const ScaleTable& table, Block* block) {
-    PrepareScalarBlock(x, w, table, block);
+  static void Summarize(const float* x, int blocks, float six_g, float* m, uint8_t* absmax) {
+    for (int b = 0; b < blocks; ++b) {
+      m[b] = BlockMaxAbs(x + b * kBlockSize);
+      absmax[b] = AbsMaxScaleCode(m[b], six_g);
+    }
+  }
+  static void Prepare(const float* x, const float* w, const ScaleTable& table, float m,
+                      uint8_t absmax, Block* block) {
+    PrepareScalarBlock(x, w, table, m, absmax, block);
   }
   static void Finalize(const float* x, const float* w, const ScaleTable& table, int code,
                        int absmax_code, uint8_t* packed, Lanes* lanes) {
@@ -26,7 +33,8 @@ struct ScalarOps {
     }
   }
   static void Clear(Lanes* lanes) { ClearMetricLanes(lanes); }
-  static MetricTotals Flush(const Lanes& lanes) { return FlushMetricLanes(lanes); }
+  static void Fold(Lanes* lanes) { FoldMetricLanes(lanes); }
+  static MetricTotals Flush(Lanes* lanes) { return FlushMetricLanes(lanes); }
 };
 
 }  // namespace

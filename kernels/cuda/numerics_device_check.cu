@@ -16,7 +16,7 @@ __global__ void QuantizeBlocksReferenceKernel(const float* x, const float* weigh
   if (b >= blocks) return;
   ScalarBlock block;
   PrepareScalarBlock(x + b * kBlockSize, weights ? weights + b * kBlockSize : nullptr, *table,
-                     &block);
+                     params, &block);
   const BlockChoice choice = ChooseBlockScale(block, params);
   scales[b] = choice.code;
   EncodeBlock(x + b * kBlockSize, *table, choice.code, packed + b * (kBlockSize / 2));

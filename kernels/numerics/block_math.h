@@ -155,66 +155,90 @@ NVFP4_HD float DequantizeNibble(uint8_t nibble, float effective_scale) {
   return DecodeE2M1(nibble) * effective_scale;
 }
 
-// Metric sums, accumulated per element position: lane i of each array sums that quantity over
-// element i of every block of a row chunk, in block order; FlushMetricLanes then combines the
-// 16 lanes with TreeSum16. Every backend accumulates exactly this way, so metrics are
-// bit-identical across ISAs and (chunks being fixed by shape) thread counts, and no block pays
-// for a horizontal reduction. Errors d = |x| - |x^| are exact in fp32, squares exact in fp64.
+// Metric sums, accumulated per element position: lane i of each sum collects element i of
+// every block of a row chunk, in block order. Blocks are added into fp32 partial lanes (one
+// fmaf per element, exact for the error itself: d = |x| - |x^| is exact in fp32), which are
+// folded into fp64 lanes every kMetricFoldBlocks blocks; FlushMetricLanes combines the 16 fp64
+// lanes with TreeSum16. Every backend does exactly this, so the metrics are bit-identical
+// across ISAs and (chunks being fixed by shape) thread counts, no block pays for a horizontal
+// reduction, and the relative rounding error stays around 1e-6 or better.
+inline constexpr int kMetricFoldBlocks = 64;
+inline constexpr int kMetricSums = 5;
+enum MetricSum : int {
+  kSquaredError = 0,          // sum e^2
+  kWeightedSquaredError = 1,  // sum w e^2
+  kWeightSum = 2,             // sum w
+  kSquaredSignal = 3,         // sum x^2
+  kAbsMaxSquaredError = 4,    // sum e^2 of the AbsMax baseline
+};
+
 struct MetricLanes {
-  double squared_error[kBlockSize];
-  double weighted_squared_error[kBlockSize];
-  double weight_sum[kBlockSize];
-  double squared_signal[kBlockSize];
-  double absmax_squared_error[kBlockSize];
+  float partial[kMetricSums][kBlockSize];
+  double total[kMetricSums][kBlockSize];
   float max_abs_error[kBlockSize];
 };
 
 NVFP4_HD void ClearMetricLanes(MetricLanes* lanes) {
-  for (int i = 0; i < kBlockSize; ++i) {
-    lanes->squared_error[i] = lanes->weighted_squared_error[i] = lanes->weight_sum[i] = 0.0;
-    lanes->squared_signal[i] = lanes->absmax_squared_error[i] = 0.0;
-    lanes->max_abs_error[i] = 0.0f;
+  for (int k = 0; k < kMetricSums; ++k) {
+    for (int i = 0; i < kBlockSize; ++i) {
+      lanes->partial[k][i] = 0.0f;
+      lanes->total[k][i] = 0.0;
+    }
+  }
+  for (int i = 0; i < kBlockSize; ++i) lanes->max_abs_error[i] = 0.0f;
+}
+
+// total += partial; partial = 0.
+NVFP4_HD void FoldMetricLanes(MetricLanes* lanes) {
+  for (int k = 0; k < kMetricSums; ++k) {
+    for (int i = 0; i < kBlockSize; ++i) {
+      lanes->total[k][i] += static_cast<double>(lanes->partial[k][i]);
+      lanes->partial[k][i] = 0.0f;
+    }
   }
 }
 
-// Adds one block quantised with scale code c; absmax_code is the AbsMax baseline's code;
-// weights (raw importance) may be nullptr.
+// Adds one block quantised with scale code c; absmax_code is the AbsMax baseline's code, or -1
+// when c is that code by construction; weights (raw importance) may be nullptr.
 NVFP4_HD void AccumulateBlockMetrics(const float* x, const float* weights, const ScaleTable& table,
                                      int c, int absmax_code, MetricLanes* lanes) {
+  if (absmax_code < 0) absmax_code = c;
   const float s = table.effective_scale[c];
   const float s_absmax = table.effective_scale[absmax_code];
   for (int i = 0; i < kBlockSize; ++i) {
     const float a = x[i] < 0.0f ? -x[i] : x[i];
     const float d = a - E2M1Magnitude(E2M1IndexByThreshold(a, table.threshold[c])) * s;
-    const double dd = static_cast<double>(d) * static_cast<double>(d);
-    lanes->squared_error[i] += dd;
+    lanes->partial[kSquaredError][i] = fmaf(d, d, lanes->partial[kSquaredError][i]);
     if (weights) {
-      lanes->weighted_squared_error[i] += static_cast<double>(weights[i]) * dd;
-      lanes->weight_sum[i] += static_cast<double>(weights[i]);
+      lanes->partial[kWeightedSquaredError][i] =
+          fmaf(weights[i], d * d, lanes->partial[kWeightedSquaredError][i]);
+      lanes->partial[kWeightSum][i] = lanes->partial[kWeightSum][i] + weights[i];
     }
-    lanes->squared_signal[i] += static_cast<double>(x[i]) * static_cast<double>(x[i]);
+    lanes->partial[kSquaredSignal][i] = fmaf(x[i], x[i], lanes->partial[kSquaredSignal][i]);
     const float d_absmax =
-        a - E2M1Magnitude(E2M1IndexByThreshold(a, table.threshold[absmax_code])) * s_absmax;
-    lanes->absmax_squared_error[i] += static_cast<double>(d_absmax) * static_cast<double>(d_absmax);
+        c == absmax_code
+            ? d
+            : a - E2M1Magnitude(E2M1IndexByThreshold(a, table.threshold[absmax_code])) * s_absmax;
+    lanes->partial[kAbsMaxSquaredError][i] =
+        fmaf(d_absmax, d_absmax, lanes->partial[kAbsMaxSquaredError][i]);
     lanes->max_abs_error[i] = MaxF(lanes->max_abs_error[i], d < 0.0f ? -d : d);
   }
 }
 
 struct MetricTotals {
-  double squared_error, weighted_squared_error, weight_sum, squared_signal, absmax_squared_error;
+  double sum[kMetricSums];
   float max_abs_error;
 };
 
-NVFP4_HD MetricTotals FlushMetricLanes(const MetricLanes& lanes) {
+// Folds the partials, then reduces the lanes.
+NVFP4_HD MetricTotals FlushMetricLanes(MetricLanes* lanes) {
+  FoldMetricLanes(lanes);
   MetricTotals totals;
-  totals.squared_error = TreeSum16(lanes.squared_error);
-  totals.weighted_squared_error = TreeSum16(lanes.weighted_squared_error);
-  totals.weight_sum = TreeSum16(lanes.weight_sum);
-  totals.squared_signal = TreeSum16(lanes.squared_signal);
-  totals.absmax_squared_error = TreeSum16(lanes.absmax_squared_error);
+  for (int k = 0; k < kMetricSums; ++k) totals.sum[k] = TreeSum16(lanes->total[k]);
   totals.max_abs_error = 0.0f;
-  for (int i = 0; i < kBlockSize; ++i)
-    totals.max_abs_error = MaxF(totals.max_abs_error, lanes.max_abs_error[i]);
+  for (int i = 0; i < kBlockSize; ++i) {
+    totals.max_abs_error = MaxF(totals.max_abs_error, lanes->max_abs_error[i]);
+  }
   return totals;
 }
 

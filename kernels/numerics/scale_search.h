@@ -3,6 +3,7 @@
 // engines and the CUDA kernels share it.
 //
 // A Block provides:  float max_abs() const;       // m = max |x_i|
+//                    uint8_t absmax_code() const; // AbsMaxScaleCode(m, fl(6 g))
 //                    float total_weight() const;  // W (only called for WMSE)
 //                    float wmse_lower_bound() const;
 //                    float loss(int code) const;  // the defined loss (block_math.h)
@@ -52,7 +53,7 @@ template <typename Block>
 NVFP4_HD BlockChoice ChooseBlockScale(const Block& block, const ScaleSearchParams& params) {
   const float m = block.max_abs();
   if (m == 0.0f) return BlockChoice{kE4M3One, kE4M3One, 1};
-  const uint8_t absmax = AbsMaxScaleCode(m, params.six_g);
+  const uint8_t absmax = block.absmax_code();
   if (params.method == Method::kAbsMax) return BlockChoice{absmax, absmax, 1};
   const bool weighted = params.objective == Objective::kWmse;
   if (weighted && !(block.total_weight() > 0.0f)) return BlockChoice{absmax, absmax, 1};
@@ -101,10 +102,12 @@ struct ScalarBlock {
   float axp[kBlockSize];  // |x| * p
   float w[kBlockSize];    // weights times a power of two, max in [1, 4) (WMSE only)
   bool weighted;
+  uint8_t absmax;
   float m, p, inv_p, w_total;
   const ScaleTable* table;
 
   NVFP4_HD_METHOD float max_abs() const { return m; }
+  NVFP4_HD_METHOD uint8_t absmax_code() const { return absmax; }
   NVFP4_HD_METHOD float total_weight() const { return w_total; }
   NVFP4_HD_METHOD float wmse_lower_bound() const { return WmseLowerBound(axp, w, w_total, inv_p); }
   NVFP4_HD_METHOD float loss(int code) const {
@@ -112,17 +115,21 @@ struct ScalarBlock {
   }
 };
 
-// Fills a ScalarBlock from 16 values and (for WMSE) their 16 weights. The weights of nonzero
-// elements are scaled by the power of two that brings their maximum into [1, 4): exact, so the
-// argmin is unchanged, and w * d^2 cannot overflow whatever the importance range.
-NVFP4_HD void PrepareScalarBlock(const float* x, const float* weights, const ScaleTable& table,
-                                 ScalarBlock* block) {
+NVFP4_HD float BlockMaxAbs(const float* x) {
   float m = 0.0f;
-  for (int i = 0; i < kBlockSize; ++i) {
-    block->ax[i] = x[i] < 0.0f ? -x[i] : x[i];
-    m = MaxF(m, block->ax[i]);
-  }
+  for (int i = 0; i < kBlockSize; ++i) m = MaxF(m, x[i] < 0.0f ? -x[i] : x[i]);
+  return m;
+}
+
+// Fills a ScalarBlock from 16 values, their max |x| m and AbsMax code (see BlockMaxAbs,
+// AbsMaxScaleCode) and, for WMSE, their 16 weights. The weights of nonzero elements are scaled
+// by the power of two that brings their maximum into [1, 4): exact, so the argmin is unchanged,
+// and w * d^2 cannot overflow whatever the importance range.
+NVFP4_HD void PrepareScalarBlock(const float* x, const float* weights, const ScaleTable& table,
+                                 float m, uint8_t absmax, ScalarBlock* block) {
+  for (int i = 0; i < kBlockSize; ++i) block->ax[i] = x[i] < 0.0f ? -x[i] : x[i];
   block->m = m;
+  block->absmax = absmax;
   block->p = BlockNormalizer(m);
   block->inv_p = BlockDenormalizer(m);
   for (int i = 0; i < kBlockSize; ++i) block->axp[i] = block->ax[i] * block->p;
@@ -142,6 +149,13 @@ NVFP4_HD void PrepareScalarBlock(const float* x, const float* weights, const Sca
     block->w_total = TreeSum16(block->w);
   }
   block->table = &table;
+}
+
+// Same, computing m and the AbsMax code (params.six_g) itself.
+NVFP4_HD void PrepareScalarBlock(const float* x, const float* weights, const ScaleTable& table,
+                                 const ScaleSearchParams& params, ScalarBlock* block) {
+  const float m = BlockMaxAbs(x);
+  PrepareScalarBlock(x, weights, table, m, AbsMaxScaleCode(m, params.six_g), block);
 }
 
 }  // namespace nvfp4
