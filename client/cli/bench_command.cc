@@ -167,11 +167,7 @@ std::function<int()> AddBenchCommand(CLI::App& app) {
   cmd->add_option("--isa", flags->isa, "CPU kernels: auto, scalar, avx2, avx512")
       ->check(CLI::IsMember({"auto", "scalar", "avx2", "avx512"}));
   cmd->add_flag("--json", flags->json, "print one JSON object");
-  return [cmd, flags]() -> int {
-    if (!cmd->parsed()) return -1;
-    absl::StatusOr<int> code = Run(*flags);
-    return code.ok() ? *code : ReportError(code.status());
-  };
+  return SubcommandRunner(cmd, flags, &Run);
 }
 
 }  // namespace nvfp4::cli

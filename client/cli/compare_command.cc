@@ -90,11 +90,7 @@ std::function<int()> AddCompareCommand(CLI::App& app) {
       ->check(CLI::IsMember({448, 256}));
   cmd->add_flag("--json", flags->json, "print one JSON object");
   flags->engine.Register(cmd);
-  return [cmd, flags]() -> int {
-    if (!cmd->parsed()) return -1;
-    absl::StatusOr<int> code = Run(*flags);
-    return code.ok() ? *code : ReportError(code.status());
-  };
+  return SubcommandRunner(cmd, flags, &Run);
 }
 
 }  // namespace nvfp4::cli

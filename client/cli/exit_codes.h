@@ -4,7 +4,12 @@
 #ifndef NVFP4_CLIENT_CLI_EXIT_CODES_H_
 #define NVFP4_CLIENT_CLI_EXIT_CODES_H_
 
+#include <functional>
+#include <memory>
+
+#include "CLI/CLI.hpp"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace nvfp4::cli {
 
@@ -17,6 +22,18 @@ inline constexpr int kExitOutOfMemory = 5;
 
 // Prints "nvfp4q: <message>" to stderr and returns the exit code for the status.
 int ReportError(const absl::Status& status);
+
+// The callback each subcommand registers: -1 when `command` was not the one parsed, else the
+// exit code of run(*flags) (errors reported on stderr).
+template <typename Flags>
+std::function<int()> SubcommandRunner(CLI::App* command, std::shared_ptr<Flags> flags,
+                                      absl::StatusOr<int> (*run)(const Flags&)) {
+  return [command, flags, run]() -> int {
+    if (!command->parsed()) return -1;
+    absl::StatusOr<int> code = run(*flags);
+    return code.ok() ? *code : ReportError(code.status());
+  };
+}
 
 }  // namespace nvfp4::cli
 

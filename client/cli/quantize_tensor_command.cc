@@ -130,11 +130,7 @@ std::function<int()> AddQuantizeTensorCommand(CLI::App& app) {
   cmd->add_flag("--json", flags->json, "print one JSON object instead of text");
   flags->quantize.Register(cmd);
   flags->engine.Register(cmd);
-  return [cmd, flags]() -> int {
-    if (!cmd->parsed()) return -1;
-    absl::StatusOr<int> code = Run(*flags);
-    return code.ok() ? *code : ReportError(code.status());
-  };
+  return SubcommandRunner(cmd, flags, &Run);
 }
 
 }  // namespace nvfp4::cli

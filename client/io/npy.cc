@@ -22,16 +22,6 @@ constexpr uint64_t kMaxHeaderBytes = uint64_t{1} << 20;
 // NumPy pads magic + version + length + header to a multiple of this.
 constexpr size_t kHeaderAlignment = 64;
 
-// Product of `shape` times `item_size`, or nullopt on a negative dimension or uint64 overflow.
-std::optional<uint64_t> CheckedByteCount(const std::vector<int64_t>& shape, uint64_t item_size) {
-  uint64_t total = item_size;
-  for (const int64_t dim : shape) {
-    if (dim < 0) return std::nullopt;
-    if (__builtin_mul_overflow(total, static_cast<uint64_t>(dim), &total)) return std::nullopt;
-  }
-  return total;
-}
-
 std::string ShapeString(const std::vector<int64_t>& shape) {
   if (shape.size() == 1) return absl::StrCat("(", shape[0], ",)");
   return absl::StrCat("(", absl::StrJoin(shape, ", "), ")");
@@ -246,7 +236,7 @@ size_t NpyArray::element_size() const {
 }
 
 int64_t NpyArray::element_count() const {
-  const std::optional<uint64_t> count = CheckedByteCount(shape, 1);
+  const std::optional<uint64_t> count = internal::CheckedByteCount(shape, 1);
   if (!count.has_value() || *count > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
     return -1;
   }
@@ -305,7 +295,7 @@ absl::StatusOr<NpyArray> ReadNpy(const std::string& path) {
   absl::StatusOr<size_t> item_size = NpyDescrItemSize(fields->descr);
   if (!item_size.ok()) return invalid(item_size.status().message());
 
-  const std::optional<uint64_t> data_bytes = CheckedByteCount(fields->shape, *item_size);
+  const std::optional<uint64_t> data_bytes = internal::CheckedByteCount(fields->shape, *item_size);
   const uint64_t data_start = header_start + header_len;
   if (!data_bytes.has_value() || *data_bytes > std::numeric_limits<uint64_t>::max() - data_start) {
     return invalid(absl::StrCat("shape ", ShapeString(fields->shape), " with item size ",
@@ -348,7 +338,7 @@ absl::Status WriteNpy(const std::string& path, const std::string& descr,
       return invalid(
           absl::StrCat("negative dimension in shape [", absl::StrJoin(shape, ", "), "]"));
   }
-  const std::optional<uint64_t> expected = CheckedByteCount(shape, *item_size);
+  const std::optional<uint64_t> expected = internal::CheckedByteCount(shape, *item_size);
   if (!expected.has_value()) {
     return invalid(absl::StrCat("shape ", ShapeString(shape), " overflows 64-bit byte count"));
   }

@@ -21,6 +21,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -108,6 +109,17 @@ class ReadOnlyFile {
 };
 
 // A borrowed byte range to be written.
+// product(shape) * item_size, or nullopt on a negative dimension or uint64 overflow.
+inline std::optional<uint64_t> CheckedByteCount(const std::vector<int64_t>& shape,
+                                                uint64_t item_size) {
+  uint64_t total = item_size;
+  for (const int64_t dim : shape) {
+    if (dim < 0) return std::nullopt;
+    if (__builtin_mul_overflow(total, static_cast<uint64_t>(dim), &total)) return std::nullopt;
+  }
+  return total;
+}
+
 struct ByteChunk {
   const void* data;
   size_t size;

@@ -57,16 +57,6 @@ bool IsValidUtf8(std::string_view s) {
   return true;
 }
 
-// product(shape) * item_size, or nullopt on a negative dimension or uint64 overflow.
-std::optional<uint64_t> CheckedByteCount(const std::vector<int64_t>& shape, uint64_t item_size) {
-  uint64_t total = item_size;
-  for (const int64_t dim : shape) {
-    if (dim < 0) return std::nullopt;
-    if (__builtin_mul_overflow(total, static_cast<uint64_t>(dim), &total)) return std::nullopt;
-  }
-  return total;
-}
-
 std::string ShapeString(const std::vector<int64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
 }
@@ -113,7 +103,7 @@ absl::StatusOr<SafetensorsTensorInfo> ParseTensorInfo(const std::string& path,
   if (info.begin > info.end) {
     return invalid(absl::StrCat("data_offsets [", info.begin, ", ", info.end, "] are reversed"));
   }
-  const std::optional<uint64_t> expected = CheckedByteCount(info.shape, *item_size);
+  const std::optional<uint64_t> expected = internal::CheckedByteCount(info.shape, *item_size);
   if (!expected.has_value()) {
     return invalid(absl::StrCat("shape ", ShapeString(info.shape), " overflows 64-bit byte count"));
   }
@@ -244,7 +234,7 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<Safeten
               absl::StrCat("negative dimension in shape ", ShapeString(entry.shape)));
         }
       }
-      const std::optional<uint64_t> expected = CheckedByteCount(entry.shape, *item_size);
+      const std::optional<uint64_t> expected = internal::CheckedByteCount(entry.shape, *item_size);
       if (!expected.has_value()) {
         return invalid_tensor(
             absl::StrCat("shape ", ShapeString(entry.shape), " overflows 64-bit byte count"));
