@@ -2,6 +2,7 @@
 #ifndef NVFP4_KERNELS_QUANTIZE_OPTIONS_H_
 #define NVFP4_KERNELS_QUANTIZE_OPTIONS_H_
 
+#include <atomic>
 #include <optional>
 
 #include "kernels/numerics/method.h"
@@ -20,6 +21,9 @@ struct QuantizeOptions {
   std::optional<float> global_scale;
   // Also produce the dequantised (fake-quant) tensor, f32 [rows, cols].
   bool want_dequantized = false;
+  // Cooperative cancellation: when set and it becomes true, the backend stops between work
+  // chunks and returns absl::CancelledError. Not owned; must outlive the call.
+  const std::atomic<bool>* cancelled = nullptr;
 };
 
 }  // namespace nvfp4

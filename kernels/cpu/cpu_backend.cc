@@ -168,7 +168,12 @@ absl::StatusOr<QuantizedTensor> CpuBackend::QuantizeUnchecked(const TensorView& 
   std::vector<ErrorAccumulator> sums(static_cast<size_t>(chunks));
   const size_t element_size = DTypeSize(input.dtype);
   const bool direct = input.dtype == DType::kF32 && pc == input.cols;
+  std::atomic<bool> stopped{false};
   pool_.ParallelFor(chunks, [&](int64_t chunk) {
+    if (options.cancelled && options.cancelled->load(std::memory_order_relaxed)) {
+      stopped.store(true, std::memory_order_relaxed);
+      return;
+    }
     const int64_t r0 = chunk * rows_per_chunk;
     const int64_t rows = std::min(rows_per_chunk, input.rows - r0);
     RowKernelArgs args;
@@ -213,6 +218,7 @@ absl::StatusOr<QuantizedTensor> CpuBackend::QuantizeUnchecked(const TensorView& 
     kernels.rows(args);
   });
 
+  if (stopped.load()) return absl::CancelledError("quantisation cancelled");
   ErrorAccumulator total;
   for (const ErrorAccumulator& s : sums) total.Merge(s);
   const double seconds =

@@ -4,8 +4,9 @@
 // element is named in the InvalidArgument), (2) per row chunk: widen to fp32, zero-pad rows to
 // a multiple of 16, run the ISA's row kernel. Chunks are fixed by the tensor shape (not by the
 // thread count) and their metric sums are merged in chunk order, so bytes and metrics are the
-// same for every thread count and ISA. Thread-safe: concurrent Quantize calls share the pool
-// (their parallel sections are serialised).
+// same for every thread count and ISA. options.cancelled is polled before every chunk (~64k
+// elements). Thread-safe: concurrent Quantize calls share the pool (their parallel sections are
+// serialised).
 #ifndef NVFP4_KERNELS_CPU_CPU_BACKEND_H_
 #define NVFP4_KERNELS_CPU_CPU_BACKEND_H_
 

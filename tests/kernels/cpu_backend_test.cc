@@ -189,6 +189,19 @@ TEST(CpuBackend, FusedGroupScaleOverridesTheTensorAmax) {
   EXPECT_EQ(by_g->global_scale, 0.5f);
 }
 
+TEST(CpuBackend, CancellationStopsBetweenChunks) {
+  std::vector<float> x = testing::Sample(testing::Distribution::kGaussian, 512 * 1024, 4);
+  auto backend = MakeBackend(cpu::CpuIsa::kAuto, 2);
+  std::atomic<bool> cancelled{true};
+  QuantizeOptions options;
+  options.cancelled = &cancelled;
+  auto q = backend->Quantize({DType::kF32, 512, 1024, x.data()}, {}, options);
+  ASSERT_FALSE(q.ok());
+  EXPECT_EQ(q.status().code(), absl::StatusCode::kCancelled);
+  cancelled = false;
+  EXPECT_TRUE(backend->Quantize({DType::kF32, 512, 1024, x.data()}, {}, options).ok());
+}
+
 TEST(CpuBackend, AllZeroTensor) {
   std::vector<float> x(3 * 48, 0.0f);
   auto backend = MakeBackend(cpu::CpuIsa::kAuto, 1);
