@@ -1,6 +1,10 @@
 #include "client/cli/common_flags.h"
 
+#include <fstream>
+#include <sstream>
+
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 
 namespace nvfp4::cli {
 
@@ -13,6 +17,32 @@ void EngineFlags::Register(CLI::App* command) {
 
 absl::StatusOr<std::unique_ptr<cpu::CpuBackend>> EngineFlags::MakeBackend() const {
   return cpu::CpuBackend::Create({threads, cpu::ParseCpuIsa(isa).value_or(cpu::CpuIsa::kAuto)});
+}
+
+void RemoteFlags::Register(CLI::App* command, bool required) {
+  CLI::Option* server_option = command->add_option(
+      "--server", server,
+      required ? "nvfp4d address host:port" : "quantise on nvfp4d at host:port instead of locally");
+  if (required) server_option->required();
+  command->add_option("--token-file", token_file, "file with the server's bearer token");
+  command->add_option("--tls-ca", tls_ca, "PEM CA bundle; connects with TLS");
+  command->add_option("--timeout", timeout_seconds, "deadline of each call in seconds")
+      ->check(CLI::PositiveNumber);
+}
+
+absl::StatusOr<std::unique_ptr<client::QuantizerClient>> RemoteFlags::Connect() const {
+  client::ClientOptions options;
+  options.target = server;
+  options.tls_ca_file = tls_ca;
+  options.timeout = absl::Seconds(timeout_seconds);
+  if (!token_file.empty()) {
+    std::ifstream in(token_file);
+    if (!in) return absl::NotFoundError(absl::StrCat("cannot read token file ", token_file));
+    std::stringstream text;
+    text << in.rdbuf();
+    options.token = std::string(absl::StripAsciiWhitespace(text.str()));
+  }
+  return client::QuantizerClient::Connect(options);
 }
 
 void QuantizeFlags::Register(CLI::App* command) {

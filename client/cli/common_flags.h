@@ -7,6 +7,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/status/statusor.h"
+#include "client/quantizer_client.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/quantize_options.h"
 
@@ -18,6 +19,18 @@ struct EngineFlags {
 
   void Register(CLI::App* command);
   absl::StatusOr<std::unique_ptr<cpu::CpuBackend>> MakeBackend() const;
+};
+
+// Where nvfp4d is and how to reach it.
+struct RemoteFlags {
+  std::string server;      // host:port; empty: quantise locally
+  std::string token_file;  // bearer token file
+  std::string tls_ca;      // PEM CA bundle: use TLS
+  double timeout_seconds = 3600;
+
+  // required: the subcommand only works against a server.
+  void Register(CLI::App* command, bool required);
+  absl::StatusOr<std::unique_ptr<client::QuantizerClient>> Connect() const;
 };
 
 struct QuantizeFlags {

@@ -9,6 +9,8 @@
 #include "absl/strings/str_cat.h"
 #include "client/cli/common_flags.h"
 #include "client/cli/exit_codes.h"
+#include "client/cli/progress.h"
+#include "client/cli/remote_commands.h"
 #include "client/cli/report.h"
 #include "client/cli/tensor_input.h"
 #include "client/io/npy.h"
@@ -33,6 +35,7 @@ struct QuantizeTensorFlags {
   bool json = false;
   EngineFlags engine;
   QuantizeFlags quantize;
+  RemoteFlags remote;
 };
 
 absl::Status WriteModelOptTensor(const std::string& path, const QuantizeOptions& options,
@@ -63,8 +66,27 @@ absl::StatusOr<int> Run(const QuantizeTensorFlags& flags) {
   options.amax = flags.amax;
   options.global_scale = flags.global_scale;
   options.want_dequantized = flags.dequantized.has_value();
-  ASSIGN_OR_RETURN(std::unique_ptr<cpu::CpuBackend> backend, flags.engine.MakeBackend());
-  ASSIGN_OR_RETURN(QuantizedTensor q, backend->Quantize(tensor.view(), importance.view(), options));
+  QuantizedTensor q;
+  std::string backend_name;
+  int threads = 0;
+  std::string job_id;
+  if (!flags.remote.server.empty()) {
+    ASSIGN_OR_RETURN(std::unique_ptr<client::QuantizerClient> client, flags.remote.Connect());
+    InterruptCancels interrupt(client.get());
+    ProgressBar bar("nvfp4q");
+    ASSIGN_OR_RETURN(q, client->QuantizeTensor(
+                            tensor.view(), importance.view(), options, flags.input,
+                            [&bar](int64_t done, int64_t total, std::string_view phase) {
+                              bar.Update(done, total, phase);
+                            },
+                            &job_id));
+    backend_name = "nvfp4d " + flags.remote.server;
+  } else {
+    ASSIGN_OR_RETURN(std::unique_ptr<cpu::CpuBackend> backend, flags.engine.MakeBackend());
+    ASSIGN_OR_RETURN(q, backend->Quantize(tensor.view(), importance.view(), options));
+    backend_name = std::string(backend->name());
+    threads = backend->threads();
+  }
   RETURN_IF_ERROR(WriteModelOptTensor(flags.output, options, q));
   if (flags.dequantized.has_value()) {
     if (flags.dequantized_dtype == "bf16") {
@@ -82,8 +104,9 @@ absl::StatusOr<int> Run(const QuantizeTensorFlags& flags) {
     nlohmann::json j = QuantizationJson(options, q);
     j["input"] = flags.input;
     j["output"] = flags.output;
-    j["backend"] = std::string(backend->name());
-    j["threads"] = backend->threads();
+    j["backend"] = backend_name;
+    if (threads > 0) j["threads"] = threads;
+    if (!job_id.empty()) j["job_id"] = job_id;
     std::printf("%s\n", j.dump().c_str());
   } else {
     const TensorMetrics& m = q.metrics;
@@ -98,9 +121,8 @@ absl::StatusOr<int> Run(const QuantizeTensorFlags& flags) {
     if (m.weighted) std::printf("  WMSE %.6g\n", m.wmse);
     std::printf("  vs AbsMax: MSE %.6g, gain %.4f (%+.1f %%), %.2f candidates/block\n",
                 m.absmax_mse, m.gain, 100.0 * (m.gain - 1.0), m.candidates_per_block);
-    std::printf("  %.3f s, %selem/s on %s x%d\n", m.seconds,
-                HumanRate(m.elements_per_second).c_str(), std::string(backend->name()).c_str(),
-                backend->threads());
+    std::printf("  %.3f s, %selem/s on %s%s\n", m.seconds, HumanRate(m.elements_per_second).c_str(),
+                backend_name.c_str(), threads > 0 ? absl::StrCat(" x", threads).c_str() : "");
   }
   return kExitOk;
 }
@@ -130,6 +152,7 @@ std::function<int()> AddQuantizeTensorCommand(CLI::App& app) {
   cmd->add_flag("--json", flags->json, "print one JSON object instead of text");
   flags->quantize.Register(cmd);
   flags->engine.Register(cmd);
+  flags->remote.Register(cmd, false);
   return SubcommandRunner(cmd, flags, &Run);
 }
 

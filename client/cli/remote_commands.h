@@ -1,0 +1,36 @@
+// nvfp4q subcommands that talk to nvfp4d: `info`, `jobs`, `cancel`; and the Ctrl-C guard used
+// by remote quantisation.
+#ifndef NVFP4_CLIENT_CLI_REMOTE_COMMANDS_H_
+#define NVFP4_CLIENT_CLI_REMOTE_COMMANDS_H_
+
+#include <pthread.h>
+#include <functional>
+
+#include "CLI/CLI.hpp"
+#include "client/quantizer_client.h"
+
+namespace nvfp4::cli {
+
+std::function<int()> AddInfoCommand(CLI::App& app);
+std::function<int()> AddJobsCommand(CLI::App& app);
+std::function<int()> AddCancelCommand(CLI::App& app);
+
+// While alive, Ctrl-C (SIGINT) cancels the client's calls in flight (so the server cancels the
+// job) instead of killing the process. Create it before the client starts any call.
+class InterruptCancels {
+ public:
+  explicit InterruptCancels(client::QuantizerClient* client);
+  ~InterruptCancels();
+  InterruptCancels(const InterruptCancels&) = delete;
+  InterruptCancels& operator=(const InterruptCancels&) = delete;
+  bool interrupted() const;
+
+ private:
+  client::QuantizerClient* client_;
+  pthread_t watcher_;
+  sigset_t previous_;
+};
+
+}  // namespace nvfp4::cli
+
+#endif  // NVFP4_CLIENT_CLI_REMOTE_COMMANDS_H_

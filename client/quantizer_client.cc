@@ -1,0 +1,226 @@
+#include "client/quantizer_client.h"
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "kernels/numerics/half.h"
+#include "proto/convert.h"
+
+namespace nvfp4::client {
+namespace {
+
+absl::Status Unexpected(const char* what) {
+  return absl::InternalError(absl::StrCat("protocol error: unexpected ", what, " from the server"));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<QuantizerClient>> QuantizerClient::Connect(
+    const ClientOptions& options) {
+  if (options.target.empty()) return absl::InvalidArgumentError("no server address given");
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  if (!options.tls_ca_file.empty()) {
+    std::ifstream in(options.tls_ca_file);
+    if (!in) return absl::NotFoundError(absl::StrCat("cannot read CA file ", options.tls_ca_file));
+    std::stringstream pem;
+    pem << in.rdbuf();
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = pem.str();
+    credentials = grpc::SslCredentials(ssl);
+  } else {
+    credentials = grpc::InsecureChannelCredentials();
+  }
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);
+  args.SetMaxSendMessageSize(-1);
+  auto channel = grpc::CreateCustomChannel(options.target, credentials, args);
+  return std::unique_ptr<QuantizerClient>(new QuantizerClient(options, std::move(channel)));
+}
+
+QuantizerClient::QuantizerClient(const ClientOptions& options,
+                                 std::shared_ptr<grpc::Channel> channel)
+    : options_(options), channel_(std::move(channel)), stub_(v1::Quantizer::NewStub(channel_)) {}
+
+void QuantizerClient::Prepare(grpc::ClientContext* context) {
+  context->set_deadline(absl::ToChronoTime(absl::Now() + options_.timeout));
+  if (!options_.token.empty()) context->AddMetadata("authorization", "Bearer " + options_.token);
+  absl::MutexLock lock(&mu_);
+  if (cancelled_) context->TryCancel();
+  in_flight_.insert(context);
+}
+
+void QuantizerClient::Forget(grpc::ClientContext* context) {
+  absl::MutexLock lock(&mu_);
+  in_flight_.erase(context);
+}
+
+void QuantizerClient::CancelInFlight() {
+  absl::MutexLock lock(&mu_);
+  cancelled_ = true;
+  for (grpc::ClientContext* context : in_flight_) context->TryCancel();
+}
+
+absl::StatusOr<QuantizedTensor> QuantizerClient::QuantizeTensor(
+    const TensorView& input, const ImportanceView& importance, const QuantizeOptions& options,
+    const std::string& name, const ProgressFn& progress, std::string* job_id) {
+  api::TensorSpec spec;
+  spec.name = name;
+  spec.dtype = input.dtype;
+  spec.rows = input.rows;
+  spec.cols = input.cols;
+  spec.options = options;
+  spec.importance_layout = importance.layout;
+  spec.want_packed = true;
+  spec.want_dequantized = options.want_dequantized;
+  if (importance.present() && importance.size != spec.importance_values()) {
+    return absl::InvalidArgumentError(absl::StrCat("importance has ", importance.size,
+                                                   " values, expected ", spec.importance_values()));
+  }
+
+  grpc::ClientContext context;
+  Prepare(&context);
+  auto stream = stub_->QuantizeTensor(&context);
+  auto finish = [&](absl::Status local) -> absl::Status {
+    const grpc::Status remote = stream->Finish();
+    Forget(&context);
+    // The server's status explains a failed write/read better than the local symptom.
+    if (!remote.ok()) return api::FromGrpcStatus(remote);
+    return local;
+  };
+
+  v1::QuantizeTensorRequest request;
+  *request.mutable_header() = api::HeaderFromSpec(spec);
+  const int64_t importance_bytes = spec.importance_values() * 4;
+  const int64_t total_upload = importance_bytes + static_cast<int64_t>(input.bytes());
+  int64_t uploaded = 0;
+  bool write_ok = stream->Write(request);
+  auto send = [&](const void* base, int64_t bytes, bool is_data) {
+    for (int64_t offset = 0; write_ok && offset < bytes; offset += options_.chunk_bytes) {
+      const int64_t n = std::min(options_.chunk_bytes, bytes - offset);
+      request.Clear();
+      std::string* chunk = is_data ? request.mutable_data() : request.mutable_importance();
+      chunk->assign(static_cast<const char*>(base) + offset, static_cast<size_t>(n));
+      write_ok = stream->Write(request);
+      uploaded += n;
+      if (progress) progress(uploaded, total_upload, "upload");
+    }
+  };
+  if (importance_bytes > 0) send(importance.data, importance_bytes, false);
+  send(input.data, static_cast<int64_t>(input.bytes()), true);
+  if (write_ok) stream->WritesDone();
+  if (!write_ok) return finish(absl::UnavailableError("the server closed the stream"));
+  if (progress) progress(0, 0, "quantize");
+
+  QuantizedTensor out;
+  std::vector<uint8_t> dequantized;
+  v1::ResultHeader header;
+  bool have_header = false, have_metrics = false;
+  int64_t received = 0, expected = 0;
+  v1::QuantizeTensorResponse response;
+  while (stream->Read(&response)) {
+    switch (response.payload_case()) {
+      case v1::QuantizeTensorResponse::kAccepted:
+        if (job_id) *job_id = response.accepted().job_id();
+        break;
+      case v1::QuantizeTensorResponse::kResult:
+        header = response.result();
+        have_header = true;
+        out.rows = header.rows();
+        out.cols = header.cols();
+        out.padded_cols = header.padded_cols();
+        out.global_scale = header.global_scale();
+        out.amax = header.amax();
+        out.packed.reserve(static_cast<size_t>(header.packed_bytes()));
+        out.scales.reserve(static_cast<size_t>(header.scales_bytes()));
+        dequantized.reserve(static_cast<size_t>(header.dequantized_bytes()));
+        expected = header.packed_bytes() + header.scales_bytes() + header.dequantized_bytes();
+        break;
+      case v1::QuantizeTensorResponse::kPacked:
+        if (!have_header) return finish(Unexpected("packed data before the result header"));
+        out.packed.insert(out.packed.end(), response.packed().begin(), response.packed().end());
+        received += static_cast<int64_t>(response.packed().size());
+        break;
+      case v1::QuantizeTensorResponse::kScales:
+        if (!have_header) return finish(Unexpected("scales before the result header"));
+        out.scales.insert(out.scales.end(), response.scales().begin(), response.scales().end());
+        received += static_cast<int64_t>(response.scales().size());
+        break;
+      case v1::QuantizeTensorResponse::kDequantized:
+        if (!have_header) return finish(Unexpected("dequantized data before the result header"));
+        dequantized.insert(dequantized.end(), response.dequantized().begin(),
+                           response.dequantized().end());
+        received += static_cast<int64_t>(response.dequantized().size());
+        break;
+      case v1::QuantizeTensorResponse::kMetrics:
+        out.metrics = api::MetricsFromProto(response.metrics());
+        have_metrics = true;
+        break;
+      default:
+        return finish(Unexpected("message"));
+    }
+    if (progress && expected > 0) progress(received, expected, "download");
+  }
+  RETURN_IF_ERROR(finish(absl::OkStatus()));
+  if (!have_header || !have_metrics) return Unexpected("end of stream before the results");
+  if (static_cast<int64_t>(out.packed.size()) != header.packed_bytes() ||
+      static_cast<int64_t>(out.scales.size()) != header.scales_bytes() ||
+      static_cast<int64_t>(dequantized.size()) != header.dequantized_bytes()) {
+    return absl::DataLossError("the server sent fewer result bytes than announced");
+  }
+  if (!dequantized.empty()) {
+    out.dequantized.resize(static_cast<size_t>(out.rows * out.cols));
+    std::memcpy(out.dequantized.data(), dequantized.data(),
+                std::min(dequantized.size(), out.dequantized.size() * sizeof(float)));
+  }
+  return out;
+}
+
+absl::StatusOr<v1::ServerInfo> QuantizerClient::GetServerInfo() {
+  grpc::ClientContext context;
+  Prepare(&context);
+  v1::ServerInfo info;
+  const grpc::Status status = stub_->GetServerInfo(&context, v1::GetServerInfoRequest(), &info);
+  Forget(&context);
+  RETURN_IF_ERROR(api::FromGrpcStatus(status));
+  return info;
+}
+
+absl::StatusOr<std::vector<v1::Job>> QuantizerClient::ListJobs() {
+  grpc::ClientContext context;
+  Prepare(&context);
+  v1::ListJobsResponse response;
+  const grpc::Status status = stub_->ListJobs(&context, v1::ListJobsRequest(), &response);
+  Forget(&context);
+  RETURN_IF_ERROR(api::FromGrpcStatus(status));
+  return std::vector<v1::Job>(response.jobs().begin(), response.jobs().end());
+}
+
+absl::StatusOr<v1::Job> QuantizerClient::GetJob(const std::string& job_id) {
+  grpc::ClientContext context;
+  Prepare(&context);
+  v1::GetJobRequest request;
+  request.set_job_id(job_id);
+  v1::Job job;
+  const grpc::Status status = stub_->GetJob(&context, request, &job);
+  Forget(&context);
+  RETURN_IF_ERROR(api::FromGrpcStatus(status));
+  return job;
+}
+
+absl::StatusOr<v1::Job> QuantizerClient::CancelJob(const std::string& job_id) {
+  grpc::ClientContext context;
+  Prepare(&context);
+  v1::CancelJobRequest request;
+  request.set_job_id(job_id);
+  v1::Job job;
+  const grpc::Status status = stub_->CancelJob(&context, request, &job);
+  Forget(&context);
+  RETURN_IF_ERROR(api::FromGrpcStatus(status));
+  return job;
+}
+
+}  // namespace nvfp4::client

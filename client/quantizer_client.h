@@ -1,0 +1,74 @@
+// QuantizerClient: the C++ client of nvfp4d (nvfp4.v1.Quantizer).
+//
+// QuantizeTensor streams a tensor (header, importance, data in chunks) and reassembles the
+// NVFP4 result into the same QuantizedTensor the embedded engine returns, so callers switch
+// between local and remote quantisation without other changes. Errors come back as
+// absl::Status with the server's gRPC code and message. A client may be used from several
+// threads; CancelInFlight() (for example from a Ctrl-C handler thread) cancels every call in
+// progress.
+#ifndef NVFP4_CLIENT_QUANTIZER_CLIENT_H_
+#define NVFP4_CLIENT_QUANTIZER_CLIENT_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "grpcpp/grpcpp.h"
+#include "kernels/quantize_options.h"
+#include "kernels/quantized_tensor.h"
+#include "kernels/tensor.h"
+#include "nvfp4/v1/quantizer.grpc.pb.h"
+
+namespace nvfp4::client {
+
+struct ClientOptions {
+  std::string target;                       // "host:port", or any gRPC target
+  std::string tls_ca_file;                  // set: TLS, trusting this PEM CA bundle
+  std::string token;                        // set: sent as "authorization: Bearer <token>"
+  absl::Duration timeout = absl::Hours(1);  // deadline of each call
+  int64_t chunk_bytes = int64_t{4} << 20;   // upload chunk size (<= the server's limit)
+};
+
+// Called during uploads and downloads: bytes done / total and the phase ("upload",
+// "quantize", "download").
+using ProgressFn = std::function<void(int64_t done, int64_t total, std::string_view phase)>;
+
+class QuantizerClient {
+ public:
+  static absl::StatusOr<std::unique_ptr<QuantizerClient>> Connect(const ClientOptions& options);
+
+  // name labels the job on the server; job_id (optional) receives its id.
+  absl::StatusOr<QuantizedTensor> QuantizeTensor(
+      const TensorView& input, const ImportanceView& importance, const QuantizeOptions& options,
+      const std::string& name = "", const ProgressFn& progress = {}, std::string* job_id = nullptr);
+
+  absl::StatusOr<v1::ServerInfo> GetServerInfo();
+  absl::StatusOr<std::vector<v1::Job>> ListJobs();
+  absl::StatusOr<v1::Job> GetJob(const std::string& job_id);
+  absl::StatusOr<v1::Job> CancelJob(const std::string& job_id);
+
+  void CancelInFlight();
+
+ private:
+  explicit QuantizerClient(const ClientOptions& options, std::shared_ptr<grpc::Channel> channel);
+  void Prepare(grpc::ClientContext* context);
+  void Forget(grpc::ClientContext* context);
+
+  const ClientOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Quantizer::Stub> stub_;
+  absl::Mutex mu_;
+  std::set<grpc::ClientContext*> in_flight_ ABSL_GUARDED_BY(mu_);
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace nvfp4::client
+
+#endif  // NVFP4_CLIENT_QUANTIZER_CLIENT_H_

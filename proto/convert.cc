@@ -1,0 +1,282 @@
+#include "proto/convert.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/numerics/global_scale.h"
+#include "kernels/quantized_tensor.h"
+
+namespace nvfp4::api {
+namespace {
+
+constexpr size_t kMaxStatusMessage = 1024;
+constexpr size_t kMaxNameBytes = 256;
+
+}  // namespace
+
+int64_t TensorSpec::job_bytes() const {
+  // The engine always produces packed values and scales, and an f32 fake-quant tensor when one
+  // is wanted (bf16 output is converted from it).
+  const int64_t padded = PaddedCols(cols);
+  const int64_t encoded = rows * padded / 2 + rows * padded / 16;
+  const int64_t fake_quant = want_dequantized ? elements() * 4 + dequantized_bytes() : 0;
+  return input_bytes() + importance_values() * 4 + encoded + fake_quant;
+}
+
+absl::StatusOr<TensorSpec> SpecFromHeader(const v1::TensorHeader& header) {
+  TensorSpec spec;
+  if (header.name().size() > kMaxNameBytes) {
+    return absl::InvalidArgumentError("header.name is longer than 256 bytes");
+  }
+  spec.name = header.name();
+  switch (header.dtype()) {
+    case v1::DTYPE_F32:
+      spec.dtype = DType::kF32;
+      break;
+    case v1::DTYPE_BF16:
+      spec.dtype = DType::kBF16;
+      break;
+    case v1::DTYPE_F16:
+      spec.dtype = DType::kF16;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("header.dtype must be DTYPE_F32, DTYPE_BF16 or DTYPE_F16, got ",
+                       static_cast<int>(header.dtype())));
+  }
+  if (header.shape_size() != 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("header.shape must be [rows, cols] (send a 1-D tensor as [1, K]), got ",
+                     header.shape_size(), " dimensions"));
+  }
+  spec.rows = header.shape(0);
+  spec.cols = header.shape(1);
+  if (spec.rows <= 0 || spec.cols <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("header.shape must be positive, got [", spec.rows, ", ", spec.cols, "]"));
+  }
+  if (spec.rows > (int64_t{1} << 40) / spec.cols) {
+    return absl::InvalidArgumentError("header.shape exceeds 2^40 elements");
+  }
+  switch (header.method()) {
+    case v1::METHOD_UNSPECIFIED:
+    case v1::METHOD_SCALESWEEP:
+      spec.options.method = Method::kScaleSweep;
+      break;
+    case v1::METHOD_ABSMAX:
+      spec.options.method = Method::kAbsMax;
+      break;
+    case v1::METHOD_FOUR_OVER_SIX:
+      spec.options.method = Method::kFourOverSix;
+      break;
+    case v1::METHOD_EXHAUSTIVE:
+      spec.options.method = Method::kExhaustive;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("header.method: unknown value ", static_cast<int>(header.method())));
+  }
+  switch (header.objective()) {
+    case v1::OBJECTIVE_UNSPECIFIED:
+    case v1::OBJECTIVE_MSE:
+      spec.options.objective = Objective::kMse;
+      break;
+    case v1::OBJECTIVE_WMSE:
+      spec.options.objective = Objective::kWmse;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("header.objective: unknown value ", static_cast<int>(header.objective())));
+  }
+  const uint32_t scale_max = header.scale_max() == 0 ? 256 : header.scale_max();
+  if (scale_max != 256 && scale_max != 448) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("header.scale_max must be 448 or 256 (0 = 256), got ", header.scale_max()));
+  }
+  spec.options.scale_max = static_cast<int>(scale_max);
+  if (header.has_amax()) {
+    if (!std::isfinite(header.amax()) || header.amax() < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("header.amax must be finite and >= 0, got ", header.amax()));
+    }
+    spec.options.amax = header.amax();
+  }
+  if (header.has_global_scale()) {
+    if (!std::isfinite(header.global_scale()) || !(header.global_scale() >= kMinGlobalScale)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "header.global_scale must be finite and >= 2^-117, got ", header.global_scale()));
+    }
+    spec.options.global_scale = header.global_scale();
+  }
+  switch (header.importance_layout()) {
+    case v1::IMPORTANCE_LAYOUT_NONE:
+      spec.importance_layout = ImportanceLayout::kNone;
+      break;
+    case v1::IMPORTANCE_LAYOUT_PER_COLUMN:
+      spec.importance_layout = ImportanceLayout::kPerColumn;
+      break;
+    case v1::IMPORTANCE_LAYOUT_PER_ELEMENT:
+      spec.importance_layout = ImportanceLayout::kPerElement;
+      break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat("header.importance_layout: unknown value ",
+                                                     static_cast<int>(header.importance_layout())));
+  }
+  if (spec.options.objective == Objective::kWmse &&
+      spec.importance_layout == ImportanceLayout::kNone) {
+    return absl::InvalidArgumentError(
+        "header.objective is OBJECTIVE_WMSE but header.importance_layout is NONE");
+  }
+  switch (header.output_mode()) {
+    case v1::OUTPUT_MODE_UNSPECIFIED:
+    case v1::OUTPUT_MODE_PACKED:
+      break;
+    case v1::OUTPUT_MODE_DEQUANTIZED:
+      spec.want_packed = false;
+      spec.want_dequantized = true;
+      break;
+    case v1::OUTPUT_MODE_BOTH:
+      spec.want_dequantized = true;
+      break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat("header.output_mode: unknown value ",
+                                                     static_cast<int>(header.output_mode())));
+  }
+  switch (header.dequantized_dtype()) {
+    case v1::DTYPE_UNSPECIFIED:
+    case v1::DTYPE_F32:
+      break;
+    case v1::DTYPE_BF16:
+      spec.dequantized_bf16 = true;
+      break;
+    default:
+      return absl::InvalidArgumentError("header.dequantized_dtype must be DTYPE_F32 or DTYPE_BF16");
+  }
+  spec.options.want_dequantized = spec.want_dequantized;
+  return spec;
+}
+
+v1::TensorHeader HeaderFromSpec(const TensorSpec& spec) {
+  v1::TensorHeader header;
+  header.set_name(spec.name);
+  header.set_dtype(spec.dtype == DType::kF32    ? v1::DTYPE_F32
+                   : spec.dtype == DType::kBF16 ? v1::DTYPE_BF16
+                                                : v1::DTYPE_F16);
+  header.add_shape(spec.rows);
+  header.add_shape(spec.cols);
+  switch (spec.options.method) {
+    case Method::kAbsMax:
+      header.set_method(v1::METHOD_ABSMAX);
+      break;
+    case Method::kFourOverSix:
+      header.set_method(v1::METHOD_FOUR_OVER_SIX);
+      break;
+    case Method::kExhaustive:
+      header.set_method(v1::METHOD_EXHAUSTIVE);
+      break;
+    case Method::kScaleSweep:
+      header.set_method(v1::METHOD_SCALESWEEP);
+      break;
+  }
+  header.set_objective(spec.options.objective == Objective::kWmse ? v1::OBJECTIVE_WMSE
+                                                                  : v1::OBJECTIVE_MSE);
+  header.set_scale_max(static_cast<uint32_t>(spec.options.scale_max));
+  if (spec.options.amax) header.set_amax(*spec.options.amax);
+  if (spec.options.global_scale) header.set_global_scale(*spec.options.global_scale);
+  header.set_importance_layout(
+      spec.importance_layout == ImportanceLayout::kPerColumn    ? v1::IMPORTANCE_LAYOUT_PER_COLUMN
+      : spec.importance_layout == ImportanceLayout::kPerElement ? v1::IMPORTANCE_LAYOUT_PER_ELEMENT
+                                                                : v1::IMPORTANCE_LAYOUT_NONE);
+  header.set_output_mode(spec.want_packed && spec.want_dequantized ? v1::OUTPUT_MODE_BOTH
+                         : spec.want_dequantized                   ? v1::OUTPUT_MODE_DEQUANTIZED
+                                                                   : v1::OUTPUT_MODE_PACKED);
+  header.set_dequantized_dtype(spec.dequantized_bf16 ? v1::DTYPE_BF16 : v1::DTYPE_F32);
+  return header;
+}
+
+void MetricsToProto(const TensorMetrics& m, v1::TensorMetrics* out) {
+  out->set_elements(m.elements);
+  out->set_blocks(m.blocks);
+  out->set_mse(m.mse);
+  if (m.weighted) out->set_wmse(m.wmse);
+  out->set_nmse(m.nmse);
+  out->set_sqnr_db(m.sqnr_db);
+  out->set_max_abs_error(m.max_abs_error);
+  out->set_absmax_mse(m.absmax_mse);
+  out->set_gain(m.gain);
+  out->set_candidates_per_block(m.candidates_per_block);
+  out->set_quantize_seconds(m.seconds);
+}
+
+TensorMetrics MetricsFromProto(const v1::TensorMetrics& p) {
+  TensorMetrics m;
+  m.elements = p.elements();
+  m.blocks = p.blocks();
+  m.weighted = p.has_wmse();
+  m.mse = p.mse();
+  m.wmse = p.has_wmse() ? p.wmse() : 0.0;
+  m.nmse = p.nmse();
+  m.sqnr_db = p.sqnr_db();
+  m.max_abs_error = p.max_abs_error();
+  m.absmax_mse = p.absmax_mse();
+  m.gain = p.gain();
+  m.candidates_per_block = p.candidates_per_block();
+  m.seconds = p.quantize_seconds();
+  m.elements_per_second = m.seconds > 0 ? static_cast<double>(m.elements) / m.seconds : 0;
+  return m;
+}
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  std::string message(status.message());
+  if (message.size() > kMaxStatusMessage) message = message.substr(0, kMaxStatusMessage) + "...";
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), message);
+}
+
+absl::Status FromGrpcStatus(const grpc::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+}
+
+std::string StatusCodeName(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kOk:
+      return "OK";
+    case absl::StatusCode::kCancelled:
+      return "CANCELLED";
+    case absl::StatusCode::kUnknown:
+      return "UNKNOWN";
+    case absl::StatusCode::kInvalidArgument:
+      return "INVALID_ARGUMENT";
+    case absl::StatusCode::kDeadlineExceeded:
+      return "DEADLINE_EXCEEDED";
+    case absl::StatusCode::kNotFound:
+      return "NOT_FOUND";
+    case absl::StatusCode::kAlreadyExists:
+      return "ALREADY_EXISTS";
+    case absl::StatusCode::kPermissionDenied:
+      return "PERMISSION_DENIED";
+    case absl::StatusCode::kResourceExhausted:
+      return "RESOURCE_EXHAUSTED";
+    case absl::StatusCode::kFailedPrecondition:
+      return "FAILED_PRECONDITION";
+    case absl::StatusCode::kAborted:
+      return "ABORTED";
+    case absl::StatusCode::kOutOfRange:
+      return "OUT_OF_RANGE";
+    case absl::StatusCode::kUnimplemented:
+      return "UNIMPLEMENTED";
+    case absl::StatusCode::kInternal:
+      return "INTERNAL";
+    case absl::StatusCode::kUnavailable:
+      return "UNAVAILABLE";
+    case absl::StatusCode::kDataLoss:
+      return "DATA_LOSS";
+    case absl::StatusCode::kUnauthenticated:
+      return "UNAUTHENTICATED";
+    default:
+      return "UNKNOWN";
+  }
+}
+
+}  // namespace nvfp4::api

@@ -1,0 +1,62 @@
+// Conversions between the nvfp4.v1 API messages and the engine's types, shared by the server and
+// the client library, plus the one mapping between absl::Status and grpc::Status.
+// Pure functions; thread-safe.
+#ifndef NVFP4_PROTO_CONVERT_H_
+#define NVFP4_PROTO_CONVERT_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "grpcpp/support/status.h"
+#include "kernels/metrics.h"
+#include "kernels/quantize_options.h"
+#include "kernels/tensor.h"
+#include "nvfp4/v1/quantizer.pb.h"
+
+namespace nvfp4::api {
+
+// A validated TensorHeader in engine terms.
+struct TensorSpec {
+  std::string name;
+  DType dtype = DType::kF32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  QuantizeOptions options;  // cancelled/want_dequantized filled from output_mode
+  ImportanceLayout importance_layout = ImportanceLayout::kNone;
+  bool want_packed = true;
+  bool want_dequantized = false;
+  bool dequantized_bf16 = false;
+
+  int64_t elements() const { return rows * cols; }
+  int64_t input_bytes() const { return elements() * static_cast<int64_t>(DTypeSize(dtype)); }
+  int64_t importance_values() const {
+    return importance_layout == ImportanceLayout::kPerColumn    ? cols
+           : importance_layout == ImportanceLayout::kPerElement ? elements()
+                                                                : 0;
+  }
+  // Input, importance and every output of the job: what admission reserves.
+  int64_t job_bytes() const;
+  // Bytes of the fake-quant output as sent.
+  int64_t dequantized_bytes() const {
+    return want_dequantized ? elements() * (dequantized_bf16 ? 2 : 4) : 0;
+  }
+};
+
+// InvalidArgument naming the field ("header.shape ...") for anything malformed.
+absl::StatusOr<TensorSpec> SpecFromHeader(const v1::TensorHeader& header);
+v1::TensorHeader HeaderFromSpec(const TensorSpec& spec);
+
+void MetricsToProto(const TensorMetrics& metrics, v1::TensorMetrics* out);
+TensorMetrics MetricsFromProto(const v1::TensorMetrics& metrics);
+
+// absl and gRPC share the canonical code numbers; messages are cut to 1 KiB.
+grpc::Status ToGrpcStatus(const absl::Status& status);
+absl::Status FromGrpcStatus(const grpc::Status& status);
+
+std::string StatusCodeName(absl::StatusCode code);  // "OK", "RESOURCE_EXHAUSTED", ...
+
+}  // namespace nvfp4::api
+
+#endif  // NVFP4_PROTO_CONVERT_H_

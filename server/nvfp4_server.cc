@@ -1,0 +1,169 @@
+#include "server/nvfp4_server.h"
+
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
+#include "common/status_macros.h"
+#include "common/version.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "kernels/cpu/cpu_backend.h"
+
+namespace nvfp4::server {
+namespace {
+
+absl::StatusOr<std::string> ReadFile(const std::string& path, const char* what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", what, " file ", path));
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+absl::StatusOr<std::vector<std::unique_ptr<QuantizerBackend>>> CreateEngines(
+    const ServerOptions& options) {
+  if (options.device == "cuda") {
+    return absl::FailedPreconditionError(
+        "--device cuda: this build has no CUDA engine wired into nvfp4d yet; use auto or cpu");
+  }
+  if (options.device != "auto" && options.device != "cpu") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--device must be auto, cpu or cuda, got '", options.device, "'"));
+  }
+  if (options.cpu_workers < 1) return absl::InvalidArgumentError("--cpu-workers must be >= 1");
+  const std::optional<cpu::CpuIsa> isa = cpu::ParseCpuIsa(options.cpu_isa);
+  if (!isa) return absl::InvalidArgumentError("--isa must be auto, scalar, avx2 or avx512");
+  const int total = options.threads > 0
+                        ? options.threads
+                        : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  std::vector<std::unique_ptr<QuantizerBackend>> engines;
+  for (int i = 0; i < options.cpu_workers; ++i) {
+    const int threads = std::max(1, total / options.cpu_workers);
+    ASSIGN_OR_RETURN(std::unique_ptr<cpu::CpuBackend> backend,
+                     cpu::CpuBackend::Create({threads, *isa}));
+    engines.push_back(std::move(backend));
+  }
+  return engines;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Nvfp4Server>> Nvfp4Server::Start(
+    const ServerOptions& options, std::vector<std::unique_ptr<QuantizerBackend>> engines) {
+  std::unique_ptr<Nvfp4Server> s(new Nvfp4Server());
+  s->options_ = options;
+  if (engines.empty()) {
+    ASSIGN_OR_RETURN(engines, CreateEngines(options));
+  }
+  std::vector<std::string> names;
+  for (const auto& e : engines) names.emplace_back(e->name());
+  ASSIGN_OR_RETURN(s->metrics_, ServerMetrics::Create(names, kVersion));
+  if (!options.metrics_listen.empty()) {
+    RETURN_IF_ERROR(s->metrics_->StartExposer(options.metrics_listen));
+  }
+  s->jobs_ = std::make_unique<JobRegistry>(options.job_history);
+  s->scheduler_ =
+      std::make_unique<Scheduler>(options.scheduler, std::move(engines), s->metrics_.get());
+
+  ServiceOptions service_options = options.service;
+  if (!options.auth_token_file.empty()) {
+    ASSIGN_OR_RETURN(std::string token, ReadFile(options.auth_token_file, "token"));
+    service_options.auth_token = std::string(absl::StripAsciiWhitespace(token));
+    if (service_options.auth_token.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("token file ", options.auth_token_file, " is empty"));
+    }
+  }
+  s->service_ = std::make_unique<QuantizerService>(service_options, s->scheduler_.get(),
+                                                   s->jobs_.get(), s->metrics_.get());
+
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  if (!options.tls_cert_file.empty() || !options.tls_key_file.empty()) {
+    if (options.tls_cert_file.empty() || options.tls_key_file.empty()) {
+      return absl::InvalidArgumentError("TLS needs both --tls-cert and --tls-key");
+    }
+    grpc::SslServerCredentialsOptions ssl;
+    ASSIGN_OR_RETURN(std::string cert, ReadFile(options.tls_cert_file, "TLS certificate"));
+    ASSIGN_OR_RETURN(std::string key, ReadFile(options.tls_key_file, "TLS key"));
+    ssl.pem_key_cert_pairs.push_back({key, cert});
+    credentials = grpc::SslServerCredentials(ssl);
+  } else {
+    credentials = grpc::InsecureServerCredentials();
+  }
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen, credentials, &s->port_);
+  builder.RegisterService(s->service_.get());
+  builder.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(
+      service_options.max_message_bytes + (int64_t{64} << 10), int64_t{INT32_MAX})));
+  builder.SetMaxSendMessageSize(static_cast<int>(std::min<int64_t>(
+      service_options.max_message_bytes + (int64_t{64} << 10), int64_t{INT32_MAX})));
+  s->server_ = builder.BuildAndStart();
+  if (!s->server_ || s->port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen));
+  }
+  grpc::HealthCheckServiceInterface* health = s->server_->GetHealthCheckService();
+  health->SetServingStatus("", true);
+  health->SetServingStatus("nvfp4.v1.Quantizer", true);
+  health->SetServingStatus("liveness", true);
+  return s;
+}
+
+Nvfp4Server::~Nvfp4Server() { Shutdown(absl::ZeroDuration()); }
+
+std::string Nvfp4Server::Describe() const {
+  std::string engines;
+  for (const auto& e : scheduler_->engines()) {
+    absl::StrAppend(&engines, engines.empty() ? "" : ", ", std::string(e->name()));
+  }
+  const SchedulerOptions& so = scheduler_->options();
+  return absl::StrFormat(
+      "nvfp4d %s\n"
+      "  listen            %s (port %d)%s\n"
+      "  metrics           %s\n"
+      "  engines           %s\n"
+      "  max queue         %d jobs\n"
+      "  memory budget     %d bytes (max %d per job)\n"
+      "  chunk / message   %d / %d bytes\n"
+      "  auth              %s\n",
+      kVersion, options_.listen, port_, options_.tls_cert_file.empty() ? "" : ", TLS",
+      options_.metrics_listen.empty()
+          ? std::string("off")
+          : absl::StrCat("http://", options_.metrics_listen, "/metrics (port ",
+                         metrics_->exposer_port(), ")"),
+      engines, so.max_queue, so.memory_budget_bytes, so.max_job_bytes,
+      options_.service.max_chunk_bytes, options_.service.max_message_bytes,
+      options_.auth_token_file.empty() ? "off" : "bearer token");
+}
+
+void Nvfp4Server::Shutdown(absl::Duration drain) {
+  {
+    absl::MutexLock lock(&shutdown_mu_);
+    if (shut_down_) return;
+    shut_down_ = true;
+  }
+  if (server_) {
+    grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+    health->SetServingStatus("", false);
+    health->SetServingStatus("nvfp4.v1.Quantizer", false);
+  }
+  scheduler_->StartDraining();
+  if (server_) {
+    // Waits for in-flight calls until the deadline, then cancels them (their jobs see the
+    // cancel flag and stop between chunks).
+    server_->Shutdown(absl::ToChronoTime(absl::Now() + drain));
+  }
+  scheduler_->Stop();
+}
+
+void Nvfp4Server::Wait() {
+  if (server_) server_->Wait();
+}
+
+}  // namespace nvfp4::server

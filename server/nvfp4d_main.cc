@@ -1,0 +1,92 @@
+// nvfp4d: the NVFP4 quantisation server. Prints its effective configuration, serves until
+// SIGTERM/SIGINT, then drains (health NOT_SERVING, new jobs UNAVAILABLE, running calls get up to
+// --drain-timeout) and exits 0.
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "absl/time/time.h"
+#include "common/version.h"
+#include "server/nvfp4_server.h"
+
+int main(int argc, char** argv) {
+  nvfp4::server::ServerOptions options;
+  double drain_seconds = 30;
+  int64_t memory_mib = options.scheduler.memory_budget_bytes >> 20;
+  int64_t max_job_mib = options.scheduler.max_job_bytes >> 20;
+  int64_t max_message_mib = options.service.max_message_bytes >> 20;
+
+  CLI::App app{"nvfp4d: NVFP4 quantisation server (gRPC nvfp4.v1.Quantizer)"};
+  app.set_version_flag("--version", std::string("nvfp4d ") + nvfp4::kVersion);
+  app.add_option("--listen", options.listen, "gRPC address host:port")->capture_default_str();
+  app.add_option("--metrics-listen", options.metrics_listen,
+                 "Prometheus /metrics address host:port (empty: off)")
+      ->capture_default_str();
+  app.add_option("--device", options.device, "engines: auto, cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
+      ->capture_default_str();
+  app.add_option("--cpu-workers", options.cpu_workers, "concurrent CPU jobs")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--threads", options.threads, "CPU threads in total (0: all cores)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--isa", options.cpu_isa, "CPU kernels: auto, scalar, avx2, avx512")
+      ->check(CLI::IsMember({"auto", "scalar", "avx2", "avx512"}))
+      ->capture_default_str();
+  app.add_option("--max-queue", options.scheduler.max_queue,
+                 "admitted jobs not yet running; beyond: RESOURCE_EXHAUSTED")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--memory-mib", memory_mib, "memory budget of all admitted jobs (MiB)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--max-job-mib", max_job_mib, "largest job: input + importance + outputs (MiB)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--max-message-mib", max_message_mib, "largest unary request (MiB)")
+      ->check(CLI::Range(1, 2000))
+      ->capture_default_str();
+  app.add_option("--drain-timeout", drain_seconds, "seconds running calls get on SIGTERM")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--job-history", options.job_history, "finished jobs kept for GetJob/ListJobs")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--tls-cert", options.tls_cert_file, "PEM certificate chain (enables TLS)");
+  app.add_option("--tls-key", options.tls_key_file, "PEM private key");
+  app.add_option("--auth-token-file", options.auth_token_file,
+                 "file holding the bearer token clients must send");
+  CLI11_PARSE(app, argc, argv);
+  options.scheduler.memory_budget_bytes = memory_mib << 20;
+  options.scheduler.max_job_bytes = max_job_mib << 20;
+  options.service.max_message_bytes = max_message_mib << 20;
+
+  // Signals are taken synchronously by one thread: block them before any thread starts.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  auto server = nvfp4::server::Nvfp4Server::Start(options);
+  if (!server.ok()) {
+    std::fprintf(stderr, "nvfp4d: %s\n", std::string(server.status().message()).c_str());
+    return 1;
+  }
+  std::printf("%s", (*server)->Describe().c_str());
+  std::printf("nvfp4d: serving\n");
+  std::fflush(stdout);
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  std::printf("nvfp4d: %s received, draining for up to %.0f s\n",
+              signal_number == SIGTERM ? "SIGTERM" : "SIGINT", drain_seconds);
+  std::fflush(stdout);
+  (*server)->Shutdown(absl::Seconds(drain_seconds));
+  std::printf("nvfp4d: stopped\n");
+  return 0;
+}

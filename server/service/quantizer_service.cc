@@ -1,0 +1,584 @@
+#include "server/service/quantizer_service.h"
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+#include <new>
+#include <optional>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/status_macros.h"
+#include "common/version.h"
+#include "proto/convert.h"
+#include "server/service/tensor_job.h"
+
+namespace nvfp4::server {
+namespace {
+
+using StreamRequest = v1::QuantizeTensorRequest;
+using StreamResponse = v1::QuantizeTensorResponse;
+
+absl::Status CheckDeadline(const grpc::CallbackServerContext& context) {
+  if (context.deadline() <= std::chrono::system_clock::now()) {
+    return absl::DeadlineExceededError("the call's deadline passed before the job was admitted");
+  }
+  return absl::OkStatus();
+}
+
+// Admits a tensor job and allocates its (uninitialised) input buffers.
+absl::Status AdmitTensorJob(QuantizerService& service, const api::TensorSpec& spec,
+                            std::shared_ptr<Job>* job,
+                            std::shared_ptr<Scheduler::Admission>* admission,
+                            TensorJobInput* input) {
+  *job = service.jobs()->Create(v1::JOB_KIND_TENSOR, spec.name, spec.elements());
+  absl::StatusOr<std::shared_ptr<Scheduler::Admission>> admitted =
+      service.scheduler()->Admit(*job, spec.job_bytes());
+  if (!admitted.ok()) {
+    (*job)->MarkFinished(admitted.status(), std::nullopt, "");
+    return admitted.status();
+  }
+  *admission = std::move(*admitted);
+  input->spec = spec;
+  try {
+    input->data.reset(new uint8_t[static_cast<size_t>(spec.input_bytes())]);
+    if (spec.importance_values() > 0) {
+      input->importance.reset(new float[static_cast<size_t>(spec.importance_values())]);
+    }
+  } catch (const std::bad_alloc&) {
+    const absl::Status status = absl::ResourceExhaustedError("out of memory for the job's input");
+    (*job)->MarkFinished(status, std::nullopt, "");
+    admission->reset();
+    return status;
+  }
+  return absl::OkStatus();
+}
+
+void RecordSuccess(QuantizerService& service, const api::TensorSpec& spec,
+                   const TensorJobOutput& out, Job& job) {
+  job.MarkFinished(absl::OkStatus(), out.tensor.metrics, out.backend);
+  if (ServerMetrics* m = service.metrics()) {
+    m->TensorQuantized(static_cast<double>(spec.elements()),
+                       static_cast<double>(spec.input_bytes() + spec.importance_values() * 4),
+                       static_cast<double>(out.result_bytes(spec)), out.tensor.metrics.nmse,
+                       out.tensor.metrics.gain);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming tensor job. All state is guarded by mu_; gRPC operations (StartRead, StartWrite,
+// Finish) are issued outside the lock, and Finish only once neither a read nor a write is in
+// flight, as the last action of the method that issues it.
+class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, StreamResponse> {
+ public:
+  TensorStreamReactor(QuantizerService* service, grpc::CallbackServerContext* context)
+      : service_(service), context_(context), start_(absl::Now()) {
+    const absl::Status auth = service_->Authenticate(*context);
+    absl::MutexLock lock(&mu_);
+    if (!auth.ok()) {
+      SetFinalLocked(auth);
+    } else {
+      read_in_flight_ = true;
+    }
+    // The constructor may issue its first operation directly.
+    if (read_in_flight_) {
+      StartRead(&request_);
+    } else {
+      finished_ = true;
+      Finish(api::ToGrpcStatus(*final_status_));
+    }
+  }
+
+  void OnReadDone(bool ok) override {
+    bool read_again = false;
+    bool submit = false;
+    {
+      absl::MutexLock lock(&mu_);
+      read_in_flight_ = false;
+      if (!ok) {
+        if (phase_ != Phase::kSubmitted && !final_status_) {
+          SetFinalLocked(context_->IsCancelled()
+                             ? absl::CancelledError("the client cancelled the call")
+                             : absl::InvalidArgumentError(absl::StrCat(
+                                   "the request stream ended early: ", ProgressLocked())));
+        }
+      } else if (!final_status_) {
+        const absl::Status status = HandleMessageLocked(&submit);
+        if (!status.ok()) {
+          SetFinalLocked(status);
+        } else if (!submit) {
+          read_again = true;
+          read_in_flight_ = true;
+        }
+      }
+    }
+    if (submit) Submit();
+    if (read_again) StartRead(&request_);
+    Pump();
+  }
+
+  void OnWriteDone(bool ok) override {
+    {
+      absl::MutexLock lock(&mu_);
+      write_in_flight_ = false;
+      if (!ok && !final_status_) {
+        SetFinalLocked(absl::CancelledError("the client stopped reading the results"));
+      }
+    }
+    Pump();
+  }
+
+  void OnCancel() override {
+    std::shared_ptr<Job> job;
+    {
+      absl::MutexLock lock(&mu_);
+      job = job_;
+      if (phase_ != Phase::kSubmitted && !final_status_) {
+        SetFinalLocked(absl::CancelledError("the call was cancelled"));
+      }
+    }
+    if (job) {
+      job->RequestCancel();
+      service_->scheduler()->CancelQueued(*job);  // may call OnJobDone here
+    }
+    Pump();
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  enum class Phase { kHeader, kImportance, kData, kSubmitted };
+  enum class Section { kResult, kPacked, kScales, kDequantized, kMetrics, kEnd };
+
+  std::string ProgressLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (phase_ == Phase::kHeader) return "no header";
+    return absl::StrCat(received_importance_, " of ", input_.spec.importance_values() * 4,
+                        " importance bytes and ", received_data_, " of ", input_.spec.input_bytes(),
+                        " data bytes received");
+  }
+
+  // Validates and stores one request message; *submit when the input is complete.
+  absl::Status HandleMessageLocked(bool* submit) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    switch (phase_) {
+      case Phase::kHeader: {
+        if (!request_.has_header()) {
+          return absl::InvalidArgumentError("the first message must carry the header");
+        }
+        absl::StatusOr<api::TensorSpec> spec = api::SpecFromHeader(request_.header());
+        if (!spec.ok()) return spec.status();
+        const absl::Status deadline = CheckDeadline(*context_);
+        if (!deadline.ok()) return deadline;
+        const absl::Status admitted = AdmitTensorJob(*service_, *spec, &job_, &admission_, &input_);
+        if (!admitted.ok()) return admitted;
+        StreamResponse accepted;
+        accepted.mutable_accepted()->set_job_id(job_->id());
+        accepted.mutable_accepted()->set_queue_position(
+            static_cast<uint32_t>(admission_->queue_position()));
+        outbox_.push_back(std::move(accepted));
+        phase_ = input_.spec.importance_values() > 0 ? Phase::kImportance : Phase::kData;
+        return absl::OkStatus();
+      }
+      case Phase::kImportance: {
+        if (!request_.has_importance()) {
+          return absl::InvalidArgumentError(
+              "expected importance chunks (header.importance_layout is set) before the data");
+        }
+        const std::string& chunk = request_.importance();
+        const int64_t total = input_.spec.importance_values() * 4;
+        RETURN_IF_ERROR(CheckChunk("importance", chunk.size(), received_importance_, total));
+        std::memcpy(reinterpret_cast<uint8_t*>(input_.importance.get()) + received_importance_,
+                    chunk.data(), chunk.size());
+        received_importance_ += static_cast<int64_t>(chunk.size());
+        if (received_importance_ == total) phase_ = Phase::kData;
+        return absl::OkStatus();
+      }
+      case Phase::kData: {
+        if (!request_.has_data()) {
+          return absl::InvalidArgumentError(request_.has_header()
+                                                ? "a second header in the same stream"
+                                                : "expected tensor data chunks");
+        }
+        const std::string& chunk = request_.data();
+        const int64_t total = input_.spec.input_bytes();
+        RETURN_IF_ERROR(CheckChunk("data", chunk.size(), received_data_, total));
+        std::memcpy(input_.data.get() + received_data_, chunk.data(), chunk.size());
+        received_data_ += static_cast<int64_t>(chunk.size());
+        if (received_data_ == total) {
+          phase_ = Phase::kSubmitted;
+          *submit = true;
+        }
+        return absl::OkStatus();
+      }
+      case Phase::kSubmitted:
+        return absl::InvalidArgumentError("more messages after the tensor was complete");
+    }
+    return absl::InternalError("unreachable");
+  }
+
+  absl::Status CheckChunk(const char* what, size_t size, int64_t received, int64_t total) const {
+    if (size == 0) return absl::InvalidArgumentError(absl::StrCat("empty ", what, " chunk"));
+    if (static_cast<int64_t>(size) > service_->options().max_chunk_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(what, " chunk of ", size,
+                                                     " bytes exceeds the limit of ",
+                                                     service_->options().max_chunk_bytes));
+    }
+    if (received + static_cast<int64_t>(size) > total) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, " chunks exceed the ", total, " bytes that header.shape and header.dtype imply"));
+    }
+    return absl::OkStatus();
+  }
+
+  void Submit() {
+    Scheduler::Task task;
+    task.run = [this](QuantizerBackend& engine) { OnJobDone(RunTensorJob(input_, *job_, engine)); };
+    task.abandon = [this](const absl::Status& status) { OnJobDone(status); };
+    std::shared_ptr<Scheduler::Admission> admission;
+    {
+      absl::MutexLock lock(&mu_);
+      admission = admission_;
+    }
+    service_->scheduler()->Submit(std::move(admission), std::move(task));
+  }
+
+  void OnJobDone(absl::StatusOr<TensorJobOutput> result) {
+    {
+      absl::MutexLock lock(&mu_);
+      job_reported_ = true;
+      if (!result.ok()) {
+        SetFinalLocked(context_->IsCancelled() &&
+                               result.status().code() == absl::StatusCode::kCancelled
+                           ? absl::CancelledError("the call was cancelled")
+                           : result.status());
+      } else if (!final_status_) {
+        output_ = std::move(*result);
+        RecordSuccess(*service_, input_.spec, *output_, *job_);
+        section_ = Section::kResult;
+        SetFinalLocked(absl::OkStatus());
+      }
+    }
+    Pump();
+  }
+
+  // Decides the RPC's outcome (once) and records it.
+  void SetFinalLocked(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (final_status_) return;
+    final_status_ = status;
+    if (!status.ok()) {
+      outbox_.clear();
+      output_.reset();
+      if (job_) job_->MarkFinished(status, std::nullopt, "");
+    }
+    service_->RecordOutcome(status, absl::ToDoubleSeconds(absl::Now() - start_));
+  }
+
+  // Next result message, if any.
+  bool NextMessageLocked(StreamResponse* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!outbox_.empty()) {
+      *out = std::move(outbox_.front());
+      outbox_.pop_front();
+      return true;
+    }
+    if (!output_) return false;
+    const api::TensorSpec& spec = input_.spec;
+    const size_t chunk = static_cast<size_t>(service_->options().max_chunk_bytes);
+    auto next_chunk = [&](const uint8_t* data, size_t size, std::string* dst, Section next) {
+      const size_t n = std::min(chunk, size - offset_);
+      dst->assign(reinterpret_cast<const char*>(data) + offset_, n);
+      offset_ += n;
+      if (offset_ == size) {
+        section_ = next;
+        offset_ = 0;
+      }
+    };
+    for (;;) {
+      switch (section_) {
+        case Section::kResult:
+          FillResultHeader(spec, *output_, out->mutable_result());
+          section_ = Section::kPacked;
+          return true;
+        case Section::kPacked:
+          if (!spec.want_packed || output_->tensor.packed.empty()) {
+            section_ = Section::kScales;
+            continue;
+          }
+          next_chunk(output_->tensor.packed.data(), output_->tensor.packed.size(),
+                     out->mutable_packed(), Section::kScales);
+          return true;
+        case Section::kScales:
+          if (!spec.want_packed || output_->tensor.scales.empty()) {
+            section_ = Section::kDequantized;
+            continue;
+          }
+          next_chunk(output_->tensor.scales.data(), output_->tensor.scales.size(),
+                     out->mutable_scales(), Section::kDequantized);
+          return true;
+        case Section::kDequantized:
+          if (output_->dequantized_bytes() == 0) {
+            section_ = Section::kMetrics;
+            continue;
+          }
+          next_chunk(output_->dequantized_data(), static_cast<size_t>(output_->dequantized_bytes()),
+                     out->mutable_dequantized(), Section::kMetrics);
+          return true;
+        case Section::kMetrics:
+          FillMetrics(*output_, *job_, out->mutable_metrics());
+          section_ = Section::kEnd;
+          return true;
+        case Section::kEnd:
+          output_.reset();  // results sent: free them before the RPC winds down
+          return false;
+      }
+    }
+  }
+
+  // Starts the next write, or finishes the RPC when everything is written and nothing is in
+  // flight. Must be the last thing its caller does.
+  void Pump() {
+    mu_.Lock();
+    if (finished_ || write_in_flight_) {
+      mu_.Unlock();
+      return;
+    }
+    if (NextMessageLocked(&current_)) {
+      write_in_flight_ = true;
+      mu_.Unlock();
+      StartWrite(&current_);
+      return;
+    }
+    if (!final_status_ || read_in_flight_ || (phase_ == Phase::kSubmitted && !job_reported_)) {
+      mu_.Unlock();
+      return;
+    }
+    finished_ = true;
+    const grpc::Status status = api::ToGrpcStatus(*final_status_);
+    mu_.Unlock();
+    Finish(status);
+  }
+
+  QuantizerService* const service_;
+  grpc::CallbackServerContext* const context_;
+  const absl::Time start_;
+  StreamRequest request_;   // the read in flight
+  StreamResponse current_;  // the write in flight
+
+  absl::Mutex mu_;
+  Phase phase_ ABSL_GUARDED_BY(mu_) = Phase::kHeader;
+  bool read_in_flight_ ABSL_GUARDED_BY(mu_) = false;
+  bool write_in_flight_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  bool job_reported_ ABSL_GUARDED_BY(mu_) = false;  // the submitted job called OnJobDone
+  std::optional<absl::Status> final_status_ ABSL_GUARDED_BY(mu_);
+  std::deque<StreamResponse> outbox_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<Job> job_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<Scheduler::Admission> admission_ ABSL_GUARDED_BY(mu_);
+  TensorJobInput input_;  // written by reactions before submission, read by the worker after
+  int64_t received_importance_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t received_data_ ABSL_GUARDED_BY(mu_) = 0;
+  std::optional<TensorJobOutput> output_ ABSL_GUARDED_BY(mu_);
+  Section section_ ABSL_GUARDED_BY(mu_) = Section::kResult;
+  size_t offset_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Unary tensor job: the whole tensor in one message.
+class TensorUnaryReactor final : public grpc::ServerUnaryReactor {
+ public:
+  TensorUnaryReactor(QuantizerService* service, grpc::CallbackServerContext* context,
+                     const v1::QuantizeTensorUnaryRequest* request,
+                     v1::QuantizeTensorUnaryResponse* response)
+      : service_(service), context_(context), response_(response), start_(absl::Now()) {
+    const absl::Status status = Start(*request);
+    if (!status.ok()) {
+      service_->RecordOutcome(status, 0.0);
+      Finish(api::ToGrpcStatus(status));
+      return;
+    }
+    Scheduler::Task task;
+    task.run = [this](QuantizerBackend& engine) { OnJobDone(RunTensorJob(input_, *job_, engine)); };
+    task.abandon = [this](const absl::Status& status) { OnJobDone(status); };
+    service_->scheduler()->Submit(admission_, std::move(task));
+  }
+
+  void OnCancel() override {
+    if (!job_) return;
+    job_->RequestCancel();
+    service_->scheduler()->CancelQueued(*job_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  absl::Status Start(const v1::QuantizeTensorUnaryRequest& request) {
+    RETURN_IF_ERROR(service_->Authenticate(*context_));
+    ASSIGN_OR_RETURN(api::TensorSpec spec, api::SpecFromHeader(request.header()));
+    if (static_cast<int64_t>(request.data().size()) != spec.input_bytes()) {
+      return absl::InvalidArgumentError(absl::StrCat("data has ", request.data().size(),
+                                                     " bytes; header.shape and header.dtype imply ",
+                                                     spec.input_bytes()));
+    }
+    if (static_cast<int64_t>(request.importance().size()) != spec.importance_values() * 4) {
+      return absl::InvalidArgumentError(absl::StrCat("importance has ", request.importance().size(),
+                                                     " bytes; header.importance_layout "
+                                                     "implies ",
+                                                     spec.importance_values() * 4));
+    }
+    RETURN_IF_ERROR(CheckDeadline(*context_));
+    RETURN_IF_ERROR(AdmitTensorJob(*service_, spec, &job_, &admission_, &input_));
+    std::memcpy(input_.data.get(), request.data().data(), request.data().size());
+    if (!request.importance().empty()) {
+      std::memcpy(input_.importance.get(), request.importance().data(),
+                  request.importance().size());
+    }
+    return absl::OkStatus();
+  }
+
+  void OnJobDone(absl::StatusOr<TensorJobOutput> result) {
+    absl::Status status = result.status();
+    if (result.ok()) {
+      const TensorJobOutput& out = *result;
+      RecordSuccess(*service_, input_.spec, out, *job_);
+      response_->set_job_id(job_->id());
+      FillResultHeader(input_.spec, out, response_->mutable_result());
+      if (input_.spec.want_packed) {
+        response_->set_packed(out.tensor.packed.data(), out.tensor.packed.size());
+        response_->set_scales(out.tensor.scales.data(), out.tensor.scales.size());
+      }
+      if (out.dequantized_bytes() > 0) {
+        response_->set_dequantized(out.dequantized_data(),
+                                   static_cast<size_t>(out.dequantized_bytes()));
+      }
+      FillMetrics(out, *job_, response_->mutable_metrics());
+    } else {
+      job_->MarkFinished(status, std::nullopt, "");
+    }
+    service_->RecordOutcome(status, absl::ToDoubleSeconds(absl::Now() - start_));
+    Finish(api::ToGrpcStatus(status));
+  }
+
+  QuantizerService* const service_;
+  grpc::CallbackServerContext* const context_;
+  v1::QuantizeTensorUnaryResponse* const response_;
+  const absl::Time start_;
+  std::shared_ptr<Job> job_;
+  std::shared_ptr<Scheduler::Admission> admission_;
+  TensorJobInput input_;
+};
+
+grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,
+                                    const absl::Status& status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(api::ToGrpcStatus(status));
+  return reactor;
+}
+
+}  // namespace
+
+QuantizerService::QuantizerService(const ServiceOptions& options, Scheduler* scheduler,
+                                   JobRegistry* jobs, ServerMetrics* metrics)
+    : options_(options), scheduler_(scheduler), jobs_(jobs), metrics_(metrics) {}
+
+absl::Status QuantizerService::Authenticate(const grpc::CallbackServerContext& context) const {
+  if (options_.auth_token.empty()) return absl::OkStatus();
+  const auto& metadata = context.client_metadata();
+  const auto it = metadata.find("authorization");
+  const std::string expected = "Bearer " + options_.auth_token;
+  if (it != metadata.end()) {
+    const std::string_view got(it->second.data(), it->second.size());
+    // Constant-time comparison: the time taken does not reveal the matching prefix.
+    unsigned char diff = got.size() == expected.size() ? 0 : 1;
+    for (size_t i = 0; i < expected.size(); ++i) {
+      diff |= static_cast<unsigned char>(expected[i] ^ (i < got.size() ? got[i] : 0));
+    }
+    if (diff == 0) return absl::OkStatus();
+  }
+  return absl::UnauthenticatedError(
+      "missing or invalid bearer token (metadata 'authorization: Bearer <token>')");
+}
+
+void QuantizerService::RecordOutcome(const absl::Status& status, double seconds) {
+  if (metrics_) metrics_->JobFinished("tensor", api::StatusCodeName(status.code()), seconds);
+}
+
+grpc::ServerBidiReactor<v1::QuantizeTensorRequest, v1::QuantizeTensorResponse>*
+QuantizerService::QuantizeTensor(grpc::CallbackServerContext* context) {
+  return new TensorStreamReactor(this, context);
+}
+
+grpc::ServerUnaryReactor* QuantizerService::QuantizeTensorUnary(
+    grpc::CallbackServerContext* context, const v1::QuantizeTensorUnaryRequest* request,
+    v1::QuantizeTensorUnaryResponse* response) {
+  return new TensorUnaryReactor(this, context, request, response);
+}
+
+grpc::ServerUnaryReactor* QuantizerService::GetJob(grpc::CallbackServerContext* context,
+                                                   const v1::GetJobRequest* request,
+                                                   v1::Job* response) {
+  if (absl::Status auth = Authenticate(*context); !auth.ok()) return FinishNow(context, auth);
+  std::shared_ptr<Job> job = jobs_->Find(request->job_id());
+  if (!job) {
+    return FinishNow(context,
+                     absl::NotFoundError(absl::StrCat("no job '", request->job_id(), "'")));
+  }
+  *response = job->ToProto();
+  return FinishNow(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* QuantizerService::ListJobs(grpc::CallbackServerContext* context,
+                                                     const v1::ListJobsRequest* request,
+                                                     v1::ListJobsResponse* response) {
+  if (absl::Status auth = Authenticate(*context); !auth.ok()) return FinishNow(context, auth);
+  std::vector<v1::JobState> states;
+  for (int s : request->states()) states.push_back(static_cast<v1::JobState>(s));
+  for (const auto& job : jobs_->List(states)) *response->add_jobs() = job->ToProto();
+  return FinishNow(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* QuantizerService::CancelJob(grpc::CallbackServerContext* context,
+                                                      const v1::CancelJobRequest* request,
+                                                      v1::Job* response) {
+  if (absl::Status auth = Authenticate(*context); !auth.ok()) return FinishNow(context, auth);
+  std::shared_ptr<Job> job = jobs_->Find(request->job_id());
+  if (!job) {
+    return FinishNow(context,
+                     absl::NotFoundError(absl::StrCat("no job '", request->job_id(), "'")));
+  }
+  if (!job->finished()) {
+    job->RequestCancel();
+    scheduler_->CancelQueued(*job);
+  }
+  *response = job->ToProto();
+  return FinishNow(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* QuantizerService::GetServerInfo(grpc::CallbackServerContext* context,
+                                                          const v1::GetServerInfoRequest*,
+                                                          v1::ServerInfo* response) {
+  if (absl::Status auth = Authenticate(*context); !auth.ok()) return FinishNow(context, auth);
+  response->set_version(kVersion);
+  for (const auto& engine : scheduler_->engines()) {
+    v1::Device* device = response->add_devices();
+    device->set_name(std::string(engine->name()));
+    device->set_kind(std::string(engine->name()).rfind("cuda", 0) == 0 ? "cuda" : "cpu");
+    device->set_workers(1);
+  }
+  for (const char* m : {"absmax", "four-over-six", "exhaustive", "scalesweep"}) {
+    response->add_methods(m);
+  }
+  response->add_objectives("mse");
+  response->add_objectives("wmse");
+  v1::Limits* limits = response->mutable_limits();
+  limits->set_max_chunk_bytes(options_.max_chunk_bytes);
+  limits->set_max_message_bytes(options_.max_message_bytes);
+  limits->set_max_tensor_bytes(scheduler_->options().max_job_bytes);
+  limits->set_memory_budget_bytes(scheduler_->options().memory_budget_bytes);
+  limits->set_max_queue(scheduler_->options().max_queue);
+  limits->set_job_history(jobs_->history());
+  response->set_auth_required(!options_.auth_token.empty());
+  response->set_draining(scheduler_->draining());
+  return FinishNow(context, absl::OkStatus());
+}
+
+}  // namespace nvfp4::server

@@ -1,0 +1,72 @@
+// QuantizerService: the nvfp4.v1.Quantizer gRPC service on the callback API.
+//
+// Reactions never block: they validate, admit (Scheduler::Admit), copy the incoming chunk into
+// the job's buffer and return; engines run on the scheduler's workers, which hand results back
+// to the RPC. One read and one write at most are in flight per stream, so a slow reader only
+// slows its own stream (its memory stays reserved until it is done). absl::Status is mapped to
+// gRPC codes once, here (api::ToGrpcStatus). Client cancellation, deadlines and disconnects
+// (OnCancel) cancel the job: removed from the queue, or stopped between chunks on the worker.
+// Thread-safe; the service must outlive the grpc::Server it is registered with.
+#ifndef NVFP4_SERVER_SERVICE_QUANTIZER_SERVICE_H_
+#define NVFP4_SERVER_SERVICE_QUANTIZER_SERVICE_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "grpcpp/grpcpp.h"
+#include "nvfp4/v1/quantizer.grpc.pb.h"
+#include "server/engine/job_registry.h"
+#include "server/engine/scheduler.h"
+#include "server/metrics/server_metrics.h"
+
+namespace nvfp4::server {
+
+struct ServiceOptions {
+  int64_t max_chunk_bytes = int64_t{4} << 20;
+  int64_t max_message_bytes = int64_t{64} << 20;
+  // Non-empty: every Quantizer call needs metadata "authorization: Bearer <token>".
+  std::string auth_token;
+};
+
+class QuantizerService final : public v1::Quantizer::CallbackService {
+ public:
+  // metrics may be nullptr. None of the pointers are owned.
+  QuantizerService(const ServiceOptions& options, Scheduler* scheduler, JobRegistry* jobs,
+                   ServerMetrics* metrics);
+
+  grpc::ServerBidiReactor<v1::QuantizeTensorRequest, v1::QuantizeTensorResponse>* QuantizeTensor(
+      grpc::CallbackServerContext* context) override;
+  grpc::ServerUnaryReactor* QuantizeTensorUnary(grpc::CallbackServerContext* context,
+                                                const v1::QuantizeTensorUnaryRequest* request,
+                                                v1::QuantizeTensorUnaryResponse* response) override;
+  grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* context,
+                                   const v1::GetJobRequest* request, v1::Job* response) override;
+  grpc::ServerUnaryReactor* ListJobs(grpc::CallbackServerContext* context,
+                                     const v1::ListJobsRequest* request,
+                                     v1::ListJobsResponse* response) override;
+  grpc::ServerUnaryReactor* CancelJob(grpc::CallbackServerContext* context,
+                                      const v1::CancelJobRequest* request,
+                                      v1::Job* response) override;
+  grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* context,
+                                          const v1::GetServerInfoRequest* request,
+                                          v1::ServerInfo* response) override;
+
+  // Internal, for the reactors.
+  absl::Status Authenticate(const grpc::CallbackServerContext& context) const;
+  void RecordOutcome(const absl::Status& status, double seconds);
+  const ServiceOptions& options() const { return options_; }
+  Scheduler* scheduler() const { return scheduler_; }
+  JobRegistry* jobs() const { return jobs_; }
+  ServerMetrics* metrics() const { return metrics_; }
+
+ private:
+  const ServiceOptions options_;
+  Scheduler* const scheduler_;
+  JobRegistry* const jobs_;
+  ServerMetrics* const metrics_;
+};
+
+}  // namespace nvfp4::server
+
+#endif  // NVFP4_SERVER_SERVICE_QUANTIZER_SERVICE_H_
