@@ -1,0 +1,232 @@
+"""nvfp4d out of process, driven by independent clients: a Python grpcio client with stubs
+generated from proto/ at test time, the standard grpc.health.v1 and reflection clients, an HTTP
+scrape of /metrics, SIGTERM during a job, and a >= 1 GiB stream with bounded server memory."""
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import grpc
+import ml_dtypes
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from safetensors.numpy import load_file
+
+np.float8_e4m3fn = ml_dtypes.float8_e4m3fn
+REPO = pathlib.Path(__file__).resolve().parents[2]
+RNG = np.random.default_rng(11)
+
+
+@pytest.fixture(scope="session")
+def pb(tmp_path_factory):
+    """nvfp4.v1 Python stubs generated from the repository's proto at test time."""
+    from grpc_tools import protoc
+    out = tmp_path_factory.mktemp("stubs")
+    rc = protoc.main(["protoc", f"-I{REPO / 'proto'}", f"--python_out={out}",
+                      f"--grpc_python_out={out}", str(REPO / "proto/nvfp4/v1/quantizer.proto")])
+    assert rc == 0
+    sys.path.insert(0, str(out))
+    from nvfp4.v1 import quantizer_pb2, quantizer_pb2_grpc
+    return quantizer_pb2, quantizer_pb2_grpc
+
+
+class Daemon:
+    def __init__(self, nvfp4d, *args):
+        self.proc = subprocess.Popen(
+            [nvfp4d, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines = []
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.lines.append(line)
+            if "nvfp4d: serving" in line:
+                break
+        text = "".join(self.lines)
+        ports = re.findall(r"\(port (\d+)\)", text)
+        assert len(ports) == 2, text
+        self.port, self.metrics_port = int(ports[0]), int(ports[1])
+        self.target = f"127.0.0.1:{self.port}"
+
+    def rest_of_output(self):
+        return "".join(self.lines) + self.proc.stdout.read()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=60)
+
+
+@pytest.fixture
+def nvfp4d(nvfp4q):
+    path = str(pathlib.Path(nvfp4q).parent / "nvfp4d")
+    daemons = []
+
+    def start(*args):
+        d = Daemon(path, *args)
+        daemons.append(d)
+        return d
+
+    yield start
+    for d in daemons:
+        d.stop()
+
+
+def quantize_stream(pb, channel, w, method, chunk=1 << 16):
+    quantizer_pb2, quantizer_pb2_grpc = pb
+    stub = quantizer_pb2_grpc.QuantizerStub(channel)
+    header = quantizer_pb2.TensorHeader(
+        name="python", dtype=quantizer_pb2.DTYPE_F32, shape=list(w.shape), method=method)
+    data = w.astype("<f4").tobytes()
+
+    def requests():
+        yield quantizer_pb2.QuantizeTensorRequest(header=header)
+        for i in range(0, len(data), chunk):
+            yield quantizer_pb2.QuantizeTensorRequest(data=data[i:i + chunk])
+
+    parts = {"packed": b"", "scales": b""}
+    result = metrics = accepted = None
+    for response in stub.QuantizeTensor(requests(), timeout=60):
+        kind = response.WhichOneof("payload")
+        if kind == "accepted":
+            accepted = response.accepted
+        elif kind == "result":
+            result = response.result
+        elif kind in parts:
+            parts[kind] += getattr(response, kind)
+        elif kind == "metrics":
+            metrics = response.metrics
+    return accepted, result, parts, metrics
+
+
+def test_python_client_gets_the_embedded_bytes(pb, nvfp4d, nvfp4q, tmp_path):
+    quantizer_pb2, _ = pb
+    daemon = nvfp4d()
+    w = RNG.normal(0, 0.02, (96, 320)).astype(np.float32)
+    np.save(tmp_path / "w.npy", w)
+    subprocess.run([nvfp4q, "quantize-tensor", "--input", tmp_path / "w.npy", "--output",
+                    tmp_path / "local.safetensors"], check=True, capture_output=True)
+    local = load_file(str(tmp_path / "local.safetensors"))
+    with grpc.insecure_channel(daemon.target) as channel:
+        accepted, result, parts, metrics = quantize_stream(
+            pb, channel, w, quantizer_pb2.METHOD_SCALESWEEP)
+    assert accepted.job_id
+    assert (result.rows, result.cols, result.padded_cols) == (96, 320, 320)
+    assert parts["packed"] == local["weight"].tobytes()
+    assert parts["scales"] == local["weight_scale"].view(np.uint8).tobytes()
+    assert np.float32(result.global_scale) == local["weight_scale_2"]
+    assert 0 < metrics.gain < 0.85 and metrics.backend.startswith("cpu")
+
+    # The same bytes through nvfp4q's remote mode.
+    subprocess.run([nvfp4q, "quantize-tensor", "--input", tmp_path / "w.npy", "--output",
+                    tmp_path / "remote.safetensors", "--server", daemon.target], check=True,
+                   capture_output=True)
+    assert (tmp_path / "remote.safetensors").read_bytes() == \
+        (tmp_path / "local.safetensors").read_bytes()
+
+    jobs = json.loads(subprocess.run([nvfp4q, "jobs", "--server", daemon.target, "--json"],
+                                     check=True, capture_output=True, text=True).stdout)
+    assert [j["state"] for j in jobs["jobs"]] == ["JOB_STATE_SUCCEEDED"] * 2
+
+
+def test_health_and_reflection(nvfp4d):
+    daemon = nvfp4d()
+    with grpc.insecure_channel(daemon.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "nvfp4.v1.Quantizer", "liveness"):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        replies = reflection.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+        names = {s.name for r in replies for s in r.list_services_response.service}
+    assert "nvfp4.v1.Quantizer" in names and "grpc.health.v1.Health" in names
+
+
+def test_metrics_scrape_counts_jobs(pb, nvfp4d):
+    quantizer_pb2, _ = pb
+    daemon = nvfp4d()
+    w = RNG.normal(0, 1, (32, 64)).astype(np.float32)
+    with grpc.insecure_channel(daemon.target) as channel:
+        for _ in range(3):
+            quantize_stream(pb, channel, w, quantizer_pb2.METHOD_ABSMAX)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{daemon.metrics_port}/metrics").read().decode()
+    assert 'nvfp4_jobs_total{code="OK",kind="tensor"} 3' in text
+    assert "nvfp4_elements_quantized_total 6144" in text
+    for family in ("nvfp4_queue_depth", "nvfp4_queue_capacity", "nvfp4_jobs_in_flight",
+                   "nvfp4_queue_wait_seconds_bucket", "nvfp4_job_duration_seconds_bucket",
+                   "nvfp4_tensor_nmse_bucket", "nvfp4_tensor_gain_vs_absmax_ratio_bucket",
+                   "nvfp4_input_bytes_total", "nvfp4_output_bytes_total",
+                   "nvfp4_worker_busy_seconds_total", "nvfp4_memory_reserved_bytes",
+                   "nvfp4_build_info"):
+        assert family in text, family
+    assert "nvfp4_tensor_nmse_count 3" in text
+
+
+def test_sigterm_during_a_job_drains_and_exits_zero(pb, nvfp4d):
+    quantizer_pb2, quantizer_pb2_grpc = pb
+    daemon = nvfp4d()
+    w = RNG.normal(0, 1, (2048, 2048)).astype(np.float32)
+    outcome = {}
+
+    def run():
+        with grpc.insecure_channel(daemon.target) as channel:
+            try:
+                outcome["result"] = quantize_stream(pb, channel, w,
+                                                    quantizer_pb2.METHOD_EXHAUSTIVE, 1 << 20)
+            except grpc.RpcError as e:
+                outcome["error"] = e
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    with grpc.insecure_channel(daemon.target) as channel:
+        stub = quantizer_pb2_grpc.QuantizerStub(channel)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            jobs = stub.ListJobs(quantizer_pb2.ListJobsRequest(), timeout=5).jobs
+            if jobs and jobs[0].state == quantizer_pb2.JOB_STATE_RUNNING:
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("the job never started")
+    daemon.proc.send_signal(signal.SIGTERM)
+    worker.join(timeout=120)
+    assert daemon.proc.wait(timeout=60) == 0
+    assert "error" not in outcome, outcome.get("error")
+    _, result, parts, metrics = outcome["result"]
+    assert len(parts["packed"]) == 2048 * 1024 and metrics.candidates_per_block == 126
+    assert "draining" in daemon.rest_of_output()
+
+
+def test_one_gib_stream_with_bounded_server_memory(nvfp4d, nvfp4q, tmp_path):
+    rows, cols = 16384, 32768  # 512 Mi bf16 elements = 1 GiB
+    tile = RNG.normal(0, 1, (256, cols)).astype(ml_dtypes.bfloat16)
+    path = tmp_path / "big.bf16"
+    with open(path, "wb") as f:
+        for i in range(rows // 256):
+            f.write((tile * (1 + i % 7)).astype(ml_dtypes.bfloat16).tobytes())
+    assert path.stat().st_size == 1 << 30
+    daemon = nvfp4d("--max-job-mib", "2048")
+    start = time.time()
+    report = json.loads(subprocess.run(
+        [nvfp4q, "quantize-tensor", "--input", path, "--dtype", "bf16", "--shape",
+         f"{rows},{cols}", "--output", tmp_path / "big.safetensors", "--method", "absmax",
+         "--server", daemon.target, "--json"], check=True, capture_output=True, text=True).stdout)
+    seconds = time.time() - start
+    status = pathlib.Path(f"/proc/{daemon.proc.pid}/status").read_text()
+    peak = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024
+    print(f"\n1 GiB bf16 through nvfp4d: {seconds:.1f} s, server peak RSS {peak / 2**30:.2f} GiB")
+    assert report["rows"] == rows and report["gain"] == 1.0
+    # One copy of the input (1 GiB) plus the outputs (0.28 GiB) and the runtime; a second copy of
+    # the tensor would exceed this.
+    assert peak < 1.75 * 2**30, peak

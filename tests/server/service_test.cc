@@ -1,0 +1,443 @@
+// In-process nvfp4d on loopback: results over gRPC equal the embedded engine's bytes, and the
+// service behaves under overload, cancellation (queued and running), deadlines, client
+// disconnects, bad requests and authentication; /metrics shows the counts.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "client/quantizer_client.h"
+#include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/numerics/half.h"
+#include "server/nvfp4_server.h"
+
+namespace nvfp4 {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::vector<float> Gaussian(int64_t n, uint64_t seed, float sigma = 1.0f) {
+  std::vector<float> out(static_cast<size_t>(n));
+  uint64_t state = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+  for (size_t i = 0; i < out.size(); i += 2) {
+    auto uniform = [&] {
+      state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+      return (static_cast<double>(state >> 11) + 0.5) / 9007199254740992.0;
+    };
+    const double r = std::sqrt(-2 * std::log(uniform())), t = 6.283185307179586 * uniform();
+    out[i] = static_cast<float>(sigma * r * std::cos(t));
+    if (i + 1 < out.size()) out[i + 1] = static_cast<float>(sigma * r * std::sin(t));
+  }
+  return out;
+}
+
+// Wraps a CPU engine; each Quantize waits at a gate until the test opens it or the job is
+// cancelled, so tests can hold jobs "running" deterministically.
+class GatedEngine final : public QuantizerBackend {
+ public:
+  explicit GatedEngine(std::unique_ptr<QuantizerBackend> inner) : inner_(std::move(inner)) {}
+  std::string_view name() const override { return "gated-cpu"; }
+  absl::StatusOr<QuantizedTensor> Quantize(const TensorView& input, const ImportanceView& imp,
+                                           const QuantizeOptions& options) override {
+    entered_.fetch_add(1);
+    while (!open_.load()) {
+      if (options.cancelled && options.cancelled->load()) {
+        return absl::CancelledError("cancelled at the gate");
+      }
+      absl::SleepFor(absl::Milliseconds(2));
+    }
+    return inner_->Quantize(input, imp, options);
+  }
+  void Open() { open_.store(true); }
+  int entered() const { return entered_.load(); }
+
+ private:
+  std::unique_ptr<QuantizerBackend> inner_;
+  std::atomic<bool> open_{false};
+  std::atomic<int> entered_{0};
+};
+
+std::unique_ptr<QuantizerBackend> Cpu() {
+  return std::move(*cpu::CpuBackend::Create({2, cpu::CpuIsa::kAuto}));
+}
+
+struct Harness {
+  std::unique_ptr<server::Nvfp4Server> server;
+  std::unique_ptr<client::QuantizerClient> client;
+  GatedEngine* gate = nullptr;
+  std::string target;
+};
+
+Harness StartServer(bool gated, server::ServerOptions options = {}) {
+  Harness h;
+  options.listen = "127.0.0.1:0";
+  options.metrics_listen = "127.0.0.1:0";
+  std::vector<std::unique_ptr<QuantizerBackend>> engines;
+  if (gated) {
+    auto gate = std::make_unique<GatedEngine>(Cpu());
+    h.gate = gate.get();
+    engines.push_back(std::move(gate));
+  } else {
+    engines.push_back(Cpu());
+  }
+  auto server = server::Nvfp4Server::Start(options, std::move(engines));
+  EXPECT_TRUE(server.ok()) << server.status();
+  h.server = std::move(*server);
+  h.target = "127.0.0.1:" + std::to_string(h.server->port());
+  client::ClientOptions client_options;
+  client_options.target = h.target;
+  client_options.chunk_bytes = 64 << 10;  // many chunks even for small tensors
+  h.client = std::move(*client::QuantizerClient::Connect(client_options));
+  return h;
+}
+
+void WaitFor(const std::function<bool()>& condition) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (!condition() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(5));
+  ASSERT_TRUE(condition()) << "condition not reached in 20 s";
+}
+
+std::string HttpGet(int port, const std::string& path) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return "";
+  }
+  const std::string request = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
+  (void)!write(fd, request.data(), request.size());
+  std::string response;
+  char buffer[4096];
+  for (ssize_t n; (n = read(fd, buffer, sizeof(buffer))) > 0;) response.append(buffer, n);
+  close(fd);
+  return response;
+}
+
+double MetricValue(const std::string& text, const std::string& series) {
+  const size_t at = text.find("\n" + series + " ");
+  if (at == std::string::npos) return -1;
+  return std::stod(text.substr(at + series.size() + 2));
+}
+
+TEST(Service, ResultsAreByteIdenticalToTheEmbeddedEngine) {
+  Harness h = StartServer(false);
+  auto local = Cpu();
+  struct Case {
+    Method method;
+    Objective objective;
+    DType dtype;
+    ImportanceLayout layout;
+    int64_t rows, cols;
+  };
+  const std::vector<Case> cases = {
+      {Method::kAbsMax, Objective::kMse, DType::kF32, ImportanceLayout::kNone, 64, 256},
+      {Method::kFourOverSix, Objective::kMse, DType::kBF16, ImportanceLayout::kNone, 33, 200},
+      {Method::kScaleSweep, Objective::kMse, DType::kF16, ImportanceLayout::kNone, 48, 512},
+      {Method::kScaleSweep, Objective::kWmse, DType::kBF16, ImportanceLayout::kPerColumn, 96, 384},
+      {Method::kScaleSweep, Objective::kWmse, DType::kF32, ImportanceLayout::kPerElement, 20, 100},
+      {Method::kExhaustive, Objective::kMse, DType::kF32, ImportanceLayout::kNone, 8, 64},
+  };
+  uint64_t seed = 1;
+  for (const Case& c : cases) {
+    std::vector<float> x = Gaussian(c.rows * c.cols, seed++, 0.05f);
+    std::vector<uint16_t> half(x.size());
+    const void* data = x.data();
+    if (c.dtype == DType::kBF16) {
+      for (size_t i = 0; i < x.size(); ++i) half[i] = FloatToBf16Bits(x[i]);
+      data = half.data();
+    } else if (c.dtype == DType::kF16) {
+      for (size_t i = 0; i < x.size(); ++i) {  // small integers / 256: exact in binary16
+        const float v = std::nearbyint(x[i] * 2048.0f) / 256.0f;
+        const uint32_t b = [&] {
+          uint32_t u;
+          std::memcpy(&u, &v, 4);
+          return u;
+        }();
+        const uint32_t sign = (b >> 16) & 0x8000u;
+        const int e = static_cast<int>((b >> 23) & 0xFF) - 127 + 15;
+        half[i] = v == 0 ? static_cast<uint16_t>(sign)
+                         : static_cast<uint16_t>(sign | (e << 10) | ((b >> 13) & 0x3FF));
+      }
+      data = half.data();
+    }
+    const int64_t w_count = c.layout == ImportanceLayout::kPerColumn    ? c.cols
+                            : c.layout == ImportanceLayout::kPerElement ? c.rows * c.cols
+                                                                        : 0;
+    std::vector<float> w(static_cast<size_t>(w_count));
+    for (size_t i = 0; i < w.size(); ++i) w[i] = std::exp(std::sin(static_cast<double>(i)));
+    const TensorView input{c.dtype, c.rows, c.cols, data};
+    const ImportanceView importance{c.layout, w.empty() ? nullptr : w.data(), w_count};
+    QuantizeOptions options;
+    options.method = c.method;
+    options.objective = c.objective;
+    options.want_dequantized = true;
+    auto remote = h.client->QuantizeTensor(input, importance, options, "case");
+    auto embedded = local->Quantize(input, importance, options);
+    ASSERT_TRUE(remote.ok()) << remote.status();
+    ASSERT_TRUE(embedded.ok()) << embedded.status();
+    EXPECT_EQ(remote->packed, embedded->packed);
+    EXPECT_EQ(remote->scales, embedded->scales);
+    EXPECT_EQ(remote->global_scale, embedded->global_scale);
+    EXPECT_EQ(remote->padded_cols, embedded->padded_cols);
+    ASSERT_EQ(remote->dequantized.size(), embedded->dequantized.size());
+    EXPECT_EQ(0, std::memcmp(remote->dequantized.data(), embedded->dequantized.data(),
+                             embedded->dequantized.size() * 4));
+    EXPECT_EQ(remote->metrics.mse, embedded->metrics.mse);
+    EXPECT_EQ(remote->metrics.gain, embedded->metrics.gain);
+    EXPECT_EQ(remote->metrics.weighted, embedded->metrics.weighted);
+  }
+}
+
+TEST(Service, UnaryCallMatchesTheStream) {
+  Harness h = StartServer(false);
+  auto channel = grpc::CreateChannel(h.target, grpc::InsecureChannelCredentials());
+  auto stub = v1::Quantizer::NewStub(channel);
+  std::vector<float> x = Gaussian(32 * 128, 9);
+  v1::QuantizeTensorUnaryRequest request;
+  request.mutable_header()->set_dtype(v1::DTYPE_F32);
+  request.mutable_header()->add_shape(32);
+  request.mutable_header()->add_shape(128);
+  request.mutable_header()->set_output_mode(v1::OUTPUT_MODE_BOTH);
+  request.mutable_header()->set_dequantized_dtype(v1::DTYPE_BF16);
+  request.set_data(x.data(), x.size() * 4);
+  v1::QuantizeTensorUnaryResponse response;
+  grpc::ClientContext context;
+  ASSERT_TRUE(stub->QuantizeTensorUnary(&context, request, &response).ok());
+  auto embedded = Cpu()->Quantize({DType::kF32, 32, 128, x.data()}, {}, {.want_dequantized = true});
+  ASSERT_TRUE(embedded.ok());
+  EXPECT_EQ(response.packed(), std::string(embedded->packed.begin(), embedded->packed.end()));
+  EXPECT_EQ(response.scales(), std::string(embedded->scales.begin(), embedded->scales.end()));
+  ASSERT_EQ(response.dequantized().size(), x.size() * 2);
+  for (size_t i = 0; i < x.size(); ++i) {
+    uint16_t bits;
+    std::memcpy(&bits, response.dequantized().data() + 2 * i, 2);
+    ASSERT_EQ(bits, FloatToBf16Bits(embedded->dequantized[i])) << i;
+  }
+  EXPECT_EQ(response.result().dequantized_dtype(), v1::DTYPE_BF16);
+  EXPECT_FALSE(response.job_id().empty());
+}
+
+TEST(Service, QueueFullIsResourceExhaustedAndCounted) {
+  server::ServerOptions options;
+  options.scheduler.max_queue = 1;
+  Harness h = StartServer(true, options);
+  std::vector<float> x = Gaussian(16 * 64, 3);
+  const TensorView input{DType::kF32, 16, 64, x.data()};
+  absl::Status first, second;
+  std::thread a([&] { first = h.client->QuantizeTensor(input, {}, {}).status(); });
+  WaitFor([&] { return h.gate->entered() == 1; });  // job 1 running
+  std::thread b([&] { second = h.client->QuantizeTensor(input, {}, {}).status(); });
+  WaitFor([&] { return h.server->scheduler().queue_depth() == 1; });  // job 2 queued
+  auto third = h.client->QuantizeTensor(input, {}, {});
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted) << third.status();
+  EXPECT_THAT(std::string(third.status().message()), HasSubstr("queue is full"));
+  const std::string metrics = HttpGet(h.server->metrics_port(), "/metrics");
+  EXPECT_EQ(MetricValue(metrics, "nvfp4_admission_rejections_total{reason=\"queue_full\"}"), 1);
+  EXPECT_EQ(MetricValue(metrics, "nvfp4_queue_depth"), 1);
+  h.gate->Open();
+  a.join();
+  b.join();
+  EXPECT_TRUE(first.ok()) << first;
+  EXPECT_TRUE(second.ok()) << second;
+  const std::string after = HttpGet(h.server->metrics_port(), "/metrics");
+  EXPECT_EQ(MetricValue(after, "nvfp4_jobs_total{code=\"OK\",kind=\"tensor\"}"), 2);
+  EXPECT_EQ(MetricValue(after, "nvfp4_jobs_total{code=\"RESOURCE_EXHAUSTED\",kind=\"tensor\"}"), 1);
+  EXPECT_EQ(MetricValue(after, "nvfp4_elements_quantized_total"), 2 * 16 * 64);
+}
+
+TEST(Service, CancelWhileQueuedAndWhileRunningReleasesResources) {
+  Harness h = StartServer(true);
+  std::vector<float> x = Gaussian(16 * 64, 4);
+  const TensorView input{DType::kF32, 16, 64, x.data()};
+  absl::Status running_status, queued_status;
+  std::thread a(
+      [&] { running_status = h.client->QuantizeTensor(input, {}, {}, "running").status(); });
+  WaitFor([&] { return h.gate->entered() == 1; });
+  std::thread b(
+      [&] { queued_status = h.client->QuantizeTensor(input, {}, {}, "queued").status(); });
+  WaitFor([&] { return h.server->scheduler().queue_depth() == 1; });
+  auto jobs = h.client->ListJobs();
+  ASSERT_TRUE(jobs.ok());
+  ASSERT_EQ(jobs->size(), 2u);
+  std::string queued_id, running_id;
+  for (const auto& j : *jobs) (j.name() == "queued" ? queued_id : running_id) = j.id();
+  EXPECT_EQ((*h.client->GetJob(queued_id)).state(), v1::JOB_STATE_QUEUED);
+  EXPECT_EQ((*h.client->GetJob(running_id)).state(), v1::JOB_STATE_RUNNING);
+
+  ASSERT_TRUE(h.client->CancelJob(queued_id).ok());
+  b.join();
+  EXPECT_EQ(queued_status.code(), absl::StatusCode::kCancelled) << queued_status;
+  EXPECT_EQ(h.server->scheduler().queue_depth(), 0);
+
+  ASSERT_TRUE(h.client->CancelJob(running_id).ok());
+  a.join();
+  EXPECT_EQ(running_status.code(), absl::StatusCode::kCancelled) << running_status;
+  WaitFor([&] { return h.server->scheduler().reserved_bytes() == 0; });
+  EXPECT_EQ(h.server->scheduler().running(), 0);
+  EXPECT_EQ((*h.client->GetJob(running_id)).state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(h.client->GetJob("nope").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(Service, DeadlineExceededCancelsTheJob) {
+  Harness h = StartServer(true);
+  client::ClientOptions options;
+  options.target = h.target;
+  options.timeout = absl::Milliseconds(300);
+  auto impatient = std::move(*client::QuantizerClient::Connect(options));
+  std::vector<float> x = Gaussian(16 * 64, 5);
+  auto q = impatient->QuantizeTensor({DType::kF32, 16, 64, x.data()}, {}, {});
+  EXPECT_EQ(q.status().code(), absl::StatusCode::kDeadlineExceeded) << q.status();
+  WaitFor([&] { return h.server->scheduler().reserved_bytes() == 0; });
+  WaitFor([&] { return h.server->scheduler().running() == 0; });
+}
+
+TEST(Service, ClientDisconnectMidUploadReleasesTheAdmission) {
+  Harness h = StartServer(false);
+  auto stub =
+      v1::Quantizer::NewStub(grpc::CreateChannel(h.target, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  auto stream = stub->QuantizeTensor(&context);
+  v1::QuantizeTensorRequest request;
+  request.mutable_header()->set_dtype(v1::DTYPE_F32);
+  request.mutable_header()->add_shape(1024);
+  request.mutable_header()->add_shape(1024);
+  ASSERT_TRUE(stream->Write(request));
+  request.Clear();
+  request.set_data(std::string(1 << 20, '\0'));
+  ASSERT_TRUE(stream->Write(request));
+  WaitFor([&] { return h.server->scheduler().reserved_bytes() > 0; });
+  context.TryCancel();
+  (void)stream->Finish();
+  WaitFor([&] { return h.server->scheduler().reserved_bytes() == 0; });
+  EXPECT_EQ(h.server->scheduler().queue_depth(), 0);
+}
+
+// Sends a header (and optional raw chunks) and returns the final status.
+grpc::Status SendRaw(const std::string& target,
+                     const std::vector<v1::QuantizeTensorRequest>& messages) {
+  auto stub =
+      v1::Quantizer::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  auto stream = stub->QuantizeTensor(&context);
+  for (const auto& m : messages) {
+    if (!stream->Write(m)) break;
+  }
+  stream->WritesDone();
+  v1::QuantizeTensorResponse response;
+  while (stream->Read(&response)) {
+  }
+  return stream->Finish();
+}
+
+v1::QuantizeTensorRequest Header(v1::DType dtype, std::vector<int64_t> shape) {
+  v1::QuantizeTensorRequest r;
+  r.mutable_header()->set_dtype(dtype);
+  for (int64_t d : shape) r.mutable_header()->add_shape(d);
+  return r;
+}
+
+v1::QuantizeTensorRequest Data(const std::string& bytes) {
+  v1::QuantizeTensorRequest r;
+  r.set_data(bytes);
+  return r;
+}
+
+TEST(Service, BadRequestsAreInvalidArgumentNamingTheField) {
+  Harness h = StartServer(false);
+  auto expect = [&](const std::vector<v1::QuantizeTensorRequest>& messages,
+                    const std::string& text) {
+    const grpc::Status s = SendRaw(h.target, messages);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << text << ": " << s.error_message();
+    EXPECT_THAT(s.error_message(), HasSubstr(text));
+  };
+  expect({Header(v1::DTYPE_UNSPECIFIED, {4, 16})}, "header.dtype");
+  expect({Header(v1::DTYPE_F32, {4, 16, 2})}, "header.shape");
+  expect({Header(v1::DTYPE_F32, {0, 16})}, "header.shape");
+  auto bad_method = Header(v1::DTYPE_F32, {4, 16});
+  bad_method.mutable_header()->set_method(static_cast<v1::Method>(42));
+  expect({bad_method}, "header.method");
+  auto wmse = Header(v1::DTYPE_F32, {4, 16});
+  wmse.mutable_header()->set_objective(v1::OBJECTIVE_WMSE);
+  expect({wmse}, "importance_layout");
+  auto scale = Header(v1::DTYPE_F32, {4, 16});
+  scale.mutable_header()->set_scale_max(300);
+  expect({scale}, "header.scale_max");
+  expect({Data("abcd")}, "first message must carry the header");
+  expect({Header(v1::DTYPE_F32, {4, 16}), Data(std::string(4 * 16 * 4 + 4, '\0'))}, "exceed");
+  expect({Header(v1::DTYPE_F32, {4, 16}), Data(std::string(100, '\0'))}, "ended early");
+  expect({Header(v1::DTYPE_F32, {2048, 1024}), Data(std::string((4 << 20) + 4, '\0'))},
+         "exceeds the limit");
+  expect({Header(v1::DTYPE_F32, {4, 16}), Data("")}, "empty data chunk");
+  expect({Header(v1::DTYPE_F32, {4, 16}), Header(v1::DTYPE_F32, {4, 16})}, "second header");
+  std::vector<float> nan(4 * 16, 1.0f);
+  nan[21] = std::nanf("");
+  expect({Header(v1::DTYPE_F32, {4, 16}),
+          Data(std::string(reinterpret_cast<char*>(nan.data()), nan.size() * 4))},
+         "element 21 (row 1, column 5) is NaN");
+  WaitFor([&] { return h.server->scheduler().reserved_bytes() == 0; });
+}
+
+TEST(Service, BearerTokenAuthentication) {
+  const std::string token_file = ::testing::TempDir() + "/token";
+  FILE* f = std::fopen(token_file.c_str(), "w");
+  std::fputs("s3cret\n", f);
+  std::fclose(f);
+  server::ServerOptions options;
+  options.auth_token_file = token_file;
+  Harness h = StartServer(false, options);
+  std::vector<float> x = Gaussian(4 * 16, 6);
+  auto denied = h.client->QuantizeTensor({DType::kF32, 4, 16, x.data()}, {}, {});
+  EXPECT_EQ(denied.status().code(), absl::StatusCode::kUnauthenticated) << denied.status();
+  EXPECT_EQ(h.client->ListJobs().status().code(), absl::StatusCode::kUnauthenticated);
+  client::ClientOptions wrong;
+  wrong.target = h.target;
+  wrong.token = "s3cres";
+  EXPECT_EQ((*client::QuantizerClient::Connect(wrong))->GetServerInfo().status().code(),
+            absl::StatusCode::kUnauthenticated);
+  client::ClientOptions right = wrong;
+  right.token = "s3cret";
+  auto ok = (*client::QuantizerClient::Connect(right))
+                ->QuantizeTensor({DType::kF32, 4, 16, x.data()}, {}, {});
+  EXPECT_TRUE(ok.ok()) << ok.status();
+  // (Health checks stay unauthenticated: tests/python/test_grpc_interop.py checks them.)
+}
+
+TEST(Service, DrainingRefusesNewJobsAndReportsNotServing) {
+  Harness h = StartServer(true);
+  std::vector<float> x = Gaussian(16 * 64, 7);
+  absl::Status in_flight;
+  std::thread a([&] {
+    in_flight = h.client->QuantizeTensor({DType::kF32, 16, 64, x.data()}, {}, {}).status();
+  });
+  WaitFor([&] { return h.gate->entered() == 1; });
+  std::thread stopper([&] { h.server->Shutdown(absl::Seconds(10)); });
+  WaitFor([&] { return h.server->scheduler().draining(); });
+  absl::SleepFor(absl::Milliseconds(100));
+  auto refused = h.client->QuantizeTensor({DType::kF32, 16, 64, x.data()}, {}, {});
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable) << refused.status();
+  h.gate->Open();  // the running job finishes within the drain period
+  a.join();
+  stopper.join();
+  EXPECT_TRUE(in_flight.ok()) << in_flight;
+}
+
+}  // namespace
+}  // namespace nvfp4
