@@ -37,6 +37,11 @@ absl::StatusOr<std::unique_ptr<QuantizerClient>> QuantizerClient::Connect(
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);
   args.SetMaxSendMessageSize(-1);
+  // Large tensors: let HTTP/2 keep several chunks in flight instead of growing its window
+  // from 64 KiB.
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 20);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, 16 << 20);
+  args.SetInt(GRPC_ARG_HTTP2_WRITE_BUFFER_SIZE, 8 << 20);
   auto channel = grpc::CreateCustomChannel(options.target, credentials, args);
   return std::unique_ptr<QuantizerClient>(new QuantizerClient(options, std::move(channel)));
 }
@@ -79,6 +84,11 @@ absl::StatusOr<QuantizedTensor> QuantizerClient::QuantizeTensor(
   if (importance.present() && importance.size != spec.importance_values()) {
     return absl::InvalidArgumentError(absl::StrCat("importance has ", importance.size,
                                                    " values, expected ", spec.importance_values()));
+  }
+
+  if (!spec.options.amax.has_value() && !spec.options.global_scale.has_value()) {
+    ASSIGN_OR_RETURN(const float amax, LocalAmax(input));
+    spec.options.amax = amax;
   }
 
   grpc::ClientContext context;
@@ -177,6 +187,14 @@ absl::StatusOr<QuantizedTensor> QuantizerClient::QuantizeTensor(
                 std::min(dequantized.size(), out.dequantized.size() * sizeof(float)));
   }
   return out;
+}
+
+absl::StatusOr<float> QuantizerClient::LocalAmax(const TensorView& input) {
+  absl::MutexLock lock(&scanner_mu_);
+  if (!scanner_) {
+    ASSIGN_OR_RETURN(scanner_, cpu::CpuBackend::Create({}));
+  }
+  return scanner_->ComputeAmax(input);
 }
 
 absl::StatusOr<v1::ServerInfo> QuantizerClient::GetServerInfo() {

@@ -2,7 +2,10 @@
 //
 // QuantizeTensor streams a tensor (header, importance, data in chunks) and reassembles the
 // NVFP4 result into the same QuantizedTensor the embedded engine returns, so callers switch
-// between local and remote quantisation without other changes. Errors come back as
+// between local and remote quantisation without other changes. Unless the caller fixed the
+// global scale (options.amax / global_scale), the client scans the tensor for its amax first and
+// sends it in the header: same scale, same bytes, and the server quantises while the upload is
+// still running. Errors come back as
 // absl::Status with the server's gRPC code and message. A client may be used from several
 // threads; CancelInFlight() (for example from a Ctrl-C handler thread) cancels every call in
 // progress.
@@ -21,6 +24,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "kernels/quantize_options.h"
 #include "kernels/quantized_tensor.h"
 #include "kernels/tensor.h"
@@ -61,7 +65,13 @@ class QuantizerClient {
   void Prepare(grpc::ClientContext* context);
   void Forget(grpc::ClientContext* context);
 
+  // Scans a tensor for its amax (and NaN/Inf) before uploading it, so the server can quantise
+  // rows while later ones are still in flight. Created on first use.
+  absl::StatusOr<float> LocalAmax(const TensorView& input);
+
   const ClientOptions options_;
+  absl::Mutex scanner_mu_;
+  std::unique_ptr<cpu::CpuBackend> scanner_ ABSL_GUARDED_BY(scanner_mu_);
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Quantizer::Stub> stub_;
   absl::Mutex mu_;

@@ -104,6 +104,10 @@ absl::StatusOr<std::unique_ptr<Nvfp4Server>> Nvfp4Server::Start(
       service_options.max_message_bytes + (int64_t{64} << 10), int64_t{INT32_MAX})));
   builder.SetMaxSendMessageSize(static_cast<int>(std::min<int64_t>(
       service_options.max_message_bytes + (int64_t{64} << 10), int64_t{INT32_MAX})));
+  // Large tensors: let HTTP/2 keep several chunks in flight.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 20);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, 16 << 20);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_WRITE_BUFFER_SIZE, 8 << 20);
   s->server_ = builder.BuildAndStart();
   if (!s->server_ || s->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen));

@@ -49,7 +49,7 @@ std::string DescribeValue(float v) {
 
 // Scratch buffers reused by each pool thread across chunks and calls.
 std::vector<float>& ThreadScratch(int which) {
-  thread_local std::vector<float> scratch[2];
+  thread_local std::vector<float> scratch[3];
   return scratch[which];
 }
 
@@ -118,7 +118,23 @@ absl::StatusOr<QuantizedTensor> CpuBackend::Quantize(const TensorView& input,
                                                      const QuantizeOptions& options) {
   RETURN_IF_ERROR(ValidateQuantizeRequest(input, importance, options));
   try {
-    return QuantizeUnchecked(input, importance, options);
+    return QuantizeUnchecked(input, importance, options, nullptr);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("out of memory quantising a [", input.rows, ", ", input.cols, "] tensor"));
+  }
+}
+
+absl::StatusOr<QuantizedTensor> CpuBackend::QuantizeStreaming(const TensorView& input,
+                                                              const ImportanceView& importance,
+                                                              const QuantizeOptions& options,
+                                                              const RowsReadyFn& rows_ready) {
+  RETURN_IF_ERROR(ValidateQuantizeRequest(input, importance, options));
+  if (!options.amax.has_value() && !options.global_scale.has_value()) {
+    return absl::InvalidArgumentError("streaming quantisation needs amax or global_scale");
+  }
+  try {
+    return QuantizeUnchecked(input, importance, options, &rows_ready);
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(
         absl::StrCat("out of memory quantising a [", input.rows, ", ", input.cols, "] tensor"));
@@ -127,10 +143,14 @@ absl::StatusOr<QuantizedTensor> CpuBackend::Quantize(const TensorView& input,
 
 absl::StatusOr<QuantizedTensor> CpuBackend::QuantizeUnchecked(const TensorView& input,
                                                               const ImportanceView& importance,
-                                                              const QuantizeOptions& options) {
+                                                              const QuantizeOptions& options,
+                                                              const RowsReadyFn* rows_ready) {
   const auto start = std::chrono::steady_clock::now();
   const IsaKernels kernels = KernelsFor(isa_);
-  ASSIGN_OR_RETURN(const float tensor_amax, ComputeAmax(input));
+  float tensor_amax = 0.0f;
+  if (rows_ready == nullptr) {
+    ASSIGN_OR_RETURN(tensor_amax, ComputeAmax(input));
+  }
 
   QuantizedTensor out;
   out.rows = input.rows;
@@ -169,6 +189,8 @@ absl::StatusOr<QuantizedTensor> CpuBackend::QuantizeUnchecked(const TensorView& 
   const size_t element_size = DTypeSize(input.dtype);
   const bool direct = input.dtype == DType::kF32 && pc == input.cols;
   std::atomic<bool> stopped{false};
+  // Streaming: the first non-finite element of each chunk (-1: none).
+  std::vector<int64_t> first_bad(rows_ready ? static_cast<size_t>(chunks) : 0, -1);
   pool_.ParallelFor(chunks, [&](int64_t chunk) {
     if (options.cancelled && options.cancelled->load(std::memory_order_relaxed)) {
       stopped.store(true, std::memory_order_relaxed);
@@ -176,6 +198,30 @@ absl::StatusOr<QuantizedTensor> CpuBackend::QuantizeUnchecked(const TensorView& 
     }
     const int64_t r0 = chunk * rows_per_chunk;
     const int64_t rows = std::min(rows_per_chunk, input.rows - r0);
+    if (rows_ready) {
+      if (stopped.load(std::memory_order_relaxed) || !(*rows_ready)(r0 + rows)) {
+        stopped.store(true, std::memory_order_relaxed);
+        return;
+      }
+      // The whole-tensor NaN pass cannot run before the data is there: check this chunk.
+      const void* src = static_cast<const uint8_t*>(input.data) + r0 * input.cols * element_size;
+      const float* values = static_cast<const float*>(src);
+      std::vector<float>& scan = ThreadScratch(2);
+      if (input.dtype != DType::kF32) {
+        scan.resize(static_cast<size_t>(rows * input.cols));
+        kernels.convert(input.dtype, src, rows * input.cols, scan.data());
+        values = scan.data();
+      }
+      if (kernels.scan(values, rows * input.cols).non_finite > 0) {
+        for (int64_t i = 0; i < rows * input.cols; ++i) {
+          if (!std::isfinite(values[i])) {
+            first_bad[chunk] = r0 * input.cols + i;
+            break;
+          }
+        }
+        return;
+      }
+    }
     RowKernelArgs args;
     if (direct) {
       args.x = static_cast<const float*>(input.data) + r0 * pc;
@@ -219,6 +265,16 @@ absl::StatusOr<QuantizedTensor> CpuBackend::QuantizeUnchecked(const TensorView& 
   });
 
   if (stopped.load()) return absl::CancelledError("quantisation cancelled");
+  for (int64_t bad : first_bad) {
+    if (bad >= 0) {
+      float value;
+      ConvertToF32Scalar(input.dtype, static_cast<const uint8_t*>(input.data) + bad * element_size,
+                         1, &value);
+      return absl::InvalidArgumentError(absl::StrCat("input ", DescribeElement(bad, input.cols),
+                                                     " is ", DescribeValue(value),
+                                                     "; NVFP4 needs finite values"));
+    }
+  }
   ErrorAccumulator total;
   for (const ErrorAccumulator& s : sums) total.Merge(s);
   const double seconds =

@@ -37,15 +37,23 @@ class CpuBackend final : public QuantizerBackend {
   absl::StatusOr<QuantizedTensor> Quantize(const TensorView& input,
                                            const ImportanceView& importance,
                                            const QuantizeOptions& options) override;
+  // Chunks are quantised as their rows arrive (in chunk order, one per pool thread), each
+  // checked for NaN/Inf first; the first bad element of the tensor is reported.
+  absl::StatusOr<QuantizedTensor> QuantizeStreaming(const TensorView& input,
+                                                    const ImportanceView& importance,
+                                                    const QuantizeOptions& options,
+                                                    const RowsReadyFn& rows_ready) override;
 
   // max |x| over the tensor; InvalidArgument naming the first NaN/Inf element.
   absl::StatusOr<float> ComputeAmax(const TensorView& input);
 
  private:
   CpuBackend(int threads, CpuIsa isa);
+  // rows_ready: nullptr for a complete input (whole-tensor NaN/amax pass first).
   absl::StatusOr<QuantizedTensor> QuantizeUnchecked(const TensorView& input,
                                                     const ImportanceView& importance,
-                                                    const QuantizeOptions& options);
+                                                    const QuantizeOptions& options,
+                                                    const RowsReadyFn* rows_ready);
 
   ThreadPool pool_;
   CpuIsa isa_;

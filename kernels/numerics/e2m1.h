@@ -15,10 +15,12 @@ namespace nvfp4 {
 inline constexpr float kE2M1Max = 6.0f;
 inline constexpr int kE2M1Levels = 8;
 
-// Magnitude of grid index i.
+// Magnitude of grid index i: {0, 0.5, 1, 1.5, 2, 3, 4, 6}. Arithmetic rather than a table:
+// nvcc places a run-time-indexed local table in local memory.
 NVFP4_HD float E2M1Magnitude(uint32_t index) {
-  constexpr float kGrid[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
-  return kGrid[index & 7u];
+  index &= 7u;
+  return index < 4u ? 0.5f * static_cast<float>(index)
+                    : (index == 7u ? 6.0f : static_cast<float>(index - 2u));
 }
 
 // Rounding boundaries between grid index k and k+1, and whether the boundary value itself

@@ -98,7 +98,7 @@ class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, 
       absl::MutexLock lock(&mu_);
       read_in_flight_ = false;
       if (!ok) {
-        if (phase_ != Phase::kSubmitted && !final_status_) {
+        if (phase_ != Phase::kDone && !final_status_) {
           SetFinalLocked(context_->IsCancelled()
                              ? absl::CancelledError("the client cancelled the call")
                              : absl::InvalidArgumentError(absl::StrCat(
@@ -108,7 +108,7 @@ class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, 
         const absl::Status status = HandleMessageLocked(&submit);
         if (!status.ok()) {
           SetFinalLocked(status);
-        } else if (!submit) {
+        } else if (phase_ != Phase::kDone) {
           read_again = true;
           read_in_flight_ = true;
         }
@@ -135,7 +135,7 @@ class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, 
     {
       absl::MutexLock lock(&mu_);
       job = job_;
-      if (phase_ != Phase::kSubmitted && !final_status_) {
+      if (phase_ != Phase::kDone && !final_status_) {
         SetFinalLocked(absl::CancelledError("the call was cancelled"));
       }
     }
@@ -149,7 +149,10 @@ class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, 
   void OnDone() override { delete this; }
 
  private:
-  enum class Phase { kHeader, kImportance, kData, kSubmitted };
+  // Reading progress. A job is submitted when its data is complete, or, when its global scale
+  // is known from the header (amax or global_scale), as soon as the importance is complete, so
+  // the engine quantises rows while later ones still arrive.
+  enum class Phase { kHeader, kImportance, kData, kDone };
   enum class Section { kResult, kPacked, kScales, kDequantized, kMetrics, kEnd };
 
   std::string ProgressLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -178,6 +181,9 @@ class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, 
             static_cast<uint32_t>(admission_->queue_position()));
         outbox_.push_back(std::move(accepted));
         phase_ = input_.spec.importance_values() > 0 ? Phase::kImportance : Phase::kData;
+        streaming_ =
+            input_.spec.options.amax.has_value() || input_.spec.options.global_scale.has_value();
+        if (streaming_ && phase_ == Phase::kData) *submit = SubmitOnceLocked();
         return absl::OkStatus();
       }
       case Phase::kImportance: {
@@ -191,7 +197,10 @@ class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, 
         std::memcpy(reinterpret_cast<uint8_t*>(input_.importance.get()) + received_importance_,
                     chunk.data(), chunk.size());
         received_importance_ += static_cast<int64_t>(chunk.size());
-        if (received_importance_ == total) phase_ = Phase::kData;
+        if (received_importance_ == total) {
+          phase_ = Phase::kData;
+          if (streaming_) *submit = SubmitOnceLocked();
+        }
         return absl::OkStatus();
       }
       case Phase::kData: {
@@ -206,12 +215,12 @@ class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, 
         std::memcpy(input_.data.get() + received_data_, chunk.data(), chunk.size());
         received_data_ += static_cast<int64_t>(chunk.size());
         if (received_data_ == total) {
-          phase_ = Phase::kSubmitted;
-          *submit = true;
+          phase_ = Phase::kDone;
+          *submit = SubmitOnceLocked();
         }
         return absl::OkStatus();
       }
-      case Phase::kSubmitted:
+      case Phase::kDone:
         return absl::InvalidArgumentError("more messages after the tensor was complete");
     }
     return absl::InternalError("unreachable");
@@ -231,9 +240,34 @@ class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, 
     return absl::OkStatus();
   }
 
+  bool SubmitOnceLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (submitted_) return false;
+    submitted_ = true;
+    return true;
+  }
+
+  // For streaming jobs: blocks the worker until `rows` rows are in, or the call failed.
+  bool RowsReady(int64_t rows) {
+    const int64_t needed =
+        rows * input_.spec.cols * static_cast<int64_t>(DTypeSize(input_.spec.dtype));
+    absl::MutexLock lock(&mu_);
+    auto ready = [this, needed]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return received_data_ >= needed || final_status_.has_value();
+    };
+    mu_.Await(absl::Condition(&ready));
+    return received_data_ >= needed;
+  }
+
   void Submit() {
     Scheduler::Task task;
-    task.run = [this](QuantizerBackend& engine) { OnJobDone(RunTensorJob(input_, *job_, engine)); };
+    task.run = [this](QuantizerBackend& engine) {
+      if (streaming_) {
+        OnJobDone(RunTensorJobStreaming(input_, *job_, engine,
+                                        [this](int64_t rows) { return RowsReady(rows); }));
+      } else {
+        OnJobDone(RunTensorJob(input_, *job_, engine));
+      }
+    };
     task.abandon = [this](const absl::Status& status) { OnJobDone(status); };
     std::shared_ptr<Scheduler::Admission> admission;
     {
@@ -348,7 +382,7 @@ class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, 
       StartWrite(&current_);
       return;
     }
-    if (!final_status_ || read_in_flight_ || (phase_ == Phase::kSubmitted && !job_reported_)) {
+    if (!final_status_ || read_in_flight_ || (submitted_ && !job_reported_)) {
       mu_.Unlock();
       return;
     }
@@ -369,7 +403,9 @@ class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, 
   bool read_in_flight_ ABSL_GUARDED_BY(mu_) = false;
   bool write_in_flight_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  bool submitted_ ABSL_GUARDED_BY(mu_) = false;
   bool job_reported_ ABSL_GUARDED_BY(mu_) = false;  // the submitted job called OnJobDone
+  bool streaming_ = false;                          // set with the header, before submission
   std::optional<absl::Status> final_status_ ABSL_GUARDED_BY(mu_);
   std::deque<StreamResponse> outbox_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<Job> job_ ABSL_GUARDED_BY(mu_);

@@ -22,8 +22,11 @@ int64_t TensorJobOutput::result_bytes(const api::TensorSpec& spec) const {
   return packed + dequantized_bytes();
 }
 
-absl::StatusOr<TensorJobOutput> RunTensorJob(const TensorJobInput& input, const Job& job,
-                                             QuantizerBackend& engine) {
+namespace {
+
+absl::StatusOr<TensorJobOutput> Run(const TensorJobInput& input, const Job& job,
+                                    QuantizerBackend& engine,
+                                    const QuantizerBackend::RowsReadyFn* rows_ready) {
   if (job.cancel_requested()) return absl::CancelledError("job cancelled before it started");
   const api::TensorSpec& spec = input.spec;
   QuantizeOptions options = spec.options;
@@ -31,8 +34,10 @@ absl::StatusOr<TensorJobOutput> RunTensorJob(const TensorJobInput& input, const 
   options.want_dequantized = spec.want_dequantized;
   const ImportanceView importance{spec.importance_layout, input.importance.get(),
                                   spec.importance_values()};
+  const TensorView view{spec.dtype, spec.rows, spec.cols, input.data.get()};
   absl::StatusOr<QuantizedTensor> tensor =
-      engine.Quantize({spec.dtype, spec.rows, spec.cols, input.data.get()}, importance, options);
+      rows_ready ? engine.QuantizeStreaming(view, importance, options, *rows_ready)
+                 : engine.Quantize(view, importance, options);
   if (!tensor.ok()) return tensor.status();
   TensorJobOutput out;
   out.tensor = std::move(*tensor);
@@ -45,6 +50,19 @@ absl::StatusOr<TensorJobOutput> RunTensorJob(const TensorJobInput& input, const 
     out.tensor.dequantized = {};
   }
   return out;
+}
+
+}  // namespace
+
+absl::StatusOr<TensorJobOutput> RunTensorJob(const TensorJobInput& input, const Job& job,
+                                             QuantizerBackend& engine) {
+  return Run(input, job, engine, nullptr);
+}
+
+absl::StatusOr<TensorJobOutput> RunTensorJobStreaming(
+    const TensorJobInput& input, const Job& job, QuantizerBackend& engine,
+    const QuantizerBackend::RowsReadyFn& rows_ready) {
+  return Run(input, job, engine, &rows_ready);
 }
 
 void FillResultHeader(const api::TensorSpec& spec, const TensorJobOutput& out,

@@ -36,6 +36,10 @@ struct TensorJobOutput {
 // Runs the job (honouring its cancel flag). Never throws.
 absl::StatusOr<TensorJobOutput> RunTensorJob(const TensorJobInput& input, const Job& job,
                                              QuantizerBackend& engine);
+// The same while the input is still arriving (QuantizerBackend::QuantizeStreaming).
+absl::StatusOr<TensorJobOutput> RunTensorJobStreaming(
+    const TensorJobInput& input, const Job& job, QuantizerBackend& engine,
+    const QuantizerBackend::RowsReadyFn& rows_ready);
 
 void FillResultHeader(const api::TensorSpec& spec, const TensorJobOutput& out,
                       v1::ResultHeader* header);

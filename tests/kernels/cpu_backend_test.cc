@@ -1,11 +1,15 @@
 // CPU engine tests: byte identity of every ISA path and thread count with the scalar
 // reference, dtype handling, padding, fused-group scales, dequantisation, and clear errors for
 // bad inputs.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -200,6 +204,61 @@ TEST(CpuBackend, CancellationStopsBetweenChunks) {
   EXPECT_EQ(q.status().code(), absl::StatusCode::kCancelled);
   cancelled = false;
   EXPECT_TRUE(backend->Quantize({DType::kF32, 512, 1024, x.data()}, {}, options).ok());
+}
+
+// Rows "arrive" from another thread; the engine must wait for them and produce exactly the
+// bytes and metrics of the one-shot call with the same amax.
+TEST(CpuBackend, StreamingMatchesOneShotAndWaitsForRows) {
+  const int64_t rows = 700, cols = 300;
+  std::vector<float> x = testing::Sample(testing::Distribution::kLaplace, rows * cols, 21);
+  std::vector<uint16_t> bf16 = ToBits(x, DType::kBF16);
+  std::vector<uint16_t> arriving(bf16.size(), 0x7FC0);  // NaN until a row has "arrived"
+  auto backend = MakeBackend(cpu::CpuIsa::kAuto, 2);
+  const TensorView complete{DType::kBF16, rows, cols, bf16.data()};
+  auto amax = backend->ComputeAmax(complete);
+  ASSERT_TRUE(amax.ok());
+  QuantizeOptions options;
+  options.amax = *amax;
+  options.want_dequantized = true;
+  auto reference = backend->Quantize(complete, {}, options);
+  ASSERT_TRUE(reference.ok());
+
+  std::atomic<int64_t> arrived{0};
+  std::thread feeder([&] {
+    for (int64_t r = 0; r < rows; r += 37) {
+      const int64_t end = std::min(rows, r + 37);
+      std::copy(bf16.begin() + r * cols, bf16.begin() + end * cols, arriving.begin() + r * cols);
+      arrived.store(end);
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  });
+  std::atomic<int64_t> max_wait{0};
+  auto streamed = backend->QuantizeStreaming({DType::kBF16, rows, cols, arriving.data()}, {},
+                                             options, [&](int64_t needed) {
+                                               max_wait.store(std::max(max_wait.load(), needed));
+                                               while (arrived.load() < needed)
+                                                 std::this_thread::yield();
+                                               return true;
+                                             });
+  feeder.join();
+  ASSERT_TRUE(streamed.ok()) << streamed.status();
+  ExpectIdentical(*reference, *streamed, "streaming");
+  EXPECT_EQ(max_wait.load(), rows);
+
+  // A NaN in a late row is reported like the one-shot call reports it.
+  bf16[650 * cols + 7] = 0x7FC0;
+  auto one_shot = backend->Quantize(complete, {}, options);
+  auto late = backend->QuantizeStreaming(complete, {}, options, [](int64_t) { return true; });
+  ASSERT_FALSE(one_shot.ok());
+  ASSERT_FALSE(late.ok());
+  EXPECT_EQ(late.status(), one_shot.status());
+  EXPECT_THAT(std::string(late.status().message()), HasSubstr("row 650, column 7"));
+
+  // Rows that never come: cancelled. Without a known scale: refused.
+  auto never = backend->QuantizeStreaming(complete, {}, options, [](int64_t) { return false; });
+  EXPECT_EQ(never.status().code(), absl::StatusCode::kCancelled);
+  auto no_scale = backend->QuantizeStreaming(complete, {}, {}, [](int64_t) { return true; });
+  EXPECT_EQ(no_scale.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(CpuBackend, AllZeroTensor) {

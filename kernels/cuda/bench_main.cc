@@ -1,0 +1,282 @@
+// nvfp4_cuda_bench: device-resident NVFP4 quantisation throughput against the device-memory
+// roofline.
+//
+//   nvfp4_cuda_bench [--rows N] [--cols N] [--iters N] [--warmup N] [--device D] [--json]
+//                    [--json-file PATH]
+//
+// --json prints JSON instead of the table; --json-file also writes it to PATH.
+// Measures the device-to-device copy bandwidth (cudaMemcpyAsync of the input tensor; bytes read
+// plus written), then runs CudaBackend::QuantizeDeviceToDevice on a bf16 tensor already in
+// device memory (default 8192 x 8192) for absmax, four-over-six, scalesweep (mse), scalesweep
+// (wmse, per-column importance) and exhaustive. Each is warmed up, then the best of N runs is
+// reported, timed with CUDA events around the backend's kernels (device_seconds) and, for
+// reference, the host wall time of the whole call. Roofline fraction = (bytes the quantiser
+// must move: input read once, packed values and scales written) / copy bandwidth / time.
+// Without a CUDA device it prints "no CUDA device" and exits 0.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_format.h"
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/cuda_raii.h"
+#include "kernels/numerics/half.h"
+#include "kernels/numerics/method.h"
+
+namespace nvfp4::cuda {
+namespace {
+
+struct Flags {
+  int64_t rows = 8192;
+  int64_t cols = 8192;
+  int iters = 10;
+  int warmup = 2;
+  int device = 0;
+  bool json = false;
+  std::string json_file;
+};
+
+bool ParseFlags(int argc, char** argv, Flags* flags) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    const auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
+    if (arg == "--json") {
+      flags->json = true;
+    } else if (arg == "--json-file") {
+      const char* v = value();
+      if (v == nullptr) return false;
+      flags->json_file = v;
+    } else if (arg == "--rows" || arg == "--cols" || arg == "--iters" || arg == "--warmup" ||
+               arg == "--device") {
+      const char* v = value();
+      if (v == nullptr) return false;
+      const long long n = std::atoll(v);
+      if (arg == "--rows") flags->rows = n;
+      if (arg == "--cols") flags->cols = n;
+      if (arg == "--iters") flags->iters = static_cast<int>(n);
+      if (arg == "--warmup") flags->warmup = static_cast<int>(n);
+      if (arg == "--device") flags->device = static_cast<int>(n);
+    } else {
+      return false;
+    }
+  }
+  return flags->rows > 0 && flags->cols > 0 && flags->iters > 0 && flags->warmup >= 0;
+}
+
+// Deterministic heavy-tailed data: Gaussian values with a per-row scale and ~0.1% outliers, so
+// blocks differ and the search has work to do (never time on zeros).
+uint64_t SplitMix(uint64_t* state) {
+  uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+double Uniform01(uint64_t* state) {
+  return (static_cast<double>(SplitMix(state) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+
+std::vector<uint16_t> MakeBf16Tensor(int64_t rows, int64_t cols) {
+  std::vector<uint16_t> out(static_cast<size_t>(rows * cols));
+  uint64_t state = 12345;
+  for (int64_t r = 0; r < rows; ++r) {
+    const double row_scale = std::exp(2.0 * (Uniform01(&state) - 0.5));
+    for (int64_t c = 0; c < cols; c += 2) {
+      const double u1 = Uniform01(&state), u2 = Uniform01(&state);
+      const double radius = std::sqrt(-2.0 * std::log(u1)) * row_scale;
+      double v[2] = {radius * std::cos(6.283185307179586 * u2),
+                     radius * std::sin(6.283185307179586 * u2)};
+      for (int j = 0; j < 2 && c + j < cols; ++j) {
+        if ((SplitMix(&state) & 1023) == 0) v[j] *= 20.0;
+        out[static_cast<size_t>(r * cols + c + j)] = FloatToBf16Bits(static_cast<float>(v[j]));
+      }
+    }
+  }
+  return out;
+}
+
+struct Config {
+  const char* label;
+  Method method;
+  Objective objective;
+  bool importance;
+};
+
+struct Row {
+  std::string label;
+  double device_seconds = 0;
+  double wall_seconds = 0;
+  double candidates_per_block = 0;
+  double gain = 0;
+};
+
+int Fail(const absl::Status& status) {
+  std::fprintf(stderr, "nvfp4_cuda_bench: %s\n", status.ToString().c_str());
+  return 1;
+}
+
+int Run(const Flags& flags) {
+  if (CudaDeviceCount() == 0) {
+    std::printf("no CUDA device\n");
+    return 0;
+  }
+  auto backend_or = CudaBackend::Create(flags.device);
+  if (!backend_or.ok()) return Fail(backend_or.status());
+  CudaBackend& backend = **backend_or;
+  if (cudaSetDevice(flags.device) != cudaSuccess) return Fail(absl::InternalError("cudaSetDevice"));
+
+  const int64_t rows = flags.rows, cols = flags.cols;
+  const int64_t elements = rows * cols;
+  const int64_t padded_cols = (cols + 15) / 16 * 16;
+  const size_t input_bytes = static_cast<size_t>(elements) * 2;
+  const std::vector<uint16_t> host = MakeBf16Tensor(rows, cols);
+  std::vector<float> column_importance(static_cast<size_t>(cols));
+  uint64_t state = 777;
+  for (float& w : column_importance)
+    w = static_cast<float>(std::exp(2.0 * (Uniform01(&state) - 0.5)));
+
+  auto input = DeviceBuffer::Create(input_bytes);
+  auto copy = DeviceBuffer::Create(input_bytes);
+  auto importance = DeviceBuffer::Create(static_cast<size_t>(cols) * 4);
+  auto packed = DeviceBuffer::Create(static_cast<size_t>(rows * padded_cols / 2));
+  auto scales = DeviceBuffer::Create(static_cast<size_t>(rows * padded_cols / 16));
+  for (const auto* buffer : {&input, &copy, &importance, &packed, &scales}) {
+    if (!buffer->ok()) return Fail(buffer->status());
+  }
+  if (auto s = CudaStatus(
+          cudaMemcpy(input->get(), host.data(), input_bytes, cudaMemcpyHostToDevice), "cudaMemcpy");
+      !s.ok()) {
+    return Fail(s);
+  }
+  if (auto s = CudaStatus(cudaMemcpy(importance->get(), column_importance.data(),
+                                     column_importance.size() * 4, cudaMemcpyHostToDevice),
+                          "cudaMemcpy");
+      !s.ok()) {
+    return Fail(s);
+  }
+
+  // Copy roofline: best of N device-to-device copies of the input, read + write bytes.
+  auto stream = Stream::Create();
+  auto begin = Event::Create(true);
+  auto end = Event::Create(true);
+  if (!stream.ok() || !begin.ok() || !end.ok()) return Fail(absl::InternalError("stream/event"));
+  double copy_seconds = std::numeric_limits<double>::infinity();
+  for (int i = 0; i < flags.warmup + flags.iters; ++i) {
+    cudaEventRecord(begin->get(), stream->get());
+    cudaMemcpyAsync(copy->get(), input->get(), input_bytes, cudaMemcpyDeviceToDevice,
+                    stream->get());
+    cudaEventRecord(end->get(), stream->get());
+    if (auto s = CudaStatus(cudaEventSynchronize(end->get()), "copy"); !s.ok()) return Fail(s);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, begin->get(), end->get());
+    if (i >= flags.warmup) copy_seconds = std::min(copy_seconds, ms * 1e-3);
+  }
+  const double copy_bandwidth = 2.0 * static_cast<double>(input_bytes) / copy_seconds;
+
+  const Config configs[] = {
+      {"absmax", Method::kAbsMax, Objective::kMse, false},
+      {"four-over-six", Method::kFourOverSix, Objective::kMse, false},
+      {"scalesweep-mse", Method::kScaleSweep, Objective::kMse, false},
+      {"scalesweep-wmse", Method::kScaleSweep, Objective::kWmse, true},
+      {"exhaustive", Method::kExhaustive, Objective::kMse, false},
+  };
+  std::vector<Row> results;
+  for (const Config& config : configs) {
+    QuantizeOptions options;
+    options.method = config.method;
+    options.objective = config.objective;
+    const TensorView view{DType::kBF16, rows, cols, input->get()};
+    ImportanceView weights;
+    if (config.importance) {
+      weights = {ImportanceLayout::kPerColumn, importance->as<float>(), cols};
+    }
+    DeviceOutputs outputs;
+    outputs.packed = packed->as<uint8_t>();
+    outputs.scales = scales->as<uint8_t>();
+    Row row;
+    row.label = config.label;
+    row.device_seconds = row.wall_seconds = std::numeric_limits<double>::infinity();
+    for (int i = 0; i < flags.warmup + flags.iters; ++i) {
+      auto result = backend.QuantizeDeviceToDevice(view, weights, options, outputs);
+      if (!result.ok()) return Fail(result.status());
+      if (i < flags.warmup) continue;
+      row.device_seconds = std::min(row.device_seconds, result->device_seconds);
+      row.wall_seconds = std::min(row.wall_seconds, result->metrics.seconds);
+      row.candidates_per_block = result->metrics.candidates_per_block;
+      row.gain = result->metrics.gain;
+    }
+    results.push_back(row);
+  }
+
+  // Bytes a single-pass quantiser must move: input once, packed values and scales once.
+  const double bytes = static_cast<double>(input_bytes) +
+                       static_cast<double>(rows * padded_cols / 2) +
+                       static_cast<double>(rows * padded_cols / 16);
+  const double roofline_seconds = bytes / copy_bandwidth;
+  const double absmax_seconds = results.front().device_seconds;
+  std::string json = absl::StrFormat(
+      "{\"device\": \"%s\", \"rows\": %d, \"cols\": %d, \"dtype\": \"bf16\", "
+      "\"copy_bandwidth_gbs\": %.3f, \"roofline_ms\": %.6f, \"methods\": [",
+      std::string(backend.name()), rows, cols, copy_bandwidth / 1e9, roofline_seconds * 1e3);
+  for (size_t i = 0; i < results.size(); ++i) {
+    const Row& r = results[i];
+    absl::StrAppendFormat(
+        &json,
+        "%s{\"method\": \"%s\", \"device_ms\": %.6f, \"wall_ms\": %.6f, "
+        "\"gelem_per_s\": %.4f, \"roofline_fraction\": %.4f, \"vs_absmax\": %.4f, "
+        "\"candidates_per_block\": %.4f, \"gain\": %.6f}",
+        i == 0 ? "" : ", ", r.label, r.device_seconds * 1e3, r.wall_seconds * 1e3,
+        static_cast<double>(elements) / r.device_seconds / 1e9, roofline_seconds / r.device_seconds,
+        r.device_seconds / absmax_seconds, r.candidates_per_block, r.gain);
+  }
+  json += "]}\n";
+  if (!flags.json_file.empty()) {
+    std::FILE* file = std::fopen(flags.json_file.c_str(), "w");
+    if (file == nullptr) return Fail(absl::InternalError("cannot write " + flags.json_file));
+    std::fputs(json.c_str(), file);
+    std::fclose(file);
+  }
+  if (flags.json) {
+    std::fputs(json.c_str(), stdout);
+    return 0;
+  }
+  std::printf(
+      "%s, bf16 [%lld, %lld] device-resident; copy bandwidth %.1f GB/s (read+write), "
+      "roofline %.3f ms for %.1f MB\n",
+      std::string(backend.name()).c_str(), static_cast<long long>(rows),
+      static_cast<long long>(cols), copy_bandwidth / 1e9, roofline_seconds * 1e3, bytes / 1e6);
+  std::printf("%-16s %10s %10s %9s %9s %9s %8s %8s\n", "method", "device ms", "wall ms", "Gelem/s",
+              "roofline", "x absmax", "cand/blk", "gain");
+  for (const Row& r : results) {
+    std::printf("%-16s %10.3f %10.3f %9.2f %8.1f%% %9.2f %8.2f %8.4f\n", r.label.c_str(),
+                r.device_seconds * 1e3, r.wall_seconds * 1e3,
+                static_cast<double>(elements) / r.device_seconds / 1e9,
+                100.0 * roofline_seconds / r.device_seconds, r.device_seconds / absmax_seconds,
+                r.candidates_per_block, r.gain);
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace nvfp4::cuda
+
+int main(int argc, char** argv) {
+  nvfp4::cuda::Flags flags;
+  if (!nvfp4::cuda::ParseFlags(argc, argv, &flags)) {
+    std::fprintf(stderr,
+                 "usage: nvfp4_cuda_bench [--rows N] [--cols N] [--iters N] [--warmup N] "
+                 "[--device D] [--json] [--json-file PATH]\n");
+    return 2;
+  }
+  return nvfp4::cuda::Run(flags);
+}

@@ -1,0 +1,366 @@
+// What one CUDA thread does for one 16-element block, written as __host__ __device__ code over
+// the shared numerics (kernels/numerics/), so that the host can run, and the tests can check,
+// exactly the code the quantize kernel runs.
+//
+// ProcessBlock: load a block (widen bf16/f16 with the shared converters, zero-pad past the last
+// column), record non-finite inputs and bad importance values, then the CPU reference's block
+// steps unchanged: PrepareScalarBlock -> ChooseBlockScale -> EncodeBlock, DequantizeNibble for
+// the fake-quant output, and the error terms of AccumulateBlockMetrics. The only device-specific
+// piece is DeviceBlock, a ScalarBlock whose loss() passes a compile-time weights pointer to the
+// same CandidateLoss (a run-time pointer select would force the block into local memory).
+// Metric terms are summed per block with the shared TreeSum16 in fp32 and then in fp64 per
+// thread; the CPU folds per element position instead, so metrics agree to ~1e-7 relative and
+// bytes (packed, scales, dequantized) are identical.
+//
+// BuildScaleTableEntry is one (code, column) entry of BuildScaleTable; ResolveGlobalScale is
+// the CPU backend's choice of g. Everything here is pure and thread-safe; callers own all memory.
+// Nothing reports errors: NaN/Inf inputs and bad importance values are recorded as the smallest
+// offending index in ThreadTotals (the host turns them into InvalidArgument); the per-block steps
+// still run on them and terminate. No CUDA types appear outside __CUDA_ARCH__ sections, so plain
+// C++ (the host tests) can include this header.
+#ifndef NVFP4_KERNELS_CUDA_DEVICE_BLOCK_H_
+#define NVFP4_KERNELS_CUDA_DEVICE_BLOCK_H_
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "kernels/numerics/block_math.h"
+#include "kernels/numerics/e4m3.h"
+#include "kernels/numerics/global_scale.h"
+#include "kernels/numerics/half.h"
+#include "kernels/numerics/hd.h"
+#include "kernels/numerics/method.h"
+#include "kernels/numerics/scale_search.h"
+#include "kernels/numerics/scale_table.h"
+#include "kernels/tensor.h"
+
+namespace nvfp4::cuda {
+
+inline constexpr uint64_t kNoBadElement = ~uint64_t{0};
+inline constexpr float kMaxFiniteFloat = 3.4028234663852886e38f;
+
+// Where g comes from (QuantizeOptions: global_scale wins over amax, else the tensor's amax).
+struct GlobalScaleSource {
+  bool has_global_scale = false;
+  float global_scale = 1.0f;
+  bool has_amax = false;
+  float amax = 0.0f;
+  int scale_max = 256;
+};
+
+NVFP4_HD float ResolveGlobalScale(const GlobalScaleSource& source, float tensor_amax) {
+  if (source.has_global_scale) return source.global_scale;
+  return GlobalScaleFromAmax(source.has_amax ? source.amax : tensor_amax, source.scale_max);
+}
+
+// Entry (c, k) of BuildScaleTable(g, table), c in [0, 127), k in [0, 8): running it for every
+// pair writes exactly the fields BuildScaleTable writes (the GPU runs one pair per thread).
+NVFP4_HD void BuildScaleTableEntry(float g, int c, int k, ScaleTable* table) {
+  const float infinity = BitsToFloat(0x7F800000u);
+  if (c == 0) {
+    table->threshold[0][k] = infinity;
+    if (k == 0) {
+      table->global_scale = g;
+      table->effective_scale[0] = 0.0f;
+      table->effective_scale[127] = 0.0f;
+    }
+    return;
+  }
+  const float s = DecodeE4M3(static_cast<uint8_t>(c)) * g;
+  if (k == 0) table->effective_scale[c] = s;
+  table->threshold[c][k] = k < 7 ? E2M1Threshold(s, k) : infinity;
+}
+
+// ScalarBlock with the weights pointer fixed at compile time (see the header comment).
+template <bool kWeighted>
+struct DeviceBlock {
+  ScalarBlock block;
+
+  NVFP4_HD_METHOD float max_abs() const { return block.m; }
+  NVFP4_HD_METHOD uint8_t absmax_code() const { return block.absmax; }
+  NVFP4_HD_METHOD float total_weight() const { return block.w_total; }
+  NVFP4_HD_METHOD float wmse_lower_bound() const { return block.wmse_lower_bound(); }
+  NVFP4_HD_METHOD float loss(int code) const {
+    return CandidateLoss(block.ax, block.axp, kWeighted ? block.w : nullptr, *block.table, code,
+                         block.p);
+  }
+};
+
+// One launch's share of a tensor: rows [row0, row0 + rows) of a [*, cols] tensor. Pointers are
+// relative to the launch's first row (weights: per column always the full [cols] vector).
+struct BlockJob {
+  DType dtype = DType::kF32;
+  const void* x = nullptr;         // [rows, cols] of dtype
+  const float* weights = nullptr;  // kPerColumn: [cols]; kPerElement: [rows, cols]; else null
+  uint8_t* packed = nullptr;       // [rows, padded_cols / 2]
+  uint8_t* scales = nullptr;       // [rows, padded_cols / 16]
+  float* dequantized = nullptr;    // [rows, cols] or null
+  int64_t row0 = 0;                // first row's index in the tensor (for error indices)
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int64_t padded_cols = 0;
+  ImportanceLayout layout = ImportanceLayout::kNone;
+  Method method = Method::kScaleSweep;
+  Objective objective = Objective::kMse;
+  // cols % 16 == 0, x, weights and dequantized 16-byte aligned, packed 8-byte aligned: whole
+  // blocks are moved with 16-byte accesses.
+  bool vector_access = false;
+};
+
+// A thread's running totals over the blocks it processed.
+struct ThreadTotals {
+  double sum[kMetricSums];
+  float max_abs_error;
+  float amax;  // max |x| over finite inputs
+  int64_t candidates;
+  uint64_t first_bad_input;   // smallest tensor element index holding NaN/Inf
+  uint64_t first_bad_weight;  // smallest importance index that is not finite and >= 0
+};
+
+NVFP4_HD void ClearThreadTotals(ThreadTotals* totals) {
+  for (int k = 0; k < kMetricSums; ++k) totals->sum[k] = 0.0;
+  totals->max_abs_error = 0.0f;
+  totals->amax = 0.0f;
+  totals->candidates = 0;
+  totals->first_bad_input = kNoBadElement;
+  totals->first_bad_weight = kNoBadElement;
+}
+
+NVFP4_HD uint64_t MinIndex(uint64_t a, uint64_t b) { return a < b ? a : b; }
+
+// Scan step of one input value (the CPU's ScanF32: NaN and +-Inf are "not <= FLT_MAX").
+NVFP4_HD void ScanInput(float v, uint64_t index, float* amax, uint64_t* first_bad) {
+  const float a = v < 0.0f ? -v : v;
+  if (!(a <= kMaxFiniteFloat)) {
+    *first_bad = MinIndex(*first_bad, index);
+  } else {
+    *amax = MaxF(*amax, a);
+  }
+}
+
+// Importance values must be finite and >= 0 (-0.0 passes, like the CPU's check).
+NVFP4_HD bool IsValidWeight(float w) { return w >= 0.0f && w <= kMaxFiniteFloat; }
+
+// 16 bytes at src (16-byte aligned on the device) as four little-endian words.
+NVFP4_HD void Load16Bytes(const void* src, uint32_t* words) {
+#if defined(__CUDA_ARCH__)
+  const uint4 v = *static_cast<const uint4*>(src);
+  words[0] = v.x;
+  words[1] = v.y;
+  words[2] = v.z;
+  words[3] = v.w;
+#else
+  std::memcpy(words, src, 16);
+#endif
+}
+
+NVFP4_HD void Store16Bytes(void* dst, const uint32_t* words) {
+#if defined(__CUDA_ARCH__)
+  *static_cast<uint4*>(dst) = make_uint4(words[0], words[1], words[2], words[3]);
+#else
+  std::memcpy(dst, words, 16);
+#endif
+}
+
+NVFP4_HD void Store8Bytes(void* dst, const uint8_t* bytes) {
+  uint32_t lo = 0, hi = 0;
+  for (int i = 0; i < 4; ++i) {
+    lo |= static_cast<uint32_t>(bytes[i]) << (8 * i);
+    hi |= static_cast<uint32_t>(bytes[4 + i]) << (8 * i);
+  }
+#if defined(__CUDA_ARCH__)
+  *static_cast<uint2*>(dst) = make_uint2(lo, hi);
+#else
+  const uint32_t words[2] = {lo, hi};
+  std::memcpy(dst, words, 8);
+#endif
+}
+
+// Widening of one 16-bit value (the CPU's ConvertToF32Scalar).
+template <DType kDtype>
+NVFP4_HD float Widen16(uint32_t bits) {
+  if constexpr (kDtype == DType::kBF16) {
+    return Bf16BitsToFloat(static_cast<uint16_t>(bits));
+  } else {
+    return HalfBitsToFloat(static_cast<uint16_t>(bits));
+  }
+}
+
+template <DType kDtype>
+NVFP4_HD float LoadValue(const void* base, int64_t index) {
+  if constexpr (kDtype == DType::kF32) {
+    return static_cast<const float*>(base)[index];
+  } else {
+    return Widen16<kDtype>(static_cast<const uint16_t*>(base)[index]);
+  }
+}
+
+// x[0..16) = elements [e0, e0 + n) of base, widened to fp32, zeros for i >= n. vector: n == 16
+// and base + e0 is 16-byte aligned.
+template <DType kDtype>
+NVFP4_HD void LoadBlock(const void* base, int64_t e0, int n, bool vector, float* x) {
+  if (vector) {
+    if constexpr (kDtype == DType::kF32) {
+      const float* p = static_cast<const float*>(base) + e0;
+      for (int q = 0; q < 4; ++q) {
+        uint32_t w[4];
+        Load16Bytes(p + 4 * q, w);
+        for (int j = 0; j < 4; ++j) x[4 * q + j] = BitsToFloat(w[j]);
+      }
+    } else {
+      const uint16_t* p = static_cast<const uint16_t*>(base) + e0;
+      for (int q = 0; q < 2; ++q) {
+        uint32_t w[4];
+        Load16Bytes(p + 8 * q, w);
+        for (int j = 0; j < 4; ++j) {
+          x[8 * q + 2 * j] = Widen16<kDtype>(w[j] & 0xFFFFu);
+          x[8 * q + 2 * j + 1] = Widen16<kDtype>(w[j] >> 16);
+        }
+      }
+    }
+    return;
+  }
+  for (int i = 0; i < kBlockSize; ++i) x[i] = i < n ? LoadValue<kDtype>(base, e0 + i) : 0.0f;
+}
+
+// Sums of the metric terms of one block quantised with code c, in the order of MetricSum; the
+// terms are those of AccumulateBlockMetrics (absmax_code -1: c is the AbsMax code itself).
+template <bool kWeights>
+NVFP4_HD void BlockMetricSums(const float* x, const float* weights, const ScaleTable& table, int c,
+                              int absmax_code, float* sums, float* max_abs_error) {
+  if (absmax_code < 0) absmax_code = c;
+  const float s = table.effective_scale[c];
+  const float s_absmax = table.effective_scale[absmax_code];
+  float squared_error[kBlockSize], weighted[kBlockSize], weight[kBlockSize];
+  float signal[kBlockSize], absmax_error[kBlockSize];
+  float max_error = 0.0f;
+  for (int i = 0; i < kBlockSize; ++i) {
+    const float a = x[i] < 0.0f ? -x[i] : x[i];
+    const float d = a - E2M1Magnitude(E2M1IndexByThreshold(a, table.threshold[c])) * s;
+    const float e = d * d;
+    squared_error[i] = e;
+    weighted[i] = kWeights ? weights[i] * e : 0.0f;
+    weight[i] = kWeights ? weights[i] : 0.0f;
+    signal[i] = x[i] * x[i];
+    const float d_absmax =
+        c == absmax_code
+            ? d
+            : a - E2M1Magnitude(E2M1IndexByThreshold(a, table.threshold[absmax_code])) * s_absmax;
+    absmax_error[i] = d_absmax * d_absmax;
+    max_error = MaxF(max_error, d < 0.0f ? -d : d);
+  }
+  sums[kSquaredError] = TreeSum16(squared_error);
+  sums[kWeightedSquaredError] = TreeSum16(weighted);
+  sums[kWeightSum] = TreeSum16(weight);
+  sums[kSquaredSignal] = TreeSum16(signal);
+  sums[kAbsMaxSquaredError] = TreeSum16(absmax_error);
+  *max_abs_error = max_error;
+}
+
+// The whole per-block step for block b (row-major block index within the job). kWeights:
+// importance present (metrics are weighted); kSearchWeighted: objective WMSE (implies kWeights).
+template <DType kDtype, bool kWeights, bool kSearchWeighted>
+NVFP4_HD void ProcessBlock(const BlockJob& job, const ScaleTable& table,
+                           const ScaleSearchParams& params, int64_t b, ThreadTotals* totals) {
+  static_assert(kWeights || !kSearchWeighted, "a weighted search needs weights");
+  const int64_t blocks_per_row = job.padded_cols / kBlockSize;
+  const int64_t r = b / blocks_per_row;
+  const int64_t col0 = (b - r * blocks_per_row) * kBlockSize;
+  const int64_t left = job.cols - col0;
+  const int n = left < kBlockSize ? static_cast<int>(left) : kBlockSize;  // real elements, >= 1
+  const int64_t e0 = r * job.cols + col0;  // job-relative element index
+  const uint64_t tensor_e0 = static_cast<uint64_t>((job.row0 + r) * job.cols + col0);
+
+  float x[kBlockSize];
+  LoadBlock<kDtype>(job.x, e0, n, job.vector_access, x);
+  for (int i = 0; i < n; ++i) {
+    ScanInput(x[i], tensor_e0 + i, &totals->amax, &totals->first_bad_input);
+  }
+
+  float w[kBlockSize];
+  if constexpr (kWeights) {
+    const bool per_column = job.layout == ImportanceLayout::kPerColumn;
+    LoadBlock<DType::kF32>(job.weights, per_column ? col0 : e0, n, job.vector_access, w);
+    const uint64_t w0 = per_column ? static_cast<uint64_t>(col0) : tensor_e0;
+    for (int i = 0; i < n; ++i) {
+      if (!IsValidWeight(w[i])) {
+        totals->first_bad_weight = MinIndex(totals->first_bad_weight, w0 + i);
+      }
+    }
+  } else {
+    for (int i = 0; i < kBlockSize; ++i) w[i] = 0.0f;
+  }
+
+  // The CPU reference's block steps (row_kernel_scalar.cc / row_driver.h).
+  DeviceBlock<kSearchWeighted> block;
+  PrepareScalarBlock(x, kSearchWeighted ? w : nullptr, table, params, &block.block);
+  const BlockChoice choice = ChooseBlockScale(block, params);
+  const int code = choice.code;
+  job.scales[b] = choice.code;
+  uint8_t packed[kBlockSize / 2];
+  EncodeBlock(x, table, code, packed);
+  if (job.vector_access) {
+    Store8Bytes(job.packed + b * (kBlockSize / 2), packed);
+  } else {
+    for (int j = 0; j < kBlockSize / 2; ++j) job.packed[b * (kBlockSize / 2) + j] = packed[j];
+  }
+
+  if (job.dequantized != nullptr) {
+    // EncodeBlock's nibble i is EncodeElement(x[i], table, code), which the CPU dequantises.
+    const float s = table.effective_scale[code];
+    float out[kBlockSize];
+    for (int i = 0; i < kBlockSize; ++i) {
+      const uint8_t nibble = static_cast<uint8_t>((packed[i / 2] >> (4 * (i & 1))) & 0xFu);
+      out[i] = DequantizeNibble(nibble, s);
+    }
+    float* dst = job.dequantized + e0;
+    if (job.vector_access) {
+      for (int q = 0; q < 4; ++q) {
+        uint32_t words[4];
+        for (int j = 0; j < 4; ++j) words[j] = FloatToBits(out[4 * q + j]);
+        Store16Bytes(dst + 4 * q, words);
+      }
+    } else {
+      for (int i = 0; i < n; ++i) dst[i] = out[i];
+    }
+  }
+
+  float sums[kMetricSums];
+  float max_abs_error;
+  BlockMetricSums<kWeights>(x, w, table, code, job.method == Method::kAbsMax ? -1 : choice.absmax,
+                            sums, &max_abs_error);
+  for (int k = 0; k < kMetricSums; ++k) totals->sum[k] += static_cast<double>(sums[k]);
+  totals->max_abs_error = MaxF(totals->max_abs_error, max_abs_error);
+  totals->candidates += choice.candidates;
+}
+
+// Calls fn(dtype_tag, weights_tag, search_weighted_tag) with std::integral_constant tags for
+// the run-time choice: the one place that maps a request to a ProcessBlock instantiation.
+template <typename Fn>
+void DispatchBlockVariant(DType dtype, bool weights, bool search_weighted, Fn&& fn) {
+  auto with_dtype = [&](auto dtype_tag) {
+    if (search_weighted) {
+      fn(dtype_tag, std::true_type{}, std::true_type{});
+    } else if (weights) {
+      fn(dtype_tag, std::true_type{}, std::false_type{});
+    } else {
+      fn(dtype_tag, std::false_type{}, std::false_type{});
+    }
+  };
+  switch (dtype) {
+    case DType::kF32:
+      with_dtype(std::integral_constant<DType, DType::kF32>{});
+      break;
+    case DType::kBF16:
+      with_dtype(std::integral_constant<DType, DType::kBF16>{});
+      break;
+    case DType::kF16:
+      with_dtype(std::integral_constant<DType, DType::kF16>{});
+      break;
+  }
+}
+
+}  // namespace nvfp4::cuda
+
+#endif  // NVFP4_KERNELS_CUDA_DEVICE_BLOCK_H_

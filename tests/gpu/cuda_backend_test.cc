@@ -1,0 +1,439 @@
+// GPU tests of cuda::CudaBackend against cpu::CpuBackend: identical bytes (packed, scales,
+// global scale, dequantised values) for every method x objective x dtype x importance layout x
+// padded/unpadded shape, adversarial blocks, both input paths (host and device-resident),
+// multi-chunk pipelining, NaN/Inf and bad-importance messages, cancellation, bad requests, the
+// device-built scale table, determinism and concurrent callers. NVFP4_GPU_LARGE=1 adds tensors
+// of 64M+ elements. Every test skips with "no CUDA device: GPU test skipped" where
+// CudaDeviceCount() is 0 (after checking that Create then fails cleanly).
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/cuda_raii.h"
+#include "kernels/cuda/quantize_kernels.h"
+#include "kernels/numerics/scale_table.h"
+#include "tests/gpu/gpu_test_cases.h"
+
+namespace nvfp4 {
+namespace {
+
+using gpu_testing::Case;
+using gpu_testing::HostTensor;
+
+// A HostTensor copied into device memory.
+struct DeviceTensor {
+  cuda::DeviceBuffer data;
+  cuda::DeviceBuffer importance;
+  TensorView view;
+  ImportanceView importance_view;
+};
+
+absl::StatusOr<DeviceTensor> Upload(const HostTensor& t) {
+  DeviceTensor d;
+  ASSIGN_OR_RETURN(d.data, cuda::DeviceBuffer::Create(t.bytes()));
+  NVFP4_CUDA_RETURN_IF_ERROR(cudaMemcpy(d.data.get(), t.data(), t.bytes(), cudaMemcpyHostToDevice),
+                             "cudaMemcpy");
+  d.view = TensorView{t.dtype, t.rows, t.cols, d.data.get()};
+  if (t.layout != ImportanceLayout::kNone) {
+    const size_t bytes = t.importance.size() * sizeof(float);
+    ASSIGN_OR_RETURN(d.importance, cuda::DeviceBuffer::Create(bytes));
+    NVFP4_CUDA_RETURN_IF_ERROR(
+        cudaMemcpy(d.importance.get(), t.importance.data(), bytes, cudaMemcpyHostToDevice),
+        "cudaMemcpy");
+    d.importance_view = ImportanceView{t.layout, d.importance.as<float>(),
+                                       static_cast<int64_t>(t.importance.size())};
+  }
+  return d;
+}
+
+class CudaBackendTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (cuda::CudaDeviceCount() == 0) {
+      // The no-device contract: Create fails with a Status, nothing aborts.
+      auto backend = cuda::CudaBackend::Create(0);
+      EXPECT_FALSE(backend.ok());
+      EXPECT_EQ(backend.status().code(), absl::StatusCode::kUnavailable) << backend.status();
+      GTEST_SKIP() << "no CUDA device: GPU test skipped";
+    }
+    auto gpu = cuda::CudaBackend::Create(0);
+    ASSERT_TRUE(gpu.ok()) << gpu.status();
+    gpu_ = std::move(*gpu);
+    auto cpu = cpu::CpuBackend::Create({0, cpu::CpuIsa::kAuto});
+    ASSERT_TRUE(cpu.ok()) << cpu.status();
+    cpu_ = std::move(*cpu);
+  }
+
+  // CPU reference vs the GPU host path and the GPU device path.
+  void CheckAgainstCpu(const HostTensor& t, const QuantizeOptions& options, const std::string& what,
+                       bool device_path = true) {
+    auto expected = cpu_->Quantize(t.view(), t.importance_view(), options);
+    ASSERT_TRUE(expected.ok()) << what << ": " << expected.status();
+    auto host = gpu_->Quantize(t.view(), t.importance_view(), options);
+    ASSERT_TRUE(host.ok()) << what << ": " << host.status();
+    gpu_testing::ExpectSameQuantization(*expected, *host, what + " [host path]");
+    if (!device_path) return;
+    auto d = Upload(t);
+    ASSERT_TRUE(d.ok()) << d.status();
+    auto device = gpu_->QuantizeDevice(d->view, d->importance_view, options);
+    ASSERT_TRUE(device.ok()) << what << ": " << device.status();
+    gpu_testing::ExpectSameQuantization(*expected, *device, what + " [device path]");
+  }
+
+  std::string CpuError(const HostTensor& t, const QuantizeOptions& options) {
+    auto q = cpu_->Quantize(t.view(), t.importance_view(), options);
+    EXPECT_FALSE(q.ok());
+    return q.ok() ? "" : std::string(q.status().message());
+  }
+
+  std::unique_ptr<cuda::CudaBackend> gpu_;
+  std::unique_ptr<cpu::CpuBackend> cpu_;
+};
+
+TEST_F(CudaBackendTest, NameAndDevices) {
+  EXPECT_EQ(std::string(gpu_->name()).rfind("cuda:0 ", 0), 0u) << gpu_->name();
+  EXPECT_GE(cuda::CudaDeviceCount(), 1);
+  auto missing = cuda::CudaBackend::Create(cuda::CudaDeviceCount());
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(CudaBackendTest, EveryVariantIsByteIdenticalToTheCpu) {
+  uint64_t seed = 1;
+  for (const Case& c : gpu_testing::VariantMatrix()) {
+    const HostTensor t = gpu_testing::MakeTensor(c, seed++);
+    CheckAgainstCpu(t, gpu_testing::MakeOptions(c, t), c.Name());
+  }
+}
+
+TEST_F(CudaBackendTest, AdversarialBlocksAreByteIdenticalToTheCpu) {
+  uint64_t seed = 500;
+  for (const Case& c : gpu_testing::AdversarialCases()) {
+    const HostTensor t = gpu_testing::MakeTensor(c, seed++);
+    CheckAgainstCpu(t, gpu_testing::MakeOptions(c, t), c.Name());
+  }
+}
+
+TEST_F(CudaBackendTest, AllZeroTensor) {
+  HostTensor t = gpu_testing::MakeTensor(DType::kF32, 3, 48, ImportanceLayout::kNone, 1);
+  std::fill(t.f32.begin(), t.f32.end(), 0.0f);
+  for (Method m :
+       {Method::kAbsMax, Method::kFourOverSix, Method::kExhaustive, Method::kScaleSweep}) {
+    QuantizeOptions options;
+    options.method = m;
+    CheckAgainstCpu(t, options, std::string(MethodName(m)) + " all zero");
+    auto q = gpu_->Quantize(t.view(), {}, options);
+    ASSERT_TRUE(q.ok());
+    EXPECT_EQ(q->global_scale, 1.0f);
+    for (uint8_t s : q->scales) EXPECT_EQ(s, 0x38);
+  }
+}
+
+TEST_F(CudaBackendTest, ScaleTableBuiltOnTheDeviceEqualsTheHostTable) {
+  auto result = cuda::DeviceBuffer::Create(sizeof(cuda::internal::DeviceResult));
+  auto table = cuda::DeviceBuffer::Create(sizeof(ScaleTable));
+  ASSERT_TRUE(result.ok() && table.ok());
+  for (float g :
+       {6.018531076210112e-36f, 1e-30f, 1e-3f, 1.0f / 2688.0f, 0.37f, 1.0f, 3.7f, 1e20f, 2.2e35f}) {
+    cuda::GlobalScaleSource source;
+    source.has_global_scale = true;
+    source.global_scale = g;
+    auto* r = result->as<cuda::internal::DeviceResult>();
+    ASSERT_EQ(cuda::internal::LaunchInitResult(r, nullptr), cudaSuccess);
+    ASSERT_EQ(cuda::internal::LaunchBuildScaleTable(source, r, table->as<ScaleTable>(), nullptr),
+              cudaSuccess);
+    auto device = std::make_unique<ScaleTable>();
+    auto host = std::make_unique<ScaleTable>();
+    ASSERT_EQ(cudaMemcpy(device.get(), table->get(), sizeof(ScaleTable), cudaMemcpyDeviceToHost),
+              cudaSuccess);
+    BuildScaleTable(g, host.get());
+    EXPECT_EQ(gpu_testing::Bits(host->global_scale), gpu_testing::Bits(device->global_scale));
+    for (int c = 1; c < kNumScaleCodes; ++c) {
+      ASSERT_EQ(gpu_testing::Bits(host->effective_scale[c]),
+                gpu_testing::Bits(device->effective_scale[c]))
+          << "g " << g << " code " << c;
+      for (int k = 0; k < 8; ++k) {
+        ASSERT_EQ(gpu_testing::Bits(host->threshold[c][k]),
+                  gpu_testing::Bits(device->threshold[c][k]))
+            << "g " << g << " code " << c << " threshold " << k;
+      }
+    }
+  }
+}
+
+TEST_F(CudaBackendTest, MultiChunkHostPathInEveryScaleMode) {
+  // 2,500 x 2,048 is three host chunks (1,024 rows each); 2,047 columns adds padding.
+  for (int64_t cols : {2048, 2047}) {
+    for (gpu_testing::ScaleMode mode :
+         {gpu_testing::ScaleMode::kFromTensor, gpu_testing::ScaleMode::kGivenAmax,
+          gpu_testing::ScaleMode::kGivenGlobalScale}) {
+      Case c;
+      c.method = Method::kScaleSweep;
+      c.objective = Objective::kWmse;
+      c.layout = ImportanceLayout::kPerElement;
+      c.dtype = cols == 2048 ? DType::kBF16 : DType::kF32;
+      c.rows = 2500;
+      c.cols = cols;
+      c.scale_mode = mode;
+      const HostTensor t = gpu_testing::MakeTensor(c, 99);
+      CheckAgainstCpu(t, gpu_testing::MakeOptions(c, t), c.Name());
+    }
+  }
+}
+
+TEST_F(CudaBackendTest, RejectsNonFiniteInputsNamingTheFirstBadElement) {
+  HostTensor t = gpu_testing::MakeTensor(DType::kF32, 10, 300, ImportanceLayout::kNone, 2);
+  t.f32[2 * 300 + 17] = std::numeric_limits<float>::infinity();
+  t.f32[5 * 300 + 1] = std::nanf("");
+  auto d = Upload(t);
+  ASSERT_TRUE(d.ok());
+  for (bool given_g : {false, true}) {
+    QuantizeOptions options;
+    if (given_g) options.global_scale = 0.01f;  // single pass: the quantize kernel finds it
+    const std::string expected = CpuError(t, options);
+    EXPECT_NE(expected.find("element 617 (row 2, column 17) is +Inf"), std::string::npos);
+    auto host = gpu_->Quantize(t.view(), {}, options);
+    ASSERT_FALSE(host.ok());
+    EXPECT_EQ(host.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(std::string(host.status().message()), expected);
+    auto device = gpu_->QuantizeDevice(d->view, {}, options);
+    ASSERT_FALSE(device.ok());
+    EXPECT_EQ(std::string(device.status().message()), expected);
+  }
+  // bf16 NaN, and a bad value in the last of several host chunks.
+  HostTensor b = gpu_testing::MakeTensor(DType::kBF16, 2, 32, ImportanceLayout::kNone, 3);
+  b.bits16[40] = 0x7FC0;
+  EXPECT_EQ(std::string(gpu_->Quantize(b.view(), {}, {}).status().message()), CpuError(b, {}));
+  HostTensor big = gpu_testing::MakeTensor(DType::kF16, 3000, 1024, ImportanceLayout::kNone, 4);
+  big.bits16[2999 * 1024 + 1000] = 0xFC00;  // -Inf
+  EXPECT_EQ(std::string(gpu_->Quantize(big.view(), {}, {}).status().message()), CpuError(big, {}));
+  // The backend stays usable.
+  CheckAgainstCpu(gpu_testing::MakeTensor(DType::kF32, 4, 64, ImportanceLayout::kNone, 5), {},
+                  "after errors");
+}
+
+TEST_F(CudaBackendTest, RejectsBadImportanceLikeTheCpu) {
+  HostTensor t = gpu_testing::MakeTensor(DType::kF32, 4, 32, ImportanceLayout::kPerColumn, 6);
+  t.importance[3] = -2.0f;
+  QuantizeOptions wmse;
+  wmse.objective = Objective::kWmse;
+  const std::string expected = CpuError(t, wmse);
+  EXPECT_NE(expected.find("importance value 3"), std::string::npos);
+  EXPECT_EQ(std::string(gpu_->Quantize(t.view(), t.importance_view(), wmse).status().message()),
+            expected);
+  auto d = Upload(t);
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(std::string(gpu_->QuantizeDevice(d->view, d->importance_view, wmse).status().message()),
+            expected);
+
+  HostTensor e = gpu_testing::MakeTensor(DType::kBF16, 6, 40, ImportanceLayout::kPerElement, 7);
+  e.importance[200] = std::nanf("");
+  e.importance[100] = std::numeric_limits<float>::infinity();
+  EXPECT_EQ(std::string(gpu_->Quantize(e.view(), e.importance_view(), {}).status().message()),
+            CpuError(e, {}));
+}
+
+TEST_F(CudaBackendTest, CancellationStopsAndLeavesTheBackendUsable) {
+  const HostTensor t = gpu_testing::MakeTensor(DType::kF32, 3000, 1024, ImportanceLayout::kNone, 8);
+  auto d = Upload(t);
+  ASSERT_TRUE(d.ok());
+  std::atomic<bool> cancelled{true};
+  QuantizeOptions options;
+  options.cancelled = &cancelled;
+  for (bool given_g : {false, true}) {
+    if (given_g) options.global_scale = 0.05f;
+    auto host = gpu_->Quantize(t.view(), {}, options);
+    EXPECT_EQ(host.status().code(), absl::StatusCode::kCancelled);
+    auto device = gpu_->QuantizeDevice(d->view, {}, options);
+    EXPECT_EQ(device.status().code(), absl::StatusCode::kCancelled);
+  }
+  // Cancelling from another thread while the host path runs: either outcome is fine, but the
+  // call must return cleanly.
+  cancelled = false;
+  std::thread canceller([&] { cancelled = true; });
+  auto racing = gpu_->Quantize(t.view(), {}, options);
+  canceller.join();
+  EXPECT_TRUE(racing.ok() || racing.status().code() == absl::StatusCode::kCancelled);
+  cancelled = false;
+  CheckAgainstCpu(t, options, "after cancellation");
+}
+
+TEST_F(CudaBackendTest, RejectsBadRequestsWithClearMessages) {
+  const HostTensor t = gpu_testing::MakeTensor(DType::kF32, 4, 32, ImportanceLayout::kNone, 9);
+  const auto code_and_message = [&](const TensorView& in, const ImportanceView& imp,
+                                    const QuantizeOptions& o) {
+    auto gpu = gpu_->Quantize(in, imp, o);
+    auto cpu = cpu_->Quantize(in, imp, o);
+    EXPECT_FALSE(gpu.ok());
+    EXPECT_EQ(gpu.status().code(), cpu.status().code());
+    EXPECT_EQ(gpu.status().message(), cpu.status().message());
+  };
+  std::vector<float> w(31, 1.0f);
+  code_and_message({DType::kF32, 0, 32, t.data()}, {}, {});
+  code_and_message({DType::kF32, 4, 32, nullptr}, {}, {});
+  code_and_message(t.view(), {ImportanceLayout::kPerColumn, w.data(), 31}, {});
+  QuantizeOptions wmse;
+  wmse.objective = Objective::kWmse;
+  code_and_message(t.view(), {}, wmse);
+  QuantizeOptions bad_f;
+  bad_f.scale_max = 300;
+  code_and_message(t.view(), {}, bad_f);
+
+  // Host memory on the device path, device memory on the host path.
+  auto host_on_device_path = gpu_->QuantizeDevice(t.view(), {}, {});
+  EXPECT_EQ(host_on_device_path.status().code(), absl::StatusCode::kInvalidArgument);
+  auto d = Upload(t);
+  ASSERT_TRUE(d.ok());
+  auto device_on_host_path = gpu_->Quantize(d->view, {}, {});
+  EXPECT_EQ(device_on_host_path.status().code(), absl::StatusCode::kInvalidArgument);
+  auto no_outputs = gpu_->QuantizeDeviceToDevice(d->view, {}, {}, {});
+  EXPECT_EQ(no_outputs.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(CudaBackendTest, DeviceOutputsArePoisonFreeAndAlignmentIndependent) {
+  Case c;
+  c.method = Method::kScaleSweep;
+  c.objective = Objective::kWmse;
+  c.layout = ImportanceLayout::kPerColumn;
+  c.dtype = DType::kBF16;
+  c.rows = 33;
+  c.cols = 512;
+  const HostTensor t = gpu_testing::MakeTensor(c, 10);
+  QuantizeOptions options = gpu_testing::MakeOptions(c, t);
+  options.want_dequantized = true;
+  auto expected = cpu_->Quantize(t.view(), t.importance_view(), options);
+  ASSERT_TRUE(expected.ok());
+  auto d = Upload(t);
+  ASSERT_TRUE(d.ok());
+  const size_t packed_bytes = expected->packed.size(), scale_bytes = expected->scales.size();
+  const size_t dequantized_bytes = expected->dequantized.size() * sizeof(float);
+  auto packed = cuda::DeviceBuffer::Create(packed_bytes + 16);
+  auto scales = cuda::DeviceBuffer::Create(scale_bytes + 16);
+  auto dequantized = cuda::DeviceBuffer::Create(dequantized_bytes + 16);
+  ASSERT_TRUE(packed.ok() && scales.ok() && dequantized.ok());
+  for (size_t offset : {size_t{0}, size_t{4}}) {  // 4: no 16-byte (vector) accesses
+    ASSERT_EQ(cudaMemset(packed->get(), 0xEE, packed_bytes + 16), cudaSuccess);
+    ASSERT_EQ(cudaMemset(scales->get(), 0xEE, scale_bytes + 16), cudaSuccess);
+    ASSERT_EQ(cudaMemset(dequantized->get(), 0xEE, dequantized_bytes + 16), cudaSuccess);
+    cuda::DeviceOutputs outputs;
+    outputs.packed = packed->as<uint8_t>() + offset;
+    outputs.scales = scales->as<uint8_t>() + offset;
+    outputs.dequantized = reinterpret_cast<float*>(dequantized->as<uint8_t>() + offset);
+    auto result = gpu_->QuantizeDeviceToDevice(d->view, d->importance_view, options, outputs);
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_GT(result->device_seconds, 0.0);
+    EXPECT_EQ(gpu_testing::Bits(result->global_scale), gpu_testing::Bits(expected->global_scale));
+    std::vector<uint8_t> p(packed_bytes), s(scale_bytes);
+    std::vector<float> q(expected->dequantized.size());
+    ASSERT_EQ(cudaMemcpy(p.data(), outputs.packed, packed_bytes, cudaMemcpyDeviceToHost),
+              cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(s.data(), outputs.scales, scale_bytes, cudaMemcpyDeviceToHost),
+              cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(q.data(), outputs.dequantized, dequantized_bytes, cudaMemcpyDeviceToHost),
+              cudaSuccess);
+    EXPECT_TRUE(p == expected->packed) << "offset " << offset;
+    EXPECT_TRUE(s == expected->scales) << "offset " << offset;
+    EXPECT_EQ(0, std::memcmp(q.data(), expected->dequantized.data(), dequantized_bytes))
+        << "offset " << offset;
+  }
+  // An input view that starts one element into the buffer (not 16-byte aligned).
+  HostTensor shifted = t;
+  shifted.rows = t.rows - 1;
+  shifted.bits16.erase(shifted.bits16.begin());
+  shifted.bits16.resize(static_cast<size_t>(shifted.rows * shifted.cols));
+  auto shifted_expected = cpu_->Quantize(shifted.view(), t.importance_view(), options);
+  ASSERT_TRUE(shifted_expected.ok());
+  TensorView view = d->view;
+  view.rows = shifted.rows;
+  view.data = d->data.as<uint16_t>() + 1;
+  auto shifted_actual = gpu_->QuantizeDevice(view, d->importance_view, options);
+  ASSERT_TRUE(shifted_actual.ok()) << shifted_actual.status();
+  gpu_testing::ExpectSameQuantization(*shifted_expected, *shifted_actual, "unaligned input");
+}
+
+TEST_F(CudaBackendTest, RepeatedCallsGiveIdenticalMetrics) {
+  Case c;
+  c.layout = ImportanceLayout::kPerElement;
+  c.objective = Objective::kWmse;
+  c.rows = 700;
+  c.cols = 1000;
+  const HostTensor t = gpu_testing::MakeTensor(c, 11);
+  const QuantizeOptions options = gpu_testing::MakeOptions(c, t);
+  auto a = gpu_->Quantize(t.view(), t.importance_view(), options);
+  auto b = gpu_->Quantize(t.view(), t.importance_view(), options);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->metrics.mse, b->metrics.mse);
+  EXPECT_EQ(a->metrics.wmse, b->metrics.wmse);
+  EXPECT_EQ(a->metrics.absmax_mse, b->metrics.absmax_mse);
+  EXPECT_EQ(a->packed, b->packed);
+}
+
+TEST_F(CudaBackendTest, ConcurrentCallersGetCorrectResults) {
+  std::vector<HostTensor> tensors;
+  for (int i = 0; i < 4; ++i) {
+    tensors.push_back(
+        gpu_testing::MakeTensor(DType::kBF16, 300 + i, 528, ImportanceLayout::kNone, 20 + i));
+  }
+  std::vector<absl::StatusOr<QuantizedTensor>> results(tensors.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    threads.emplace_back([&, i] { results[i] = gpu_->Quantize(tensors[i].view(), {}, {}); });
+  }
+  for (std::thread& thread : threads) thread.join();
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    ASSERT_TRUE(results[i].ok()) << results[i].status();
+    auto expected = cpu_->Quantize(tensors[i].view(), {}, {});
+    ASSERT_TRUE(expected.ok());
+    gpu_testing::ExpectSameQuantization(*expected, *results[i], "thread " + std::to_string(i));
+  }
+}
+
+bool LargeMode() {
+  const char* large = std::getenv("NVFP4_GPU_LARGE");
+  return large != nullptr && std::string(large) == "1";
+}
+
+TEST_F(CudaBackendTest, LargeTensorsAreByteIdenticalToTheCpu) {
+  if (!LargeMode()) GTEST_SKIP() << "set NVFP4_GPU_LARGE=1 for the 64M-element tensors";
+  // 8192 x 8192 bf16 (67.1M elements), both paths, the methods the benchmark runs.
+  {
+    const HostTensor t =
+        gpu_testing::MakeTensor(DType::kBF16, 8192, 8192, ImportanceLayout::kPerColumn, 31);
+    for (Case c : {Case{Method::kAbsMax}, Case{Method::kFourOverSix}, Case{Method::kScaleSweep},
+                   Case{Method::kScaleSweep, Objective::kWmse}, Case{Method::kExhaustive}}) {
+      c.dtype = DType::kBF16;
+      c.layout = ImportanceLayout::kPerColumn;
+      c.rows = c.cols = 8192;
+      c.want_dequantized = c.method == Method::kScaleSweep;
+      CheckAgainstCpu(t, gpu_testing::MakeOptions(c, t), c.Name() + " (large)",
+                      /*device_path=*/c.method != Method::kExhaustive);
+    }
+  }
+  // 4099 x 16383 f32 (67.2M elements, padded rows), per-element importance, given amax.
+  {
+    Case c;
+    c.method = Method::kScaleSweep;
+    c.objective = Objective::kWmse;
+    c.layout = ImportanceLayout::kPerElement;
+    c.dtype = DType::kF32;
+    c.rows = 4099;
+    c.cols = 16383;
+    c.scale_mode = gpu_testing::ScaleMode::kGivenAmax;
+    c.want_dequantized = false;
+    const HostTensor t = gpu_testing::MakeTensor(c, 32);
+    CheckAgainstCpu(t, gpu_testing::MakeOptions(c, t), c.Name() + " (large)");
+  }
+}
+
+}  // namespace
+}  // namespace nvfp4
