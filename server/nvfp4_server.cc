@@ -12,6 +12,9 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "kernels/cpu/cpu_backend.h"
+#if NVFP4_WITH_CUDA
+#include "kernels/cuda/cuda_backend.h"
+#endif
 
 namespace nvfp4::server {
 namespace {
@@ -26,21 +29,32 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, const char* what) 
 
 absl::StatusOr<std::vector<std::unique_ptr<QuantizerBackend>>> CreateEngines(
     const ServerOptions& options) {
-  if (options.device == "cuda") {
-    return absl::FailedPreconditionError(
-        "--device cuda: this build has no CUDA engine wired into nvfp4d yet; use auto or cpu");
-  }
-  if (options.device != "auto" && options.device != "cpu") {
+  if (options.device != "auto" && options.device != "cpu" && options.device != "cuda") {
     return absl::InvalidArgumentError(
         absl::StrCat("--device must be auto, cpu or cuda, got '", options.device, "'"));
   }
+  std::vector<std::unique_ptr<QuantizerBackend>> engines;
+#if NVFP4_WITH_CUDA
+  const int gpus = cuda::CudaDeviceCount();
+  if (options.device == "cuda" || (options.device == "auto" && gpus > 0)) {
+    if (gpus == 0) return absl::FailedPreconditionError("--device cuda: no CUDA device found");
+    for (int gpu = 0; gpu < gpus; ++gpu) {
+      ASSIGN_OR_RETURN(std::unique_ptr<cuda::CudaBackend> engine, cuda::CudaBackend::Create(gpu));
+      engines.push_back(std::move(engine));
+    }
+    return engines;
+  }
+#else
+  if (options.device == "cuda") {
+    return absl::FailedPreconditionError("--device cuda: this nvfp4d was built without CUDA");
+  }
+#endif
   if (options.cpu_workers < 1) return absl::InvalidArgumentError("--cpu-workers must be >= 1");
   const std::optional<cpu::CpuIsa> isa = cpu::ParseCpuIsa(options.cpu_isa);
   if (!isa) return absl::InvalidArgumentError("--isa must be auto, scalar, avx2 or avx512");
   const int total = options.threads > 0
                         ? options.threads
                         : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  std::vector<std::unique_ptr<QuantizerBackend>> engines;
   for (int i = 0; i < options.cpu_workers; ++i) {
     const int threads = std::max(1, total / options.cpu_workers);
     ASSIGN_OR_RETURN(std::unique_ptr<cpu::CpuBackend> backend,
@@ -112,6 +126,29 @@ absl::StatusOr<std::unique_ptr<Nvfp4Server>> Nvfp4Server::Start(
   if (!s->server_ || s->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen));
   }
+#if NVFP4_WITH_CUDA
+  std::vector<int> gpus;
+  for (const auto& engine : s->scheduler_->engines()) {
+    if (auto* gpu = dynamic_cast<cuda::CudaBackend*>(engine.get())) gpus.push_back(gpu->device());
+  }
+  if (!gpus.empty()) {
+    Nvfp4Server* server = s.get();
+    s->gpu_monitor_ = std::thread([server, gpus] {
+      for (;;) {
+        for (int gpu : gpus) {
+          if (auto used = cuda::CudaMemoryUsedBytes(gpu); used.ok()) {
+            server->metrics_->SetGpuMemoryUsed(gpu, static_cast<double>(*used));
+          }
+        }
+        absl::MutexLock lock(&server->shutdown_mu_);
+        if (server->shutdown_mu_.AwaitWithTimeout(absl::Condition(&server->shut_down_),
+                                                  absl::Seconds(5))) {
+          return;
+        }
+      }
+    });
+  }
+#endif
   grpc::HealthCheckServiceInterface* health = s->server_->GetHealthCheckService();
   health->SetServingStatus("", true);
   health->SetServingStatus("nvfp4.v1.Quantizer", true);
@@ -164,6 +201,7 @@ void Nvfp4Server::Shutdown(absl::Duration drain) {
     server_->Shutdown(absl::ToChronoTime(absl::Now() + drain));
   }
   scheduler_->Stop();
+  if (gpu_monitor_.joinable()) gpu_monitor_.join();
 }
 
 void Nvfp4Server::Wait() {

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -69,6 +70,7 @@ class Nvfp4Server {
   std::unique_ptr<grpc::Server> server_;
   absl::Mutex shutdown_mu_;
   bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
+  std::thread gpu_monitor_;  // refreshes nvfp4_gpu_memory_used_bytes while GPUs serve
 };
 
 }  // namespace nvfp4::server

@@ -15,12 +15,17 @@ int ReportError(const absl::Status& status) {
     case absl::StatusCode::kOutOfRange:
       return kExitInvalidInput;
     case absl::StatusCode::kNotFound:
-    case absl::StatusCode::kPermissionDenied:
     case absl::StatusCode::kDataLoss:
     case absl::StatusCode::kUnavailable:
       return kExitIo;
     case absl::StatusCode::kResourceExhausted:
       return kExitOutOfMemory;
+    case absl::StatusCode::kUnauthenticated:
+    case absl::StatusCode::kPermissionDenied:
+      return kExitUnauthenticated;
+    case absl::StatusCode::kCancelled:
+    case absl::StatusCode::kDeadlineExceeded:
+      return kExitCancelled;
     default:
       return kExitInternal;
   }

@@ -1,6 +1,8 @@
 // nvfp4q exit codes, a stable interface for scripts:
 //   0 success; 1 internal error; 2 usage error (bad flags); 3 invalid input (bad tensor, NaN,
-//   shape mismatch); 4 I/O error (file missing, unreadable, unwritable); 5 out of memory.
+//   shape mismatch); 4 I/O error (file missing, unreadable, unwritable; server unreachable or
+//   draining); 5 resources exhausted (out of memory, server queue or memory budget full: retry
+//   later); 6 authentication refused; 7 cancelled or deadline exceeded.
 #ifndef NVFP4_CLIENT_CLI_EXIT_CODES_H_
 #define NVFP4_CLIENT_CLI_EXIT_CODES_H_
 
@@ -19,6 +21,8 @@ inline constexpr int kExitUsage = 2;
 inline constexpr int kExitInvalidInput = 3;
 inline constexpr int kExitIo = 4;
 inline constexpr int kExitOutOfMemory = 5;
+inline constexpr int kExitUnauthenticated = 6;
+inline constexpr int kExitCancelled = 7;
 
 // Prints "nvfp4q: <message>" to stderr and returns the exit code for the status.
 int ReportError(const absl::Status& status);

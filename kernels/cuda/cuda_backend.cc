@@ -212,6 +212,21 @@ int CudaDeviceCount() {
   return count;
 }
 
+absl::StatusOr<int64_t> CudaMemoryUsedBytes(int device) {
+  int previous = 0;
+  if (cudaGetDevice(&previous) != cudaSuccess) previous = 0;
+  size_t free_bytes = 0, total_bytes = 0;
+  cudaError_t error = cudaSetDevice(device);
+  if (error == cudaSuccess) error = cudaMemGetInfo(&free_bytes, &total_bytes);
+  cudaSetDevice(previous);
+  if (error != cudaSuccess) {
+    cudaGetLastError();
+    return absl::UnavailableError(
+        absl::StrCat("cudaMemGetInfo on device ", device, ": ", cudaGetErrorString(error)));
+  }
+  return static_cast<int64_t>(total_bytes - free_bytes);
+}
+
 // Streams, events and the workspace. Slot s (0 or 1) of every two-element array belongs to
 // stream s; the host path puts chunk i on slot i % 2.
 struct CudaBackend::State {

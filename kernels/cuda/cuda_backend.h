@@ -51,6 +51,10 @@ namespace nvfp4::cuda {
 // Number of CUDA devices; 0 (never an error, never an abort) without a driver or device.
 int CudaDeviceCount();
 
+// Device memory in use (total - free, cudaMemGetInfo) on `device`, in bytes; Unavailable
+// without a driver or device.
+absl::StatusOr<int64_t> CudaMemoryUsedBytes(int device);
+
 // Caller-owned device buffers for QuantizeDeviceToDevice. packed: rows * padded_cols / 2 bytes;
 // scales: rows * padded_cols / 16 bytes; dequantized: rows * cols floats, required when
 // options.want_dequantized, ignored otherwise. 16-byte aligned pointers (cudaMalloc's) enable

@@ -99,6 +99,10 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(
                               .Help("Host memory reserved by admitted jobs")
                               .Register(r)
                               .Add({});
+    m->gpu_memory_ = &BuildGauge()
+                          .Name("nvfp4_gpu_memory_used_bytes")
+                          .Help("Device memory in use per GPU (total - free)")
+                          .Register(r);
     auto& busy =
         BuildGauge().Name("nvfp4_worker_busy").Help("1 while the worker runs a job").Register(r);
     auto& busy_seconds = BuildCounter()
@@ -182,6 +186,10 @@ void ServerMetrics::SetQueue(int depth, int capacity) {
 void ServerMetrics::SetRunning(int running) { jobs_in_flight_->Set(running); }
 
 void ServerMetrics::SetReservedBytes(double bytes) { reserved_bytes_->Set(bytes); }
+
+void ServerMetrics::SetGpuMemoryUsed(int gpu, double bytes) {
+  gpu_memory_->Add({{"gpu", absl::StrCat(gpu)}}).Set(bytes);
+}
 
 void ServerMetrics::WorkerBusy(int worker, bool busy) {
   if (worker < 0 || worker >= static_cast<int>(worker_busy_.size())) return;

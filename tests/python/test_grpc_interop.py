@@ -230,3 +230,38 @@ def test_one_gib_stream_with_bounded_server_memory(nvfp4d, nvfp4q, tmp_path):
     # One copy of the input (1 GiB) plus the outputs (0.28 GiB) and the runtime; a second copy of
     # the tensor would exceed this.
     assert peak < 1.75 * 2**30, peak
+
+
+def test_tls_and_token_from_the_cli_and_python(pb, nvfp4d, nvfp4q, tmp_path):
+    quantizer_pb2, quantizer_pb2_grpc = pb
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", tmp_path / "key.pem", "-out", tmp_path / "cert.pem",
+                    "-subj", "/CN=localhost", "-addext",
+                    "subjectAltName=IP:127.0.0.1,DNS:localhost"], check=True, capture_output=True)
+    (tmp_path / "token").write_text("t0ken\n")
+    daemon = nvfp4d("--tls-cert", str(tmp_path / "cert.pem"), "--tls-key",
+                    str(tmp_path / "key.pem"), "--auth-token-file", str(tmp_path / "token"))
+    creds = grpc.ssl_channel_credentials(root_certificates=(tmp_path / "cert.pem").read_bytes())
+    with grpc.secure_channel(daemon.target, creds) as channel:
+        stub = quantizer_pb2_grpc.QuantizerStub(channel)
+        with pytest.raises(grpc.RpcError) as denied:
+            stub.GetServerInfo(quantizer_pb2.GetServerInfoRequest(), timeout=10)
+        assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        info = stub.GetServerInfo(quantizer_pb2.GetServerInfoRequest(), timeout=10,
+                                  metadata=[("authorization", "Bearer t0ken")])
+        assert info.auth_required
+    with grpc.insecure_channel(daemon.target) as plain:  # no TLS: the handshake fails
+        with pytest.raises(grpc.RpcError) as refused:
+            quantizer_pb2_grpc.QuantizerStub(plain).GetServerInfo(
+                quantizer_pb2.GetServerInfoRequest(), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    np.save(tmp_path / "w.npy", RNG.normal(0, 1, (16, 64)).astype(np.float32))
+    common = ["--server", daemon.target, "--tls-ca", str(tmp_path / "cert.pem")]
+    r = subprocess.run([nvfp4q, "quantize-tensor", "--input", tmp_path / "w.npy", "--output",
+                        tmp_path / "o.safetensors", *common], capture_output=True, text=True)
+    assert r.returncode == 6 and "bearer token" in r.stderr
+    r = subprocess.run([nvfp4q, "quantize-tensor", "--input", tmp_path / "w.npy", "--output",
+                        tmp_path / "o.safetensors", *common, "--token-file", tmp_path / "token",
+                        "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["job_id"]
