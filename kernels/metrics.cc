@@ -17,6 +17,20 @@ void ErrorAccumulator::Merge(const ErrorAccumulator& other) {
   blocks += other.blocks;
 }
 
+ErrorAccumulator MakeErrorAccumulator(const double* sums, double max_abs_error, int64_t candidates,
+                                      int64_t blocks) {
+  ErrorAccumulator a;
+  a.squared_error = sums[0];
+  a.weighted_squared_error = sums[1];
+  a.weight_sum = sums[2];
+  a.squared_signal = sums[3];
+  a.absmax_squared_error = sums[4];
+  a.max_abs_error = max_abs_error;
+  a.candidates = candidates;
+  a.blocks = blocks;
+  return a;
+}
+
 TensorMetrics FinalizeMetrics(const ErrorAccumulator& sums, int64_t elements, bool weighted,
                               double seconds) {
   TensorMetrics m;

@@ -23,6 +23,11 @@ struct ErrorAccumulator {
   void Merge(const ErrorAccumulator& other);
 };
 
+// An accumulator from metric sums in MetricSum order (kernels/numerics/block_math.h): squared
+// error, weighted squared error, weight sum, squared signal, AbsMax squared error.
+ErrorAccumulator MakeErrorAccumulator(const double* sums, double max_abs_error, int64_t candidates,
+                                      int64_t blocks);
+
 struct TensorMetrics {
   int64_t elements = 0;
   int64_t blocks = 0;

@@ -73,15 +73,8 @@ void QuantizeRowsWith(const RowKernelArgs& a) {
     }
   }
   const MetricTotals totals = Ops::Flush(&lanes);
-  ErrorAccumulator& sums = *a.sums;
-  sums.squared_error = totals.sum[kSquaredError];
-  sums.weighted_squared_error = totals.sum[kWeightedSquaredError];
-  sums.weight_sum = totals.sum[kWeightSum];
-  sums.squared_signal = totals.sum[kSquaredSignal];
-  sums.absmax_squared_error = totals.sum[kAbsMaxSquaredError];
-  sums.max_abs_error = totals.max_abs_error;
-  sums.candidates = candidates;
-  sums.blocks = a.rows * blocks_per_row;
+  *a.sums =
+      MakeErrorAccumulator(totals.sum, totals.max_abs_error, candidates, a.rows * blocks_per_row);
 }
 
 }  // namespace

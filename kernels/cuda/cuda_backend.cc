@@ -162,16 +162,7 @@ void SetVectorAccess(BlockJob* job) {
 }
 
 ErrorAccumulator ToAccumulator(const MetricPartial& metrics, int64_t blocks) {
-  ErrorAccumulator sums;
-  sums.squared_error = metrics.sum[kSquaredError];
-  sums.weighted_squared_error = metrics.sum[kWeightedSquaredError];
-  sums.weight_sum = metrics.sum[kWeightSum];
-  sums.squared_signal = metrics.sum[kSquaredSignal];
-  sums.absmax_squared_error = metrics.sum[kAbsMaxSquaredError];
-  sums.max_abs_error = metrics.max_abs_error;
-  sums.candidates = metrics.candidates;
-  sums.blocks = blocks;
-  return sums;
+  return MakeErrorAccumulator(metrics.sum, metrics.max_abs_error, metrics.candidates, blocks);
 }
 
 double SecondsSince(std::chrono::steady_clock::time_point start) {

@@ -151,15 +151,8 @@ Emulated Emulate(const HostTensor& t, const QuantizeOptions& options, const Mapp
   q.amax = options.amax.value_or(amax);
   EXPECT_EQ(totals.amax, amax) << "the quantize pass sees the same amax as the scan";
   q.global_scale = table->global_scale;
-  ErrorAccumulator sums;
-  sums.squared_error = totals.sum[kSquaredError];
-  sums.weighted_squared_error = totals.sum[kWeightedSquaredError];
-  sums.weight_sum = totals.sum[kWeightSum];
-  sums.squared_signal = totals.sum[kSquaredSignal];
-  sums.absmax_squared_error = totals.sum[kAbsMaxSquaredError];
-  sums.max_abs_error = totals.max_abs_error;
-  sums.candidates = totals.candidates;
-  sums.blocks = t.rows * (pc / 16);
+  const ErrorAccumulator sums =
+      MakeErrorAccumulator(totals.sum, totals.max_abs_error, totals.candidates, t.rows * (pc / 16));
   q.metrics = FinalizeMetrics(sums, t.rows * t.cols, weights, 0.0);
   return out;
 }
