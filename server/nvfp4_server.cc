@@ -194,13 +194,13 @@ void Nvfp4Server::Shutdown(absl::Duration drain) {
     health->SetServingStatus("", false);
     health->SetServingStatus("nvfp4.v1.Quantizer", false);
   }
-  scheduler_->StartDraining();
+  if (scheduler_) scheduler_->StartDraining();
   if (server_) {
     // Waits for in-flight calls until the deadline, then cancels them (their jobs see the
     // cancel flag and stop between chunks).
     server_->Shutdown(absl::ToChronoTime(absl::Now() + drain));
   }
-  scheduler_->Stop();
+  if (scheduler_) scheduler_->Stop();
   if (gpu_monitor_.joinable()) gpu_monitor_.join();
 }
 

@@ -420,6 +420,25 @@ TEST(Service, BearerTokenAuthentication) {
   // (Health checks stay unauthenticated: tests/python/test_grpc_interop.py checks them.)
 }
 
+TEST(Service, StartFailuresAreStatusesNotCrashes) {
+  server::ServerOptions taken;
+  taken.listen = "127.0.0.1:0";
+  taken.metrics_listen = "127.0.0.1:0";
+  auto first = server::Nvfp4Server::Start(taken);
+  ASSERT_TRUE(first.ok()) << first.status();
+  server::ServerOptions clash = taken;
+  clash.metrics_listen = "127.0.0.1:" + std::to_string((*first)->metrics_port());
+  auto second = server::Nvfp4Server::Start(clash);
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable) << second.status();
+  server::ServerOptions bad_token = taken;
+  bad_token.auth_token_file = "/nonexistent/token";
+  EXPECT_EQ(server::Nvfp4Server::Start(bad_token).status().code(), absl::StatusCode::kNotFound);
+  server::ServerOptions bad_device = taken;
+  bad_device.device = "tpu";
+  EXPECT_EQ(server::Nvfp4Server::Start(bad_device).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(Service, DrainingRefusesNewJobsAndReportsNotServing) {
   Harness h = StartServer(true);
   std::vector<float> x = Gaussian(16 * 64, 7);
