@@ -50,11 +50,13 @@ int main(int argc, char** argv) {
   double gib = 1.0;
   std::string method_name = "scalesweep";
   int repeat = 2;
+  int chunk_kib = 4096;
   bool json = false;
   CLI::App app{"nvfp4d_bench: bf16 tensor through nvfp4d vs the embedded engine"};
   app.add_option("--gib", gib, "tensor size in GiB of bf16")->capture_default_str();
   app.add_option("--method", method_name, "quantisation method")->capture_default_str();
   app.add_option("--repeat", repeat, "runs per mode (best kept)")->capture_default_str();
+  app.add_option("--chunk-kib", chunk_kib, "upload chunk size in KiB")->capture_default_str();
   app.add_flag("--json", json, "print JSON");
   CLI11_PARSE(app, argc, argv);
   const auto method = nvfp4::ParseMethod(method_name);
@@ -110,6 +112,7 @@ int main(int argc, char** argv) {
     if (!server.ok()) return -1.0;
     nvfp4::client::ClientOptions client_options;
     client_options.target = "127.0.0.1:" + std::to_string((*server)->port());
+    client_options.chunk_bytes = int64_t{chunk_kib} << 10;
     auto client = std::move(*nvfp4::client::QuantizerClient::Connect(client_options));
     return best_of([&] {
       auto q = client->QuantizeTensor(input, {}, options, "bench");
