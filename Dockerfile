@@ -5,7 +5,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends make sudo ca-ce
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN scripts/deps.sh && cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DNVFP4_CUDA=OFF \
+RUN NVFP4_DEPS_NO_VENV=1 scripts/deps.sh && cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DNVFP4_CUDA=OFF \
     && cmake --build build --target nvfp4d nvfp4q
 
 FROM debian:12-slim

@@ -26,7 +26,9 @@ if ((${#missing[@]})); then
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Python helpers for the interop tests; re-created when requirements change.
+# Python helpers for the interop tests; re-created when requirements change. Images that only
+# build the binaries skip them with NVFP4_DEPS_NO_VENV=1.
+[ "${NVFP4_DEPS_NO_VENV:-0}" = 1 ] && exit 0
 req=tests/python/requirements.txt
 stamp=.venv/.requirements
 if [ ! -x .venv/bin/python ] || ! cmp -s "$req" "$stamp"; then
