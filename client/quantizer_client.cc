@@ -22,6 +22,7 @@ absl::Status Unexpected(const char* what) {
 absl::StatusOr<std::unique_ptr<QuantizerClient>> QuantizerClient::Connect(
     const ClientOptions& options) {
   if (options.target.empty()) return absl::InvalidArgumentError("no server address given");
+  if (options.chunk_bytes <= 0) return absl::InvalidArgumentError("chunk_bytes must be positive");
   std::shared_ptr<grpc::ChannelCredentials> credentials;
   if (!options.tls_ca_file.empty()) {
     std::ifstream in(options.tls_ca_file);
@@ -95,6 +96,8 @@ absl::StatusOr<QuantizedTensor> QuantizerClient::QuantizeTensor(
   Prepare(&context);
   auto stream = stub_->QuantizeTensor(&context);
   auto finish = [&](absl::Status local) -> absl::Status {
+    // On a local failure the server may still be sending: cancel, or Finish would wait for it.
+    if (!local.ok()) context.TryCancel();
     const grpc::Status remote = stream->Finish();
     Forget(&context);
     // The server's status explains a failed write/read better than the local symptom.

@@ -118,6 +118,10 @@ absl::StatusOr<std::unique_ptr<Nvfp4Server>> Nvfp4Server::Start(
       service_options.max_message_bytes + (int64_t{64} << 10), int64_t{INT32_MAX})));
   builder.SetMaxSendMessageSize(static_cast<int>(std::min<int64_t>(
       service_options.max_message_bytes + (int64_t{64} << 10), int64_t{INT32_MAX})));
+  // Dead peers (no FIN) are detected by pings, so their calls are cancelled and their jobs
+  // and memory released.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 60 * 1000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20 * 1000);
   // Large tensors: let HTTP/2 keep several chunks in flight.
   builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 20);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, 16 << 20);

@@ -53,6 +53,11 @@ int main(int argc, char** argv) {
   app.add_option("--drain-timeout", drain_seconds, "seconds running calls get on SIGTERM")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  double upload_idle_seconds = absl::ToDoubleSeconds(options.service.upload_idle_timeout);
+  app.add_option("--upload-idle-timeout", upload_idle_seconds,
+                 "seconds a started job waits for more tensor data before failing")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   app.add_option("--job-history", options.job_history, "finished jobs kept for GetJob/ListJobs")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
@@ -64,6 +69,7 @@ int main(int argc, char** argv) {
   options.scheduler.memory_budget_bytes = memory_mib << 20;
   options.scheduler.max_job_bytes = max_job_mib << 20;
   options.service.max_message_bytes = max_message_mib << 20;
+  options.service.upload_idle_timeout = absl::Seconds(upload_idle_seconds);
 
   // Signals are taken synchronously by one thread: block them before any thread starts.
   sigset_t signals;

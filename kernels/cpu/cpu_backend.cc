@@ -191,6 +191,7 @@ absl::StatusOr<QuantizedTensor> CpuBackend::QuantizeUnchecked(const TensorView& 
   std::atomic<bool> stopped{false};
   // Streaming: the first non-finite element of each chunk (-1: none).
   std::vector<int64_t> first_bad(rows_ready ? static_cast<size_t>(chunks) : 0, -1);
+  std::vector<float> chunk_amax(rows_ready ? static_cast<size_t>(chunks) : 0, 0.0f);
   pool_.ParallelFor(chunks, [&](int64_t chunk) {
     if (options.cancelled && options.cancelled->load(std::memory_order_relaxed)) {
       stopped.store(true, std::memory_order_relaxed);
@@ -212,7 +213,9 @@ absl::StatusOr<QuantizedTensor> CpuBackend::QuantizeUnchecked(const TensorView& 
         kernels.convert(input.dtype, src, rows * input.cols, scan.data());
         values = scan.data();
       }
-      if (kernels.scan(values, rows * input.cols).non_finite > 0) {
+      const ScanResult scanned = kernels.scan(values, rows * input.cols);
+      chunk_amax[chunk] = scanned.max_abs;
+      if (scanned.non_finite > 0) {
         for (int64_t i = 0; i < rows * input.cols; ++i) {
           if (!std::isfinite(values[i])) {
             first_bad[chunk] = r0 * input.cols + i;
@@ -265,6 +268,10 @@ absl::StatusOr<QuantizedTensor> CpuBackend::QuantizeUnchecked(const TensorView& 
   });
 
   if (stopped.load()) return absl::CancelledError("quantisation cancelled");
+  if (rows_ready && !options.amax.has_value()) {
+    // Report the tensor's amax like the one-shot call does.
+    for (float a : chunk_amax) out.amax = std::max(out.amax, a);
+  }
   for (int64_t bad : first_bad) {
     if (bad >= 0) {
       float value;

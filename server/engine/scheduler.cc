@@ -35,6 +35,11 @@ absl::StatusOr<std::shared_ptr<Scheduler::Admission>> Scheduler::Admit(std::shar
                                                    "server accepts at most ",
                                                    options_.max_job_bytes, " per job"));
   }
+  if (bytes > options_.memory_budget_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the job needs ", bytes, " bytes but the server's whole memory budget is ",
+                     options_.memory_budget_bytes));
+  }
   absl::MutexLock lock(&mu_);
   if (draining_ || stopping_) return absl::UnavailableError("server is draining");
   if (slots_used_ >= options_.max_queue) {

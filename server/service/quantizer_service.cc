@@ -116,18 +116,19 @@ class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, 
     }
     if (submit) Submit();
     if (read_again) StartRead(&request_);
-    Pump();
+    mu_.Lock();
+    PumpAndUnlock();
   }
 
   void OnWriteDone(bool ok) override {
-    {
-      absl::MutexLock lock(&mu_);
-      write_in_flight_ = false;
-      if (!ok && !final_status_) {
-        SetFinalLocked(absl::CancelledError("the client stopped reading the results"));
-      }
+    mu_.Lock();
+    write_in_flight_ = false;
+    if (!ok) {
+      // The client is gone: nothing more can be delivered.
+      DropResultsLocked();
+      if (!final_status_) SetFinalLocked(absl::CancelledError("the client stopped reading"));
     }
-    Pump();
+    PumpAndUnlock();
   }
 
   void OnCancel() override {
@@ -135,6 +136,8 @@ class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, 
     {
       absl::MutexLock lock(&mu_);
       job = job_;
+      cancel_sent_ = true;
+      DropResultsLocked();
       if (phase_ != Phase::kDone && !final_status_) {
         SetFinalLocked(absl::CancelledError("the call was cancelled"));
       }
@@ -143,7 +146,8 @@ class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, 
       job->RequestCancel();
       service_->scheduler()->CancelQueued(*job);  // may call OnJobDone here
     }
-    Pump();
+    mu_.Lock();
+    PumpAndUnlock();
   }
 
   void OnDone() override { delete this; }
@@ -246,16 +250,39 @@ class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, 
     return true;
   }
 
-  // For streaming jobs: blocks the worker until `rows` rows are in, or the call failed.
+  // For streaming jobs: blocks the worker until `rows` rows are in. Returns false (the job is
+  // then cancelled) when the call failed, the job was cancelled (CancelJob), or no data came
+  // for options().upload_idle_timeout, which also ends the call with DEADLINE_EXCEEDED: a
+  // stalled client must not hold a worker.
   bool RowsReady(int64_t rows) {
     const int64_t needed =
         rows * input_.spec.cols * static_cast<int64_t>(DTypeSize(input_.spec.dtype));
-    absl::MutexLock lock(&mu_);
+    mu_.Lock();
     auto ready = [this, needed]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return received_data_ >= needed || final_status_.has_value();
     };
-    mu_.Await(absl::Condition(&ready));
-    return received_data_ >= needed;
+    int64_t last_received = received_data_;
+    absl::Time last_progress = absl::Now();
+    bool stalled = false;
+    while (!ready() && !job_->cancel_requested()) {
+      mu_.AwaitWithTimeout(absl::Condition(&ready), absl::Milliseconds(100));
+      const absl::Time now = absl::Now();
+      if (received_data_ != last_received) {
+        last_received = received_data_;
+        last_progress = now;
+      } else if (!ready() && now - last_progress > service_->options().upload_idle_timeout) {
+        SetFinalLocked(absl::DeadlineExceededError(absl::StrCat(
+            "no tensor data for ", absl::FormatDuration(service_->options().upload_idle_timeout),
+            " (", ProgressLocked(), ")")));
+        stalled = true;
+      }
+    }
+    const bool complete = received_data_ >= needed && !job_->cancel_requested();
+    mu_.Unlock();
+    // Ends the pending read (OnCancel), so the call can finish once the job reports. The
+    // reactor stays alive: it cannot finish before this job has reported.
+    if (stalled) context_->TryCancel();
+    return complete;
   }
 
   void Submit() {
@@ -277,23 +304,29 @@ class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, 
     service_->scheduler()->Submit(std::move(admission), std::move(task));
   }
 
+  // Called on a worker thread (or where a queued job is abandoned), not in a reaction: the
+  // state update and the next gRPC operation happen under one lock hold, because once the
+  // lock is released without a write in flight the reactor may finish and be deleted.
   void OnJobDone(absl::StatusOr<TensorJobOutput> result) {
-    {
-      absl::MutexLock lock(&mu_);
-      job_reported_ = true;
-      if (!result.ok()) {
-        SetFinalLocked(context_->IsCancelled() &&
-                               result.status().code() == absl::StatusCode::kCancelled
-                           ? absl::CancelledError("the call was cancelled")
-                           : result.status());
-      } else if (!final_status_) {
-        output_ = std::move(*result);
-        RecordSuccess(*service_, input_.spec, *output_, *job_);
-        section_ = Section::kResult;
-        SetFinalLocked(absl::OkStatus());
-      }
+    mu_.Lock();
+    job_reported_ = true;
+    if (!result.ok()) {
+      SetFinalLocked(context_->IsCancelled() &&
+                             result.status().code() == absl::StatusCode::kCancelled
+                         ? absl::CancelledError("the call was cancelled")
+                         : result.status());
+    } else if (!final_status_) {
+      output_ = std::move(*result);
+      RecordSuccess(*service_, input_.spec, *output_, *job_);
+      section_ = Section::kResult;
+      SetFinalLocked(absl::OkStatus());
     }
-    Pump();
+    PumpAndUnlock();
+  }
+
+  void DropResultsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    outbox_.clear();
+    output_.reset();
   }
 
   // Decides the RPC's outcome (once) and records it.
@@ -368,10 +401,20 @@ class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, 
     }
   }
 
-  // Starts the next write, or finishes the RPC when everything is written and nothing is in
-  // flight. Must be the last thing its caller does.
-  void Pump() {
-    mu_.Lock();
+  // With mu_ held: releases it and then starts the next write, finishes the RPC when
+  // everything is written and nothing is in flight, or cancels a submitted job whose call
+  // failed. Must be the last thing its caller does.
+  void PumpAndUnlock() ABSL_UNLOCK_FUNCTION(mu_) {
+    if (final_status_ && !final_status_->ok() && submitted_ && !job_reported_ && !cancel_sent_) {
+      // The call failed (bad chunk, early end, client gone) after submission: stop the job;
+      // the call finishes when it reports. Only reactions get here (OnJobDone has reported).
+      cancel_sent_ = true;
+      std::shared_ptr<Job> job = job_;
+      job->RequestCancel();
+      mu_.Unlock();
+      service_->scheduler()->CancelQueued(*job);
+      return;
+    }
     if (finished_ || write_in_flight_) {
       mu_.Unlock();
       return;
@@ -404,6 +447,7 @@ class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, 
   bool write_in_flight_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   bool submitted_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancel_sent_ ABSL_GUARDED_BY(mu_) = false;   // the job was told to stop
   bool job_reported_ ABSL_GUARDED_BY(mu_) = false;  // the submitted job called OnJobDone
   bool streaming_ = false;                          // set with the header, before submission
   std::optional<absl::Status> final_status_ ABSL_GUARDED_BY(mu_);

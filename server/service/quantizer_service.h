@@ -14,6 +14,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "nvfp4/v1/quantizer.grpc.pb.h"
 #include "server/engine/job_registry.h"
@@ -27,6 +28,9 @@ struct ServiceOptions {
   int64_t max_message_bytes = int64_t{64} << 20;
   // Non-empty: every Quantizer call needs metadata "authorization: Bearer <token>".
   std::string auth_token;
+  // A streaming job whose upload makes no progress this long fails with DEADLINE_EXCEEDED
+  // (it holds a worker while it waits).
+  absl::Duration upload_idle_timeout = absl::Seconds(120);
 };
 
 class QuantizerService final : public v1::Quantizer::CallbackService {

@@ -245,6 +245,14 @@ TEST(CpuBackend, StreamingMatchesOneShotAndWaitsForRows) {
   ExpectIdentical(*reference, *streamed, "streaming");
   EXPECT_EQ(max_wait.load(), rows);
 
+  // With only g given, the streamed result still reports the tensor's amax.
+  QuantizeOptions by_g;
+  by_g.global_scale = reference->global_scale;
+  auto streamed_g = backend->QuantizeStreaming(complete, {}, by_g, [](int64_t) { return true; });
+  ASSERT_TRUE(streamed_g.ok()) << streamed_g.status();
+  EXPECT_EQ(streamed_g->amax, *amax);
+  EXPECT_EQ(streamed_g->packed, reference->packed);
+
   // A NaN in a late row is reported like the one-shot call reports it.
   bf16[650 * cols + 7] = 0x7FC0;
   auto one_shot = backend->Quantize(complete, {}, options);

@@ -420,6 +420,73 @@ TEST(Service, BearerTokenAuthentication) {
   // (Health checks stay unauthenticated: tests/python/test_grpc_interop.py checks them.)
 }
 
+v1::QuantizeTensorRequest StreamingHeader(int64_t rows, int64_t cols) {
+  v1::QuantizeTensorRequest r;
+  r.mutable_header()->set_dtype(v1::DTYPE_F32);
+  r.mutable_header()->add_shape(rows);
+  r.mutable_header()->add_shape(cols);
+  r.mutable_header()->set_amax(4.0f);  // scale known: the job starts before the data is in
+  return r;
+}
+
+TEST(Service, StalledStreamingUploadTimesOutAndFreesTheWorker) {
+  server::ServerOptions options;
+  options.service.upload_idle_timeout = absl::Milliseconds(300);
+  Harness h = StartServer(false, options);
+  auto stub =
+      v1::Quantizer::NewStub(grpc::CreateChannel(h.target, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  auto stream = stub->QuantizeTensor(&context);
+  ASSERT_TRUE(stream->Write(StreamingHeader(1024, 1024)));
+  ASSERT_TRUE(stream->Write(Data(std::string(1 << 20, '\0'))));
+  WaitFor([&] { return h.server->scheduler().running() == 1; });  // waiting for rows
+  // The client stalls without closing: the job must give the worker back.
+  v1::QuantizeTensorResponse response;
+  while (stream->Read(&response)) {
+  }
+  // The server cancels the call (the client sees CANCELLED); the job record says why.
+  const grpc::Status status = stream->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED) << status.error_message();
+  WaitFor([&] { return h.server->scheduler().running() == 0; });
+  auto jobs = h.client->ListJobs();
+  ASSERT_TRUE(jobs.ok() && jobs->size() == 1);
+  EXPECT_EQ((*jobs)[0].error_code(), "DEADLINE_EXCEEDED");
+  EXPECT_THAT((*jobs)[0].error_message(), HasSubstr("no tensor data"));
+  WaitFor([&] { return h.server->scheduler().reserved_bytes() == 0; });
+  std::vector<float> x = Gaussian(16 * 64, 12);
+  EXPECT_TRUE(h.client->QuantizeTensor({DType::kF32, 16, 64, x.data()}, {}, {}).ok());
+}
+
+TEST(Service, CancelJobStopsAStreamingJobWaitingForRows) {
+  Harness h = StartServer(false);
+  auto stub =
+      v1::Quantizer::NewStub(grpc::CreateChannel(h.target, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  auto stream = stub->QuantizeTensor(&context);
+  ASSERT_TRUE(stream->Write(StreamingHeader(1024, 1024)));
+  WaitFor([&] { return h.server->scheduler().running() == 1; });
+  auto jobs = h.client->ListJobs();
+  ASSERT_TRUE(jobs.ok() && jobs->size() == 1);
+  ASSERT_TRUE(h.client->CancelJob((*jobs)[0].id()).ok());
+  WaitFor([&] { return h.server->scheduler().running() == 0; });
+  context.TryCancel();
+  (void)stream->Finish();
+  WaitFor([&] { return h.server->scheduler().reserved_bytes() == 0; });
+  EXPECT_EQ((*h.client->GetJob((*jobs)[0].id())).state(), v1::JOB_STATE_CANCELLED);
+}
+
+TEST(Service, ABadChunkAfterAStreamingStartCancelsTheJob) {
+  Harness h = StartServer(false);
+  const grpc::Status status =
+      SendRaw(h.target, {StreamingHeader(2048, 1024), Data(std::string(1 << 20, '\0')),
+                         Data(std::string((4 << 20) + 1, '\0'))});
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  WaitFor([&] { return h.server->scheduler().running() == 0; });
+  WaitFor([&] { return h.server->scheduler().reserved_bytes() == 0; });
+  std::vector<float> x = Gaussian(16 * 64, 13);
+  EXPECT_TRUE(h.client->QuantizeTensor({DType::kF32, 16, 64, x.data()}, {}, {}).ok());
+}
+
 TEST(Service, StartFailuresAreStatusesNotCrashes) {
   server::ServerOptions taken;
   taken.listen = "127.0.0.1:0";
