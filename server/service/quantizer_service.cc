@@ -43,9 +43,9 @@ absl::Status AdmitTensorJob(QuantizerService& service, const api::TensorSpec& sp
   *admission = std::move(*admitted);
   input->spec = spec;
   try {
-    input->data.reset(new uint8_t[static_cast<size_t>(spec.input_bytes())]);
+    input->data = AllocateLargeBuffer<uint8_t>(static_cast<size_t>(spec.input_bytes()));
     if (spec.importance_values() > 0) {
-      input->importance.reset(new float[static_cast<size_t>(spec.importance_values())]);
+      input->importance = AllocateLargeBuffer<float>(static_cast<size_t>(spec.importance_values()));
     }
   } catch (const std::bad_alloc&) {
     const absl::Status status = absl::ResourceExhaustedError("out of memory for the job's input");

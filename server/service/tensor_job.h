@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/large_buffer.h"
 #include "kernels/backend.h"
 #include "kernels/quantized_tensor.h"
 #include "proto/convert.h"
@@ -18,8 +19,8 @@ namespace nvfp4::server {
 // Input buffers of a tensor job, filled by the RPC (uninitialised until written).
 struct TensorJobInput {
   api::TensorSpec spec;
-  std::unique_ptr<uint8_t[]> data;      // spec.input_bytes()
-  std::unique_ptr<float[]> importance;  // spec.importance_values()
+  LargeBuffer<uint8_t> data;      // spec.input_bytes()
+  LargeBuffer<float> importance;  // spec.importance_values()
 };
 
 // The engine's result in wire form.
