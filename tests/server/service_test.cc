@@ -82,10 +82,12 @@ struct Harness {
   std::string target;
 };
 
-Harness StartServer(bool gated, server::ServerOptions options = {}) {
+// with_metrics: also serve /metrics (its HTTP server takes ~2 s to stop, so only the tests
+// that scrape it pay for it).
+Harness StartServer(bool gated, server::ServerOptions options = {}, bool with_metrics = false) {
   Harness h;
   options.listen = "127.0.0.1:0";
-  options.metrics_listen = "127.0.0.1:0";
+  options.metrics_listen = with_metrics ? "127.0.0.1:0" : "";
   std::vector<std::unique_ptr<QuantizerBackend>> engines;
   if (gated) {
     auto gate = std::make_unique<GatedEngine>(Cpu());
@@ -237,7 +239,7 @@ TEST(Service, UnaryCallMatchesTheStream) {
 TEST(Service, QueueFullIsResourceExhaustedAndCounted) {
   server::ServerOptions options;
   options.scheduler.max_queue = 1;
-  Harness h = StartServer(true, options);
+  Harness h = StartServer(true, options, /*with_metrics=*/true);
   std::vector<float> x = Gaussian(16 * 64, 3);
   const TensorView input{DType::kF32, 16, 64, x.data()};
   absl::Status first, second;
