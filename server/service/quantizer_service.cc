@@ -341,6 +341,27 @@ class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, 
     service_->RecordOutcome(status, absl::ToDoubleSeconds(absl::Now() - start_));
   }
 
+  struct Bytes {
+    const uint8_t* data;
+    size_t size;
+  };
+
+  // What a byte section sends (nothing when not asked for).
+  Bytes SectionBytesLocked(Section section) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const TensorJobOutput& o = *output_;
+    const bool packed = input_.spec.want_packed;
+    switch (section) {
+      case Section::kPacked:
+        return packed ? Bytes{o.tensor.packed.data(), o.tensor.packed.size()} : Bytes{nullptr, 0};
+      case Section::kScales:
+        return packed ? Bytes{o.tensor.scales.data(), o.tensor.scales.size()} : Bytes{nullptr, 0};
+      case Section::kDequantized:
+        return Bytes{o.dequantized_data(), static_cast<size_t>(o.dequantized_bytes())};
+      default:
+        return Bytes{nullptr, 0};
+    }
+  }
+
   // Next result message, if any.
   bool NextMessageLocked(StreamResponse* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (!outbox_.empty()) {
@@ -350,16 +371,6 @@ class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, 
     }
     if (!output_) return false;
     const api::TensorSpec& spec = input_.spec;
-    const size_t chunk = static_cast<size_t>(service_->options().max_chunk_bytes);
-    auto next_chunk = [&](const uint8_t* data, size_t size, std::string* dst, Section next) {
-      const size_t n = std::min(chunk, size - offset_);
-      dst->assign(reinterpret_cast<const char*>(data) + offset_, n);
-      offset_ += n;
-      if (offset_ == size) {
-        section_ = next;
-        offset_ = 0;
-      }
-    };
     for (;;) {
       switch (section_) {
         case Section::kResult:
@@ -367,29 +378,26 @@ class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, 
           section_ = Section::kPacked;
           return true;
         case Section::kPacked:
-          if (!spec.want_packed || output_->tensor.packed.empty()) {
-            section_ = Section::kScales;
-            continue;
-          }
-          next_chunk(output_->tensor.packed.data(), output_->tensor.packed.size(),
-                     out->mutable_packed(), Section::kScales);
-          return true;
         case Section::kScales:
-          if (!spec.want_packed || output_->tensor.scales.empty()) {
-            section_ = Section::kDequantized;
-            continue;
+        case Section::kDequantized: {
+          // The byte sections, each sent in chunks; an empty one is skipped.
+          const Bytes bytes = SectionBytesLocked(section_);
+          if (bytes.size > 0) {
+            const size_t n = std::min(static_cast<size_t>(service_->options().max_chunk_bytes),
+                                      bytes.size - offset_);
+            std::string* field = section_ == Section::kPacked   ? out->mutable_packed()
+                                 : section_ == Section::kScales ? out->mutable_scales()
+                                                                : out->mutable_dequantized();
+            field->assign(reinterpret_cast<const char*>(bytes.data) + offset_, n);
+            offset_ += n;
           }
-          next_chunk(output_->tensor.scales.data(), output_->tensor.scales.size(),
-                     out->mutable_scales(), Section::kDequantized);
-          return true;
-        case Section::kDequantized:
-          if (output_->dequantized_bytes() == 0) {
-            section_ = Section::kMetrics;
-            continue;
+          if (offset_ == bytes.size) {
+            section_ = static_cast<Section>(static_cast<int>(section_) + 1);
+            offset_ = 0;
           }
-          next_chunk(output_->dequantized_data(), static_cast<size_t>(output_->dequantized_bytes()),
-                     out->mutable_dequantized(), Section::kMetrics);
-          return true;
+          if (bytes.size > 0) return true;
+          continue;
+        }
         case Section::kMetrics:
           FillMetrics(*output_, *job_, out->mutable_metrics());
           section_ = Section::kEnd;

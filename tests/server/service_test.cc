@@ -113,6 +113,10 @@ void WaitFor(const std::function<bool()>& condition) {
   ASSERT_TRUE(condition()) << "condition not reached in 20 s";
 }
 
+std::unique_ptr<v1::Quantizer::Stub> StubFor(const std::string& target) {
+  return v1::Quantizer::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+}
+
 std::string HttpGet(int port, const std::string& path) {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
@@ -209,8 +213,7 @@ TEST(Service, ResultsAreByteIdenticalToTheEmbeddedEngine) {
 
 TEST(Service, UnaryCallMatchesTheStream) {
   Harness h = StartServer(false);
-  auto channel = grpc::CreateChannel(h.target, grpc::InsecureChannelCredentials());
-  auto stub = v1::Quantizer::NewStub(channel);
+  auto stub = StubFor(h.target);
   std::vector<float> x = Gaussian(32 * 128, 9);
   v1::QuantizeTensorUnaryRequest request;
   request.mutable_header()->set_dtype(v1::DTYPE_F32);
@@ -312,8 +315,7 @@ TEST(Service, DeadlineExceededCancelsTheJob) {
 
 TEST(Service, ClientDisconnectMidUploadReleasesTheAdmission) {
   Harness h = StartServer(false);
-  auto stub =
-      v1::Quantizer::NewStub(grpc::CreateChannel(h.target, grpc::InsecureChannelCredentials()));
+  auto stub = StubFor(h.target);
   grpc::ClientContext context;
   auto stream = stub->QuantizeTensor(&context);
   v1::QuantizeTensorRequest request;
@@ -334,8 +336,7 @@ TEST(Service, ClientDisconnectMidUploadReleasesTheAdmission) {
 // Sends a header (and optional raw chunks) and returns the final status.
 grpc::Status SendRaw(const std::string& target,
                      const std::vector<v1::QuantizeTensorRequest>& messages) {
-  auto stub =
-      v1::Quantizer::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+  auto stub = StubFor(target);
   grpc::ClientContext context;
   auto stream = stub->QuantizeTensor(&context);
   for (const auto& m : messages) {
@@ -435,8 +436,7 @@ TEST(Service, StalledStreamingUploadTimesOutAndFreesTheWorker) {
   server::ServerOptions options;
   options.service.upload_idle_timeout = absl::Milliseconds(300);
   Harness h = StartServer(false, options);
-  auto stub =
-      v1::Quantizer::NewStub(grpc::CreateChannel(h.target, grpc::InsecureChannelCredentials()));
+  auto stub = StubFor(h.target);
   grpc::ClientContext context;
   auto stream = stub->QuantizeTensor(&context);
   ASSERT_TRUE(stream->Write(StreamingHeader(1024, 1024)));
@@ -461,8 +461,7 @@ TEST(Service, StalledStreamingUploadTimesOutAndFreesTheWorker) {
 
 TEST(Service, CancelJobStopsAStreamingJobWaitingForRows) {
   Harness h = StartServer(false);
-  auto stub =
-      v1::Quantizer::NewStub(grpc::CreateChannel(h.target, grpc::InsecureChannelCredentials()));
+  auto stub = StubFor(h.target);
   grpc::ClientContext context;
   auto stream = stub->QuantizeTensor(&context);
   ASSERT_TRUE(stream->Write(StreamingHeader(1024, 1024)));
