@@ -116,25 +116,26 @@ absl::StatusOr<float> CpuBackend::ComputeAmax(const TensorView& input) {
 absl::StatusOr<QuantizedTensor> CpuBackend::Quantize(const TensorView& input,
                                                      const ImportanceView& importance,
                                                      const QuantizeOptions& options) {
-  RETURN_IF_ERROR(ValidateQuantizeRequest(input, importance, options));
-  try {
-    return QuantizeUnchecked(input, importance, options, nullptr);
-  } catch (const std::bad_alloc&) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("out of memory quantising a [", input.rows, ", ", input.cols, "] tensor"));
-  }
+  return QuantizeChecked(input, importance, options, nullptr);
 }
 
 absl::StatusOr<QuantizedTensor> CpuBackend::QuantizeStreaming(const TensorView& input,
                                                               const ImportanceView& importance,
                                                               const QuantizeOptions& options,
                                                               const RowsReadyFn& rows_ready) {
-  RETURN_IF_ERROR(ValidateQuantizeRequest(input, importance, options));
   if (!options.amax.has_value() && !options.global_scale.has_value()) {
     return absl::InvalidArgumentError("streaming quantisation needs amax or global_scale");
   }
+  return QuantizeChecked(input, importance, options, &rows_ready);
+}
+
+absl::StatusOr<QuantizedTensor> CpuBackend::QuantizeChecked(const TensorView& input,
+                                                            const ImportanceView& importance,
+                                                            const QuantizeOptions& options,
+                                                            const RowsReadyFn* rows_ready) {
+  RETURN_IF_ERROR(ValidateQuantizeRequest(input, importance, options));
   try {
-    return QuantizeUnchecked(input, importance, options, &rows_ready);
+    return QuantizeUnchecked(input, importance, options, rows_ready);
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(
         absl::StrCat("out of memory quantising a [", input.rows, ", ", input.cols, "] tensor"));

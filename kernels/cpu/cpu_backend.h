@@ -49,6 +49,11 @@ class CpuBackend final : public QuantizerBackend {
 
  private:
   CpuBackend(int threads, CpuIsa isa);
+  // Validation and out-of-memory mapping around QuantizeUnchecked.
+  absl::StatusOr<QuantizedTensor> QuantizeChecked(const TensorView& input,
+                                                  const ImportanceView& importance,
+                                                  const QuantizeOptions& options,
+                                                  const RowsReadyFn* rows_ready);
   // rows_ready: nullptr for a complete input (whole-tensor NaN/amax pass first).
   absl::StatusOr<QuantizedTensor> QuantizeUnchecked(const TensorView& input,
                                                     const ImportanceView& importance,
