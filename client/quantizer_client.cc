@@ -95,9 +95,11 @@ absl::StatusOr<QuantizedTensor> QuantizerClient::QuantizeTensor(
   grpc::ClientContext context;
   Prepare(&context);
   auto stream = stub_->QuantizeTensor(&context);
-  auto finish = [&](absl::Status local) -> absl::Status {
-    // On a local failure the server may still be sending: cancel, or Finish would wait for it.
-    if (!local.ok()) context.TryCancel();
+  // `cancel`: on a local failure the server may still be sending, so cancel or Finish would
+  // wait for it. Not after a failed write: the call is already over and cancelling now would
+  // race the server's status (e.g. UNAUTHENTICATED) and replace it with CANCELLED.
+  auto finish = [&](absl::Status local, bool cancel = true) -> absl::Status {
+    if (!local.ok() && cancel) context.TryCancel();
     const grpc::Status remote = stream->Finish();
     Forget(&context);
     // The server's status explains a failed write/read better than the local symptom.
@@ -125,7 +127,13 @@ absl::StatusOr<QuantizedTensor> QuantizerClient::QuantizeTensor(
   if (importance_bytes > 0) send(importance.data, importance_bytes, false);
   send(input.data, static_cast<int64_t>(input.bytes()), true);
   if (write_ok) stream->WritesDone();
-  if (!write_ok) return finish(absl::UnavailableError("the server closed the stream"));
+  if (!write_ok) {
+    // Drain whatever the server sent before closing so Finish returns its status at once.
+    v1::QuantizeTensorResponse ignored;
+    while (stream->Read(&ignored)) {
+    }
+    return finish(absl::UnavailableError("the server closed the stream"), /*cancel=*/false);
+  }
   if (progress) progress(0, 0, "quantize");
 
   QuantizedTensor out;
