@@ -200,6 +200,64 @@ absl::StatusOr<QuantizedTensor> QuantizerClient::QuantizeTensor(
   return out;
 }
 
+absl::StatusOr<checkpoint::CheckpointReport> QuantizerClient::QuantizeCheckpoint(
+    const checkpoint::CheckpointJobOptions& options,
+    const checkpoint::CheckpointProgressFn& progress, std::string* job_id) {
+  const v1::QuantizeCheckpointRequest request = api::CheckpointRequestFromOptions(options);
+  grpc::ClientContext context;
+  Prepare(&context);
+  auto stream = stub_->QuantizeCheckpoint(&context, request);
+  v1::QuantizeCheckpointResponse response;
+  std::optional<absl::StatusOr<checkpoint::CheckpointReport>> report;
+  absl::Status local;
+  while (stream->Read(&response)) {
+    switch (response.payload_case()) {
+      case v1::QuantizeCheckpointResponse::kAccepted:
+        if (job_id) *job_id = response.accepted().job_id();
+        break;
+      case v1::QuantizeCheckpointResponse::kProgress: {
+        if (!progress) break;
+        const v1::CheckpointProgress& p = response.progress();
+        checkpoint::CheckpointEvent event;
+        event.phase = p.phase();
+        event.done = p.done();
+        event.total = p.total();
+        event.bytes_done = p.bytes_done();
+        event.bytes_total = p.bytes_total();
+        event.message = p.message();
+        std::optional<checkpoint::TensorReport> tensor;
+        if (!p.tensor_report_json().empty()) {
+          const nlohmann::ordered_json json =
+              nlohmann::ordered_json::parse(p.tensor_report_json(), nullptr, false);
+          absl::StatusOr<checkpoint::TensorReport> row =
+              json.is_discarded() ? absl::DataLossError("unparsable tensor report")
+                                  : checkpoint::TensorReportFromJson(json);
+          if (row.ok()) tensor = *std::move(row);
+        }
+        if (tensor) event.tensor = &*tensor;
+        progress(event);
+        break;
+      }
+      case v1::QuantizeCheckpointResponse::kReportJson: {
+        const nlohmann::ordered_json json =
+            nlohmann::ordered_json::parse(response.report_json(), nullptr, false);
+        report = json.is_discarded()
+                     ? absl::StatusOr<checkpoint::CheckpointReport>(
+                           absl::DataLossError("the server sent an unparsable report"))
+                     : checkpoint::CheckpointReportFromJson(json);
+        break;
+      }
+      default:
+        break;
+    }
+  }
+  const grpc::Status status = stream->Finish();
+  Forget(&context);
+  if (!status.ok()) return api::FromGrpcStatus(status);
+  if (!report.has_value()) return Unexpected("end of stream before the report");
+  return *std::move(report);
+}
+
 absl::StatusOr<float> QuantizerClient::LocalAmax(const TensorView& input) {
   absl::MutexLock lock(&scanner_mu_);
   if (!scanner_) {

@@ -28,6 +28,7 @@
 #include "kernels/quantize_options.h"
 #include "kernels/quantized_tensor.h"
 #include "kernels/tensor.h"
+#include "server/checkpoint/checkpoint_job.h"
 #include "nvfp4/v1/quantizer.grpc.pb.h"
 
 namespace nvfp4::client {
@@ -52,6 +53,13 @@ class QuantizerClient {
   absl::StatusOr<QuantizedTensor> QuantizeTensor(
       const TensorView& input, const ImportanceView& importance, const QuantizeOptions& options,
       const std::string& name = "", const ProgressFn& progress = {}, std::string* job_id = nullptr);
+
+  // Runs a checkpoint job on the server (QuantizeCheckpoint): the paths are server paths.
+  // progress (optional) sees the server's events, with each finished tensor's report.
+  // options.paths and options.concurrency are the server's business and are ignored.
+  absl::StatusOr<checkpoint::CheckpointReport> QuantizeCheckpoint(
+      const checkpoint::CheckpointJobOptions& options,
+      const checkpoint::CheckpointProgressFn& progress = {}, std::string* job_id = nullptr);
 
   absl::StatusOr<v1::ServerInfo> GetServerInfo();
   absl::StatusOr<std::vector<v1::Job>> ListJobs();

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "kernels/numerics/global_scale.h"
 #include "kernels/quantized_tensor.h"
 
@@ -21,6 +22,108 @@ int64_t TensorSpec::job_bytes() const {
   const int64_t encoded = rows * padded / 2 + rows * padded / 16;
   const int64_t fake_quant = want_dequantized ? elements() * 4 + dequantized_bytes() : 0;
   return input_bytes() + importance_values() * 4 + encoded + fake_quant;
+}
+
+absl::StatusOr<Method> MethodFromProto(v1::Method method, std::string_view field) {
+  switch (method) {
+    case v1::METHOD_UNSPECIFIED:
+    case v1::METHOD_SCALESWEEP:
+      return Method::kScaleSweep;
+    case v1::METHOD_ABSMAX:
+      return Method::kAbsMax;
+    case v1::METHOD_FOUR_OVER_SIX:
+      return Method::kFourOverSix;
+    case v1::METHOD_EXHAUSTIVE:
+      return Method::kExhaustive;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat(std::string(field), ": unknown value ", static_cast<int>(method)));
+  }
+}
+
+v1::Method MethodToProto(Method method) {
+  switch (method) {
+    case Method::kAbsMax:
+      return v1::METHOD_ABSMAX;
+    case Method::kFourOverSix:
+      return v1::METHOD_FOUR_OVER_SIX;
+    case Method::kExhaustive:
+      return v1::METHOD_EXHAUSTIVE;
+    case Method::kScaleSweep:
+      return v1::METHOD_SCALESWEEP;
+  }
+  return v1::METHOD_SCALESWEEP;
+}
+
+absl::StatusOr<Objective> ObjectiveFromProto(v1::Objective objective, std::string_view field) {
+  switch (objective) {
+    case v1::OBJECTIVE_UNSPECIFIED:
+    case v1::OBJECTIVE_MSE:
+      return Objective::kMse;
+    case v1::OBJECTIVE_WMSE:
+      return Objective::kWmse;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat(std::string(field), ": unknown value ", static_cast<int>(objective)));
+  }
+}
+
+v1::Objective ObjectiveToProto(Objective objective) {
+  return objective == Objective::kWmse ? v1::OBJECTIVE_WMSE : v1::OBJECTIVE_MSE;
+}
+
+absl::StatusOr<checkpoint::CheckpointJobOptions> CheckpointOptionsFromRequest(
+    const v1::QuantizeCheckpointRequest& request) {
+  checkpoint::CheckpointJobOptions options;
+  if (request.model_dir().empty()) return absl::InvalidArgumentError("model_dir is required");
+  if (request.out_dir().empty()) return absl::InvalidArgumentError("out_dir is required");
+  options.model_dir = request.model_dir();
+  options.out_dir = request.out_dir();
+  switch (request.format()) {
+    case v1::CHECKPOINT_FORMAT_UNSPECIFIED:
+    case v1::CHECKPOINT_FORMAT_MODELOPT:
+      options.format = checkpoint::OutputFormat::kModelOpt;
+      break;
+    case v1::CHECKPOINT_FORMAT_COMPRESSED_TENSORS:
+      options.format = checkpoint::OutputFormat::kCompressedTensors;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("format: unknown value ", static_cast<int>(request.format())));
+  }
+  ASSIGN_OR_RETURN(options.method, MethodFromProto(request.method(), "method"));
+  ASSIGN_OR_RETURN(options.objective, ObjectiveFromProto(request.objective(), "objective"));
+  const uint32_t scale_max = request.scale_max() == 0 ? 256 : request.scale_max();
+  if (scale_max != 256 && scale_max != 448) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("scale_max must be 448 or 256 (0 = 256), got ", request.scale_max()));
+  }
+  options.scale_max = static_cast<int>(scale_max);
+  options.include.assign(request.include().begin(), request.include().end());
+  options.exclude.assign(request.exclude().begin(), request.exclude().end());
+  options.importance_path = request.importance_path();
+  options.calibration_path = request.calibration_path();
+  if (request.shard_bytes() != 0) options.shard_bytes = request.shard_bytes();
+  return options;
+}
+
+v1::QuantizeCheckpointRequest CheckpointRequestFromOptions(
+    const checkpoint::CheckpointJobOptions& options) {
+  v1::QuantizeCheckpointRequest request;
+  request.set_model_dir(options.model_dir);
+  request.set_out_dir(options.out_dir);
+  request.set_format(options.format == checkpoint::OutputFormat::kModelOpt
+                         ? v1::CHECKPOINT_FORMAT_MODELOPT
+                         : v1::CHECKPOINT_FORMAT_COMPRESSED_TENSORS);
+  request.set_method(MethodToProto(options.method));
+  request.set_objective(ObjectiveToProto(options.objective));
+  request.set_scale_max(static_cast<uint32_t>(options.scale_max));
+  for (const std::string& glob : options.include) request.add_include(glob);
+  for (const std::string& glob : options.exclude) request.add_exclude(glob);
+  request.set_importance_path(options.importance_path);
+  request.set_calibration_path(options.calibration_path);
+  request.set_shard_bytes(options.shard_bytes);
+  return request;
 }
 
 absl::StatusOr<TensorSpec> SpecFromHeader(const v1::TensorHeader& header) {
@@ -58,36 +161,9 @@ absl::StatusOr<TensorSpec> SpecFromHeader(const v1::TensorHeader& header) {
   if (spec.rows > (int64_t{1} << 40) / spec.cols) {
     return absl::InvalidArgumentError("header.shape exceeds 2^40 elements");
   }
-  switch (header.method()) {
-    case v1::METHOD_UNSPECIFIED:
-    case v1::METHOD_SCALESWEEP:
-      spec.options.method = Method::kScaleSweep;
-      break;
-    case v1::METHOD_ABSMAX:
-      spec.options.method = Method::kAbsMax;
-      break;
-    case v1::METHOD_FOUR_OVER_SIX:
-      spec.options.method = Method::kFourOverSix;
-      break;
-    case v1::METHOD_EXHAUSTIVE:
-      spec.options.method = Method::kExhaustive;
-      break;
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("header.method: unknown value ", static_cast<int>(header.method())));
-  }
-  switch (header.objective()) {
-    case v1::OBJECTIVE_UNSPECIFIED:
-    case v1::OBJECTIVE_MSE:
-      spec.options.objective = Objective::kMse;
-      break;
-    case v1::OBJECTIVE_WMSE:
-      spec.options.objective = Objective::kWmse;
-      break;
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("header.objective: unknown value ", static_cast<int>(header.objective())));
-  }
+  ASSIGN_OR_RETURN(spec.options.method, MethodFromProto(header.method(), "header.method"));
+  ASSIGN_OR_RETURN(spec.options.objective,
+                   ObjectiveFromProto(header.objective(), "header.objective"));
   const uint32_t scale_max = header.scale_max() == 0 ? 256 : header.scale_max();
   if (scale_max != 256 && scale_max != 448) {
     return absl::InvalidArgumentError(
@@ -164,22 +240,8 @@ v1::TensorHeader HeaderFromSpec(const TensorSpec& spec) {
                                                 : v1::DTYPE_F16);
   header.add_shape(spec.rows);
   header.add_shape(spec.cols);
-  switch (spec.options.method) {
-    case Method::kAbsMax:
-      header.set_method(v1::METHOD_ABSMAX);
-      break;
-    case Method::kFourOverSix:
-      header.set_method(v1::METHOD_FOUR_OVER_SIX);
-      break;
-    case Method::kExhaustive:
-      header.set_method(v1::METHOD_EXHAUSTIVE);
-      break;
-    case Method::kScaleSweep:
-      header.set_method(v1::METHOD_SCALESWEEP);
-      break;
-  }
-  header.set_objective(spec.options.objective == Objective::kWmse ? v1::OBJECTIVE_WMSE
-                                                                  : v1::OBJECTIVE_MSE);
+  header.set_method(MethodToProto(spec.options.method));
+  header.set_objective(ObjectiveToProto(spec.options.objective));
   header.set_scale_max(static_cast<uint32_t>(spec.options.scale_max));
   if (spec.options.amax) header.set_amax(*spec.options.amax);
   if (spec.options.global_scale) header.set_global_scale(*spec.options.global_scale);

@@ -14,6 +14,7 @@
 #include "kernels/quantize_options.h"
 #include "kernels/tensor.h"
 #include "nvfp4/v1/quantizer.pb.h"
+#include "server/checkpoint/checkpoint_job.h"
 
 namespace nvfp4::api {
 
@@ -47,6 +48,18 @@ struct TensorSpec {
 // InvalidArgument naming the field ("header.shape ...") for anything malformed.
 absl::StatusOr<TensorSpec> SpecFromHeader(const v1::TensorHeader& header);
 v1::TensorHeader HeaderFromSpec(const TensorSpec& spec);
+
+absl::StatusOr<Method> MethodFromProto(v1::Method method, std::string_view field);
+v1::Method MethodToProto(Method method);
+absl::StatusOr<Objective> ObjectiveFromProto(v1::Objective objective, std::string_view field);
+v1::Objective ObjectiveToProto(Objective objective);
+
+// A QuantizeCheckpoint request in job terms (paths as given: the server confines them), and
+// back; InvalidArgument naming the field.
+absl::StatusOr<checkpoint::CheckpointJobOptions> CheckpointOptionsFromRequest(
+    const v1::QuantizeCheckpointRequest& request);
+v1::QuantizeCheckpointRequest CheckpointRequestFromOptions(
+    const checkpoint::CheckpointJobOptions& options);
 
 void MetricsToProto(const TensorMetrics& metrics, v1::TensorMetrics* out);
 TensorMetrics MetricsFromProto(const v1::TensorMetrics& metrics);

@@ -10,7 +10,7 @@ packages=(
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libcli11-dev
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev
-  prometheus-cpp-dev openssl
+  prometheus-cpp-dev openssl libxxhash-dev
   python3 python3-venv python3-pip
 )
 missing=()

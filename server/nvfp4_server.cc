@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "common/status_macros.h"
 #include "common/version.h"
@@ -92,6 +93,7 @@ absl::StatusOr<std::unique_ptr<Nvfp4Server>> Nvfp4Server::Start(
           absl::StrCat("token file ", options.auth_token_file, " is empty"));
     }
   }
+  ASSIGN_OR_RETURN(service_options.paths, checkpoint::PathPolicy::Create(options.allowed_roots));
   s->service_ = std::make_unique<QuantizerService>(service_options, s->scheduler_.get(),
                                                    s->jobs_.get(), s->metrics_.get());
 
@@ -176,7 +178,8 @@ std::string Nvfp4Server::Describe() const {
       "  max queue         %d jobs\n"
       "  memory budget     %d bytes (max %d per job)\n"
       "  chunk / message   %d / %d bytes\n"
-      "  auth              %s\n",
+      "  auth              %s\n"
+      "  checkpoint roots  %s\n",
       kVersion, options_.listen, port_, options_.tls_cert_file.empty() ? "" : ", TLS",
       options_.metrics_listen.empty()
           ? std::string("off")
@@ -184,7 +187,9 @@ std::string Nvfp4Server::Describe() const {
                          metrics_->exposer_port(), ")"),
       engines, so.max_queue, so.memory_budget_bytes, so.max_job_bytes,
       options_.service.max_chunk_bytes, options_.service.max_message_bytes,
-      options_.auth_token_file.empty() ? "off" : "bearer token");
+      options_.auth_token_file.empty() ? "off" : "bearer token",
+      options_.allowed_roots.empty() ? std::string("none (QuantizeCheckpoint disabled)")
+                                     : absl::StrJoin(options_.allowed_roots, ", "));
 }
 
 void Nvfp4Server::Shutdown(absl::Duration drain) {

@@ -39,6 +39,8 @@ struct ServerOptions {
   std::string tls_cert_file;  // both set: TLS
   std::string tls_key_file;
   std::string auth_token_file;  // set: bearer-token auth
+  // QuantizeCheckpoint reads and writes only inside these directories; none: RPC disabled.
+  std::vector<std::string> allowed_roots;
 };
 
 class Nvfp4Server {

@@ -65,6 +65,9 @@ int main(int argc, char** argv) {
   app.add_option("--tls-key", options.tls_key_file, "PEM private key");
   app.add_option("--auth-token-file", options.auth_token_file,
                  "file holding the bearer token clients must send");
+  app.add_option("--allowed-root", options.allowed_roots,
+                 "directory checkpoint jobs may read and write under (repeatable; none: "
+                 "QuantizeCheckpoint is disabled)");
   CLI11_PARSE(app, argc, argv);
   options.scheduler.memory_budget_bytes = memory_mib << 20;
   options.scheduler.max_job_bytes = max_job_mib << 20;

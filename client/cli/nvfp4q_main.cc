@@ -8,6 +8,7 @@
 #include "client/cli/bench_command.h"
 #include "client/cli/compare_command.h"
 #include "client/cli/exit_codes.h"
+#include "client/cli/quantize_checkpoint_command.h"
 #include "client/cli/quantize_tensor_command.h"
 #include "client/cli/remote_commands.h"
 #include "common/version.h"
@@ -17,7 +18,8 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("nvfp4q ") + nvfp4::kVersion);
   app.require_subcommand(1);
   std::vector<std::function<int()>> commands = {
-      nvfp4::cli::AddQuantizeTensorCommand(app), nvfp4::cli::AddBenchCommand(app),
+      nvfp4::cli::AddQuantizeCheckpointCommand(app), nvfp4::cli::AddQuantizeTensorCommand(app),
+      nvfp4::cli::AddBenchCommand(app),
       nvfp4::cli::AddCompareCommand(app),        nvfp4::cli::AddInfoCommand(app),
       nvfp4::cli::AddJobsCommand(app),           nvfp4::cli::AddCancelCommand(app),
   };

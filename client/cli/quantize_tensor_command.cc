@@ -14,10 +14,10 @@
 #include "client/cli/report.h"
 #include "client/cli/tensor_input.h"
 #include "client/io/npy.h"
-#include "client/io/safetensors_writer.h"
 #include "common/status_macros.h"
 #include "common/version.h"
 #include "kernels/dequantize.h"
+#include "server/checkpoint/safetensors.h"
 
 namespace nvfp4::cli {
 namespace {
@@ -40,10 +40,11 @@ struct QuantizeTensorFlags {
 
 absl::Status WriteModelOptTensor(const std::string& path, const QuantizeOptions& options,
                                  const QuantizedTensor& q) {
-  const std::vector<io::SafetensorsEntry> entries = {
-      {"weight", "U8", {q.rows, q.padded_cols / 2}, q.packed.data(), q.packed.size()},
-      {"weight_scale", "F8_E4M3", {q.rows, q.padded_cols / 16}, q.scales.data(), q.scales.size()},
-      {"weight_scale_2", "F32", {}, &q.global_scale, sizeof(float)},
+  const std::vector<checkpoint::SafetensorsBlob> blobs = {
+      {{"weight", "U8", {q.rows, q.padded_cols / 2}}, q.packed.data(), q.packed.size()},
+      {{"weight_scale", "F8_E4M3", {q.rows, q.padded_cols / 16}}, q.scales.data(),
+       q.scales.size()},
+      {{"weight_scale_2", "F32", {}}, &q.global_scale, sizeof(float)},
   };
   const std::map<std::string, std::string> metadata = {
       {"format", "nvfp4"},
@@ -53,7 +54,7 @@ absl::Status WriteModelOptTensor(const std::string& path, const QuantizeOptions&
       {"scale_max", absl::StrCat(options.scale_max)},
       {"cols", absl::StrCat(q.cols)},
   };
-  return io::WriteSafetensors(path, entries, metadata);
+  return checkpoint::WriteSafetensors(path, blobs, metadata);
 }
 
 absl::StatusOr<int> Run(const QuantizeTensorFlags& flags) {

@@ -120,8 +120,10 @@ absl::StatusOr<int> RunCancel(const JobsFlags& flags) {
   return kExitOk;
 }
 
+}  // namespace
+
 void* WatchInterrupts(void* arg) {
-  auto* client = static_cast<client::QuantizerClient*>(arg);
+  auto* self = static_cast<InterruptCancels*>(arg);
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
@@ -130,20 +132,20 @@ void* WatchInterrupts(void* arg) {
     sigwait(&set, &signal_number);
     if (g_watcher_stopping.load()) return nullptr;
     g_interrupted.store(true);
-    std::fprintf(stderr, "\nnvfp4q: interrupted, cancelling the server job\n");
-    client->CancelInFlight();
+    std::fprintf(stderr, "\nnvfp4q: interrupted, cancelling the job\n");
+    if (self->flag_ != nullptr) self->flag_->store(true);
+    if (self->client_ != nullptr) self->client_->CancelInFlight();
   }
 }
 
-}  // namespace
-
-InterruptCancels::InterruptCancels(client::QuantizerClient* client) : client_(client) {
+InterruptCancels::InterruptCancels(client::QuantizerClient* client, std::atomic<bool>* flag)
+    : client_(client), flag_(flag) {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   pthread_sigmask(SIG_BLOCK, &set, &previous_);
   g_watcher_stopping.store(false);
-  pthread_create(&watcher_, nullptr, WatchInterrupts, client_);
+  pthread_create(&watcher_, nullptr, WatchInterrupts, this);
 }
 
 InterruptCancels::~InterruptCancels() {

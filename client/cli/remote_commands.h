@@ -3,6 +3,7 @@
 #ifndef NVFP4_CLIENT_CLI_REMOTE_COMMANDS_H_
 #define NVFP4_CLIENT_CLI_REMOTE_COMMANDS_H_
 
+#include <atomic>
 #include <pthread.h>
 #include <functional>
 
@@ -16,17 +17,20 @@ std::function<int()> AddJobsCommand(CLI::App& app);
 std::function<int()> AddCancelCommand(CLI::App& app);
 
 // While alive, Ctrl-C (SIGINT) cancels the client's calls in flight (so the server cancels the
-// job) instead of killing the process. Create it before the client starts any call.
+// job) and sets *flag, instead of killing the process. Either may be null. Create it before the
+// client starts any call.
 class InterruptCancels {
  public:
-  explicit InterruptCancels(client::QuantizerClient* client);
+  explicit InterruptCancels(client::QuantizerClient* client, std::atomic<bool>* flag = nullptr);
   ~InterruptCancels();
   InterruptCancels(const InterruptCancels&) = delete;
   InterruptCancels& operator=(const InterruptCancels&) = delete;
   bool interrupted() const;
 
  private:
+  friend void* WatchInterrupts(void* arg);
   client::QuantizerClient* client_;
+  std::atomic<bool>* flag_;
   pthread_t watcher_;
   sigset_t previous_;
 };

@@ -9,7 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
-#include "client/io/posix_file.h"
+#include "common/posix_file.h"
 #include "common/status_macros.h"
 
 namespace nvfp4::io {

@@ -13,6 +13,7 @@
 #include "common/status_macros.h"
 #include "common/version.h"
 #include "proto/convert.h"
+#include "server/service/checkpoint_rpc.h"
 #include "server/service/tensor_job.h"
 
 namespace nvfp4::server {
@@ -586,8 +587,14 @@ absl::Status QuantizerService::Authenticate(const grpc::CallbackServerContext& c
       "missing or invalid bearer token (metadata 'authorization: Bearer <token>')");
 }
 
-void QuantizerService::RecordOutcome(const absl::Status& status, double seconds) {
-  if (metrics_) metrics_->JobFinished("tensor", api::StatusCodeName(status.code()), seconds);
+void QuantizerService::RecordOutcome(const absl::Status& status, double seconds,
+                                     const std::string& kind) {
+  if (metrics_) metrics_->JobFinished(kind, api::StatusCodeName(status.code()), seconds);
+}
+
+grpc::ServerWriteReactor<v1::QuantizeCheckpointResponse>* QuantizerService::QuantizeCheckpoint(
+    grpc::CallbackServerContext* context, const v1::QuantizeCheckpointRequest* request) {
+  return StartCheckpointRpc(this, context, request);
 }
 
 grpc::ServerBidiReactor<v1::QuantizeTensorRequest, v1::QuantizeTensorResponse>*

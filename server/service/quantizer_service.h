@@ -17,6 +17,7 @@
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "nvfp4/v1/quantizer.grpc.pb.h"
+#include "server/checkpoint/path_policy.h"
 #include "server/engine/job_registry.h"
 #include "server/engine/scheduler.h"
 #include "server/metrics/server_metrics.h"
@@ -31,6 +32,9 @@ struct ServiceOptions {
   // A streaming job whose upload makes no progress this long fails with DEADLINE_EXCEEDED
   // (it holds a worker while it waits).
   absl::Duration upload_idle_timeout = absl::Seconds(120);
+  // QuantizeCheckpoint may only touch paths inside these roots; unconfined (no roots) disables
+  // the RPC.
+  checkpoint::PathPolicy paths;
 };
 
 class QuantizerService final : public v1::Quantizer::CallbackService {
@@ -52,13 +56,18 @@ class QuantizerService final : public v1::Quantizer::CallbackService {
   grpc::ServerUnaryReactor* CancelJob(grpc::CallbackServerContext* context,
                                       const v1::CancelJobRequest* request,
                                       v1::Job* response) override;
+  grpc::ServerWriteReactor<v1::QuantizeCheckpointResponse>* QuantizeCheckpoint(
+      grpc::CallbackServerContext* context,
+      const v1::QuantizeCheckpointRequest* request) override;
   grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* context,
                                           const v1::GetServerInfoRequest* request,
                                           v1::ServerInfo* response) override;
 
   // Internal, for the reactors.
   absl::Status Authenticate(const grpc::CallbackServerContext& context) const;
-  void RecordOutcome(const absl::Status& status, double seconds);
+  // kind: the job kind label of the metrics ("tensor", "checkpoint").
+  void RecordOutcome(const absl::Status& status, double seconds,
+                     const std::string& kind = "tensor");
   const ServiceOptions& options() const { return options_; }
   Scheduler* scheduler() const { return scheduler_; }
   JobRegistry* jobs() const { return jobs_; }

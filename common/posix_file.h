@@ -1,4 +1,4 @@
-// Small POSIX file helpers shared by the client I/O readers and writers (internal).
+// Small POSIX file helpers shared by the file readers and writers of every layer (internal).
 //
 // What: ReadOnlyFile opens a regular file and reads exact byte ranges with pread(2);
 // WriteFileAtomically writes a sequence of byte chunks to `path + ".tmp.<pid>"`, fsyncs it and
@@ -11,8 +11,8 @@
 // Errors: absl::Status values whose messages start with the file path; errno is mapped with
 // absl::ErrnoToStatus (ENOENT -> NotFound, EACCES -> PermissionDenied, ...). Short reads caused
 // by a file shrinking underneath us are DataLoss. Nothing here throws.
-#ifndef NVFP4_CLIENT_IO_POSIX_FILE_H_
-#define NVFP4_CLIENT_IO_POSIX_FILE_H_
+#ifndef NVFP4_COMMON_POSIX_FILE_H_
+#define NVFP4_COMMON_POSIX_FILE_H_
 
 #include <errno.h>
 #include <fcntl.h>
@@ -140,6 +140,19 @@ inline absl::Status WriteAll(int fd, const void* data, size_t size, const std::s
   return absl::OkStatus();
 }
 
+// Best effort: persists the directory entry of `path` (after a rename). A failure here does not
+// undo the write, so it is not reported.
+inline void SyncParentDirectory(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  const std::string dir =
+      slash == std::string::npos ? std::string(".") : (slash == 0 ? "/" : path.substr(0, slash));
+  const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd >= 0) {
+    ::fsync(dir_fd);
+    ::close(dir_fd);
+  }
+}
+
 // Writes the concatenation of `chunks` to `path` atomically (temporary file, fsync, rename).
 // On failure the temporary file is removed and `path` is left untouched.
 inline absl::Status WriteFileAtomically(const std::string& path,
@@ -165,18 +178,10 @@ inline absl::Status WriteFileAtomically(const std::string& path,
     ::unlink(tmp.c_str());
     return status;
   }
-  // Best effort: persist the directory entry too. Failure here does not undo the write.
-  const size_t slash = path.find_last_of('/');
-  const std::string dir =
-      slash == std::string::npos ? std::string(".") : (slash == 0 ? "/" : path.substr(0, slash));
-  const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir_fd >= 0) {
-    ::fsync(dir_fd);
-    ::close(dir_fd);
-  }
+  SyncParentDirectory(path);
   return absl::OkStatus();
 }
 
 }  // namespace nvfp4::io::internal
 
-#endif  // NVFP4_CLIENT_IO_POSIX_FILE_H_
+#endif  // NVFP4_COMMON_POSIX_FILE_H_

@@ -1,0 +1,195 @@
+#include "client/cli/quantize_checkpoint_command.h"
+
+#include <atomic>
+#include <cctype>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "client/cli/common_flags.h"
+#include "client/cli/exit_codes.h"
+#include "client/cli/progress.h"
+#include "client/cli/remote_commands.h"
+#include "client/remote_backend.h"
+#include "common/posix_file.h"
+#include "common/status_macros.h"
+#include "server/checkpoint/checkpoint_job.h"
+
+namespace nvfp4::cli {
+namespace {
+
+struct QuantizeCheckpointFlags {
+  std::string model;
+  std::string out;
+  std::string format = "modelopt";
+  std::string importance;
+  std::string calibration;
+  std::string report;
+  std::vector<std::string> include;
+  std::vector<std::string> exclude;
+  std::string shard_size = "5GB";
+  int concurrency = 0;
+  bool stream_tensors = false;
+  bool json = false;
+  bool quiet = false;
+  EngineFlags engine;
+  QuantizeFlags quantize;
+  RemoteFlags remote;
+};
+
+absl::StatusOr<checkpoint::CheckpointJobOptions> JobOptions(const QuantizeCheckpointFlags& flags) {
+  checkpoint::CheckpointJobOptions options;
+  options.model_dir = flags.model;
+  options.out_dir = flags.out;
+  const std::optional<checkpoint::OutputFormat> format =
+      checkpoint::ParseOutputFormat(flags.format);
+  if (!format.has_value()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--format must be modelopt or compressed-tensors, got '", flags.format, "'"));
+  }
+  options.format = *format;
+  ASSIGN_OR_RETURN(const QuantizeOptions q, flags.quantize.ToOptions());
+  options.method = q.method;
+  options.objective = q.objective;
+  options.scale_max = q.scale_max;
+  options.include = flags.include;
+  options.exclude = flags.exclude;
+  options.importance_path = flags.importance;
+  options.calibration_path = flags.calibration;
+  ASSIGN_OR_RETURN(options.shard_bytes, ParseByteSize(flags.shard_size));
+  return options;
+}
+
+// Draws the bar on a terminal; otherwise a line per finished shard-sized step is enough.
+class CheckpointProgress {
+ public:
+  explicit CheckpointProgress(bool quiet) : quiet_(quiet), bar_("nvfp4q") {}
+  void operator()(const checkpoint::CheckpointEvent& e) {
+    if (quiet_) return;
+    if (!e.message.empty()) std::fprintf(stderr, "nvfp4q: %s\n", e.message.c_str());
+    if (e.phase == "quantize") {
+      bar_.Update(static_cast<int64_t>(e.bytes_done), static_cast<int64_t>(e.bytes_total),
+                  "quantize");
+    } else if (e.phase == "amax") {
+      bar_.Update(e.done, e.total, "amax");
+    }
+  }
+
+ private:
+  const bool quiet_;
+  ProgressBar bar_;
+};
+
+absl::StatusOr<int> Run(const QuantizeCheckpointFlags& flags) {
+  ASSIGN_OR_RETURN(checkpoint::CheckpointJobOptions options, JobOptions(flags));
+  std::atomic<bool> cancelled{false};
+  CheckpointProgress progress(flags.quiet || flags.json);
+  absl::StatusOr<checkpoint::CheckpointReport> report;
+  if (flags.remote.server.empty()) {
+    if (flags.stream_tensors) {
+      return absl::InvalidArgumentError("--stream-tensors needs --server");
+    }
+    ASSIGN_OR_RETURN(std::unique_ptr<cpu::CpuBackend> backend, flags.engine.MakeBackend());
+    options.concurrency = flags.concurrency > 0 ? flags.concurrency : 1;
+    InterruptCancels interrupt(nullptr, &cancelled);
+    report = checkpoint::RunCheckpointJob(
+        options, *backend, [&](const checkpoint::CheckpointEvent& e) { progress(e); }, &cancelled);
+  } else {
+    ASSIGN_OR_RETURN(std::unique_ptr<client::QuantizerClient> client, flags.remote.Connect());
+    InterruptCancels interrupt(client.get(), &cancelled);
+    if (flags.stream_tensors) {
+      // The server cannot see the files: tensors travel over QuantizeTensor, output is local.
+      client::RemoteBackend backend(client.get());
+      options.concurrency = flags.concurrency > 0 ? flags.concurrency : 2;
+      report = checkpoint::RunCheckpointJob(
+          options, backend, [&](const checkpoint::CheckpointEvent& e) { progress(e); },
+          &cancelled);
+    } else {
+      report = client->QuantizeCheckpoint(
+          options, [&](const checkpoint::CheckpointEvent& e) { progress(e); });
+    }
+  }
+  if (!report.ok()) return report.status();
+  const nlohmann::ordered_json json = checkpoint::CheckpointReportToJson(*report);
+  if (!flags.report.empty()) {
+    const std::string text = json.dump(2) + "\n";
+    RETURN_IF_ERROR(io::internal::WriteFileAtomically(flags.report, {{text.data(), text.size()}}));
+  }
+  if (flags.json) {
+    std::printf("%s\n", json.dump().c_str());
+  } else {
+    std::printf("%s", checkpoint::FormatReportTable(*report).c_str());
+    std::printf("wrote %s (%s, %s/%s, F = %d)\n", report->out_dir.c_str(), report->format.c_str(),
+                report->method.c_str(), report->objective.c_str(), report->scale_max);
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+absl::StatusOr<uint64_t> ParseByteSize(const std::string& text) {
+  size_t end = 0;
+  while (end < text.size() && (std::isdigit(static_cast<unsigned char>(text[end])) || text[end] == '.')) {
+    ++end;
+  }
+  const std::string number = text.substr(0, end);
+  std::string unit = text.substr(end);
+  for (char& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  double value = 0;
+  try {
+    size_t used = 0;
+    value = std::stod(number, &used);
+    if (used != number.size()) throw std::invalid_argument(number);
+  } catch (const std::exception&) {
+    return absl::InvalidArgumentError(absl::StrCat("'", text, "' is not a size like 5GB or 512MiB"));
+  }
+  double scale = 0;
+  static const std::pair<const char*, double> kUnits[] = {
+      {"", 1},         {"B", 1},          {"KB", 1e3},        {"MB", 1e6},
+      {"GB", 1e9},     {"TB", 1e12},      {"KIB", 1024.0},    {"MIB", 1048576.0},
+      {"GIB", 1073741824.0}, {"TIB", 1099511627776.0},
+  };
+  for (const auto& [name, factor] : kUnits) {
+    if (unit == name) scale = factor;
+  }
+  if (scale == 0 || value <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("'", text, "' is not a size like 5GB or 512MiB"));
+  }
+  return static_cast<uint64_t>(value * scale);
+}
+
+std::function<int()> AddQuantizeCheckpointCommand(CLI::App& app) {
+  auto flags = std::make_shared<QuantizeCheckpointFlags>();
+  CLI::App* cmd = app.add_subcommand(
+      "quantize",
+      "Quantize a Hugging Face safetensors checkpoint to an NVFP4 checkpoint that vLLM loads");
+  cmd->add_option("--model", flags->model, "input checkpoint directory")->required();
+  cmd->add_option("--out", flags->out, "output directory (must not exist, or be empty)")
+      ->required();
+  cmd->add_option("--format", flags->format, "modelopt (default) or compressed-tensors")
+      ->check(CLI::IsMember({"modelopt", "compressed-tensors"}));
+  cmd->add_option("--importance", flags->importance,
+                  "WMSE importance: safetensors of <module>.importance F32 [K] (with --objective wmse)");
+  cmd->add_option("--calibration", flags->calibration,
+                  "W4A4: JSON {\"<module>\": activation amax}; without it the output is W4A16");
+  cmd->add_option("--report", flags->report, "write the per-tensor report as JSON");
+  cmd->add_option("--include", flags->include, "also quantize modules matching this glob");
+  cmd->add_option("--exclude", flags->exclude, "never quantize modules matching this glob");
+  cmd->add_option("--shard-size", flags->shard_size, "maximum output shard size (default 5GB)");
+  cmd->add_option("--concurrency", flags->concurrency,
+                  "tensors in flight (default 1 embedded, 2 with --stream-tensors)")
+      ->check(CLI::Range(0, 64));
+  cmd->add_flag("--stream-tensors", flags->stream_tensors,
+                "with --server: send the tensors to nvfp4d and write the output here (for a "
+                "server that cannot see the files)");
+  cmd->add_flag("--json", flags->json, "print the report as one JSON object");
+  cmd->add_flag("--quiet", flags->quiet, "no progress output");
+  flags->quantize.Register(cmd);
+  flags->engine.Register(cmd);
+  flags->remote.Register(cmd, false);
+  return SubcommandRunner(cmd, flags, &Run);
+}
+
+}  // namespace nvfp4::cli
