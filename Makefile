@@ -6,7 +6,7 @@ CUDA_ARCHS ?= 90
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps configure build test demo bench format clean release
+.PHONY: all deps configure build test demo bench bench-checkpoint format clean release
 
 all: build
 
@@ -30,6 +30,10 @@ demo: build
 
 bench: build
 	$(BUILD_DIR)/bin/nvfp4q bench --threads 1,$(JOBS)
+
+# Checkpoint throughput: a 2.1 GB bf16 checkpoint embedded, through nvfp4d, and streamed.
+bench-checkpoint: build
+	@scripts/bench_checkpoint.sh $(BUILD_DIR)
 
 release:
 	$(MAKE) build BUILD_DIR=build-release CUDA_ARCHS="80;90;100;120"

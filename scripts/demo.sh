@@ -1,14 +1,42 @@
 #!/usr/bin/env bash
-# The demo job: generate a small LLM-like tensor set, compare AbsMax, four-over-six and
-# ScaleSweep on it (MSE, change vs AbsMax, candidates per block), then quantise one tensor to a
-# ModelOpt-layout safetensors file and print its JSON report.
+# The demo job, end to end as a user runs it: a Llama-shaped bf16 checkpoint (4 layers, q/k/v/o,
+# gate/up/down, embeddings, norms, lm_head, sharded, with activation calibration statistics) is
+# quantized to NVFP4 by nvfp4d through its QuantizeCheckpoint RPC with ScaleSweep block scales
+# (ModelOpt layout, W4A4), the per-tensor report is printed, and `nvfp4q verify` re-reads the
+# output and checks it against the source. The server is stopped at the end.
 set -euo pipefail
 build=${1:-build}
-out=$build/demo
-mkdir -p "$out"
-"$build/bin/nvfp4_demo_tensors" "$out/tensors"
+bin=$(realpath "$build/bin")
+work=$(realpath -m "$build/demo")
+mkdir -p "$work"
+
+if [ ! -f "$work/model/config.json" ]; then
+  "$bin/nvfp4_demo_checkpoint" --out "$work/model" --layers 4 --hidden 1024 --intermediate 2816 \
+    --heads 16 --kv-heads 4 --vocab 8192 --shard-gb 0.03 --calibration "$work/calibration.json"
+fi
+rm -rf "$work/quantized" "$work/.quantized.nvfp4-partial"
+
+log="$work/nvfp4d.log"
+"$bin/nvfp4d" --listen 127.0.0.1:0 --metrics-listen "" --allowed-root "$work" >"$log" 2>&1 &
+server=$!
+trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT
+port=""
+for _ in $(seq 200); do
+  port=$(sed -n 's/^  listen .*(port \([0-9]*\)).*/\1/p' "$log" | head -n 1)
+  if [ -n "$port" ] && grep -q "nvfp4d: serving" "$log"; then break; fi
+  if ! kill -0 "$server" 2>/dev/null; then cat "$log"; exit 1; fi
+  sleep 0.05
+done
+echo "nvfp4d serving on 127.0.0.1:$port (allowed root $work)"
 echo
-"$build/bin/nvfp4q" compare "$out"/tensors/*.npy
+
+"$bin/nvfp4q" quantize --server "127.0.0.1:$port" --model "$work/model" --out "$work/quantized" \
+  --method scalesweep --calibration "$work/calibration.json" --report "$work/report.json"
 echo
-"$build/bin/nvfp4q" quantize-tensor --input "$out/tensors/layers.0.self_attn.q_proj.weight.npy" \
-  --output "$out/q_proj.nvfp4.safetensors" --method scalesweep
+"$bin/nvfp4q" verify --model "$work/model" --quantized "$work/quantized"
+echo
+echo "output: $work/quantized (report: $work/report.json)"
+ls -l "$work/quantized"
+kill -TERM "$server"
+wait "$server" || true
+trap - EXIT

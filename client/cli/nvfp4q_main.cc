@@ -11,6 +11,7 @@
 #include "client/cli/quantize_checkpoint_command.h"
 #include "client/cli/quantize_tensor_command.h"
 #include "client/cli/remote_commands.h"
+#include "client/cli/verify_command.h"
 #include "common/version.h"
 
 int main(int argc, char** argv) {
@@ -19,7 +20,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   std::vector<std::function<int()>> commands = {
       nvfp4::cli::AddQuantizeCheckpointCommand(app), nvfp4::cli::AddQuantizeTensorCommand(app),
-      nvfp4::cli::AddBenchCommand(app),
+      nvfp4::cli::AddVerifyCommand(app),              nvfp4::cli::AddBenchCommand(app),
       nvfp4::cli::AddCompareCommand(app),        nvfp4::cli::AddInfoCommand(app),
       nvfp4::cli::AddJobsCommand(app),           nvfp4::cli::AddCancelCommand(app),
   };

@@ -167,11 +167,14 @@ class CheckpointReactor final : public grpc::ServerWriteReactor<Response> {
 
   void PumpAndUnlock() ABSL_UNLOCK_FUNCTION(mu_) {
     if (cancel_queued_) {
+      // The job reports (OnJobDone, which pumps) whether it was queued (abandoned right here)
+      // or running (when it stops), and a write in flight pumps in OnWriteDone: nothing is
+      // left to do here, and `this` may be gone once CancelQueued returns.
       cancel_queued_ = false;
       std::shared_ptr<Job> job = job_;
       mu_.Unlock();
-      service_->scheduler()->CancelQueued(*job);  // may call OnJobDone on this thread
-      mu_.Lock();
+      service_->scheduler()->CancelQueued(*job);
+      return;
     }
     if (finished_ || write_in_flight_) {
       mu_.Unlock();

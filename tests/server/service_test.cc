@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <filesystem>
+#include <fstream>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -23,6 +25,8 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/numerics/half.h"
+#include "server/checkpoint/checkpoint_job.h"
+#include "server/checkpoint/safetensors.h"
 #include "server/nvfp4_server.h"
 
 namespace nvfp4 {
@@ -524,6 +528,190 @@ TEST(Service, DrainingRefusesNewJobsAndReportsNotServing) {
   a.join();
   stopper.join();
   EXPECT_TRUE(in_flight.ok()) << in_flight;
+}
+
+// ---------------------------------------------------------------------------------------------
+// QuantizeCheckpoint.
+
+// A two-layer Llama-like f32 checkpoint under `dir`.
+void WriteTinyCheckpoint(const std::string& dir) {
+  std::filesystem::create_directories(dir);
+  std::vector<std::vector<float>> keep;
+  std::vector<checkpoint::SafetensorsBlob> blobs;
+  auto add = [&](const std::string& name, int64_t rows, int64_t cols) {
+    keep.push_back(Gaussian(rows * cols, keep.size() + 11, 0.05f));
+    std::vector<int64_t> shape = rows == 1 ? std::vector<int64_t>{cols}
+                                           : std::vector<int64_t>{rows, cols};
+    blobs.push_back({{name, "F32", shape}, nullptr, static_cast<size_t>(rows * cols * 4)});
+  };
+  add("model.embed_tokens.weight", 64, 32);
+  for (int l = 0; l < 2; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    add(p + "input_layernorm.weight", 1, 32);
+    for (const char* m : {"q_proj", "k_proj", "v_proj", "o_proj"}) add(p + "self_attn." + m + ".weight", 32, 32);
+    add(p + "mlp.gate_proj.weight", 48, 32);
+    add(p + "mlp.up_proj.weight", 48, 32);
+    add(p + "mlp.down_proj.weight", 32, 48);
+  }
+  add("lm_head.weight", 64, 32);
+  for (size_t i = 0; i < blobs.size(); ++i) blobs[i].data = keep[i].data();
+  ASSERT_TRUE(checkpoint::WriteSafetensors(dir + "/model.safetensors", blobs, {}).ok());
+  std::FILE* f = std::fopen((dir + "/config.json").c_str(), "w");
+  std::fputs("{\"model_type\": \"llama\"}\n", f);
+  std::fclose(f);
+}
+
+std::string FreshDir(const std::string& name) {
+  const std::string dir = ::testing::TempDir() + "/svc_ckpt_" + name;
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return std::filesystem::canonical(dir).string();
+}
+
+checkpoint::CheckpointJobOptions CheckpointOptions(const std::string& root) {
+  checkpoint::CheckpointJobOptions o;
+  o.model_dir = root + "/model";
+  o.out_dir = root + "/out";
+  return o;
+}
+
+TEST(ServiceCheckpoint, DisabledWithoutAllowedRoots) {
+  Harness h = StartServer(false);
+  const std::string root = FreshDir("disabled");
+  WriteTinyCheckpoint(root + "/model");
+  auto report = h.client->QuantizeCheckpoint(CheckpointOptions(root));
+  EXPECT_EQ(report.status().code(), absl::StatusCode::kFailedPrecondition) << report.status();
+  EXPECT_THAT(report.status().message(), HasSubstr("--allowed-root"));
+}
+
+TEST(ServiceCheckpoint, RunsOnTheServerAndMatchesTheEmbeddedJobByteForByte) {
+  const std::string root = FreshDir("runs");
+  WriteTinyCheckpoint(root + "/model");
+  server::ServerOptions options;
+  options.allowed_roots = {root};
+  Harness h = StartServer(false, options);
+  std::vector<std::string> tensors_seen;
+  std::string job_id;
+  auto remote = h.client->QuantizeCheckpoint(
+      CheckpointOptions(root),
+      [&](const checkpoint::CheckpointEvent& e) {
+        if (e.tensor != nullptr) tensors_seen.push_back(e.tensor->name);
+      },
+      &job_id);
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  EXPECT_EQ(remote->totals.quantized, 14);
+  EXPECT_EQ(tensors_seen.size(), remote->tensors.size());
+  auto job = h.client->GetJob(job_id);
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(job->kind(), v1::JOB_KIND_CHECKPOINT);
+  EXPECT_EQ(job->state(), v1::JOB_STATE_SUCCEEDED);
+
+  checkpoint::CheckpointJobOptions local = CheckpointOptions(root);
+  local.out_dir = root + "/local";
+  auto engine = Cpu();
+  auto embedded = checkpoint::RunCheckpointJob(local, *engine, {}, nullptr);
+  ASSERT_TRUE(embedded.ok()) << embedded.status();
+  for (const char* file : {"model.safetensors", "config.json", "hf_quant_config.json"}) {
+    std::ifstream a(root + "/out/" + file, std::ios::binary), b(root + "/local/" + file, std::ios::binary);
+    const std::string sa((std::istreambuf_iterator<char>(a)), {}), sb((std::istreambuf_iterator<char>(b)), {});
+    EXPECT_FALSE(sa.empty()) << file;
+    EXPECT_EQ(sa, sb) << file;
+  }
+}
+
+TEST(ServiceCheckpoint, PathsOutsideTheRootsArePermissionDenied) {
+  const std::string root = FreshDir("confined");
+  const std::string outside = FreshDir("outside");
+  WriteTinyCheckpoint(outside + "/model");
+  // A model directory inside the root whose shard is a symlink to a file outside it.
+  std::filesystem::create_directories(root + "/model");
+  std::filesystem::create_symlink(outside + "/model/model.safetensors",
+                                  root + "/model/model.safetensors");
+  server::ServerOptions options;
+  options.allowed_roots = {root};
+  Harness h = StartServer(false, options);
+  checkpoint::CheckpointJobOptions o = CheckpointOptions(root);
+  o.model_dir = outside + "/model";
+  auto direct = h.client->QuantizeCheckpoint(o);
+  EXPECT_EQ(direct.status().code(), absl::StatusCode::kPermissionDenied) << direct.status();
+  EXPECT_THAT(direct.status().message(), HasSubstr("outside the server's allowed roots"));
+  auto via_symlink = h.client->QuantizeCheckpoint(CheckpointOptions(root));
+  EXPECT_EQ(via_symlink.status().code(), absl::StatusCode::kPermissionDenied)
+      << via_symlink.status();
+  o = CheckpointOptions(root);
+  o.out_dir = root + "/../escape";
+  EXPECT_EQ(h.client->QuantizeCheckpoint(o).status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_FALSE(std::filesystem::exists(root + "/out"));
+}
+
+TEST(ServiceCheckpoint, CancelJobStopsARunningCheckpointAndKeepsNoOutput) {
+  const std::string root = FreshDir("cancel");
+  WriteTinyCheckpoint(root + "/model");
+  server::ServerOptions options;
+  options.allowed_roots = {root};
+  Harness h = StartServer(true, options);
+  std::string job_id;
+  absl::Status result;
+  absl::Notification accepted;
+  std::thread call([&] {
+    result = h.client
+                 ->QuantizeCheckpoint(CheckpointOptions(root), [&](const checkpoint::CheckpointEvent&) {
+                   if (!accepted.HasBeenNotified()) accepted.Notify();
+                 }, &job_id)
+                 .status();
+  });
+  WaitFor([&] { return h.gate->entered() >= 1; });
+  accepted.WaitForNotification();
+  std::vector<v1::Job> jobs = *h.client->ListJobs();
+  ASSERT_FALSE(jobs.empty());
+  ASSERT_TRUE(h.client->CancelJob(jobs.front().id()).ok());
+  call.join();
+  EXPECT_EQ(result.code(), absl::StatusCode::kCancelled) << result;
+  EXPECT_FALSE(std::filesystem::exists(root + "/out"));
+  EXPECT_TRUE(std::filesystem::exists(checkpoint::StagingDirFor(root + "/out")));
+  // The worker is free again: the next job runs to the end.
+  h.gate->Open();
+  auto again = h.client->QuantizeCheckpoint(CheckpointOptions(root));
+  EXPECT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(std::filesystem::exists(root + "/out/model.safetensors"));
+}
+
+TEST(ServiceCheckpoint, ClientCancellationCancelsTheJob) {
+  const std::string root = FreshDir("client_cancel");
+  WriteTinyCheckpoint(root + "/model");
+  server::ServerOptions options;
+  options.allowed_roots = {root};
+  Harness h = StartServer(true, options);
+  absl::Status result;
+  std::thread call([&] { result = h.client->QuantizeCheckpoint(CheckpointOptions(root)).status(); });
+  WaitFor([&] { return h.gate->entered() >= 1; });
+  h.client->CancelInFlight();
+  call.join();
+  EXPECT_EQ(result.code(), absl::StatusCode::kCancelled) << result;
+  // (A cancelled client cancels all its later calls too: ask with a fresh one.)
+  client::ClientOptions fresh;
+  fresh.target = h.target;
+  std::unique_ptr<client::QuantizerClient> observer =
+      std::move(*client::QuantizerClient::Connect(fresh));
+  WaitFor([&] {
+    auto jobs = observer->ListJobs();
+    return jobs.ok() && !jobs->empty() && jobs->front().state() == v1::JOB_STATE_CANCELLED;
+  });
+}
+
+TEST(ServiceCheckpoint, NeedsTheToken) {
+  const std::string root = FreshDir("token");
+  WriteTinyCheckpoint(root + "/model");
+  const std::string token_file = root + "/token";
+  std::FILE* f = std::fopen(token_file.c_str(), "w");
+  std::fputs("s3cret\n", f);
+  std::fclose(f);
+  server::ServerOptions options;
+  options.allowed_roots = {root};
+  options.auth_token_file = token_file;
+  Harness h = StartServer(false, options);
+  EXPECT_EQ(h.client->QuantizeCheckpoint(CheckpointOptions(root)).status().code(),
+            absl::StatusCode::kUnauthenticated);
 }
 
 }  // namespace

@@ -1,0 +1,204 @@
+#include "client/cli/verify_command.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "client/cli/exit_codes.h"
+#include "common/status_macros.h"
+#include "kernels/dequantize.h"
+#include "kernels/numerics/half.h"
+#include "server/checkpoint/checkpoint_plan.h"
+#include "server/checkpoint/source_checkpoint.h"
+
+namespace nvfp4::cli {
+namespace {
+
+using checkpoint::SourceCheckpoint;
+using checkpoint::SourceTensor;
+
+struct VerifyFlags {
+  std::string model;
+  std::string quantized;
+  bool json = false;
+};
+
+struct Names {
+  std::string packed, scales, global, input;
+  bool reciprocal = false;  // compressed-tensors stores 1/g
+};
+
+std::vector<float> ToF32(const SourceTensor& t) {
+  const int64_t n = t.info->elements();
+  std::vector<float> out(static_cast<size_t>(n));
+  const uint8_t* p = t.data();
+  if (t.info->dtype == "F32") {
+    std::memcpy(out.data(), p, static_cast<size_t>(n) * 4);
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      uint16_t bits;
+      std::memcpy(&bits, p + 2 * i, 2);
+      out[i] = t.info->dtype == "BF16" ? Bf16BitsToFloat(bits) : HalfBitsToFloat(bits);
+    }
+  }
+  return out;
+}
+
+float ScalarF32(const SourceTensor& t) {
+  float v;
+  std::memcpy(&v, t.data(), 4);
+  return v;
+}
+
+absl::StatusOr<int> Run(const VerifyFlags& flags) {
+  ASSIGN_OR_RETURN(std::unique_ptr<SourceCheckpoint> source, SourceCheckpoint::Open(flags.model));
+  ASSIGN_OR_RETURN(std::unique_ptr<SourceCheckpoint> output,
+                   SourceCheckpoint::Open(flags.quantized));
+  std::vector<std::string> problems;
+  auto problem = [&](std::string text) {
+    if (problems.size() < 50) problems.push_back(std::move(text));
+  };
+
+  const nlohmann::ordered_json& config = output->config();
+  if (!config.is_object() || !config.contains("quantization_config")) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flags.quantized, "/config.json has no quantization_config"));
+  }
+  const std::string method = config["quantization_config"].value("quant_method", "");
+  Names names;
+  if (method == "modelopt") {
+    names = {".weight", ".weight_scale", ".weight_scale_2", ".input_scale", false};
+  } else if (method == "compressed-tensors") {
+    names = {".weight_packed", ".weight_scale", ".weight_global_scale", ".input_global_scale",
+             true};
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("unknown quant_method '", method, "'"));
+  }
+
+  std::map<std::string, bool> expected_outputs;  // output tensor name -> seen in source walk
+  std::map<std::string, std::vector<float>> group_scales;
+  int quantized = 0, passed = 0;
+  double sq = 0, signal = 0;
+  int64_t elements = 0;
+  for (const SourceTensor& s : source->tensors()) {
+    const bool weight = absl::EndsWith(s.name, ".weight");
+    const std::string module = weight ? s.name.substr(0, s.name.size() - 7) : s.name;
+    const SourceTensor* scales = output->Find(module + names.scales);
+    if (!weight || scales == nullptr) {
+      ++passed;
+      expected_outputs[s.name] = true;
+      const SourceTensor* o = output->Find(s.name);
+      if (o == nullptr) {
+        problem(absl::StrCat(s.name, ": missing from the output"));
+      } else if (o->info->dtype != s.info->dtype || o->info->shape != s.info->shape ||
+                 o->info->bytes() != s.info->bytes() ||
+                 std::memcmp(o->data(), s.data(), s.info->bytes()) != 0) {
+        problem(absl::StrCat(s.name, ": passed through but not byte-identical"));
+      }
+      continue;
+    }
+    ++quantized;
+    const SourceTensor* packed = output->Find(module + names.packed);
+    const SourceTensor* global = output->Find(module + names.global);
+    const SourceTensor* input = output->Find(module + names.input);
+    for (const std::string& n : {names.packed, names.scales, names.global, names.input}) {
+      expected_outputs[module + n] = true;
+    }
+    if (s.info->shape.size() != 2) {
+      problem(absl::StrCat(s.name, ": quantized but not 2-D"));
+      continue;
+    }
+    const int64_t rows = s.info->shape[0], cols = s.info->shape[1];
+    if (packed == nullptr || global == nullptr) {
+      problem(absl::StrCat(module, ": incomplete quantized module"));
+      continue;
+    }
+    if (packed->info->dtype != "U8" || packed->info->shape != std::vector<int64_t>{rows, cols / 2} ||
+        scales->info->dtype != "F8_E4M3" ||
+        scales->info->shape != std::vector<int64_t>{rows, cols / 16} ||
+        global->info->dtype != "F32" || global->info->elements() != 1 ||
+        (input != nullptr && (input->info->dtype != "F32" || input->info->elements() != 1))) {
+      problem(absl::StrCat(module, ": wrong dtype or shape of a quantized tensor"));
+      continue;
+    }
+    const uint8_t* scale_bytes = scales->data();
+    for (uint64_t i = 0; i < scales->info->bytes(); ++i) {
+      if (scale_bytes[i] & 0x80 || scale_bytes[i] == 0x7F) {
+        problem(absl::StrCat(module, ": block scale byte ", i, " is NaN or negative"));
+        break;
+      }
+    }
+    const float stored = ScalarF32(*global);
+    const float g = names.reciprocal ? 1.0f / stored : stored;
+    if (!std::isfinite(g) || g <= 0) {
+      problem(absl::StrCat(module, ": global scale ", stored, " is not positive and finite"));
+      continue;
+    }
+    if (input != nullptr && !(ScalarF32(*input) > 0 && std::isfinite(ScalarF32(*input)))) {
+      problem(absl::StrCat(module, ": activation scale is not positive and finite"));
+    }
+    const std::string group = checkpoint::FusedGroupKey(module);
+    if (!group.empty()) group_scales[group].push_back(stored);
+    std::vector<float> dequantized(static_cast<size_t>(rows * cols));
+    DequantizeToF32(packed->data(), scale_bytes, g, rows, cols, dequantized.data());
+    const std::vector<float> original = ToF32(s);
+    for (size_t i = 0; i < original.size(); ++i) {
+      const double e = static_cast<double>(original[i]) - dequantized[i];
+      sq += e * e;
+      signal += static_cast<double>(original[i]) * original[i];
+    }
+    elements += rows * cols;
+  }
+  for (const auto& [group, scales] : group_scales) {
+    for (float v : scales) {
+      if (std::memcmp(&v, &scales[0], 4) != 0) {
+        problem(absl::StrCat(group, ": fused modules have different global scales"));
+        break;
+      }
+    }
+  }
+  for (const SourceTensor& o : output->tensors()) {
+    if (!expected_outputs.contains(o.name)) problem(absl::StrCat(o.name, ": unexpected tensor"));
+  }
+  const double mse = elements > 0 ? sq / static_cast<double>(elements) : 0;
+  const double nmse = signal > 0 ? sq / signal : 0;
+  if (flags.json) {
+    nlohmann::ordered_json j = {{"ok", problems.empty()},     {"format", method},
+                                {"quantized", quantized},     {"passed_through", passed},
+                                {"quantized_elements", elements}, {"mse", mse},
+                                {"nmse", nmse},               {"problems", problems}};
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("%s: %s checkpoint, %d quantized modules, %d tensors passed through\n",
+                flags.quantized.c_str(), method.c_str(), quantized, passed);
+    std::printf("  dequantized vs %s: MSE %.4e, NMSE %.4e (SQNR %.2f dB)\n", flags.model.c_str(),
+                mse, nmse, nmse > 0 ? -10 * std::log10(nmse) : INFINITY);
+    for (const std::string& p : problems) std::printf("  PROBLEM %s\n", p.c_str());
+    std::printf("  %s\n", problems.empty() ? "OK" : "FAILED");
+  }
+  return problems.empty() ? kExitOk : kExitInvalidInput;
+}
+
+}  // namespace
+
+std::function<int()> AddVerifyCommand(CLI::App& app) {
+  auto flags = std::make_shared<VerifyFlags>();
+  CLI::App* cmd = app.add_subcommand(
+      "verify", "Check an NVFP4 checkpoint against its source: layout, scales, passthrough "
+                "bytes, fused scales, dequantization error");
+  cmd->add_option("--model", flags->model, "the source checkpoint directory")->required();
+  cmd->add_option("--quantized", flags->quantized, "the NVFP4 checkpoint directory")->required();
+  cmd->add_flag("--json", flags->json, "print one JSON object");
+  return SubcommandRunner(cmd, flags, &Run);
+}
+
+}  // namespace nvfp4::cli
