@@ -31,7 +31,7 @@ demo: build
 bench: build
 	$(BUILD_DIR)/bin/nvfp4q bench --threads 1,$(JOBS)
 
-# Checkpoint throughput: a 2.1 GB bf16 checkpoint embedded, through nvfp4d, and streamed.
+# Checkpoint throughput: a 2.3 GB (2.14 GiB) bf16 checkpoint embedded, through nvfp4d, and streamed.
 bench-checkpoint: build
 	@scripts/bench_checkpoint.sh $(BUILD_DIR)
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checkpoint benchmark: a >= 2 GiB bf16 Llama-shaped checkpoint (hidden 4096, intermediate 11008,
-# 4 layers, vocab 32000: 1.07 G parameters, 2.14 GB) quantized with ScaleSweep three ways in the
+# 5 layers, vocab 32000: 1.15 G parameters, 2.30 GB = 2.14 GiB) quantized with ScaleSweep three ways in the
 # same run: embedded (nvfp4q), server-side (nvfp4d QuantizeCheckpoint on the same files), and
 # --stream-tensors (tensors sent over QuantizeTensor, output written by nvfp4q). Prints wall time,
 # input GB/s, the read / quantize / write split, and the remote / embedded ratios. The outputs
@@ -11,7 +11,7 @@ bin=$(realpath "$build/bin")
 work=$(realpath -m "${2:-$build/bench-checkpoint}")
 mkdir -p "$work"
 if [ ! -f "$work/model/config.json" ]; then
-  "$bin/nvfp4_demo_checkpoint" --out "$work/model" --layers 4 --hidden 4096 --intermediate 11008 \
+  "$bin/nvfp4_demo_checkpoint" --out "$work/model" --layers 5 --hidden 4096 --intermediate 11008 \
     --heads 32 --kv-heads 8 --vocab 32000 --shard-gb 1
 fi
 rm -rf "$work"/out-* "$work"/.out-*.nvfp4-partial

