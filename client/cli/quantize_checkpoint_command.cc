@@ -3,6 +3,7 @@
 #include <atomic>
 #include <cctype>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -107,6 +108,12 @@ absl::StatusOr<int> Run(const QuantizeCheckpointFlags& flags) {
           options, backend, [&](const checkpoint::CheckpointEvent& e) { progress(e); },
           &cancelled);
     } else {
+      // Server paths: a relative path means the client's working directory (for a server that
+      // shares the file system); the server checks them against its allowed roots.
+      for (std::string* path : {&options.model_dir, &options.out_dir, &options.importance_path,
+                                &options.calibration_path}) {
+        if (!path->empty()) *path = std::filesystem::absolute(*path).string();
+      }
       report = client->QuantizeCheckpoint(
           options, [&](const checkpoint::CheckpointEvent& e) { progress(e); });
     }
