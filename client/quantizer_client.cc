@@ -1,11 +1,18 @@
 #include "client/quantizer_client.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/notification.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "common/status_macros.h"
 #include "kernels/numerics/half.h"
 #include "proto/convert.h"
@@ -19,9 +26,39 @@ absl::Status Unexpected(const char* what) {
 
 }  // namespace
 
+absl::StatusOr<std::string> ChannelTarget(const std::string& servers) {
+  if (servers.empty()) return absl::InvalidArgumentError("no server address given");
+  for (const char* scheme : {"dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:"}) {
+    if (absl::StartsWith(servers, scheme)) return servers;
+  }
+  if (servers.find(',') == std::string::npos) return servers;
+  bool v4 = true, v6 = true;
+  for (absl::string_view address : absl::StrSplit(servers, ',')) {
+    const size_t colon = address.rfind(':');
+    if (address.empty() || colon == absl::string_view::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("'", address, "' is not host:port"));
+    }
+    const std::string host(address.substr(0, colon));
+    in_addr a4;
+    in6_addr a6;
+    const bool is_v4 = ::inet_pton(AF_INET, host.c_str(), &a4) == 1;
+    const bool is_v6 = host.size() > 2 && host.front() == '[' && host.back() == ']' &&
+                       ::inet_pton(AF_INET6, host.substr(1, host.size() - 2).c_str(), &a6) == 1;
+    if (!is_v4 && !is_v6) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "several servers must be IP addresses ('", host,
+          "' is a name): use dns:///NAME:PORT to balance over the addresses of a name"));
+    }
+    v4 = v4 && is_v4;
+    v6 = v6 && is_v6;
+  }
+  if (!v4 && !v6) return absl::InvalidArgumentError("do not mix IPv4 and IPv6 servers");
+  return absl::StrCat(v4 ? "ipv4:" : "ipv6:", servers);
+}
+
 absl::StatusOr<std::unique_ptr<QuantizerClient>> QuantizerClient::Connect(
     const ClientOptions& options) {
-  if (options.target.empty()) return absl::InvalidArgumentError("no server address given");
+  ASSIGN_OR_RETURN(const std::string target, ChannelTarget(options.target));
   if (options.chunk_bytes <= 0) return absl::InvalidArgumentError("chunk_bytes must be positive");
   std::shared_ptr<grpc::ChannelCredentials> credentials;
   if (!options.tls_ca_file.empty()) {
@@ -43,13 +80,21 @@ absl::StatusOr<std::unique_ptr<QuantizerClient>> QuantizerClient::Connect(
   args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 20);
   args.SetInt(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, 16 << 20);
   args.SetInt(GRPC_ARG_HTTP2_WRITE_BUFFER_SIZE, 8 << 20);
-  auto channel = grpc::CreateCustomChannel(options.target, credentials, args);
+  // Replicas (several addresses): every call goes to the next ready one; a failed or
+  // draining replica is skipped until it is back.
+  args.SetLoadBalancingPolicyName("round_robin");
+  auto channel = grpc::CreateCustomChannel(target, credentials, args);
   return std::unique_ptr<QuantizerClient>(new QuantizerClient(options, std::move(channel)));
 }
 
 QuantizerClient::QuantizerClient(const ClientOptions& options,
                                  std::shared_ptr<grpc::Channel> channel)
     : options_(options), channel_(std::move(channel)), stub_(v1::Quantizer::NewStub(channel_)) {}
+
+bool QuantizerClient::cancelled() {
+  absl::MutexLock lock(&mu_);
+  return cancelled_;
+}
 
 void QuantizerClient::Prepare(grpc::ClientContext* context) {
   context->set_deadline(absl::ToChronoTime(absl::Now() + options_.timeout));
@@ -72,9 +117,11 @@ void QuantizerClient::CancelInFlight() {
 
 absl::StatusOr<QuantizedTensor> QuantizerClient::QuantizeTensor(
     const TensorView& input, const ImportanceView& importance, const QuantizeOptions& options,
-    const std::string& name, const ProgressFn& progress, std::string* job_id) {
+    const std::string& name, const ProgressFn& progress, std::string* job_id,
+    const std::string& request_id) {
   api::TensorSpec spec;
   spec.name = name;
+  spec.request_id = request_id;
   spec.dtype = input.dtype;
   spec.rows = input.rows;
   spec.cols = input.cols;
@@ -256,6 +303,48 @@ absl::StatusOr<checkpoint::CheckpointReport> QuantizerClient::QuantizeCheckpoint
   if (!status.ok()) return api::FromGrpcStatus(status);
   if (!report.has_value()) return Unexpected("end of stream before the report");
   return *std::move(report);
+}
+
+absl::StatusOr<std::string> QuantizerClient::CheckHealth(const std::string& service) {
+  // grpc.health.v1 through the generic stub, so the client needs no generated health code:
+  // HealthCheckRequest{string service = 1}, HealthCheckResponse{ServingStatus status = 1}.
+  if (service.size() > 127) return absl::InvalidArgumentError("service name too long");
+  std::string request_bytes;
+  if (!service.empty()) {
+    request_bytes.push_back(0x0A);
+    request_bytes.push_back(static_cast<char>(service.size()));
+    request_bytes += service;
+  }
+  grpc::Slice slice(request_bytes);
+  grpc::ByteBuffer request(&slice, 1), response;
+  grpc::ClientContext context;
+  Prepare(&context);
+  grpc::GenericStub stub(channel_);
+  absl::Notification done;
+  grpc::Status status;
+  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
+                 &response, [&](grpc::Status s) {
+                   status = std::move(s);
+                   done.Notify();
+                 });
+  done.WaitForNotification();
+  Forget(&context);
+  if (!status.ok()) return api::FromGrpcStatus(status);
+  std::vector<grpc::Slice> slices;
+  if (!response.Dump(&slices).ok()) return absl::DataLossError("unreadable health response");
+  std::string bytes;
+  for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  int value = 0;  // UNKNOWN when the field is absent (proto3 default)
+  for (size_t i = 0; i < bytes.size();) {
+    const uint8_t tag = static_cast<uint8_t>(bytes[i++]);
+    if (tag == 0x08 && i < bytes.size()) {
+      value = static_cast<uint8_t>(bytes[i++]) & 0x7F;
+    } else {
+      break;  // nothing else is defined in HealthCheckResponse
+    }
+  }
+  static const char* kNames[] = {"UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"};
+  return std::string(value >= 0 && value < 4 ? kNames[value] : "UNKNOWN");
 }
 
 absl::StatusOr<float> QuantizerClient::LocalAmax(const TensorView& input) {

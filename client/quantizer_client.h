@@ -34,7 +34,9 @@
 namespace nvfp4::client {
 
 struct ClientOptions {
-  std::string target;                       // "host:port", or any gRPC target
+  // "host:port"; several replicas as "ip:port,ip:port,..." or "dns:///name:port" (each call is
+  // balanced round-robin over the addresses); or any gRPC target ("ipv4:", "unix:", ...).
+  std::string target;
   std::string tls_ca_file;                  // set: TLS, trusting this PEM CA bundle
   std::string token;                        // set: sent as "authorization: Bearer <token>"
   absl::Duration timeout = absl::Hours(1);  // deadline of each call
@@ -45,14 +47,23 @@ struct ClientOptions {
 // "quantize", "download").
 using ProgressFn = std::function<void(int64_t done, int64_t total, std::string_view phase)>;
 
+// The gRPC target for ClientOptions::target: "a:1,b:2" of IP literals becomes "ipv4:a:1,b:2"
+// (or ipv6:); host names in a list are refused (use dns:/// to reach several replicas by name).
+absl::StatusOr<std::string> ChannelTarget(const std::string& servers);
+
 class QuantizerClient {
  public:
   static absl::StatusOr<std::unique_ptr<QuantizerClient>> Connect(const ClientOptions& options);
 
-  // name labels the job on the server; job_id (optional) receives its id.
+  // name labels the job on the server; job_id (optional) receives its id; request_id is the
+  // idempotency key kept on the server's job (the same for every retry of one tensor).
   absl::StatusOr<QuantizedTensor> QuantizeTensor(
       const TensorView& input, const ImportanceView& importance, const QuantizeOptions& options,
-      const std::string& name = "", const ProgressFn& progress = {}, std::string* job_id = nullptr);
+      const std::string& name = "", const ProgressFn& progress = {}, std::string* job_id = nullptr,
+      const std::string& request_id = "");
+
+  // True once CancelInFlight was called: later calls are cancelled at once.
+  bool cancelled();
 
   // Runs a checkpoint job on the server (QuantizeCheckpoint): the paths are server paths.
   // progress (optional) sees the server's events, with each finished tensor's report.
@@ -62,6 +73,9 @@ class QuantizerClient {
       const checkpoint::CheckpointProgressFn& progress = {}, std::string* job_id = nullptr);
 
   absl::StatusOr<v1::ServerInfo> GetServerInfo();
+  // grpc.health.v1.Health/Check for `service` ("" = the server, "nvfp4.v1.Quantizer" =
+  // readiness, "liveness"): SERVING, NOT_SERVING, SERVICE_UNKNOWN, ... as named by the proto.
+  absl::StatusOr<std::string> CheckHealth(const std::string& service);
   absl::StatusOr<std::vector<v1::Job>> ListJobs();
   absl::StatusOr<v1::Job> GetJob(const std::string& job_id);
   absl::StatusOr<v1::Job> CancelJob(const std::string& job_id);

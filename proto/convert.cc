@@ -132,6 +132,10 @@ absl::StatusOr<TensorSpec> SpecFromHeader(const v1::TensorHeader& header) {
     return absl::InvalidArgumentError("header.name is longer than 256 bytes");
   }
   spec.name = header.name();
+  if (header.request_id().size() > 128) {
+    return absl::InvalidArgumentError("header.request_id is longer than 128 bytes");
+  }
+  spec.request_id = header.request_id();
   switch (header.dtype()) {
     case v1::DTYPE_F32:
       spec.dtype = DType::kF32;
@@ -235,6 +239,7 @@ absl::StatusOr<TensorSpec> SpecFromHeader(const v1::TensorHeader& header) {
 v1::TensorHeader HeaderFromSpec(const TensorSpec& spec) {
   v1::TensorHeader header;
   header.set_name(spec.name);
+  header.set_request_id(spec.request_id);
   header.set_dtype(spec.dtype == DType::kF32    ? v1::DTYPE_F32
                    : spec.dtype == DType::kBF16 ? v1::DTYPE_BF16
                                                 : v1::DTYPE_F16);

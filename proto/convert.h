@@ -21,6 +21,7 @@ namespace nvfp4::api {
 // A validated TensorHeader in engine terms.
 struct TensorSpec {
   std::string name;
+  std::string request_id;
   DType dtype = DType::kF32;
   int64_t rows = 0;
   int64_t cols = 0;

@@ -12,6 +12,7 @@ packages=(
   nlohmann-json3-dev libcli11-dev
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev
   prometheus-cpp-dev openssl libxxhash-dev
+  prometheus clang libclang-rt-14-dev
   python3 python3-venv python3-pip
 )
 missing=()

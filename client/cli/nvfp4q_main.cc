@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
       nvfp4::cli::AddVerifyCommand(app),              nvfp4::cli::AddBenchCommand(app),
       nvfp4::cli::AddCompareCommand(app),        nvfp4::cli::AddInfoCommand(app),
       nvfp4::cli::AddJobsCommand(app),           nvfp4::cli::AddCancelCommand(app),
+      nvfp4::cli::AddHealthCommand(app),
   };
   try {
     app.parse(argc, argv);

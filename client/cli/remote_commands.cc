@@ -48,6 +48,19 @@ struct InfoFlags {
   bool json = false;
 };
 
+struct HealthFlags {
+  RemoteFlags remote;
+  std::string service;
+};
+
+// Exit 0 when SERVING; otherwise prints the status and exits 4 (for container HEALTHCHECKs).
+absl::StatusOr<int> RunHealth(const HealthFlags& flags) {
+  ASSIGN_OR_RETURN(auto client, flags.remote.Connect());
+  ASSIGN_OR_RETURN(const std::string status, client->CheckHealth(flags.service));
+  std::printf("%s\n", status.c_str());
+  return status == "SERVING" ? kExitOk : kExitIo;
+}
+
 absl::StatusOr<int> RunInfo(const InfoFlags& flags) {
   ASSIGN_OR_RETURN(auto client, flags.remote.Connect());
   ASSIGN_OR_RETURN(v1::ServerInfo info, client->GetServerInfo());
@@ -163,6 +176,16 @@ std::function<int()> AddInfoCommand(CLI::App& app) {
   flags->remote.Register(cmd, true);
   cmd->add_flag("--json", flags->json, "print JSON");
   return SubcommandRunner(cmd, flags, &RunInfo);
+}
+
+std::function<int()> AddHealthCommand(CLI::App& app) {
+  auto flags = std::make_shared<HealthFlags>();
+  CLI::App* cmd = app.add_subcommand(
+      "health", "Check an nvfp4d's grpc.health.v1 status (exit 0 when SERVING, else 4)");
+  flags->remote.Register(cmd, true);
+  cmd->add_option("--service", flags->service,
+                  "\"\" (the server, default), nvfp4.v1.Quantizer (ready), liveness");
+  return SubcommandRunner(cmd, flags, &RunHealth);
 }
 
 std::function<int()> AddJobsCommand(CLI::App& app) {

@@ -14,6 +14,7 @@ namespace nvfp4::cli {
 
 std::function<int()> AddInfoCommand(CLI::App& app);
 std::function<int()> AddJobsCommand(CLI::App& app);
+std::function<int()> AddHealthCommand(CLI::App& app);
 std::function<int()> AddCancelCommand(CLI::App& app);
 
 // While alive, Ctrl-C (SIGINT) cancels the client's calls in flight (so the server cancels the

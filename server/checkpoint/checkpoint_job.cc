@@ -1,6 +1,9 @@
 #include "server/checkpoint/checkpoint_job.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include <algorithm>
@@ -35,6 +38,7 @@ using Json = nlohmann::ordered_json;
 using Clock = std::chrono::steady_clock;
 
 constexpr char kJournalName[] = ".nvfp4-journal.json";
+constexpr char kLockName[] = ".nvfp4-lock";
 // vLLM quantises activations with a fixed F = 448: input_scale = amax_x / (6 * 448).
 constexpr float kActivationScaleDenominator = 6.0f * 448.0f;
 
@@ -181,6 +185,9 @@ class Job {
   Job(const CheckpointJobOptions& options, QuantizerBackend& backend,
       const CheckpointProgressFn& progress, const std::atomic<bool>* cancelled)
       : options_(options), backend_(backend), progress_(progress), cancelled_(cancelled) {}
+  ~Job() {
+    if (lock_fd_ >= 0) ::close(lock_fd_);
+  }
 
   absl::StatusOr<CheckpointReport> Run();
 
@@ -215,6 +222,7 @@ class Job {
   std::vector<float> group_amax_;
   std::vector<float> group_input_amax_;
   std::string staging_;
+  int lock_fd_ = -1;  // flock on the staging directory's lock file, held for the whole job
   Journal journal_;
   CheckpointReport report_;
   std::vector<std::optional<TensorReport>> rows_;
@@ -308,25 +316,38 @@ absl::Status Job::PrepareStaging() {
   staging_ = StagingDirFor(options_.out_dir);
   const std::string key = PlanKey();
   std::error_code ec;
-  const std::string journal_path = (fs::path(staging_) / kJournalName).string();
-  if (fs::exists(staging_, ec)) {
-    absl::StatusOr<Journal> journal = LoadJournal(journal_path);
-    if (journal.ok() && journal->plan_key == key) {
-      journal_ = *std::move(journal);
-    } else {
-      Emit({.phase = "plan",
-            .message = absl::StrCat("discarding ", staging_, ": left by a run with other inputs or arguments")});
-      fs::remove_all(staging_, ec);
-      if (ec) return absl::InternalError(absl::StrCat(staging_, ": cannot remove: ", ec.message()));
-    }
-  }
   fs::create_directories(staging_, ec);
   if (ec) return absl::InternalError(absl::StrCat(staging_, ": cannot create: ", ec.message()));
-  // Temporary files of a crashed writer are garbage.
+  // One writer per output, taken before anything in the staging directory is read or removed:
+  // a second job (another nvfp4q, or a replica still running a job a client gave up on) fails
+  // fast instead of interleaving shards. The kernel drops the lock when its holder dies, so a
+  // killed job never blocks the resume.
+  const std::string lock_path = (fs::path(staging_) / kLockName).string();
+  lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock_fd_ < 0) return io::internal::PathErrnoStatus(errno, lock_path, "cannot open");
+  if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    return absl::AbortedError(absl::StrCat("another job is writing ", options_.out_dir, " (",
+                                           lock_path, " is locked)"));
+  }
+  const std::string journal_path = (fs::path(staging_) / kJournalName).string();
+  absl::StatusOr<Journal> journal = LoadJournal(journal_path);
+  const bool reuse = journal.ok() && journal->plan_key == key;
+  if (reuse) journal_ = *std::move(journal);
+  bool discarded = false;
   for (const fs::directory_entry& entry : fs::directory_iterator(staging_, ec)) {
-    if (entry.path().filename().string().find(".tmp.") != std::string::npos) {
-      fs::remove(entry.path(), ec);
+    const std::string name = entry.path().filename().string();
+    if (name == kLockName) continue;
+    // Temporary files of a crashed writer are garbage; so is everything of another plan.
+    if (!reuse || name.find(".tmp.") != std::string::npos) {
+      discarded = discarded || (!reuse && name != kJournalName);
+      fs::remove_all(entry.path(), ec);
+      if (ec) return absl::InternalError(absl::StrCat(entry.path().string(), ": ", ec.message()));
     }
+  }
+  if (discarded) {
+    Emit({.phase = "plan",
+          .message = absl::StrCat("discarding the partial output in ", staging_,
+                                  ": it was left by a run with other inputs or arguments")});
   }
   journal_.plan_key = key;
   return absl::OkStatus();
@@ -613,6 +634,7 @@ absl::Status Job::Finalize() {
   }
   std::error_code ec;
   fs::remove(staging / kJournalName, ec);
+  fs::remove(staging / kLockName, ec);  // still held (fd open) until the job ends
   // An empty output directory (checked at the start) is replaced atomically by rename(2).
   if (::rename(staging_.c_str(), options_.out_dir.c_str()) != 0) {
     return io::internal::PathErrnoStatus(errno, options_.out_dir,

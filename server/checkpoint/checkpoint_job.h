@@ -16,7 +16,8 @@
 // Ownership: borrows `backend` and the callbacks for the duration of the call.
 // Thread-safety: reentrant; `progress` is called from the calling thread only.
 // Errors: InvalidArgument (bad inputs or options, naming the file/tensor), NotFound,
-// FailedPrecondition (output exists and is not empty, source already quantized), Cancelled
+// FailedPrecondition (output exists and is not empty, source already quantized), Aborted
+// (another job holds the output's staging directory), Cancelled
 // (when *cancelled becomes true; the staging directory is kept for a resume), I/O statuses.
 #ifndef NVFP4_SERVER_CHECKPOINT_CHECKPOINT_JOB_H_
 #define NVFP4_SERVER_CHECKPOINT_CHECKPOINT_JOB_H_

@@ -13,8 +13,13 @@ double UnixSeconds(absl::Time t) {
 
 }  // namespace
 
-Job::Job(std::string id, v1::JobKind kind, std::string name, int64_t elements)
-    : id_(std::move(id)), kind_(kind), name_(std::move(name)), elements_(elements) {
+Job::Job(std::string id, v1::JobKind kind, std::string name, int64_t elements,
+         std::string request_id)
+    : id_(std::move(id)),
+      kind_(kind),
+      name_(std::move(name)),
+      request_id_(std::move(request_id)),
+      elements_(elements) {
   absl::MutexLock lock(&mu_);
   created_ = absl::Now();
 }
@@ -72,6 +77,7 @@ v1::Job Job::ToProto() const {
   job.set_kind(kind_);
   job.set_state(state_);
   job.set_name(name_);
+  job.set_request_id(request_id_);
   job.set_created_unix(UnixSeconds(created_));
   job.set_started_unix(UnixSeconds(started_));
   job.set_finished_unix(UnixSeconds(finished_at_));

@@ -21,7 +21,8 @@ namespace nvfp4::server {
 
 class Job {
  public:
-  Job(std::string id, v1::JobKind kind, std::string name, int64_t elements);
+  Job(std::string id, v1::JobKind kind, std::string name, int64_t elements,
+      std::string request_id = "");
   Job(const Job&) = delete;
   Job& operator=(const Job&) = delete;
 
@@ -49,6 +50,7 @@ class Job {
   const std::string id_;
   const v1::JobKind kind_;
   const std::string name_;
+  const std::string request_id_;
   const int64_t elements_;
   std::atomic<bool> cancelled_{false};
 

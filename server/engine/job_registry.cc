@@ -10,12 +10,13 @@ namespace nvfp4::server {
 
 JobRegistry::JobRegistry(int history) : history_(history) {}
 
-std::shared_ptr<Job> JobRegistry::Create(v1::JobKind kind, std::string name, int64_t elements) {
+std::shared_ptr<Job> JobRegistry::Create(v1::JobKind kind, std::string name, int64_t elements,
+                                         std::string request_id) {
   static thread_local std::mt19937_64 rng(std::random_device{}());
   absl::MutexLock lock(&mu_);
   const std::string id = absl::StrFormat("%s-%d-%08x", kind == v1::JOB_KIND_CHECKPOINT ? "c" : "t",
                                          next_id_++, static_cast<uint32_t>(rng()));
-  auto job = std::make_shared<Job>(id, kind, std::move(name), elements);
+  auto job = std::make_shared<Job>(id, kind, std::move(name), elements, std::move(request_id));
   order_.push_back(job);
   by_id_[id] = job;
   TrimLocked();

@@ -20,7 +20,8 @@ class JobRegistry {
   // history: finished jobs kept for inspection (older ones are forgotten).
   explicit JobRegistry(int history);
 
-  std::shared_ptr<Job> Create(v1::JobKind kind, std::string name, int64_t elements);
+  std::shared_ptr<Job> Create(v1::JobKind kind, std::string name, int64_t elements,
+                              std::string request_id = "");
   std::shared_ptr<Job> Find(const std::string& id) const;  // nullptr when unknown
   // Newest first, optionally filtered by state.
   std::vector<std::shared_ptr<Job>> List(const std::vector<v1::JobState>& states) const;

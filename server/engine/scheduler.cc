@@ -117,7 +117,10 @@ void Scheduler::WorkerLoop(int index) {
       PublishGauges();
     }
     item.admission->job()->MarkRunning();
-    if (metrics_) metrics_->WorkerBusy(index, true);
+    if (metrics_) {
+      metrics_->JobStarted(item.admission->job()->queue_seconds());
+      metrics_->WorkerBusy(index, true);
+    }
     item.task.run(engine);
     if (metrics_) metrics_->WorkerBusy(index, false);
     item.admission.reset();
@@ -184,6 +187,7 @@ void Scheduler::PublishGauges() {
   metrics_->SetQueue(slots_used_, options_.max_queue);
   metrics_->SetRunning(running_);
   metrics_->SetReservedBytes(reserved_);
+  metrics_->SetMemoryBudget(static_cast<double>(options_.memory_budget_bytes));
 }
 
 }  // namespace nvfp4::server

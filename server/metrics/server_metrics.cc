@@ -99,6 +99,11 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(
                               .Help("Host memory reserved by admitted jobs")
                               .Register(r)
                               .Add({});
+    m->memory_budget_bytes_ = &BuildGauge()
+                                   .Name("nvfp4_memory_budget_bytes")
+                                   .Help("Host memory all admitted jobs may reserve (--memory-mib)")
+                                   .Register(r)
+                                   .Add({});
     m->gpu_memory_ = &BuildGauge()
                           .Name("nvfp4_gpu_memory_used_bytes")
                           .Help("Device memory in use per GPU (total - free)")
@@ -186,6 +191,8 @@ void ServerMetrics::SetQueue(int depth, int capacity) {
 void ServerMetrics::SetRunning(int running) { jobs_in_flight_->Set(running); }
 
 void ServerMetrics::SetReservedBytes(double bytes) { reserved_bytes_->Set(bytes); }
+
+void ServerMetrics::SetMemoryBudget(double bytes) { memory_budget_bytes_->Set(bytes); }
 
 void ServerMetrics::SetGpuMemoryUsed(int gpu, double bytes) {
   gpu_memory_->Add({{"gpu", absl::StrCat(gpu)}}).Set(bytes);

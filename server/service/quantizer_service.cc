@@ -34,7 +34,7 @@ absl::Status AdmitTensorJob(QuantizerService& service, const api::TensorSpec& sp
                             std::shared_ptr<Job>* job,
                             std::shared_ptr<Scheduler::Admission>* admission,
                             TensorJobInput* input) {
-  *job = service.jobs()->Create(v1::JOB_KIND_TENSOR, spec.name, spec.elements());
+  *job = service.jobs()->Create(v1::JOB_KIND_TENSOR, spec.name, spec.elements(), spec.request_id);
   absl::StatusOr<std::shared_ptr<Scheduler::Admission>> admitted =
       service.scheduler()->Admit(*job, spec.job_bytes());
   if (!admitted.ok()) {

@@ -269,6 +269,11 @@ TEST(Service, QueueFullIsResourceExhaustedAndCounted) {
   EXPECT_EQ(MetricValue(after, "nvfp4_jobs_total{code=\"OK\",kind=\"tensor\"}"), 2);
   EXPECT_EQ(MetricValue(after, "nvfp4_jobs_total{code=\"RESOURCE_EXHAUSTED\",kind=\"tensor\"}"), 1);
   EXPECT_EQ(MetricValue(after, "nvfp4_elements_quantized_total"), 2 * 16 * 64);
+  // Both jobs started: the second after waiting in the queue for the gate.
+  EXPECT_EQ(MetricValue(after, "nvfp4_queue_wait_seconds_count"), 2);
+  EXPECT_GT(MetricValue(after, "nvfp4_queue_wait_seconds_sum"), 0);
+  EXPECT_EQ(MetricValue(after, "nvfp4_memory_budget_bytes"),
+            static_cast<double>(h.server->scheduler().options().memory_budget_bytes));
 }
 
 TEST(Service, CancelWhileQueuedAndWhileRunningReleasesResources) {

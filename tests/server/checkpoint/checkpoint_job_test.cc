@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <thread>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -1293,6 +1294,40 @@ TEST_F(CheckpointJobTest, ConfinedPathsAreEnforced) {
   EXPECT_EQ(report.status().code(), absl::StatusCode::kPermissionDenied);
   EXPECT_THAT(report.status().message(), HasSubstr("model.safetensors"));
   EXPECT_FALSE(fs::exists(Path("allowed/out3")));
+}
+
+// A second job on the same output fails fast (ABORTED) while the first holds its staging
+// directory; once the first ends (here: cancelled), the output is free again.
+TEST_F(CheckpointJobTest, ConcurrentJobsOnOneOutputAreRefused) {
+  TinyModel();
+  class BlockingBackend final : public QuantizerBackend {
+   public:
+    explicit BlockingBackend(QuantizerBackend* inner) : inner_(inner) {}
+    std::string_view name() const override { return "blocking"; }
+    absl::StatusOr<QuantizedTensor> Quantize(const TensorView& input, const ImportanceView& imp,
+                                             const QuantizeOptions& options) override {
+      entered.store(true);
+      while (!options.cancelled->load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      return inner_->Quantize(input, imp, options);
+    }
+    std::atomic<bool> entered{false};
+
+   private:
+    QuantizerBackend* inner_;
+  } blocking(backend_.get());
+  std::atomic<bool> stop{false};
+  absl::StatusOr<CheckpointReport> first = absl::UnknownError("not run");
+  std::thread runner(
+      [&] { first = RunCheckpointJob(Options("out"), blocking, {}, &stop); });
+  while (!blocking.entered.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  absl::StatusOr<CheckpointReport> second = RunCheckpointJob(Options("out"), *backend_, {}, nullptr);
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kAborted) << second.status();
+  EXPECT_THAT(std::string(second.status().message()), HasSubstr("another job is writing"));
+  stop.store(true);
+  runner.join();
+  EXPECT_EQ(first.status().code(), absl::StatusCode::kCancelled) << first.status();
+  RunOk(Options("out"));
+  EXPECT_TRUE(fs::exists(Path("out/model.safetensors")));
 }
 
 }  // namespace
