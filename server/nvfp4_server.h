@@ -72,7 +72,9 @@ class Nvfp4Server {
   std::unique_ptr<grpc::Server> server_;
   absl::Mutex shutdown_mu_;
   bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
-  std::thread gpu_monitor_;  // refreshes nvfp4_gpu_memory_used_bytes while GPUs serve
+  // Every 2 s: refreshes nvfp4_gpu_memory_used_bytes, and trims the heap while the server is idle.
+  void Housekeeping(const std::vector<int>& gpus);
+  std::thread housekeeping_;
 };
 
 }  // namespace nvfp4::server

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "client/cli/common_flags.h"
 #include "client/cli/exit_codes.h"
 #include "client/cli/progress.h"
@@ -107,6 +108,11 @@ absl::StatusOr<int> Run(const QuantizeCheckpointFlags& flags) {
       report = checkpoint::RunCheckpointJob(
           options, backend, [&](const checkpoint::CheckpointEvent& e) { progress(e); },
           &cancelled);
+      if (report.ok() && backend.retries() > 0) {
+        report->notes.push_back(absl::StrCat(backend.retries(),
+                                             " tensor request(s) retried after a replica failed "
+                                             "or refused (UNAVAILABLE / RESOURCE_EXHAUSTED)"));
+      }
     } else {
       // Server paths: a relative path means the client's working directory (for a server that
       // shares the file system); the server checks them against its allowed roots.
@@ -114,8 +120,25 @@ absl::StatusOr<int> Run(const QuantizeCheckpointFlags& flags) {
                                 &options.calibration_path}) {
         if (!path->empty()) *path = std::filesystem::absolute(*path).string();
       }
-      report = client->QuantizeCheckpoint(
-          options, [&](const checkpoint::CheckpointEvent& e) { progress(e); });
+      // A replica that dies or drains mid-job (UNAVAILABLE), or one still finishing an
+      // abandoned attempt on this output (ABORTED), is retried; with several replicas on a
+      // shared file system the next attempt runs elsewhere and resumes after the finished
+      // shards (docs/checkpoints.md).
+      absl::Duration backoff = absl::Milliseconds(500);
+      for (int attempt = 1;; ++attempt) {
+        report = client->QuantizeCheckpoint(
+            options, [&](const checkpoint::CheckpointEvent& e) { progress(e); });
+        if (report.ok() || attempt >= 5 || client->cancelled() ||
+            !(absl::IsUnavailable(report.status()) || absl::IsAborted(report.status()))) {
+          break;
+        }
+        if (!flags.quiet) {
+          std::fprintf(stderr, "nvfp4q: %s; retrying (attempt %d of 5)\n",
+                       std::string(report.status().message()).c_str(), attempt + 1);
+        }
+        absl::SleepFor(backoff);
+        backoff = std::min(backoff * 2, absl::Seconds(8));
+      }
     }
   }
   if (!report.ok()) return report.status();
