@@ -25,63 +25,6 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 RNG = np.random.default_rng(11)
 
 
-@pytest.fixture(scope="session")
-def pb(tmp_path_factory):
-    """nvfp4.v1 Python stubs generated from the repository's proto at test time."""
-    from grpc_tools import protoc
-    out = tmp_path_factory.mktemp("stubs")
-    rc = protoc.main(["protoc", f"-I{REPO / 'proto'}", f"--python_out={out}",
-                      f"--grpc_python_out={out}", str(REPO / "proto/nvfp4/v1/quantizer.proto")])
-    assert rc == 0
-    sys.path.insert(0, str(out))
-    from nvfp4.v1 import quantizer_pb2, quantizer_pb2_grpc
-    return quantizer_pb2, quantizer_pb2_grpc
-
-
-class Daemon:
-    def __init__(self, nvfp4d, *args):
-        self.proc = subprocess.Popen(
-            [nvfp4d, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines = []
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            self.lines.append(line)
-            if "nvfp4d: serving" in line:
-                break
-        text = "".join(self.lines)
-        ports = re.findall(r"\(port (\d+)\)", text)
-        assert len(ports) == 2, text
-        self.port, self.metrics_port = int(ports[0]), int(ports[1])
-        self.target = f"127.0.0.1:{self.port}"
-
-    def rest_of_output(self):
-        return "".join(self.lines) + self.proc.stdout.read()
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=60)
-
-
-@pytest.fixture
-def nvfp4d(nvfp4q):
-    path = str(pathlib.Path(nvfp4q).parent / "nvfp4d")
-    daemons = []
-
-    def start(*args):
-        d = Daemon(path, *args)
-        daemons.append(d)
-        return d
-
-    yield start
-    for d in daemons:
-        d.stop()
-
-
 def quantize_stream(pb, channel, w, method, chunk=1 << 16):
     quantizer_pb2, quantizer_pb2_grpc = pb
     stub = quantizer_pb2_grpc.QuantizerStub(channel)
