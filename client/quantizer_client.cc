@@ -12,8 +12,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
-#include "grpcpp/generic/generic_stub.h"
 #include "common/status_macros.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "kernels/numerics/half.h"
 #include "proto/convert.h"
 
@@ -322,8 +322,8 @@ absl::StatusOr<std::string> QuantizerClient::CheckHealth(const std::string& serv
   grpc::GenericStub stub(channel_);
   absl::Notification done;
   grpc::Status status;
-  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
-                 &response, [&](grpc::Status s) {
+  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                 [&](grpc::Status s) {
                    status = std::move(s);
                    done.Notify();
                  });
@@ -333,7 +333,8 @@ absl::StatusOr<std::string> QuantizerClient::CheckHealth(const std::string& serv
   std::vector<grpc::Slice> slices;
   if (!response.Dump(&slices).ok()) return absl::DataLossError("unreadable health response");
   std::string bytes;
-  for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  for (const grpc::Slice& s : slices)
+    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
   int value = 0;  // UNKNOWN when the field is absent (proto3 default)
   for (size_t i = 0; i < bytes.size();) {
     const uint8_t tag = static_cast<uint8_t>(bytes[i++]);

@@ -28,8 +28,8 @@
 #include "kernels/quantize_options.h"
 #include "kernels/quantized_tensor.h"
 #include "kernels/tensor.h"
-#include "server/checkpoint/checkpoint_job.h"
 #include "nvfp4/v1/quantizer.grpc.pb.h"
+#include "server/checkpoint/checkpoint_job.h"
 
 namespace nvfp4::client {
 

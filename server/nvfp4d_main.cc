@@ -3,9 +3,9 @@
 // --drain-timeout) and exits 0.
 #include <malloc.h>
 
-#include <cstdlib>
 #include <pthread.h>
 #include <signal.h>
+#include <cstdlib>
 
 #include <cstdio>
 #include <string>

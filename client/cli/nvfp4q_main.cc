@@ -19,10 +19,14 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("nvfp4q ") + nvfp4::kVersion);
   app.require_subcommand(1);
   std::vector<std::function<int()>> commands = {
-      nvfp4::cli::AddQuantizeCheckpointCommand(app), nvfp4::cli::AddQuantizeTensorCommand(app),
-      nvfp4::cli::AddVerifyCommand(app),              nvfp4::cli::AddBenchCommand(app),
-      nvfp4::cli::AddCompareCommand(app),        nvfp4::cli::AddInfoCommand(app),
-      nvfp4::cli::AddJobsCommand(app),           nvfp4::cli::AddCancelCommand(app),
+      nvfp4::cli::AddQuantizeCheckpointCommand(app),
+      nvfp4::cli::AddQuantizeTensorCommand(app),
+      nvfp4::cli::AddVerifyCommand(app),
+      nvfp4::cli::AddBenchCommand(app),
+      nvfp4::cli::AddCompareCommand(app),
+      nvfp4::cli::AddInfoCommand(app),
+      nvfp4::cli::AddJobsCommand(app),
+      nvfp4::cli::AddCancelCommand(app),
       nvfp4::cli::AddHealthCommand(app),
   };
   try {

@@ -106,8 +106,7 @@ absl::StatusOr<int> Run(const QuantizeCheckpointFlags& flags) {
       client::RemoteBackend backend(client.get());
       options.concurrency = flags.concurrency > 0 ? flags.concurrency : 2;
       report = checkpoint::RunCheckpointJob(
-          options, backend, [&](const checkpoint::CheckpointEvent& e) { progress(e); },
-          &cancelled);
+          options, backend, [&](const checkpoint::CheckpointEvent& e) { progress(e); }, &cancelled);
       if (report.ok() && backend.retries() > 0) {
         report->notes.push_back(absl::StrCat(backend.retries(),
                                              " tensor request(s) retried after a replica failed "
@@ -161,7 +160,8 @@ absl::StatusOr<int> Run(const QuantizeCheckpointFlags& flags) {
 
 absl::StatusOr<uint64_t> ParseByteSize(const std::string& text) {
   size_t end = 0;
-  while (end < text.size() && (std::isdigit(static_cast<unsigned char>(text[end])) || text[end] == '.')) {
+  while (end < text.size() &&
+         (std::isdigit(static_cast<unsigned char>(text[end])) || text[end] == '.')) {
     ++end;
   }
   const std::string number = text.substr(0, end);
@@ -173,19 +173,28 @@ absl::StatusOr<uint64_t> ParseByteSize(const std::string& text) {
     value = std::stod(number, &used);
     if (used != number.size()) throw std::invalid_argument(number);
   } catch (const std::exception&) {
-    return absl::InvalidArgumentError(absl::StrCat("'", text, "' is not a size like 5GB or 512MiB"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", text, "' is not a size like 5GB or 512MiB"));
   }
   double scale = 0;
   static const std::pair<const char*, double> kUnits[] = {
-      {"", 1},         {"B", 1},          {"KB", 1e3},        {"MB", 1e6},
-      {"GB", 1e9},     {"TB", 1e12},      {"KIB", 1024.0},    {"MIB", 1048576.0},
-      {"GIB", 1073741824.0}, {"TIB", 1099511627776.0},
+      {"", 1},
+      {"B", 1},
+      {"KB", 1e3},
+      {"MB", 1e6},
+      {"GB", 1e9},
+      {"TB", 1e12},
+      {"KIB", 1024.0},
+      {"MIB", 1048576.0},
+      {"GIB", 1073741824.0},
+      {"TIB", 1099511627776.0},
   };
   for (const auto& [name, factor] : kUnits) {
     if (unit == name) scale = factor;
   }
   if (scale == 0 || value <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat("'", text, "' is not a size like 5GB or 512MiB"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", text, "' is not a size like 5GB or 512MiB"));
   }
   return static_cast<uint64_t>(value * scale);
 }
@@ -200,8 +209,9 @@ std::function<int()> AddQuantizeCheckpointCommand(CLI::App& app) {
       ->required();
   cmd->add_option("--format", flags->format, "modelopt (default) or compressed-tensors")
       ->check(CLI::IsMember({"modelopt", "compressed-tensors"}));
-  cmd->add_option("--importance", flags->importance,
-                  "WMSE importance: safetensors of <module>.importance F32 [K] (with --objective wmse)");
+  cmd->add_option(
+      "--importance", flags->importance,
+      "WMSE importance: safetensors of <module>.importance F32 [K] (with --objective wmse)");
   cmd->add_option("--calibration", flags->calibration,
                   "W4A4: JSON {\"<module>\": activation amax}; without it the output is W4A16");
   cmd->add_option("--report", flags->report, "write the per-tensor report as JSON");

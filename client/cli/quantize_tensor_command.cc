@@ -42,8 +42,7 @@ absl::Status WriteModelOptTensor(const std::string& path, const QuantizeOptions&
                                  const QuantizedTensor& q) {
   const std::vector<checkpoint::SafetensorsBlob> blobs = {
       {{"weight", "U8", {q.rows, q.padded_cols / 2}}, q.packed.data(), q.packed.size()},
-      {{"weight_scale", "F8_E4M3", {q.rows, q.padded_cols / 16}}, q.scales.data(),
-       q.scales.size()},
+      {{"weight_scale", "F8_E4M3", {q.rows, q.padded_cols / 16}}, q.scales.data(), q.scales.size()},
       {{"weight_scale_2", "F32", {}}, &q.global_scale, sizeof(float)},
   };
   const std::map<std::string, std::string> metadata = {

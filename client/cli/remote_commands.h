@@ -3,8 +3,8 @@
 #ifndef NVFP4_CLIENT_CLI_REMOTE_COMMANDS_H_
 #define NVFP4_CLIENT_CLI_REMOTE_COMMANDS_H_
 
-#include <atomic>
 #include <pthread.h>
+#include <atomic>
 #include <functional>
 
 #include "CLI/CLI.hpp"

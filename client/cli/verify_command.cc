@@ -122,7 +122,8 @@ absl::StatusOr<int> Run(const VerifyFlags& flags) {
       problem(absl::StrCat(module, ": incomplete quantized module"));
       continue;
     }
-    if (packed->info->dtype != "U8" || packed->info->shape != std::vector<int64_t>{rows, cols / 2} ||
+    if (packed->info->dtype != "U8" ||
+        packed->info->shape != std::vector<int64_t>{rows, cols / 2} ||
         scales->info->dtype != "F8_E4M3" ||
         scales->info->shape != std::vector<int64_t>{rows, cols / 16} ||
         global->info->dtype != "F32" || global->info->elements() != 1 ||
@@ -172,10 +173,14 @@ absl::StatusOr<int> Run(const VerifyFlags& flags) {
   const double mse = elements > 0 ? sq / static_cast<double>(elements) : 0;
   const double nmse = signal > 0 ? sq / signal : 0;
   if (flags.json) {
-    nlohmann::ordered_json j = {{"ok", problems.empty()},     {"format", method},
-                                {"quantized", quantized},     {"passed_through", passed},
-                                {"quantized_elements", elements}, {"mse", mse},
-                                {"nmse", nmse},               {"problems", problems}};
+    nlohmann::ordered_json j = {{"ok", problems.empty()},
+                                {"format", method},
+                                {"quantized", quantized},
+                                {"passed_through", passed},
+                                {"quantized_elements", elements},
+                                {"mse", mse},
+                                {"nmse", nmse},
+                                {"problems", problems}};
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("%s: %s checkpoint, %d quantized modules, %d tensors passed through\n",
@@ -193,8 +198,9 @@ absl::StatusOr<int> Run(const VerifyFlags& flags) {
 std::function<int()> AddVerifyCommand(CLI::App& app) {
   auto flags = std::make_shared<VerifyFlags>();
   CLI::App* cmd = app.add_subcommand(
-      "verify", "Check an NVFP4 checkpoint against its source: layout, scales, passthrough "
-                "bytes, fused scales, dequantization error");
+      "verify",
+      "Check an NVFP4 checkpoint against its source: layout, scales, passthrough "
+      "bytes, fused scales, dequantization error");
   cmd->add_option("--model", flags->model, "the source checkpoint directory")->required();
   cmd->add_option("--quantized", flags->quantized, "the NVFP4 checkpoint directory")->required();
   cmd->add_flag("--json", flags->json, "print one JSON object");

@@ -119,7 +119,8 @@ std::vector<float> Generate(const TensorSpec& t) {
     return v;
   }
   const int64_t rows = t.shape[0], cols = t.shape.size() > 1 ? t.shape[1] : 1;
-  const double sigma = t.kind == Kind::kEmbedding ? 0.02 : 1.0 / std::sqrt(static_cast<double>(cols));
+  const double sigma =
+      t.kind == Kind::kEmbedding ? 0.02 : 1.0 / std::sqrt(static_cast<double>(cols));
   // A few outlier input columns, as trained projections have.
   std::vector<float> column_scale(static_cast<size_t>(cols), 1.0f);
   if (t.kind == Kind::kLinear || t.kind == Kind::kHeavyLinear) {
@@ -211,10 +212,9 @@ int Run(const Config& c) {
   }
   nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
   for (size_t s = 0; s < shards.size(); ++s) {
-    const std::string file = shards.size() == 1
-                                 ? "model.safetensors"
-                                 : absl::StrFormat("model-%05d-of-%05d.safetensors", s + 1,
-                                                   shards.size());
+    const std::string file = shards.size() == 1 ? "model.safetensors"
+                                                : absl::StrFormat("model-%05d-of-%05d.safetensors",
+                                                                  s + 1, shards.size());
     std::vector<SafetensorsEntry> entries;
     for (size_t i : shards[s]) {
       entries.push_back({specs[i].name, st_dtype, specs[i].shape});
@@ -310,8 +310,7 @@ int Run(const Config& c) {
     if (!c.importance.empty()) {
       // keep's buffers moved into the vector may have been reallocated: rebuild the pointers.
       for (size_t i = 0; i < blobs.size(); ++i) blobs[i].data = keep[i].data();
-      if (absl::Status s = nvfp4::checkpoint::WriteSafetensors(c.importance, blobs, {});
-          !s.ok()) {
+      if (absl::Status s = nvfp4::checkpoint::WriteSafetensors(c.importance, blobs, {}); !s.ok()) {
         return Fail(s);
       }
     }
@@ -334,7 +333,8 @@ int main(int argc, char** argv) {
   app.add_option("--heads", c.heads)->check(CLI::Range(1, 1024));
   app.add_option("--kv-heads", c.kv_heads)->check(CLI::Range(1, 1024));
   app.add_option("--vocab", c.vocab)->check(CLI::Range(16, 1 << 20));
-  app.add_option("--experts", c.experts, "MoE experts per layer (0: dense)")->check(CLI::Range(0, 256));
+  app.add_option("--experts", c.experts, "MoE experts per layer (0: dense)")
+      ->check(CLI::Range(0, 256));
   app.add_option("--seed", c.seed);
   app.add_option("--dtype", c.dtype)->check(CLI::IsMember({"bf16", "f16", "f32"}));
   app.add_option("--shard-gb", c.shard_gb, "shard the weights at this size (GB)");

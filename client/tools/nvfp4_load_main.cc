@@ -114,13 +114,14 @@ int main(int argc, char** argv) {
   std::this_thread::sleep_for(std::chrono::duration<double>(flags.seconds));
   stop.store(true);
   for (std::thread& t : threads) t.join();
-  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double wall =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
   std::sort(latencies.begin(), latencies.end());
   auto percentile = [&](double p) {
     if (latencies.empty()) return 0.0;
-    const size_t i = std::min(latencies.size() - 1,
-                              static_cast<size_t>(std::ceil(p * latencies.size())) - 1);
+    const size_t i =
+        std::min(latencies.size() - 1, static_cast<size_t>(std::ceil(p * latencies.size())) - 1);
     return latencies[i];
   };
   nlohmann::ordered_json j;

@@ -53,8 +53,8 @@ Json QuantizationConfig(const QuantizationRecipe& recipe) {
     config["quant_algo"] = recipe.w4a4 ? "NVFP4" : "W4A16_NVFP4";
     config["group_size"] = 16;
     config["kv_cache_scheme"] = nullptr;
-    config["producer"] = Json::object({{"name", "modelopt"},
-                                       {"version", absl::StrCat("nvfp4-scalesweep ", kVersion)}});
+    config["producer"] = Json::object(
+        {{"name", "modelopt"}, {"version", absl::StrCat("nvfp4-scalesweep ", kVersion)}});
     config["quant_method"] = "modelopt";
   } else {
     Json group = Json::object();
@@ -85,8 +85,8 @@ std::optional<Json> HfQuantConfig(const QuantizationRecipe& recipe) {
   quantization["group_size"] = 16;
   quantization["exclude_modules"] = recipe.ignore;
   Json config = Json::object();
-  config["producer"] = Json::object({{"name", "modelopt"},
-                                     {"version", absl::StrCat("nvfp4-scalesweep ", kVersion)}});
+  config["producer"] = Json::object(
+      {{"name", "modelopt"}, {"version", absl::StrCat("nvfp4-scalesweep ", kVersion)}});
   config["quantization"] = quantization;
   config["nvfp4_scalesweep"] = ToolRecord(recipe);
   return config;

@@ -97,8 +97,8 @@ absl::StatusOr<std::map<std::string, float>> LoadCalibration(const std::string& 
   for (const auto& item : json.items()) {
     if (!item.value().is_number() || !std::isfinite(item.value().get<double>()) ||
         item.value().get<double>() < 0) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": '", item.key(),
-                                                     "' must map to a finite amax >= 0"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": '", item.key(), "' must map to a finite amax >= 0"));
     }
     amax[item.key()] = item.value().get<float>();
   }
@@ -279,9 +279,10 @@ absl::Status Job::CheckOptions() {
 absl::Status Job::LoadInputs() {
   ASSIGN_OR_RETURN(source_, SourceCheckpoint::Open(options_.model_dir, options_.paths));
   if (source_->config().contains("quantization_config")) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        options_.model_dir, "/config.json already has a quantization_config: the source must be "
-                            "an unquantized checkpoint"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(options_.model_dir,
+                     "/config.json already has a quantization_config: the source must be "
+                     "an unquantized checkpoint"));
   }
   if (!options_.importance_path.empty()) {
     ASSIGN_OR_RETURN(MappedSafetensors file, MappedSafetensors::Open(options_.importance_path));
@@ -326,8 +327,8 @@ absl::Status Job::PrepareStaging() {
   lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (lock_fd_ < 0) return io::internal::PathErrnoStatus(errno, lock_path, "cannot open");
   if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
-    return absl::AbortedError(absl::StrCat("another job is writing ", options_.out_dir, " (",
-                                           lock_path, " is locked)"));
+    return absl::AbortedError(
+        absl::StrCat("another job is writing ", options_.out_dir, " (", lock_path, " is locked)"));
   }
   const std::string journal_path = (fs::path(staging_) / kJournalName).string();
   absl::StatusOr<Journal> journal = LoadJournal(journal_path);
@@ -420,9 +421,9 @@ Quantized Job::QuantizeOne(size_t index) {
   out.result = backend_.Quantize({t.dtype, t.rows, t.cols, t.source->data()}, importance, q);
   out.seconds = SecondsSince(start);
   if (!out.result.ok() && !absl::IsCancelled(out.result.status())) {
-    out.result = absl::Status(out.result.status().code(),
-                              absl::StrCat("tensor '", t.source->name, "': ",
-                                           out.result.status().message()));
+    out.result = absl::Status(
+        out.result.status().code(),
+        absl::StrCat("tensor '", t.source->name, "': ", out.result.status().message()));
   }
   return out;
 }
@@ -450,7 +451,8 @@ absl::Status Job::WriteShard(size_t shard) {
   const std::string path = (fs::path(staging_) / plan_.shard_files[shard]).string();
   std::vector<SafetensorsEntry> entries;
   for (size_t i : members) {
-    for (const OutputTensor& o : plan_.tensors[i].outputs) entries.push_back({o.name, o.dtype, o.shape});
+    for (const OutputTensor& o : plan_.tensors[i].outputs)
+      entries.push_back({o.name, o.dtype, o.shape});
   }
   const auto write_start = Clock::now();
   ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsWriter> writer,
@@ -528,7 +530,7 @@ absl::Status Job::WriteShard(size_t shard) {
       const QuantizedTensor& qt = *q.result;
       report_.totals.quantize_seconds += q.seconds;
       report_.totals.read_seconds += q.read_seconds;
-      row.objective = q.weighted ? "wmse"
+      row.objective = q.weighted                               ? "wmse"
                       : options_.objective == Objective::kWmse ? "mse (no importance)"
                                                                : "mse";
       row.amax = qt.amax;
@@ -546,7 +548,7 @@ absl::Status Job::WriteShard(size_t shard) {
             break;
           case OutputTensor::Kind::kWeightGlobalScale: {
             const float v = options_.format == OutputFormat::kModelOpt ? qt.global_scale
-                                                                        : 1.0f / qt.global_scale;
+                                                                       : 1.0f / qt.global_scale;
             status = writer->Write(&v, sizeof(v));
             break;
           }
@@ -557,9 +559,8 @@ absl::Status Job::WriteShard(size_t shard) {
             row.input_amax = amax_x;
             float v = 1.0f;
             if (amax_x > 0) {
-              v = options_.format == OutputFormat::kModelOpt
-                      ? amax_x / kActivationScaleDenominator
-                      : kActivationScaleDenominator / amax_x;
+              v = options_.format == OutputFormat::kModelOpt ? amax_x / kActivationScaleDenominator
+                                                             : kActivationScaleDenominator / amax_x;
             }
             status = writer->Write(&v, sizeof(v));
             break;
@@ -660,8 +661,8 @@ absl::StatusOr<CheckpointReport> Job::Run() {
     return absl::InvalidArgumentError(absl::StrCat(
         options_.model_dir, ": no tensor is selected for quantization (see --include/--exclude)"));
   }
-  recipe_ = {options_.format, plan_options.w4a4, options_.method, options_.objective,
-             options_.scale_max, plan_.ignored_modules};
+  recipe_ = {options_.format,    plan_options.w4a4,  options_.method,
+             options_.objective, options_.scale_max, plan_.ignored_modules};
 
   report_.model_dir = options_.model_dir;
   report_.out_dir = options_.out_dir;
@@ -696,8 +697,8 @@ absl::StatusOr<CheckpointReport> Job::Run() {
         continue;
       }
       if (info->dtype != "F32" || info->shape != std::vector<int64_t>{t.cols}) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            options_.importance_path, ": '", info->name, "' must be F32 [", t.cols, "]"));
+        return absl::InvalidArgumentError(absl::StrCat(options_.importance_path, ": '", info->name,
+                                                       "' must be F32 [", t.cols, "]"));
       }
     }
     if (fallback > 0) {

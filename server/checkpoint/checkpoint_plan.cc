@@ -118,7 +118,8 @@ absl::StatusOr<CheckpointPlan> BuildCheckpointPlan(const SourceCheckpoint& sourc
       // --include adds to the default selection; --exclude wins over both.
       std::string reason = included ? "" : DefaultExclusionReason(t.module);
       for (const std::string& glob : options.exclude) {
-        if (GlobMatches(glob, t.module, name)) reason = absl::StrCat("excluded by --exclude '", glob, "'");
+        if (GlobMatches(glob, t.module, name))
+          reason = absl::StrCat("excluded by --exclude '", glob, "'");
       }
       if (reason.empty() && (t.cols % 16 != 0 || t.rows == 0 || t.cols == 0)) {
         reason = absl::StrCat("shape [", t.rows, ", ", t.cols,
@@ -136,7 +137,8 @@ absl::StatusOr<CheckpointPlan> BuildCheckpointPlan(const SourceCheckpoint& sourc
     } else if (is_weight && info.shape.size() == 2) {
       t.reason = absl::StrCat("dtype ", info.dtype, " (only F32, BF16 and F16 are quantized)");
     } else if (is_weight) {
-      t.reason = absl::StrCat(info.shape.size(), "-D weight (only 2-D Linear weights are quantized)");
+      t.reason =
+          absl::StrCat(info.shape.size(), "-D weight (only 2-D Linear weights are quantized)");
     }
     plan.tensors.push_back(std::move(t));
   }
@@ -162,7 +164,8 @@ absl::StatusOr<CheckpointPlan> BuildCheckpointPlan(const SourceCheckpoint& sourc
   }
 
   const bool modelopt = options.format == OutputFormat::kModelOpt;
-  const std::vector<int64_t> scalar_shape = modelopt ? std::vector<int64_t>{} : std::vector<int64_t>{1};
+  const std::vector<int64_t> scalar_shape =
+      modelopt ? std::vector<int64_t>{} : std::vector<int64_t>{1};
   for (PlannedTensor& t : plan.tensors) {
     const SafetensorsTensorInfo& info = *t.source->info;
     if (!t.quantize) {
@@ -175,9 +178,13 @@ absl::StatusOr<CheckpointPlan> BuildCheckpointPlan(const SourceCheckpoint& sourc
     }
     ++plan.quantized_count;
     const std::string& m = t.module;
-    t.outputs.push_back({absl::StrCat(m, modelopt ? ".weight" : ".weight_packed"), "U8",
-                         {t.rows, t.cols / 2}, OutputTensor::Kind::kPacked});
-    t.outputs.push_back({absl::StrCat(m, ".weight_scale"), "F8_E4M3", {t.rows, t.cols / 16},
+    t.outputs.push_back({absl::StrCat(m, modelopt ? ".weight" : ".weight_packed"),
+                         "U8",
+                         {t.rows, t.cols / 2},
+                         OutputTensor::Kind::kPacked});
+    t.outputs.push_back({absl::StrCat(m, ".weight_scale"),
+                         "F8_E4M3",
+                         {t.rows, t.cols / 16},
                          OutputTensor::Kind::kBlockScales});
     t.outputs.push_back({absl::StrCat(m, modelopt ? ".weight_scale_2" : ".weight_global_scale"),
                          "F32", scalar_shape, OutputTensor::Kind::kWeightGlobalScale});
@@ -206,8 +213,7 @@ absl::StatusOr<CheckpointPlan> BuildCheckpointPlan(const SourceCheckpoint& sourc
   const size_t n = plan.shard_tensors.size();
   for (size_t s = 0; s < n; ++s) {
     plan.shard_files.push_back(
-        n == 1 ? "model.safetensors"
-               : absl::StrFormat("model-%05d-of-%05d.safetensors", s + 1, n));
+        n == 1 ? "model.safetensors" : absl::StrFormat("model-%05d-of-%05d.safetensors", s + 1, n));
   }
   std::sort(plan.ignored_modules.begin(), plan.ignored_modules.end());
   return plan;

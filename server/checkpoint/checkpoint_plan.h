@@ -4,7 +4,8 @@
 // by default the 2-D floating-point `*.weight` of Linear layers are quantized; embeddings,
 // lm_head, norms, routers/gates, vision towers and everything that is not a 2-D F32/BF16/F16
 // `.weight` pass through byte for byte. --include globs add modules the defaults leave out,
-// --exclude globs drop modules (exclude wins) (globs match the module name, i.e. the tensor name without
+// --exclude globs drop modules (exclude wins) (globs match the module name, i.e. the tensor name
+// without
 // ".weight", or the tensor name). A weight whose row length K is not a multiple of 16 passes
 // through with that reason (vLLM cannot load it quantized). Fused groups (q/k/v, query/key/
 // value, gate/up, w1/w3, q_a_proj/kv_a_proj_with_mqa, per MoE expert too) share one global
@@ -71,7 +72,7 @@ struct CheckpointPlan {
   std::vector<FusedGroup> groups;
   std::vector<std::string> shard_files;  // "model.safetensors" or "model-0000i-of-0000n..."
   std::vector<std::vector<size_t>> shard_tensors;  // tensor indices per shard, in write order
-  std::vector<std::string> ignored_modules;  // 2-D weights left unquantized (config "ignore")
+  std::vector<std::string> ignored_modules;        // 2-D weights left unquantized (config "ignore")
   int quantized_count = 0;
 };
 

@@ -184,18 +184,17 @@ absl::StatusOr<CheckpointReport> CheckpointReportFromJson(const Json& j) {
 }
 
 std::string FormatReportTable(const CheckpointReport& r) {
-  std::string out = absl::StrFormat("%-56s %-13s %-10s %10s %8s %10s %7s %6s %8s\n", "tensor",
-                                    "shape", "objective", "mse", "sqnr_dB", "absmax_mse",
-                                    "gain", "cand", "ms");
+  std::string out =
+      absl::StrFormat("%-56s %-13s %-10s %10s %8s %10s %7s %6s %8s\n", "tensor", "shape",
+                      "objective", "mse", "sqnr_dB", "absmax_mse", "gain", "cand", "ms");
   for (const TensorReport& t : r.tensors) {
     if (!t.quantized) continue;
     std::string name = t.name;
     if (name.size() > 56) name = "..." + name.substr(name.size() - 53);
     const TensorMetrics& m = t.metrics;
     out += absl::StrFormat("%-56s %-13s %-10s %10.3e %8.2f %10.3e %+6.1f%% %6.2f %8.1f\n", name,
-                           absl::StrJoin(t.shape, "x"), t.objective, m.mse, m.sqnr_db,
-                           m.absmax_mse, (m.gain - 1) * 100, m.candidates_per_block,
-                           t.seconds * 1e3);
+                           absl::StrJoin(t.shape, "x"), t.objective, m.mse, m.sqnr_db, m.absmax_mse,
+                           (m.gain - 1) * 100, m.candidates_per_block, t.seconds * 1e3);
   }
   const CheckpointTotals& s = r.totals;
   out += absl::StrFormat(

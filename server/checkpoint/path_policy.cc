@@ -48,8 +48,8 @@ absl::Status PathPolicy::CheckResolved(const std::string& path, const std::strin
       return absl::OkStatus();
     }
   }
-  return absl::PermissionDeniedError(absl::StrCat(
-      path, " resolves to ", resolved, ", which is outside the server's allowed roots"));
+  return absl::PermissionDeniedError(absl::StrCat(path, " resolves to ", resolved,
+                                                  ", which is outside the server's allowed roots"));
 }
 
 absl::StatusOr<std::string> PathPolicy::CheckExisting(const std::string& path) const {
@@ -83,7 +83,7 @@ absl::StatusOr<std::string> PathPolicy::CheckNew(const std::string& path) const 
   }
   fs::path probe = fs::path(path);
   if (!probe.has_filename()) probe = probe.parent_path();
-  while (!probe.empty() && !fs::exists(fs::symlink_status(probe, ec)) ) {
+  while (!probe.empty() && !fs::exists(fs::symlink_status(probe, ec))) {
     tail.push_back(probe.filename().string());
     probe = probe.parent_path();
   }

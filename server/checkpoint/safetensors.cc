@@ -68,11 +68,13 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
 // Byte size of dtype x shape (checks 7 and 8), or an error message.
 absl::StatusOr<uint64_t> LayoutBytes(const std::string& dtype, const std::vector<int64_t>& shape) {
   const std::optional<int> bits = SafetensorsDTypeBits(dtype);
-  if (!bits.has_value()) return absl::InvalidArgumentError(absl::StrCat("unknown dtype '", dtype, "'"));
+  if (!bits.has_value())
+    return absl::InvalidArgumentError(absl::StrCat("unknown dtype '", dtype, "'"));
   uint64_t count = 1;
   for (const int64_t dim : shape) {
     if (dim < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("negative dimension in shape ", ShapeString(shape)));
+      return absl::InvalidArgumentError(
+          absl::StrCat("negative dimension in shape ", ShapeString(shape)));
     }
     if (__builtin_mul_overflow(count, static_cast<uint64_t>(dim), &count)) {
       return absl::InvalidArgumentError(
@@ -86,7 +88,8 @@ absl::StatusOr<uint64_t> LayoutBytes(const std::string& dtype, const std::vector
   }
   if (total_bits % 8 != 0) {
     return absl::InvalidArgumentError(absl::StrCat(dtype, " shape ", ShapeString(shape), " is ",
-                                                   total_bits, " bits, not a whole number of bytes"));
+                                                   total_bits,
+                                                   " bits, not a whole number of bytes"));
   }
   return total_bits / 8;
 }
@@ -133,10 +136,10 @@ absl::StatusOr<SafetensorsTensorInfo> ParseTensorInfo(const std::string& name,
 
 std::optional<int> SafetensorsDTypeBits(std::string_view dtype) {
   static constexpr std::pair<std::string_view, int> kBits[] = {
-      {"BOOL", 8},     {"F4", 4},      {"F6_E2M3", 6}, {"F6_E3M2", 6}, {"U8", 8},
-      {"I8", 8},       {"F8_E5M2", 8}, {"F8_E4M3", 8}, {"F8_E8M0", 8}, {"I16", 16},
-      {"U16", 16},     {"F16", 16},    {"BF16", 16},   {"I32", 32},    {"U32", 32},
-      {"F32", 32},     {"C64", 64},    {"F64", 64},    {"I64", 64},    {"U64", 64},
+      {"BOOL", 8}, {"F4", 4},      {"F6_E2M3", 6}, {"F6_E3M2", 6}, {"U8", 8},
+      {"I8", 8},   {"F8_E5M2", 8}, {"F8_E4M3", 8}, {"F8_E8M0", 8}, {"I16", 16},
+      {"U16", 16}, {"F16", 16},    {"BF16", 16},   {"I32", 32},    {"U32", 32},
+      {"F32", 32}, {"C64", 64},    {"F64", 64},    {"I64", 64},    {"U64", 64},
   };
   for (const auto& [name, bits] : kBits) {
     if (name == dtype) return bits;
@@ -162,7 +165,8 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensors(std::string_view file_name_vi
     return absl::InvalidArgumentError(absl::StrCat(file_name, ": ", what));
   };
   // 1.
-  if (size < 8) return invalid(absl::StrCat("file is ", size, " bytes, too small to be safetensors"));
+  if (size < 8)
+    return invalid(absl::StrCat("file is ", size, " bytes, too small to be safetensors"));
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | bytes[i];
   // 2.
@@ -172,7 +176,8 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensors(std::string_view file_name_vi
   }
   // 3. (n <= 1e8, so 8 + n cannot overflow.)
   if (8 + n > size) {
-    return invalid(absl::StrCat("header length ", n, " runs past the end of the ", size, "-byte file"));
+    return invalid(
+        absl::StrCat("header length ", n, " runs past the end of the ", size, "-byte file"));
   }
   const std::string_view text(reinterpret_cast<const char*>(bytes + 8), static_cast<size_t>(n));
   // 4.
@@ -189,7 +194,8 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensors(std::string_view file_name_vi
   std::string duplicate_key;
   nlohmann::json json;
   try {
-    auto callback = [&](int /*depth*/, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+    auto callback = [&](int /*depth*/, nlohmann::json::parse_event_t event,
+                        nlohmann::json& parsed) {
       using Event = nlohmann::json::parse_event_t;
       if (event == Event::object_start) {
         open_objects.emplace_back();
@@ -207,13 +213,15 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensors(std::string_view file_name_vi
   }
   if (json.is_discarded()) return invalid("header is not valid JSON");
   if (!json.is_object()) return invalid("header must be a JSON object");
-  if (!duplicate_key.empty()) return invalid(absl::StrCat("duplicate key '", duplicate_key, "' in the header"));
+  if (!duplicate_key.empty())
+    return invalid(absl::StrCat("duplicate key '", duplicate_key, "' in the header"));
   for (const auto& item : json.items()) {
     if (item.key() == kMetadataKey) {
       if (!item.value().is_object()) return invalid("'__metadata__' must be a JSON object");
       for (const auto& meta : item.value().items()) {
         if (!meta.value().is_string()) {
-          return invalid(absl::StrCat("'__metadata__' value for '", meta.key(), "' must be a string"));
+          return invalid(
+              absl::StrCat("'__metadata__' value for '", meta.key(), "' must be a string"));
         }
         header.metadata[meta.key()] = meta.value().get_ref<const std::string&>();
       }
@@ -384,7 +392,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::Create(
   const uint64_t n = header_text.size();
   for (int i = 0; i < 8; ++i) prefix[i] = static_cast<char>((n >> (8 * i)) & 0xFF);
   prefix += header_text;
-  RETURN_IF_ERROR(io::internal::WriteAll(writer->fd_, prefix.data(), prefix.size(), writer->tmp_path_));
+  RETURN_IF_ERROR(
+      io::internal::WriteAll(writer->fd_, prefix.data(), prefix.size(), writer->tmp_path_));
   return writer;
 }
 
@@ -403,9 +412,8 @@ absl::Status SafetensorsWriter::Flush() {
 absl::Status SafetensorsWriter::Write(const void* data, size_t size) {
   if (fd_ < 0) return absl::FailedPreconditionError(absl::StrCat(path_, ": writer is closed"));
   if (size > data_bytes_ - written_) {
-    return absl::InvalidArgumentError(absl::StrCat(path_, ": ", written_ + size,
-                                                   " data bytes written, the layout holds ",
-                                                   data_bytes_));
+    return absl::InvalidArgumentError(absl::StrCat(
+        path_, ": ", written_ + size, " data bytes written, the layout holds ", data_bytes_));
   }
   written_ += size;
   constexpr size_t kCoalesce = 1 << 16;
@@ -420,15 +428,16 @@ absl::Status SafetensorsWriter::Write(const void* data, size_t size) {
 absl::Status SafetensorsWriter::Commit() {
   if (fd_ < 0) return absl::FailedPreconditionError(absl::StrCat(path_, ": writer is closed"));
   if (written_ != data_bytes_) {
-    return absl::FailedPreconditionError(absl::StrCat(path_, ": only ", written_, " of ",
-                                                      data_bytes_, " data bytes were written"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(path_, ": only ", written_, " of ", data_bytes_, " data bytes were written"));
   }
   RETURN_IF_ERROR(Flush());
   if (::fsync(fd_) != 0) return io::internal::PathErrnoStatus(errno, tmp_path_, "fsync failed");
   const int fd = std::exchange(fd_, -1);
   if (::close(fd) != 0) return io::internal::PathErrnoStatus(errno, tmp_path_, "close failed");
   if (::rename(tmp_path_.c_str(), path_.c_str()) != 0) {
-    return io::internal::PathErrnoStatus(errno, path_, absl::StrCat("cannot rename ", tmp_path_, " to it"));
+    return io::internal::PathErrnoStatus(errno, path_,
+                                         absl::StrCat("cannot rename ", tmp_path_, " to it"));
   }
   committed_ = true;
   io::internal::SyncParentDirectory(path_);
@@ -444,13 +453,14 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<Safeten
                    SafetensorsWriter::Create(path, entries, metadata));
   for (size_t i = 0; i < blobs.size(); ++i) {
     if (blobs[i].size != writer->entry_bytes()[i]) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ": cannot write safetensors: tensor '", blobs[i].entry.name, "': ",
-                       blobs[i].entry.dtype, " ", ShapeString(blobs[i].entry.shape), " needs ",
-                       writer->entry_bytes()[i], " bytes but ", blobs[i].size, " were given"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ": cannot write safetensors: tensor '", blobs[i].entry.name,
+          "': ", blobs[i].entry.dtype, " ", ShapeString(blobs[i].entry.shape), " needs ",
+          writer->entry_bytes()[i], " bytes but ", blobs[i].size, " were given"));
     }
     if (blobs[i].size > 0 && blobs[i].data == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": tensor '", blobs[i].entry.name, "': data is null"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": tensor '", blobs[i].entry.name, "': data is null"));
     }
     RETURN_IF_ERROR(writer->Write(blobs[i].data, blobs[i].size));
   }

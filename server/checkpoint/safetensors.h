@@ -54,8 +54,8 @@ struct SafetensorsTensorInfo {
 };
 
 struct SafetensorsHeader {
-  uint64_t header_size = 0;  // N
-  uint64_t data_start = 0;   // 8 + N
+  uint64_t header_size = 0;                     // N
+  uint64_t data_start = 0;                      // 8 + N
   std::vector<SafetensorsTensorInfo> tensors;   // sorted by data offset
   std::map<std::string, std::string> metadata;  // "__metadata__"
 
@@ -68,8 +68,8 @@ struct SafetensorsHeader {
 };
 
 // Validates the image `bytes[0, size)` of a whole file; `file_name` prefixes every message.
-absl::StatusOr<SafetensorsHeader> ParseSafetensors(std::string_view file_name,
-                                                   const uint8_t* bytes, uint64_t size);
+absl::StatusOr<SafetensorsHeader> ParseSafetensors(std::string_view file_name, const uint8_t* bytes,
+                                                   uint64_t size);
 
 class MappedSafetensors {
  public:

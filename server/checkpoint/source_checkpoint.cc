@@ -46,7 +46,7 @@ bool IsWeightFileName(std::string_view file_name) {
   const absl::string_view name(file_name.data(), file_name.size());
   if (name == kIndexName || absl::EndsWith(name, ".index.json")) return true;
   for (absl::string_view ext : {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack",
-                               ".onnx", ".gguf", ".ot", ".tflite"}) {
+                                ".onnx", ".gguf", ".ot", ".tflite"}) {
     if (absl::EndsWith(name, ext)) return true;
   }
   return false;
@@ -58,7 +58,7 @@ const SourceTensor* SourceCheckpoint::Find(std::string_view name) const {
 }
 
 absl::StatusOr<std::unique_ptr<SourceCheckpoint>> SourceCheckpoint::Open(const std::string& dir,
-                                                                          const PathPolicy& paths) {
+                                                                         const PathPolicy& paths) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) {
     return absl::NotFoundError(absl::StrCat(dir, ": not a directory"));
@@ -88,10 +88,9 @@ absl::StatusOr<std::unique_ptr<SourceCheckpoint>> SourceCheckpoint::Open(const s
       }
       const std::string& file = item.value().get_ref<const std::string&>();
       if (file.empty() || file.find('/') != std::string::npos || file == "." || file == "..") {
-        return absl::InvalidArgumentError(absl::StrCat((root / kIndexName).string(),
-                                                       ": weight_map entry '", item.key(),
-                                                       "' names '", file,
-                                                       "', not a file in the directory"));
+        return absl::InvalidArgumentError(
+            absl::StrCat((root / kIndexName).string(), ": weight_map entry '", item.key(),
+                         "' names '", file, "', not a file in the directory"));
       }
       index_map[item.key()] = file;
       unique.insert(file);
@@ -126,16 +125,15 @@ absl::StatusOr<std::unique_ptr<SourceCheckpoint>> SourceCheckpoint::Open(const s
       fingerprint << ' ' << info.name << ' ' << info.dtype << ' ' << info.begin << '\n';
       const auto [it, inserted] = owner.emplace(info.name, shard);
       if (!inserted) {
-        return absl::InvalidArgumentError(absl::StrCat(dir, ": tensor '", info.name,
-                                                       "' appears in both ", it->second, " and ",
-                                                       shard));
+        return absl::InvalidArgumentError(absl::StrCat(
+            dir, ": tensor '", info.name, "' appears in both ", it->second, " and ", shard));
       }
       if (has_index) {
         const auto listed = index_map.find(info.name);
         if (listed == index_map.end() || listed->second != shard) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              path.string(), ": tensor '", info.name, "' is not listed for this file in ",
-              kIndexName));
+          return absl::InvalidArgumentError(absl::StrCat(path.string(), ": tensor '", info.name,
+                                                         "' is not listed for this file in ",
+                                                         kIndexName));
         }
       }
       source->tensors_.push_back({info.name, file.get(), &info});
@@ -158,7 +156,8 @@ absl::StatusOr<std::unique_ptr<SourceCheckpoint>> SourceCheckpoint::Open(const s
   source->fingerprint_ = fingerprint.str();
 
   // Everything else is copied: config, tokenizer, generation config, sub-module configs, ...
-  for (auto it = fs::recursive_directory_iterator(root, fs::directory_options::follow_directory_symlink, ec);
+  for (auto it = fs::recursive_directory_iterator(
+           root, fs::directory_options::follow_directory_symlink, ec);
        !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
     const std::string name = it->path().filename().string();
     if (!name.empty() && name[0] == '.') {  // .git, .cache, .gitattributes, ...

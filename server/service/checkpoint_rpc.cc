@@ -202,8 +202,8 @@ class CheckpointReactor final : public grpc::ServerWriteReactor<Response> {
   grpc::CallbackServerContext* const context_;
   const absl::Time start_;
   checkpoint::CheckpointJobOptions options_;  // set before submission, read by the worker
-  std::string_view engine_name_;  // the worker's engine; set when the job starts
-  Response current_;  // the write in flight
+  std::string_view engine_name_;              // the worker's engine; set when the job starts
+  Response current_;                          // the write in flight
 
   absl::Mutex mu_;
   bool write_in_flight_ ABSL_GUARDED_BY(mu_) = false;

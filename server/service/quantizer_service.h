@@ -57,8 +57,7 @@ class QuantizerService final : public v1::Quantizer::CallbackService {
                                       const v1::CancelJobRequest* request,
                                       v1::Job* response) override;
   grpc::ServerWriteReactor<v1::QuantizeCheckpointResponse>* QuantizeCheckpoint(
-      grpc::CallbackServerContext* context,
-      const v1::QuantizeCheckpointRequest* request) override;
+      grpc::CallbackServerContext* context, const v1::QuantizeCheckpointRequest* request) override;
   grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* context,
                                           const v1::GetServerInfoRequest* request,
                                           v1::ServerInfo* response) override;

@@ -7,10 +7,10 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <filesystem>
-#include <fstream>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -545,15 +545,16 @@ void WriteTinyCheckpoint(const std::string& dir) {
   std::vector<checkpoint::SafetensorsBlob> blobs;
   auto add = [&](const std::string& name, int64_t rows, int64_t cols) {
     keep.push_back(Gaussian(rows * cols, keep.size() + 11, 0.05f));
-    std::vector<int64_t> shape = rows == 1 ? std::vector<int64_t>{cols}
-                                           : std::vector<int64_t>{rows, cols};
+    std::vector<int64_t> shape =
+        rows == 1 ? std::vector<int64_t>{cols} : std::vector<int64_t>{rows, cols};
     blobs.push_back({{name, "F32", shape}, nullptr, static_cast<size_t>(rows * cols * 4)});
   };
   add("model.embed_tokens.weight", 64, 32);
   for (int l = 0; l < 2; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     add(p + "input_layernorm.weight", 1, 32);
-    for (const char* m : {"q_proj", "k_proj", "v_proj", "o_proj"}) add(p + "self_attn." + m + ".weight", 32, 32);
+    for (const char* m : {"q_proj", "k_proj", "v_proj", "o_proj"})
+      add(p + "self_attn." + m + ".weight", 32, 32);
     add(p + "mlp.gate_proj.weight", 48, 32);
     add(p + "mlp.up_proj.weight", 48, 32);
     add(p + "mlp.down_proj.weight", 32, 48);
@@ -617,8 +618,10 @@ TEST(ServiceCheckpoint, RunsOnTheServerAndMatchesTheEmbeddedJobByteForByte) {
   auto embedded = checkpoint::RunCheckpointJob(local, *engine, {}, nullptr);
   ASSERT_TRUE(embedded.ok()) << embedded.status();
   for (const char* file : {"model.safetensors", "config.json", "hf_quant_config.json"}) {
-    std::ifstream a(root + "/out/" + file, std::ios::binary), b(root + "/local/" + file, std::ios::binary);
-    const std::string sa((std::istreambuf_iterator<char>(a)), {}), sb((std::istreambuf_iterator<char>(b)), {});
+    std::ifstream a(root + "/out/" + file, std::ios::binary),
+        b(root + "/local/" + file, std::ios::binary);
+    const std::string sa((std::istreambuf_iterator<char>(a)), {}),
+        sb((std::istreambuf_iterator<char>(b)), {});
     EXPECT_FALSE(sa.empty()) << file;
     EXPECT_EQ(sa, sb) << file;
   }
@@ -660,9 +663,12 @@ TEST(ServiceCheckpoint, CancelJobStopsARunningCheckpointAndKeepsNoOutput) {
   absl::Notification accepted;
   std::thread call([&] {
     result = h.client
-                 ->QuantizeCheckpoint(CheckpointOptions(root), [&](const checkpoint::CheckpointEvent&) {
-                   if (!accepted.HasBeenNotified()) accepted.Notify();
-                 }, &job_id)
+                 ->QuantizeCheckpoint(
+                     CheckpointOptions(root),
+                     [&](const checkpoint::CheckpointEvent&) {
+                       if (!accepted.HasBeenNotified()) accepted.Notify();
+                     },
+                     &job_id)
                  .status();
   });
   WaitFor([&] { return h.gate->entered() >= 1; });
@@ -688,7 +694,8 @@ TEST(ServiceCheckpoint, ClientCancellationCancelsTheJob) {
   options.allowed_roots = {root};
   Harness h = StartServer(true, options);
   absl::Status result;
-  std::thread call([&] { result = h.client->QuantizeCheckpoint(CheckpointOptions(root)).status(); });
+  std::thread call(
+      [&] { result = h.client->QuantizeCheckpoint(CheckpointOptions(root)).status(); });
   WaitFor([&] { return h.gate->entered() >= 1; });
   h.client->CancelInFlight();
   call.join();

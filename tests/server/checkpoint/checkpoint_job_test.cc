@@ -8,7 +8,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <thread>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -21,6 +20,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -1317,10 +1317,10 @@ TEST_F(CheckpointJobTest, ConcurrentJobsOnOneOutputAreRefused) {
   } blocking(backend_.get());
   std::atomic<bool> stop{false};
   absl::StatusOr<CheckpointReport> first = absl::UnknownError("not run");
-  std::thread runner(
-      [&] { first = RunCheckpointJob(Options("out"), blocking, {}, &stop); });
+  std::thread runner([&] { first = RunCheckpointJob(Options("out"), blocking, {}, &stop); });
   while (!blocking.entered.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  absl::StatusOr<CheckpointReport> second = RunCheckpointJob(Options("out"), *backend_, {}, nullptr);
+  absl::StatusOr<CheckpointReport> second =
+      RunCheckpointJob(Options("out"), *backend_, {}, nullptr);
   EXPECT_EQ(second.status().code(), absl::StatusCode::kAborted) << second.status();
   EXPECT_THAT(std::string(second.status().message()), HasSubstr("another job is writing"));
   stop.store(true);
