@@ -2,12 +2,11 @@
 // SIGTERM/SIGINT, then drains (health NOT_SERVING, new jobs UNAVAILABLE, running calls get up to
 // --drain-timeout) and exits 0.
 #include <malloc.h>
-
 #include <pthread.h>
 #include <signal.h>
-#include <cstdlib>
 
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "CLI/CLI.hpp"
