@@ -5,8 +5,11 @@ BUILD_TYPE ?= Release
 CUDA_ARCHS ?= 90
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
+# libFuzzer build (clang, ASan+UBSan): its smoke run is part of `make test` (docs/testing.md).
+FUZZ_DIR ?= build-fuzz
 
-.PHONY: all deps configure build test demo bench bench-checkpoint format clean release
+.PHONY: all deps configure build test demo bench bench-checkpoint format clean release \
+	build-fuzz fuzz-smoke fuzz test-sanitizers test-asan test-tsan
 
 all: build
 
@@ -22,8 +25,35 @@ configure: $(BUILD_DIR)/build.ninja
 build: deps configure
 	cmake --build $(BUILD_DIR) -j $(JOBS)
 
-test: build
+# Every CTest test of $(BUILD_DIR), then the fuzzers' smoke runs (the CI's sanitizer build).
+test: build build-fuzz
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
+	cd $(FUZZ_DIR) && ctest -L fuzz --output-on-failure -j $(JOBS)
+
+# Fuzzing (tests/fuzz, docs/testing.md): only the fuzzers and the libraries they need.
+$(FUZZ_DIR)/build.ninja:
+	CC=clang CXX=clang++ cmake -S . -B $(FUZZ_DIR) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DNVFP4_CUDA=OFF -DNVFP4_FUZZ=ON
+
+build-fuzz: deps $(FUZZ_DIR)/build.ninja
+	cmake --build $(FUZZ_DIR) -j $(JOBS) --target nvfp4_fuzzers
+
+fuzz-smoke: build-fuzz
+	cd $(FUZZ_DIR) && ctest -L fuzz --output-on-failure -j $(JOBS)
+
+# Long run: 10M executions per fuzzer (FUZZ_RUNS, FUZZ_JOBS: scripts/fuzz.sh).
+fuzz: build-fuzz
+	FUZZ_DIR=$(FUZZ_DIR) JOBS=$(JOBS) scripts/fuzz.sh
+
+# ASan+UBSan unit/service tests (build-asan) and TSan scheduler tests (build-tsan).
+test-sanitizers: deps
+	JOBS=$(JOBS) scripts/sanitizers.sh asan tsan
+
+test-asan: deps
+	JOBS=$(JOBS) scripts/sanitizers.sh asan
+
+test-tsan: deps
+	JOBS=$(JOBS) scripts/sanitizers.sh tsan
 
 demo: build
 	@scripts/demo.sh $(BUILD_DIR)

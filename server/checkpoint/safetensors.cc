@@ -148,9 +148,15 @@ std::optional<int> SafetensorsDTypeBits(std::string_view dtype) {
 }
 
 int64_t SafetensorsTensorInfo::elements() const {
-  int64_t n = 1;
-  for (const int64_t d : shape) n *= d;
-  return n;
+  // A zero dimension first: the reader (like the reference) accepts a 0-element shape whose
+  // other dimensions multiply past 2^63, e.g. [2^62, 2, 0]. Any other accepted shape has at
+  // most as many elements as its bytes, so the product fits.
+  for (const int64_t d : shape) {
+    if (d == 0) return 0;
+  }
+  uint64_t n = 1;
+  for (const int64_t d : shape) n *= static_cast<uint64_t>(d);
+  return static_cast<int64_t>(n);
 }
 
 const SafetensorsTensorInfo* SafetensorsHeader::Find(std::string_view name) const {
