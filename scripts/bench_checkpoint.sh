@@ -25,16 +25,8 @@ run() {  # name, nvfp4q arguments...
     --report "$work/report-$name.json" "$@" >/dev/null
 }
 
-log="$work/nvfp4d.log"
-"$bin/nvfp4d" --listen 127.0.0.1:0 --metrics-listen "" --allowed-root "$work" >"$log" 2>&1 &
-server=$!
-trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT
-port=""
-for _ in $(seq 200); do
-  port=$(sed -n 's/^  listen .*(port \([0-9]*\)).*/\1/p' "$log" | head -n 1)
-  if [ -n "$port" ] && grep -q "nvfp4d: serving" "$log"; then break; fi
-  sleep 0.05
-done
+. "$(dirname "$0")/nvfp4d_lib.sh"
+start_nvfp4d "$bin" "$work/nvfp4d.log" --allowed-root "$work"
 
 run embedded
 run server --server "127.0.0.1:$port"
@@ -62,6 +54,4 @@ t = rows["embedded"]
 print(f"input {t['input_bytes'] / 1e9:.2f} GB, output {t['output_bytes'] / 1e9:.2f} GB, "
       f"{t['quantized']} tensors quantized, MSE vs AbsMax {100 * (t['gain'] - 1):+.2f} %; outputs byte-identical")
 EOF
-kill -TERM "$server"
-wait "$server" || true
-trap - EXIT
+stop_nvfp4d

@@ -16,17 +16,8 @@ if [ ! -f "$work/model/config.json" ]; then
 fi
 rm -rf "$work/quantized" "$work/.quantized.nvfp4-partial"
 
-log="$work/nvfp4d.log"
-"$bin/nvfp4d" --listen 127.0.0.1:0 --metrics-listen "" --allowed-root "$work" >"$log" 2>&1 &
-server=$!
-trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT
-port=""
-for _ in $(seq 200); do
-  port=$(sed -n 's/^  listen .*(port \([0-9]*\)).*/\1/p' "$log" | head -n 1)
-  if [ -n "$port" ] && grep -q "nvfp4d: serving" "$log"; then break; fi
-  if ! kill -0 "$server" 2>/dev/null; then cat "$log"; exit 1; fi
-  sleep 0.05
-done
+. "$(dirname "$0")/nvfp4d_lib.sh"
+start_nvfp4d "$bin" "$work/nvfp4d.log" --allowed-root "$work"
 echo "nvfp4d serving on 127.0.0.1:$port (allowed root $work)"
 echo
 
@@ -37,6 +28,4 @@ echo
 echo
 echo "output: $work/quantized (report: $work/report.json)"
 ls -l "$work/quantized"
-kill -TERM "$server"
-wait "$server" || true
-trap - EXIT
+stop_nvfp4d

@@ -20,11 +20,16 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
 
 import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "pylib"))
+from nvfp4_daemon import Daemon  # noqa: E402  (shared with tests/python)
 
 BIN = pathlib.Path(os.environ.get("NVFP4_BIN", "build/bin"))
 TIMEOUT = 300
@@ -44,57 +49,12 @@ def free_port():
         return s.getsockname()[1]
 
 
-class Daemon:
-    """nvfp4d on a free port; `metrics` also serves /metrics on a free port."""
-
-    def __init__(self, *args, metrics=False):
-        cmd = [str(BIN / "nvfp4d"), "--listen", "127.0.0.1:0",
-               "--metrics-listen", "127.0.0.1:0" if metrics else "", *map(str, args)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True)
-        text = ""
-        deadline = time.time() + 30
-        while "nvfp4d: serving" not in text:
-            line = self.proc.stdout.readline()
-            assert line or time.time() < deadline, f"nvfp4d did not start:\n{text}"
-            assert self.proc.poll() is None, f"nvfp4d exited:\n{text}{self.proc.stdout.read()}"
-            text += line
-        ports = [int(p) for p in re.findall(r"\(port (\d+)\)", text)]
-        self.port = ports[0]
-        self.metrics_port = ports[1] if metrics else None
-        self.target = f"127.0.0.1:{self.port}"
-
-    def rss_bytes(self):
-        for line in pathlib.Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS")
-
-    def metrics(self):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
-                                    timeout=10) as r:
-            return r.read().decode()
-
-    def kill(self):
-        self.proc.kill()
-        self.proc.wait()
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 @pytest.fixture
 def daemons():
     started = []
 
     def start(*args, metrics=False):
-        d = Daemon(*args, metrics=metrics)
+        d = Daemon(BIN / "nvfp4d", *args, metrics=metrics)
         started.append(d)
         return d
 

@@ -82,6 +82,8 @@ def codec():
 
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "pylib"))
+from nvfp4_daemon import Daemon  # noqa: E402  (shared with tests/integration)
 
 
 @pytest.fixture(scope="session")
@@ -95,35 +97,6 @@ def pb(tmp_path_factory):
     sys.path.insert(0, str(out))
     from nvfp4.v1 import quantizer_pb2, quantizer_pb2_grpc
     return quantizer_pb2, quantizer_pb2_grpc
-
-
-class Daemon:
-    def __init__(self, nvfp4d, *args):
-        self.proc = subprocess.Popen(
-            [nvfp4d, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines = []
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            self.lines.append(line)
-            if "nvfp4d: serving" in line:
-                break
-        text = "".join(self.lines)
-        ports = re.findall(r"\(port (\d+)\)", text)
-        assert len(ports) == 2, text
-        self.port, self.metrics_port = int(ports[0]), int(ports[1])
-        self.target = f"127.0.0.1:{self.port}"
-
-    def rest_of_output(self):
-        return "".join(self.lines) + self.proc.stdout.read()
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=60)
 
 
 @pytest.fixture

@@ -37,9 +37,9 @@ class Env:
         self.root.mkdir()
         token = tmp / "token"
         token.write_text("s3cret\n")
-        self.plain = Daemon(nvfp4d_path, "--max-message-mib", "1")
-        self.token = Daemon(nvfp4d_path, "--auth-token-file", str(token))
-        self.confined = Daemon(nvfp4d_path, "--allowed-root", str(self.root))
+        self.plain = Daemon(nvfp4d_path, "--max-message-mib", "1", metrics=False)
+        self.token = Daemon(nvfp4d_path, "--auth-token-file", str(token), metrics=False)
+        self.confined = Daemon(nvfp4d_path, "--allowed-root", str(self.root), metrics=False)
         self.channels = [grpc.insecure_channel(d.target) for d in (self.plain, self.token,
                                                                    self.confined)]
 

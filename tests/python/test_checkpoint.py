@@ -20,6 +20,8 @@ import zipfile
 import ml_dtypes
 import numpy as np
 import pytest
+
+from conftest import Daemon
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
@@ -645,40 +647,12 @@ def test_sigkill_then_resume_is_byte_identical(bins, tmp_path):
 # 9. nvfp4d: server-side job and --stream-tensors write the embedded bytes; confinement
 
 
-class Daemon:
-    def __init__(self, nvfp4d, log, *args):
-        self.log = log
-        with open(log, "w") as f:
-            self.proc = subprocess.Popen(
-                [str(nvfp4d), "--listen", "127.0.0.1:0", "--metrics-listen", "", *map(str, args)],
-                stdout=f, stderr=subprocess.STDOUT)
-        deadline = time.time() + 30
-        text = ""
-        while time.time() < deadline and self.proc.poll() is None:
-            text = log.read_text()
-            if "nvfp4d: serving" in text:
-                break
-            time.sleep(0.02)
-        ports = re.findall(r"\(port (\d+)\)", text)
-        assert ports and "nvfp4d: serving" in text, text
-        self.target = f"127.0.0.1:{ports[0]}"
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 @pytest.fixture
 def confined_daemon(bins, tmp_path):
     root = (tmp_path / "root").resolve()
     root.mkdir()
-    daemon = Daemon(bins["nvfp4d"], tmp_path / "nvfp4d.log", "--allowed-root", root,
-                    "--threads", 2)
+    daemon = Daemon(bins["nvfp4d"], "--allowed-root", root, "--threads", 2, metrics=False,
+                    log=tmp_path / "nvfp4d.log")
     yield daemon, root
     daemon.stop()
 

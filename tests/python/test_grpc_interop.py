@@ -148,7 +148,7 @@ def test_sigterm_during_a_job_drains_and_exits_zero(pb, nvfp4d):
     assert "error" not in outcome, outcome.get("error")
     _, result, parts, metrics = outcome["result"]
     assert len(parts["packed"]) == 2048 * 1024 and metrics.candidates_per_block == 126
-    assert "draining" in daemon.rest_of_output()
+    assert "draining" in daemon.output()
 
 
 def test_one_gib_stream_with_bounded_server_memory(nvfp4d, nvfp4q, tmp_path):
