@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from conftest import Daemon
+from nvfp4_reference import decode, modelopt_export
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
@@ -29,7 +30,6 @@ from safetensors.numpy import load_file
 np.float8_e4m3fn = ml_dtypes.float8_e4m3fn
 
 # nvfp4-formats.md section 0: code -> value, bit 3 = sign.
-E2M1_VALUES = np.array([0, .5, 1, 1.5, 2, 3, 4, 6, -0., -.5, -1, -1.5, -2, -3, -4, -6], np.float32)
 FUSED_SUFFIXES = [("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
                   ("mlp.gate_proj", "mlp.up_proj")]
 TIMEOUT = 120
@@ -86,39 +86,6 @@ def checkpoint_tensors(directory):
 def source_f32(dtype, shape, raw):
     src = {"BF16": ml_dtypes.bfloat16, "F16": np.float16, "F32": np.float32}[dtype]
     return np.frombuffer(raw, dtype=src).reshape(shape).astype(np.float32)
-
-
-def modelopt_export(w, amax=None, scale_max=448):
-    """ModelOpt's NVFP4 weight export (nvfp4-formats.md 1.2 / 7 steps 1-5) in numpy/ml_dtypes;
-    `amax` is the fused group's when given. scale_max 256 only changes s2 = amax / (6 F)."""
-    w = w.astype(np.float32)
-    n, k = w.shape
-    amax = np.float32(np.abs(w).max() if amax is None else amax)
-    s2 = np.float32(amax / np.float32(6 * scale_max)) if amax > 0 else np.float32(1.0)
-    blocks = w.reshape(n, k // 16, 16)
-    block_amax = np.abs(blocks).max(axis=-1)
-    bs = (block_amax / (np.float32(6.0) * s2)).astype(np.float32)
-    bs[bs == 0] = np.float32(1.0)
-    bs_fp8 = np.clip(bs, np.float32(2.0 ** -9), np.float32(448.0)).astype(ml_dtypes.float8_e4m3fn)
-    eff = (bs_fp8.astype(np.float32) * s2).astype(np.float32)
-    y = (blocks / eff[..., None]).astype(np.float32)
-    ay = np.abs(y)
-    ordinal = np.searchsorted(np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0], np.float32), ay,
-                              side="left")
-    ordinal = ordinal + np.isin(ay, np.array([0.75, 1.75, 3.5], np.float32))
-    codes = (ordinal | ((y < 0).astype(np.int64) << 3)).astype(np.uint8).reshape(n, k)
-    packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
-    return packed, bs_fp8.view(np.uint8), s2
-
-
-def numpy_decode(packed, scales_u8, s2, k):
-    """Independent decoder: low nibble = element 2j, E2M1 table of section 0, E4M3 by ml_dtypes,
-    w = e2m1 * fl32(float(scale) * s2) (the scale product first, as ModelOpt's dequantize)."""
-    codes = np.stack([packed & 0xF, packed >> 4], axis=-1).reshape(packed.shape[0], -1)[:, :k]
-    scale = np.ascontiguousarray(scales_u8).view(ml_dtypes.float8_e4m3fn).astype(np.float32)
-    eff = (scale * np.float32(s2)).astype(np.float32)
-    eff = np.repeat(eff, 16, axis=1)[:, :k]
-    return (E2M1_VALUES[codes] * eff).astype(np.float32)
 
 
 def fused_group_of(module):
@@ -335,7 +302,7 @@ def test_numpy_decoder_matches_our_dequantization(runs, src_raw, codec, name):
         assert s2.dtype == np.float32 and s2.shape == ()
         k = packed.shape[1] * 2
         ours = codec.dequantize(packed, scales.view(np.uint8), s2, k)
-        ref = numpy_decode(packed, scales.view(np.uint8), s2, k)
+        ref = decode(packed, scales.view(np.uint8), s2, k)
         assert np.array_equal(ours.view(np.uint32), ref.view(np.uint32)), m
         # The report's MSE is the error of exactly these values.
         w = source_f32(*src_raw[m + ".weight"]).astype(np.float64)

@@ -10,41 +10,12 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from nvfp4_reference import decode, modelopt_export
+
 # safetensors' numpy loader looks the fp8 dtype up on numpy itself.
 np.float8_e4m3fn = ml_dtypes.float8_e4m3fn
 
-E2M1_VALUES = np.array([0, .5, 1, 1.5, 2, 3, 4, 6, -0., -.5, -1, -1.5, -2, -3, -4, -6], np.float32)
 RNG = np.random.default_rng(7)
-
-
-def modelopt_export(w: np.ndarray):
-    """ModelOpt's NVFP4 weight export, written from its documented math in numpy/ml_dtypes."""
-    w = w.astype(np.float32)
-    n, k = w.shape
-    amax = np.float32(np.abs(w).max())
-    s2 = np.float32(amax / np.float32(2688.0))
-    blocks = w.reshape(n, k // 16, 16)
-    block_amax = np.abs(blocks).max(axis=-1)
-    bs = (block_amax / (np.float32(6.0) * s2)).astype(np.float32)
-    bs[bs == 0] = np.float32(1.0)
-    bs_fp8 = np.clip(bs, 2.0 ** -9, 448.0).astype(ml_dtypes.float8_e4m3fn)
-    eff = (bs_fp8.astype(np.float32) * s2).astype(np.float32)
-    y = (blocks / eff[..., None]).astype(np.float32)
-    ay = np.abs(y)
-    ordinal = np.searchsorted(np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0], np.float32), ay,
-                              side="left")
-    ordinal = ordinal + np.isin(ay, np.array([0.75, 1.75, 3.5], np.float32))
-    codes = (ordinal | ((y < 0).astype(np.int64) << 3)).astype(np.uint8).reshape(n, k)
-    packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
-    return packed, bs_fp8.view(np.uint8), s2
-
-
-def decode(packed, scales_u8, s2, k):
-    codes = np.stack([packed & 0xF, packed >> 4], axis=-1).reshape(packed.shape[0], -1)[:, :k]
-    scale = scales_u8.view(ml_dtypes.float8_e4m3fn).astype(np.float32)
-    eff = (scale * np.float32(s2)).astype(np.float32)
-    eff = np.repeat(eff, 16, axis=1)[:, :k]
-    return (E2M1_VALUES[codes] * eff).astype(np.float32)
 
 
 def run(nvfp4q, *args, check=True):
