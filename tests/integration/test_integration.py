@@ -203,10 +203,14 @@ def test_failover_of_a_server_side_checkpoint_job(daemons, checkpoint, tmp_path)
     replicas = [daemons("--allowed-root", root) for _ in range(3)]
     servers = ",".join(d.target for d in replicas)
     staging = root / ".out.nvfp4-partial"
+    # Exhaustive search (same bytes as the sweep, ~7x the work) keeps the job running long
+    # enough to be caught mid-way on a fast machine.
+    run(BIN / "nvfp4q", "quantize", "--quiet", "--model", root / "model", "--out",
+        tmp_path / "reference", "--shard-size", "8MB", "--method", "exhaustive")
     proc = subprocess.Popen(
         [str(BIN / "nvfp4q"), "quantize", "--model", str(root / "model"), "--out",
-         str(root / "out"), "--shard-size", "8MB", "--server", servers, "--report",
-         str(tmp_path / "report.json")],
+         str(root / "out"), "--shard-size", "8MB", "--method", "exhaustive", "--server", servers,
+         "--report", str(tmp_path / "report.json")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def running_replica():
@@ -233,7 +237,7 @@ def test_failover_of_a_server_side_checkpoint_job(daemons, checkpoint, tmp_path)
     assert "retrying" in stderr, stderr
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["totals"]["shards_resumed"] >= 2, report["totals"]
-    same_tree(root / "out", checkpoint / "reference")
+    same_tree(root / "out", tmp_path / "reference")
     assert not staging.exists()
 
 
