@@ -108,6 +108,17 @@ class ReadOnlyFile {
   std::string path_;
 };
 
+// The whole contents of a regular file.
+inline absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
+  absl::StatusOr<ReadOnlyFile> file = ReadOnlyFile::Open(path);
+  if (!file.ok()) return file.status();
+  std::string bytes(static_cast<size_t>(file->size()), '\0');
+  if (absl::Status status = file->ReadAt(0, bytes.data(), bytes.size()); !status.ok()) {
+    return status;
+  }
+  return bytes;
+}
+
 // A borrowed byte range to be written.
 // product(shape) * item_size, or nullopt on a negative dimension or uint64 overflow.
 inline std::optional<uint64_t> CheckedByteCount(const std::vector<int64_t>& shape,

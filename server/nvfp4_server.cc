@@ -2,14 +2,13 @@
 
 #include <malloc.h>
 
-#include <fstream>
-#include <sstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "common/posix_file.h"
 #include "common/status_macros.h"
 #include "common/version.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -23,11 +22,12 @@ namespace nvfp4::server {
 namespace {
 
 absl::StatusOr<std::string> ReadFile(const std::string& path, const char* what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", what, " file ", path));
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
+  absl::StatusOr<std::string> bytes = io::internal::ReadFileToString(path);
+  if (!bytes.ok()) {
+    return absl::Status(bytes.status().code(), absl::StrCat("cannot read the ", what,
+                                                            " file: ", bytes.status().message()));
+  }
+  return bytes;
 }
 
 absl::StatusOr<std::vector<std::unique_ptr<QuantizerBackend>>> CreateEngines(

@@ -4,14 +4,12 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -27,6 +25,7 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/numerics/global_scale.h"
 #include "server/checkpoint/checkpoint_config.h"
+#include "server/checkpoint/content_hash.h"
 #include "server/checkpoint/safetensors.h"
 #include "server/checkpoint/source_checkpoint.h"
 
@@ -46,48 +45,13 @@ double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-std::string Hex128(XXH128_hash_t h) {
-  char text[33];
-  std::snprintf(text, sizeof(text), "%016llx%016llx", static_cast<unsigned long long>(h.high64),
-                static_cast<unsigned long long>(h.low64));
-  return text;
-}
-
-absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
-  ASSIGN_OR_RETURN(io::internal::ReadOnlyFile file, io::internal::ReadOnlyFile::Open(path));
-  std::string bytes(static_cast<size_t>(file.size()), '\0');
-  RETURN_IF_ERROR(file.ReadAt(0, bytes.data(), bytes.size()));
-  return bytes;
-}
-
-// XXH3-128 of a file's bytes, through a read-only mapping.
-absl::StatusOr<std::string> HashFile(const std::string& path) {
-  ASSIGN_OR_RETURN(io::internal::ReadOnlyFile file, io::internal::ReadOnlyFile::Open(path));
-  const size_t size = static_cast<size_t>(file.size());
-  if (size == 0) return Hex128(XXH3_128bits(nullptr, 0));
-  // Hash in 64 MiB pieces through pread: bounded memory, no mapping of a file being replaced.
-  XXH3_state_t* state = XXH3_createState();
-  XXH3_128bits_reset(state);
-  std::vector<char> buffer(std::min<size_t>(size, size_t{64} << 20));
-  absl::Status status;
-  for (size_t offset = 0; offset < size && status.ok(); offset += buffer.size()) {
-    const size_t n = std::min(buffer.size(), size - offset);
-    status = file.ReadAt(offset, buffer.data(), n);
-    XXH3_128bits_update(state, buffer.data(), n);
-  }
-  const XXH128_hash_t hash = XXH3_128bits_digest(state);
-  XXH3_freeState(state);
-  RETURN_IF_ERROR(status);
-  return Hex128(hash);
-}
-
 absl::Status WriteTextAtomically(const std::string& path, const std::string& text) {
   return io::internal::WriteFileAtomically(path, {{text.data(), text.size()}});
 }
 
 absl::StatusOr<std::map<std::string, float>> LoadCalibration(const std::string& path,
                                                              std::string* text_out) {
-  ASSIGN_OR_RETURN(*text_out, ReadWholeFile(path));
+  ASSIGN_OR_RETURN(*text_out, io::internal::ReadFileToString(path));
   const Json json = Json::parse(*text_out, nullptr, false);
   if (json.is_discarded() || !json.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -126,7 +90,7 @@ struct Journal {
 };
 
 absl::StatusOr<Journal> LoadJournal(const std::string& path) {
-  ASSIGN_OR_RETURN(const std::string text, ReadWholeFile(path));
+  ASSIGN_OR_RETURN(const std::string text, io::internal::ReadFileToString(path));
   const Json json = Json::parse(text, nullptr, false);
   if (json.is_discarded() || !json.is_object() || !json.contains("plan_key") ||
       !json.contains("shards")) {
@@ -164,7 +128,7 @@ absl::Status SaveJournal(const std::string& path, const Journal& journal) {
 }
 
 absl::Status CopyFile(const fs::path& from, const fs::path& to) {
-  ASSIGN_OR_RETURN(const std::string bytes, ReadWholeFile(from.string()));
+  ASSIGN_OR_RETURN(const std::string bytes, io::internal::ReadFileToString(from.string()));
   std::error_code ec;
   fs::create_directories(to.parent_path(), ec);
   if (ec) return absl::InternalError(absl::StrCat(to.parent_path().string(), ": ", ec.message()));
@@ -306,11 +270,11 @@ std::string Job::PlanKey() const {
   if (importance_.has_value()) {
     // The whole data section: data(<offset 0>) is its first byte.
     const uint64_t data_bytes = importance_->file_size() - importance_->header().data_start;
-    key << "importance "
-        << Hex128(XXH3_128bits(importance_->data(SafetensorsTensorInfo{}), data_bytes)) << '\n';
+    key << "importance " << HashBytes(importance_->data(SafetensorsTensorInfo{}), data_bytes)
+        << '\n';
   }
   const std::string text = key.str();
-  return Hex128(XXH3_128bits(text.data(), text.size()));
+  return HashBytes(text.data(), text.size());
 }
 
 absl::Status Job::PrepareStaging() {
@@ -592,7 +556,7 @@ absl::Status Job::WriteShard(size_t shard) {
   }
   report_.totals.write_seconds += write_seconds;
   RETURN_IF_ERROR(status);
-  ASSIGN_OR_RETURN(journal_shard.hash, HashFile(path));
+  journal_shard.hash = writer->content_hash();
   journal_.shards[plan_.shard_files[shard]] = std::move(journal_shard);
   return SaveJournal((fs::path(staging_) / kJournalName).string(), journal_);
 }

@@ -398,6 +398,7 @@ absl::StatusOr<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::Create(
   const uint64_t n = header_text.size();
   for (int i = 0; i < 8; ++i) prefix[i] = static_cast<char>((n >> (8 * i)) & 0xFF);
   prefix += header_text;
+  writer->hasher_.Update(prefix.data(), prefix.size());
   RETURN_IF_ERROR(
       io::internal::WriteAll(writer->fd_, prefix.data(), prefix.size(), writer->tmp_path_));
   return writer;
@@ -410,6 +411,7 @@ SafetensorsWriter::~SafetensorsWriter() {
 
 absl::Status SafetensorsWriter::Flush() {
   if (buffer_.empty()) return absl::OkStatus();
+  hasher_.Update(buffer_.data(), buffer_.size());
   absl::Status status = io::internal::WriteAll(fd_, buffer_.data(), buffer_.size(), tmp_path_);
   buffer_.clear();
   return status;
@@ -428,6 +430,7 @@ absl::Status SafetensorsWriter::Write(const void* data, size_t size) {
     return buffer_.size() >= kCoalesce ? Flush() : absl::OkStatus();
   }
   RETURN_IF_ERROR(Flush());
+  hasher_.Update(data, size);
   return io::internal::WriteAll(fd_, data, size, tmp_path_);
 }
 

@@ -33,6 +33,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "server/checkpoint/content_hash.h"
 
 namespace nvfp4::checkpoint {
 
@@ -120,6 +121,9 @@ class SafetensorsWriter {
   const std::vector<uint64_t>& entry_bytes() const { return entry_bytes_; }
   // Checks every byte arrived, fsyncs, renames to `path`, fsyncs the directory.
   absl::Status Commit();
+  // The content hash (content_hash.h) of the file's bytes, computed while writing: equals
+  // HashFile(path) after a successful Commit, without reading the file back.
+  std::string content_hash() const { return hasher_.HexDigest(); }
 
  private:
   SafetensorsWriter() = default;
@@ -133,6 +137,7 @@ class SafetensorsWriter {
   uint64_t written_ = 0;
   std::vector<uint64_t> entry_bytes_;
   std::string buffer_;  // small writes are coalesced
+  ContentHasher hasher_;
 };
 
 // A tensor with its bytes, for WriteSafetensors.

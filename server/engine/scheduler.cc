@@ -16,6 +16,7 @@ Scheduler::Admission::~Admission() { scheduler_->Release(this); }
 Scheduler::Scheduler(const SchedulerOptions& options,
                      std::vector<std::unique_ptr<QuantizerBackend>> engines, ServerMetrics* metrics)
     : options_(options), engines_(std::move(engines)), metrics_(metrics) {
+  if (metrics_) metrics_->SetMemoryBudget(static_cast<double>(options_.memory_budget_bytes));
   {
     absl::MutexLock lock(&mu_);
     PublishGauges();
@@ -187,7 +188,6 @@ void Scheduler::PublishGauges() {
   metrics_->SetQueue(slots_used_, options_.max_queue);
   metrics_->SetRunning(running_);
   metrics_->SetReservedBytes(reserved_);
-  metrics_->SetMemoryBudget(static_cast<double>(options_.memory_budget_bytes));
 }
 
 }  // namespace nvfp4::server

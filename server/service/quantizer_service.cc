@@ -608,15 +608,20 @@ grpc::ServerUnaryReactor* QuantizerService::QuantizeTensorUnary(
   return new TensorUnaryReactor(this, context, request, response);
 }
 
+absl::StatusOr<std::shared_ptr<Job>> QuantizerService::FindJob(
+    const grpc::CallbackServerContext& context, const std::string& job_id) const {
+  RETURN_IF_ERROR(Authenticate(context));
+  std::shared_ptr<Job> job = jobs_->Find(job_id);
+  if (!job) return absl::NotFoundError(absl::StrCat("no job '", job_id, "'"));
+  return job;
+}
+
 grpc::ServerUnaryReactor* QuantizerService::GetJob(grpc::CallbackServerContext* context,
                                                    const v1::GetJobRequest* request,
                                                    v1::Job* response) {
-  if (absl::Status auth = Authenticate(*context); !auth.ok()) return FinishNow(context, auth);
-  std::shared_ptr<Job> job = jobs_->Find(request->job_id());
-  if (!job) {
-    return FinishNow(context,
-                     absl::NotFoundError(absl::StrCat("no job '", request->job_id(), "'")));
-  }
+  absl::StatusOr<std::shared_ptr<Job>> found = FindJob(*context, request->job_id());
+  if (!found.ok()) return FinishNow(context, found.status());
+  const std::shared_ptr<Job>& job = *found;
   *response = job->ToProto();
   return FinishNow(context, absl::OkStatus());
 }
@@ -634,12 +639,9 @@ grpc::ServerUnaryReactor* QuantizerService::ListJobs(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* QuantizerService::CancelJob(grpc::CallbackServerContext* context,
                                                       const v1::CancelJobRequest* request,
                                                       v1::Job* response) {
-  if (absl::Status auth = Authenticate(*context); !auth.ok()) return FinishNow(context, auth);
-  std::shared_ptr<Job> job = jobs_->Find(request->job_id());
-  if (!job) {
-    return FinishNow(context,
-                     absl::NotFoundError(absl::StrCat("no job '", request->job_id(), "'")));
-  }
+  absl::StatusOr<std::shared_ptr<Job>> found = FindJob(*context, request->job_id());
+  if (!found.ok()) return FinishNow(context, found.status());
+  const std::shared_ptr<Job>& job = *found;
   if (!job->finished()) {
     job->RequestCancel();
     scheduler_->CancelQueued(*job);

@@ -64,6 +64,9 @@ class QuantizerService final : public v1::Quantizer::CallbackService {
 
   // Internal, for the reactors.
   absl::Status Authenticate(const grpc::CallbackServerContext& context) const;
+  // Authenticate, then the job called `job_id` (NotFound when unknown).
+  absl::StatusOr<std::shared_ptr<Job>> FindJob(const grpc::CallbackServerContext& context,
+                                               const std::string& job_id) const;
   // kind: the job kind label of the metrics ("tensor", "checkpoint").
   void RecordOutcome(const absl::Status& status, double seconds,
                      const std::string& kind = "tensor");

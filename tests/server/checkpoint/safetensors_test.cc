@@ -3,6 +3,8 @@
 // and the streaming, crash-safe writer (SafetensorsWriter, WriteSafetensors).
 #include "server/checkpoint/safetensors.h"
 
+#include "server/checkpoint/content_hash.h"
+
 #include <unistd.h>
 
 #include <cstdint>
@@ -672,8 +674,14 @@ TEST(SafetensorsWriterTest, StreamsBytesAcrossTensors) {
   EXPECT_FALSE(std::filesystem::exists(path));  // nothing at the path before Commit
   const absl::Status commit = (*writer)->Commit();
   ASSERT_TRUE(commit.ok()) << commit;
+  // The hash taken while writing (small coalesced writes and large direct ones) is the file's.
+  const std::string streamed_hash = (*writer)->content_hash();
   writer->reset();
   EXPECT_EQ(ListDir(dir), std::vector<std::string>{"stream.safetensors"});
+  absl::StatusOr<std::string> file_hash = HashFile(path);
+  ASSERT_TRUE(file_hash.ok()) << file_hash.status();
+  EXPECT_EQ(streamed_hash, *file_hash);
+  EXPECT_EQ(streamed_hash.size(), 32u);
 
   absl::StatusOr<MappedSafetensors> file = MappedSafetensors::Open(path);
   ASSERT_TRUE(file.ok()) << file.status();
