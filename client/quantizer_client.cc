@@ -12,9 +12,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
+#include "client/blocking_raw_stream.h"
 #include "common/status_macros.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "kernels/numerics/half.h"
+#include "proto/chunk_wire.h"
 #include "proto/convert.h"
 
 namespace nvfp4::client {
@@ -89,7 +91,10 @@ absl::StatusOr<std::unique_ptr<QuantizerClient>> QuantizerClient::Connect(
 
 QuantizerClient::QuantizerClient(const ClientOptions& options,
                                  std::shared_ptr<grpc::Channel> channel)
-    : options_(options), channel_(std::move(channel)), stub_(v1::Quantizer::NewStub(channel_)) {}
+    : options_(options),
+      channel_(std::move(channel)),
+      stub_(v1::Quantizer::NewStub(channel_)),
+      upload_pool_(SlicePool::Create(static_cast<size_t>(options.chunk_bytes), 16)) {}
 
 bool QuantizerClient::cancelled() {
   absl::MutexLock lock(&mu_);
@@ -141,43 +146,53 @@ absl::StatusOr<QuantizedTensor> QuantizerClient::QuantizeTensor(
 
   grpc::ClientContext context;
   Prepare(&context);
-  auto stream = stub_->QuantizeTensor(&context);
+  BlockingRawStream stream(channel_, &context, "/nvfp4.v1.Quantizer/QuantizeTensor");
   // `cancel`: on a local failure the server may still be sending, so cancel or Finish would
   // wait for it. Not after a failed write: the call is already over and cancelling now would
   // race the server's status (e.g. UNAUTHENTICATED) and replace it with CANCELLED.
   auto finish = [&](absl::Status local, bool cancel = true) -> absl::Status {
     if (!local.ok() && cancel) context.TryCancel();
-    const grpc::Status remote = stream->Finish();
+    const grpc::Status remote = stream.Finish();
     Forget(&context);
     // The server's status explains a failed write/read better than the local symptom.
     if (!remote.ok()) return api::FromGrpcStatus(remote);
     return local;
   };
 
-  v1::QuantizeTensorRequest request;
-  *request.mutable_header() = api::HeaderFromSpec(spec);
+  v1::QuantizeTensorRequest header_message;
+  *header_message.mutable_header() = api::HeaderFromSpec(spec);
+  grpc::ByteBuffer message;
+  bool own_buffer = false;
+  if (!grpc::SerializationTraits<v1::QuantizeTensorRequest>::Serialize(header_message, &message,
+                                                                       &own_buffer)
+           .ok()) {
+    return finish(absl::InternalError("cannot serialise the request header"));
+  }
   const int64_t importance_bytes = spec.importance_values() * 4;
   const int64_t total_upload = importance_bytes + static_cast<int64_t>(input.bytes());
   int64_t uploaded = 0;
-  bool write_ok = stream->Write(request);
-  auto send = [&](const void* base, int64_t bytes, bool is_data) {
+  bool write_ok = stream.Write(message);
+  // Chunks go out as slices of pooled buffers: one copy, no protobuf serialisation.
+  auto send = [&](const void* base, int64_t bytes, uint32_t field) {
     for (int64_t offset = 0; write_ok && offset < bytes; offset += options_.chunk_bytes) {
       const int64_t n = std::min(options_.chunk_bytes, bytes - offset);
-      request.Clear();
-      std::string* chunk = is_data ? request.mutable_data() : request.mutable_importance();
-      chunk->assign(static_cast<const char*>(base) + offset, static_cast<size_t>(n));
-      write_ok = stream->Write(request);
+      write_ok = stream.Write(api::SingleBytesFieldMessage(
+          field,
+          upload_pool_->Copy(static_cast<const char*>(base) + offset, static_cast<size_t>(n))));
       uploaded += n;
       if (progress) progress(uploaded, total_upload, "upload");
     }
   };
-  if (importance_bytes > 0) send(importance.data, importance_bytes, false);
-  send(input.data, static_cast<int64_t>(input.bytes()), true);
-  if (write_ok) stream->WritesDone();
+  if (importance_bytes > 0) {
+    send(importance.data, importance_bytes, v1::QuantizeTensorRequest::kImportanceFieldNumber);
+  }
+  send(input.data, static_cast<int64_t>(input.bytes()),
+       v1::QuantizeTensorRequest::kDataFieldNumber);
+  if (write_ok) write_ok = stream.WritesDone();
   if (!write_ok) {
     // Drain whatever the server sent before closing so Finish returns its status at once.
-    v1::QuantizeTensorResponse ignored;
-    while (stream->Read(&ignored)) {
+    grpc::ByteBuffer ignored;
+    while (stream.Read(&ignored)) {
     }
     return finish(absl::UnavailableError("the server closed the stream"), /*cancel=*/false);
   }
@@ -188,8 +203,39 @@ absl::StatusOr<QuantizedTensor> QuantizerClient::QuantizeTensor(
   v1::ResultHeader header;
   bool have_header = false, have_metrics = false;
   int64_t received = 0, expected = 0;
+  // Appends a byte section's chunk, copied once from the received slices.
+  auto append = [&](const api::BytesFieldView& chunk, std::vector<uint8_t>* to) {
+    chunk.ForEachPiece(
+        [to](const uint8_t* data, size_t n) { to->insert(to->end(), data, data + n); });
+    received += static_cast<int64_t>(chunk.size());
+  };
   v1::QuantizeTensorResponse response;
-  while (stream->Read(&response)) {
+  grpc::ByteBuffer raw;
+  while (stream.Read(&raw)) {
+    if (const std::optional<api::BytesFieldView> chunk = api::AsSingleBytesField(raw);
+        chunk && chunk->field_number() != v1::QuantizeTensorResponse::kAcceptedFieldNumber &&
+        chunk->field_number() != v1::QuantizeTensorResponse::kResultFieldNumber &&
+        chunk->field_number() != v1::QuantizeTensorResponse::kMetricsFieldNumber) {
+      if (!have_header) return finish(Unexpected("result bytes before the result header"));
+      switch (chunk->field_number()) {
+        case v1::QuantizeTensorResponse::kPackedFieldNumber:
+          append(*chunk, &out.packed);
+          break;
+        case v1::QuantizeTensorResponse::kScalesFieldNumber:
+          append(*chunk, &out.scales);
+          break;
+        case v1::QuantizeTensorResponse::kDequantizedFieldNumber:
+          append(*chunk, &dequantized);
+          break;
+        default:
+          return finish(Unexpected("message"));
+      }
+      if (progress && expected > 0) progress(received, expected, "download");
+      continue;
+    }
+    if (!grpc::SerializationTraits<v1::QuantizeTensorResponse>::Deserialize(&raw, &response).ok()) {
+      return finish(Unexpected("unparsable message"));
+    }
     switch (response.payload_case()) {
       case v1::QuantizeTensorResponse::kAccepted:
         if (job_id) *job_id = response.accepted().job_id();
@@ -207,30 +253,14 @@ absl::StatusOr<QuantizedTensor> QuantizerClient::QuantizeTensor(
         dequantized.reserve(static_cast<size_t>(header.dequantized_bytes()));
         expected = header.packed_bytes() + header.scales_bytes() + header.dequantized_bytes();
         break;
-      case v1::QuantizeTensorResponse::kPacked:
-        if (!have_header) return finish(Unexpected("packed data before the result header"));
-        out.packed.insert(out.packed.end(), response.packed().begin(), response.packed().end());
-        received += static_cast<int64_t>(response.packed().size());
-        break;
-      case v1::QuantizeTensorResponse::kScales:
-        if (!have_header) return finish(Unexpected("scales before the result header"));
-        out.scales.insert(out.scales.end(), response.scales().begin(), response.scales().end());
-        received += static_cast<int64_t>(response.scales().size());
-        break;
-      case v1::QuantizeTensorResponse::kDequantized:
-        if (!have_header) return finish(Unexpected("dequantized data before the result header"));
-        dequantized.insert(dequantized.end(), response.dequantized().begin(),
-                           response.dequantized().end());
-        received += static_cast<int64_t>(response.dequantized().size());
-        break;
       case v1::QuantizeTensorResponse::kMetrics:
         out.metrics = api::MetricsFromProto(response.metrics());
         have_metrics = true;
         break;
       default:
+        // Byte sections arrive as single fields above; anything else is not ours.
         return finish(Unexpected("message"));
     }
-    if (progress && expected > 0) progress(received, expected, "download");
   }
   RETURN_IF_ERROR(finish(absl::OkStatus()));
   if (!have_header || !have_metrics) return Unexpected("end of stream before the results");

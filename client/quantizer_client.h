@@ -23,6 +23,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "client/slice_pool.h"
 #include "grpcpp/grpcpp.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/quantize_options.h"
@@ -96,6 +97,9 @@ class QuantizerClient {
   std::unique_ptr<cpu::CpuBackend> scanner_ ABSL_GUARDED_BY(scanner_mu_);
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Quantizer::Stub> stub_;
+  // Upload chunk buffers, reused across calls (at most 16 chunks, 64 MiB by default, stay
+  // allocated between calls: about the HTTP/2 window's worth that is in flight anyway).
+  std::shared_ptr<SlicePool> upload_pool_;
   absl::Mutex mu_;
   std::set<grpc::ClientContext*> in_flight_ ABSL_GUARDED_BY(mu_);
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;

@@ -165,6 +165,9 @@ void Nvfp4Server::Housekeeping(const std::vector<int>& gpus) {
     // tensors have their own mappings) back to the OS, so the resident size follows the load
     // rather than its peak. Connections wind down after their last job, so this repeats on
     // every idle tick; on a small idle heap it costs well under a millisecond.
+    service_->buffer_pool()->ReleaseStale();
+    if (metrics_)
+      metrics_->SetBufferPoolIdleBytes(static_cast<double>(service_->buffer_pool()->idle_bytes()));
     if (scheduler_->queue_depth() == 0 && scheduler_->running() == 0 &&
         scheduler_->reserved_bytes() == 0) {
       ::malloc_trim(0);

@@ -62,6 +62,11 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   double upload_idle_seconds = absl::ToDoubleSeconds(options.service.upload_idle_timeout);
+  double buffer_idle_seconds = absl::ToDoubleSeconds(options.service.buffer_idle_release);
+  app.add_option("--buffer-idle-release", buffer_idle_seconds,
+                 "seconds a finished job's input buffer is kept for reuse by the next job")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   app.add_option("--upload-idle-timeout", upload_idle_seconds,
                  "seconds a started job waits for more tensor data before failing")
       ->check(CLI::PositiveNumber)
@@ -81,6 +86,7 @@ int main(int argc, char** argv) {
   options.scheduler.max_job_bytes = max_job_mib << 20;
   options.service.max_message_bytes = max_message_mib << 20;
   options.service.upload_idle_timeout = absl::Seconds(upload_idle_seconds);
+  options.service.buffer_idle_release = absl::Seconds(buffer_idle_seconds);
 
   // Signals are taken synchronously by one thread: block them before any thread starts.
   sigset_t signals;

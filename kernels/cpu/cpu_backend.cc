@@ -22,16 +22,23 @@ struct IsaKernels {
   RowKernelFn rows;
   ConvertFn convert;
   ScanFn scan;
+  ScanHalfFn scan_half;
+
+  // max |x| and non-finite count of n values of `dtype` (16-bit types scanned on their bits).
+  ScanResult Scan(DType dtype, const void* src, int64_t n) const {
+    return dtype == DType::kF32 ? scan(static_cast<const float*>(src), n)
+                                : scan_half(dtype, static_cast<const uint16_t*>(src), n);
+  }
 };
 
 IsaKernels KernelsFor(CpuIsa isa) {
   switch (isa) {
     case CpuIsa::kAvx512:
-      return {QuantizeRowsAvx512, ConvertToF32Avx512, ScanF32Avx512};
+      return {QuantizeRowsAvx512, ConvertToF32Avx512, ScanF32Avx512, ScanHalfAvx512};
     case CpuIsa::kAvx2:
-      return {QuantizeRowsAvx2, ConvertToF32Avx2, ScanF32Avx2};
+      return {QuantizeRowsAvx2, ConvertToF32Avx2, ScanF32Avx2, ScanHalfAvx2};
     default:
-      return {QuantizeRowsScalar, ConvertToF32Scalar, ScanF32Scalar};
+      return {QuantizeRowsScalar, ConvertToF32Scalar, ScanF32Scalar, ScanHalfScalar};
   }
 }
 
@@ -82,14 +89,7 @@ absl::StatusOr<float> CpuBackend::ComputeAmax(const TensorView& input) {
     const int64_t begin = chunk * kChunkElements;
     const int64_t count = std::min(kChunkElements, n - begin);
     const void* src = static_cast<const uint8_t*>(input.data) + begin * element_size;
-    if (input.dtype == DType::kF32) {
-      results[chunk] = kernels.scan(static_cast<const float*>(src), count);
-    } else {
-      std::vector<float>& buffer = ThreadScratch(0);
-      buffer.resize(static_cast<size_t>(count));
-      kernels.convert(input.dtype, src, count, buffer.data());
-      results[chunk] = kernels.scan(buffer.data(), count);
-    }
+    results[chunk] = kernels.Scan(input.dtype, src, count);
   });
   float amax = 0.0f;
   for (int64_t chunk = 0; chunk < chunks; ++chunk) {
@@ -207,16 +207,12 @@ absl::StatusOr<QuantizedTensor> CpuBackend::QuantizeUnchecked(const TensorView& 
       }
       // The whole-tensor NaN pass cannot run before the data is there: check this chunk.
       const void* src = static_cast<const uint8_t*>(input.data) + r0 * input.cols * element_size;
-      const float* values = static_cast<const float*>(src);
-      std::vector<float>& scan = ThreadScratch(2);
-      if (input.dtype != DType::kF32) {
-        scan.resize(static_cast<size_t>(rows * input.cols));
-        kernels.convert(input.dtype, src, rows * input.cols, scan.data());
-        values = scan.data();
-      }
-      const ScanResult scanned = kernels.scan(values, rows * input.cols);
+      const ScanResult scanned = kernels.Scan(input.dtype, src, rows * input.cols);
       chunk_amax[chunk] = scanned.max_abs;
       if (scanned.non_finite > 0) {
+        std::vector<float>& values = ThreadScratch(2);
+        values.resize(static_cast<size_t>(rows * input.cols));
+        ConvertToF32Scalar(input.dtype, src, rows * input.cols, values.data());
         for (int64_t i = 0; i < rows * input.cols; ++i) {
           if (!std::isfinite(values[i])) {
             first_bad[chunk] = r0 * input.cols + i;

@@ -50,6 +50,18 @@ ScanResult ScanF32Scalar(const float* x, int64_t n);
 ScanResult ScanF32Avx2(const float* x, int64_t n);
 ScanResult ScanF32Avx512(const float* x, int64_t n);
 
+// The same over n bf16 or f16 values (dtype), on their bits without widening: for finite
+// values the magnitude order of these formats is the integer order of (bits & 0x7fff), and
+// non-finite values are those at or above the infinity pattern. max_abs equals what
+// ConvertToF32 + ScanF32 report.
+using ScanHalfFn = ScanResult (*)(DType dtype, const uint16_t* x, int64_t n);
+ScanResult ScanHalfScalar(DType dtype, const uint16_t* x, int64_t n);
+ScanResult ScanHalfAvx2(DType dtype, const uint16_t* x, int64_t n);
+ScanResult ScanHalfAvx512(DType dtype, const uint16_t* x, int64_t n);
+// Infinity's magnitude bits and the widening of a finite magnitude (shared by the ISAs).
+uint16_t HalfInfinityBits(DType dtype);
+float HalfMagnitudeToFloat(DType dtype, uint16_t magnitude);
+
 }  // namespace nvfp4::cpu
 
 #endif  // NVFP4_KERNELS_CPU_ROW_KERNEL_H_

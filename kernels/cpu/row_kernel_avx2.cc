@@ -2,6 +2,7 @@
 // the first level of the defined tree sum (i + i+8) is a plain vertical add. Same operations as
 // the scalar reference, hence the same bytes.
 #include <immintrin.h>
+#include <algorithm>
 
 #include "kernels/cpu/row_driver.h"
 #include "kernels/cpu/row_kernel.h"
@@ -244,6 +245,31 @@ void ConvertToF32Avx2(DType dtype, const void* src, int64_t n, float* dst) {
     const size_t offset = static_cast<size_t>(i) * DTypeSize(dtype);
     ConvertToF32Scalar(dtype, static_cast<const uint8_t*>(src) + offset, n - i, dst + i);
   }
+}
+
+ScanResult ScanHalfAvx2(DType dtype, const uint16_t* x, int64_t n) {
+  const uint16_t infinity = HalfInfinityBits(dtype);
+  const __m256i magnitude_mask = _mm256_set1_epi16(0x7fff);
+  // Magnitudes are below 0x8000, so signed 16-bit compares order them correctly.
+  const __m256i below_infinity = _mm256_set1_epi16(static_cast<int16_t>(infinity - 1));
+  __m256i max_magnitude = _mm256_setzero_si256();
+  int64_t non_finite = 0;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256i m = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)),
+                                       magnitude_mask);
+    const __m256i bad = _mm256_cmpgt_epi16(m, below_infinity);
+    max_magnitude = _mm256_max_epi16(max_magnitude, _mm256_andnot_si256(bad, m));
+    non_finite += __builtin_popcount(static_cast<uint32_t>(_mm256_movemask_epi8(bad))) / 2;
+  }
+  ScanResult result = ScanHalfScalar(dtype, x + i, n - i);
+  alignas(32) uint16_t lanes[16];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), max_magnitude);
+  uint16_t vector_max = 0;
+  for (uint16_t lane : lanes) vector_max = std::max(vector_max, lane);
+  result.max_abs = std::max(result.max_abs, HalfMagnitudeToFloat(dtype, vector_max));
+  result.non_finite += non_finite;
+  return result;
 }
 
 ScanResult ScanF32Avx2(const float* x, int64_t n) {

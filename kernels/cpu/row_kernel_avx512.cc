@@ -2,6 +2,7 @@
 // shared block functions (block_math.h) with the same operations in the same order, so the
 // bytes and sums equal the scalar reference; tests/kernels/cpu_backend_test.cc checks that.
 #include <immintrin.h>
+#include <algorithm>
 
 #include "kernels/cpu/row_driver.h"
 #include "kernels/cpu/row_kernel.h"
@@ -220,6 +221,29 @@ void ConvertToF32Avx512(DType dtype, const void* src, int64_t n, float* dst) {
     const size_t offset = static_cast<size_t>(done) * DTypeSize(dtype);
     ConvertToF32Scalar(dtype, static_cast<const uint8_t*>(src) + offset, n - done, dst + done);
   }
+}
+
+ScanResult ScanHalfAvx512(DType dtype, const uint16_t* x, int64_t n) {
+  const uint16_t infinity = HalfInfinityBits(dtype);
+  const __m512i magnitude_mask = _mm512_set1_epi16(0x7fff);
+  const __m512i infinity_bits = _mm512_set1_epi16(static_cast<int16_t>(infinity));
+  __m512i max_magnitude = _mm512_setzero_si512();
+  int64_t non_finite = 0;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512i m = _mm512_and_si512(_mm512_loadu_si512(x + i), magnitude_mask);
+    const __mmask32 finite = _mm512_cmplt_epu16_mask(m, infinity_bits);
+    max_magnitude = _mm512_mask_max_epu16(max_magnitude, finite, max_magnitude, m);
+    non_finite += 32 - __builtin_popcount(finite);
+  }
+  ScanResult result = ScanHalfScalar(dtype, x + i, n - i);
+  alignas(64) uint16_t lanes[32];
+  _mm512_store_si512(lanes, max_magnitude);
+  uint16_t vector_max = 0;
+  for (uint16_t lane : lanes) vector_max = std::max(vector_max, lane);
+  result.max_abs = std::max(result.max_abs, HalfMagnitudeToFloat(dtype, vector_max));
+  result.non_finite += non_finite;
+  return result;
 }
 
 ScanResult ScanF32Avx512(const float* x, int64_t n) {

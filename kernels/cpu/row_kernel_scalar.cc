@@ -61,6 +61,28 @@ void ConvertToF32Scalar(DType dtype, const void* src, int64_t n, float* dst) {
   }
 }
 
+uint16_t HalfInfinityBits(DType dtype) { return dtype == DType::kBF16 ? 0x7f80 : 0x7c00; }
+
+float HalfMagnitudeToFloat(DType dtype, uint16_t magnitude) {
+  return dtype == DType::kBF16 ? Bf16BitsToFloat(magnitude) : HalfBitsToFloat(magnitude);
+}
+
+ScanResult ScanHalfScalar(DType dtype, const uint16_t* x, int64_t n) {
+  const uint16_t infinity = HalfInfinityBits(dtype);
+  uint16_t max_magnitude = 0;
+  ScanResult result;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint16_t m = x[i] & 0x7fff;
+    if (m >= infinity) {
+      ++result.non_finite;
+    } else if (m > max_magnitude) {
+      max_magnitude = m;
+    }
+  }
+  result.max_abs = HalfMagnitudeToFloat(dtype, max_magnitude);
+  return result;
+}
+
 ScanResult ScanF32Scalar(const float* x, int64_t n) {
   ScanResult result;
   for (int64_t i = 0; i < n; ++i) {

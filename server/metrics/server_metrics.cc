@@ -104,6 +104,12 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(
                                    .Help("Host memory all admitted jobs may reserve (--memory-mib)")
                                    .Register(r)
                                    .Add({});
+    m->buffer_pool_idle_bytes_ =
+        &BuildGauge()
+             .Name("nvfp4_buffer_pool_idle_bytes")
+             .Help("Host memory of finished jobs' buffers kept for reuse (freed after idling)")
+             .Register(r)
+             .Add({});
     m->gpu_memory_ = &BuildGauge()
                           .Name("nvfp4_gpu_memory_used_bytes")
                           .Help("Device memory in use per GPU (total - free)")
@@ -193,6 +199,8 @@ void ServerMetrics::SetRunning(int running) { jobs_in_flight_->Set(running); }
 void ServerMetrics::SetReservedBytes(double bytes) { reserved_bytes_->Set(bytes); }
 
 void ServerMetrics::SetMemoryBudget(double bytes) { memory_budget_bytes_->Set(bytes); }
+
+void ServerMetrics::SetBufferPoolIdleBytes(double bytes) { buffer_pool_idle_bytes_->Set(bytes); }
 
 void ServerMetrics::SetGpuMemoryUsed(int gpu, double bytes) {
   gpu_memory_->Add({{"gpu", absl::StrCat(gpu)}}).Set(bytes);

@@ -11,7 +11,9 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/status_macros.h"
+#include "common/streaming_copy.h"
 #include "common/version.h"
+#include "proto/chunk_wire.h"
 #include "proto/convert.h"
 #include "server/service/checkpoint_rpc.h"
 #include "server/service/tensor_job.h"
@@ -44,10 +46,9 @@ absl::Status AdmitTensorJob(QuantizerService& service, const api::TensorSpec& sp
   *admission = std::move(*admitted);
   input->spec = spec;
   try {
-    input->data = AllocateLargeBuffer<uint8_t>(static_cast<size_t>(spec.input_bytes()));
-    if (spec.importance_values() > 0) {
-      input->importance = AllocateLargeBuffer<float>(static_cast<size_t>(spec.importance_values()));
-    }
+    input->data = service.buffer_pool()->Acquire(static_cast<size_t>(spec.input_bytes()));
+    input->importance =
+        service.buffer_pool()->Acquire(static_cast<size_t>(spec.importance_values()) * 4);
   } catch (const std::bad_alloc&) {
     const absl::Status status = absl::ResourceExhaustedError("out of memory for the job's input");
     (*job)->MarkFinished(status, std::nullopt, "");
@@ -72,7 +73,13 @@ void RecordSuccess(QuantizerService& service, const api::TensorSpec& spec,
 // Streaming tensor job. All state is guarded by mu_; gRPC operations (StartRead, StartWrite,
 // Finish) are issued outside the lock, and Finish only once neither a read nor a write is in
 // flight, as the last action of the method that issues it.
-class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, StreamResponse> {
+//
+// Messages are raw (grpc::ByteBuffer): data and importance chunks are copied from the received
+// slices straight into the job's buffers, and result chunks go out as slices of the job's
+// output, with no protobuf copy in between (proto/chunk_wire.h). Other messages go through the
+// generated code.
+class TensorStreamReactor final
+    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   TensorStreamReactor(QuantizerService* service, grpc::CallbackServerContext* context)
       : service_(service), context_(context), start_(absl::Now()) {
@@ -169,12 +176,44 @@ class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, 
 
   // Validates and stores one request message; *submit when the input is complete.
   absl::Status HandleMessageLocked(bool* submit) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    // A byte chunk is taken from its slices; anything else is parsed.
+    std::optional<api::BytesFieldView> chunk = api::AsSingleBytesField(request_);
+    uint32_t field = 0;
+    if (chunk && (chunk->field_number() == StreamRequest::kDataFieldNumber ||
+                  chunk->field_number() == StreamRequest::kImportanceFieldNumber)) {
+      field = chunk->field_number();
+    } else {
+      chunk.reset();
+      message_.Clear();
+      if (!grpc::SerializationTraits<StreamRequest>::Deserialize(&request_, &message_).ok()) {
+        return absl::InvalidArgumentError(
+            "a request message is not a valid nvfp4.v1.QuantizeTensorRequest");
+      }
+      field = static_cast<uint32_t>(message_.payload_case());  // oneof cases are field numbers
+    }
+    const std::string* parsed_bytes = field == StreamRequest::kDataFieldNumber ? &message_.data()
+                                      : field == StreamRequest::kImportanceFieldNumber
+                                          ? &message_.importance()
+                                          : nullptr;
+    const size_t chunk_size = chunk ? chunk->size() : parsed_bytes ? parsed_bytes->size() : 0;
+    // The engine reads the chunk later (or it is the last one and the engine starts from the
+    // beginning): keep it out of the caches the engine is using.
+    auto copy_chunk = [&](uint8_t* dst) {
+      if (chunk) {
+        chunk->ForEachPiece([&dst](const uint8_t* data, size_t n) {
+          CopyBypassingCache(dst, data, n);
+          dst += n;
+        });
+      } else {
+        CopyBypassingCache(dst, parsed_bytes->data(), parsed_bytes->size());
+      }
+    };
     switch (phase_) {
       case Phase::kHeader: {
-        if (!request_.has_header()) {
+        if (field != StreamRequest::kHeaderFieldNumber) {
           return absl::InvalidArgumentError("the first message must carry the header");
         }
-        absl::StatusOr<api::TensorSpec> spec = api::SpecFromHeader(request_.header());
+        absl::StatusOr<api::TensorSpec> spec = api::SpecFromHeader(message_.header());
         if (!spec.ok()) return spec.status();
         const absl::Status deadline = CheckDeadline(*context_);
         if (!deadline.ok()) return deadline;
@@ -184,7 +223,7 @@ class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, 
         accepted.mutable_accepted()->set_job_id(job_->id());
         accepted.mutable_accepted()->set_queue_position(
             static_cast<uint32_t>(admission_->queue_position()));
-        outbox_.push_back(std::move(accepted));
+        outbox_.push_back(SerializeResponse(accepted));
         phase_ = input_.spec.importance_values() > 0 ? Phase::kImportance : Phase::kData;
         streaming_ =
             input_.spec.options.amax.has_value() || input_.spec.options.global_scale.has_value();
@@ -192,16 +231,14 @@ class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, 
         return absl::OkStatus();
       }
       case Phase::kImportance: {
-        if (!request_.has_importance()) {
+        if (field != StreamRequest::kImportanceFieldNumber) {
           return absl::InvalidArgumentError(
               "expected importance chunks (header.importance_layout is set) before the data");
         }
-        const std::string& chunk = request_.importance();
         const int64_t total = input_.spec.importance_values() * 4;
-        RETURN_IF_ERROR(CheckChunk("importance", chunk.size(), received_importance_, total));
-        std::memcpy(reinterpret_cast<uint8_t*>(input_.importance.get()) + received_importance_,
-                    chunk.data(), chunk.size());
-        received_importance_ += static_cast<int64_t>(chunk.size());
+        RETURN_IF_ERROR(CheckChunk("importance", chunk_size, received_importance_, total));
+        copy_chunk(input_.importance.data() + received_importance_);
+        received_importance_ += static_cast<int64_t>(chunk_size);
         if (received_importance_ == total) {
           phase_ = Phase::kData;
           if (streaming_) *submit = SubmitOnceLocked();
@@ -209,16 +246,15 @@ class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, 
         return absl::OkStatus();
       }
       case Phase::kData: {
-        if (!request_.has_data()) {
-          return absl::InvalidArgumentError(request_.has_header()
+        if (field != StreamRequest::kDataFieldNumber) {
+          return absl::InvalidArgumentError(field == StreamRequest::kHeaderFieldNumber
                                                 ? "a second header in the same stream"
                                                 : "expected tensor data chunks");
         }
-        const std::string& chunk = request_.data();
         const int64_t total = input_.spec.input_bytes();
-        RETURN_IF_ERROR(CheckChunk("data", chunk.size(), received_data_, total));
-        std::memcpy(input_.data.get() + received_data_, chunk.data(), chunk.size());
-        received_data_ += static_cast<int64_t>(chunk.size());
+        RETURN_IF_ERROR(CheckChunk("data", chunk_size, received_data_, total));
+        copy_chunk(input_.data.data() + received_data_);
+        received_data_ += static_cast<int64_t>(chunk_size);
         if (received_data_ == total) {
           phase_ = Phase::kDone;
           *submit = SubmitOnceLocked();
@@ -311,13 +347,17 @@ class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, 
   void OnJobDone(absl::StatusOr<TensorJobOutput> result) {
     mu_.Lock();
     job_reported_ = true;
+    // The engine is done with the input (reactions stop writing it once the job ran): back to
+    // the pool now, not when the call winds down, so the client's next tensor can reuse it.
+    input_.data = {};
+    input_.importance = {};
     if (!result.ok()) {
       SetFinalLocked(context_->IsCancelled() &&
                              result.status().code() == absl::StatusCode::kCancelled
                          ? absl::CancelledError("the call was cancelled")
                          : result.status());
     } else if (!final_status_) {
-      output_ = std::move(*result);
+      output_ = std::make_shared<const TensorJobOutput>(std::move(*result));
       RecordSuccess(*service_, input_.spec, *output_, *job_);
       section_ = Section::kResult;
       SetFinalLocked(absl::OkStatus());
@@ -363,8 +403,25 @@ class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, 
     }
   }
 
+  static grpc::ByteBuffer SerializeResponse(const StreamResponse& message) {
+    grpc::ByteBuffer buffer;
+    bool own_buffer = false;
+    // Cannot fail for a message this code built (no size limit is near).
+    (void)grpc::SerializationTraits<StreamResponse>::Serialize(message, &buffer, &own_buffer);
+    return buffer;
+  }
+
+  // A slice of the job's output that keeps the output alive while gRPC holds it.
+  grpc::Slice OutputSliceLocked(const uint8_t* data, size_t size)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    using Holder = std::shared_ptr<const TensorJobOutput>;
+    return grpc::Slice(
+        const_cast<uint8_t*>(data), size, [](void* holder) { delete static_cast<Holder*>(holder); },
+        new Holder(output_));
+  }
+
   // Next result message, if any.
-  bool NextMessageLocked(StreamResponse* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  bool NextMessageLocked(grpc::ByteBuffer* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (!outbox_.empty()) {
       *out = std::move(outbox_.front());
       outbox_.pop_front();
@@ -374,10 +431,13 @@ class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, 
     const api::TensorSpec& spec = input_.spec;
     for (;;) {
       switch (section_) {
-        case Section::kResult:
-          FillResultHeader(spec, *output_, out->mutable_result());
+        case Section::kResult: {
+          StreamResponse message;
+          FillResultHeader(spec, *output_, message.mutable_result());
+          *out = SerializeResponse(message);
           section_ = Section::kPacked;
           return true;
+        }
         case Section::kPacked:
         case Section::kScales:
         case Section::kDequantized: {
@@ -386,10 +446,11 @@ class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, 
           if (bytes.size > 0) {
             const size_t n = std::min(static_cast<size_t>(service_->options().max_chunk_bytes),
                                       bytes.size - offset_);
-            std::string* field = section_ == Section::kPacked   ? out->mutable_packed()
-                                 : section_ == Section::kScales ? out->mutable_scales()
-                                                                : out->mutable_dequantized();
-            field->assign(reinterpret_cast<const char*>(bytes.data) + offset_, n);
+            const uint32_t field = section_ == Section::kPacked ? StreamResponse::kPackedFieldNumber
+                                   : section_ == Section::kScales
+                                       ? StreamResponse::kScalesFieldNumber
+                                       : StreamResponse::kDequantizedFieldNumber;
+            *out = api::SingleBytesFieldMessage(field, OutputSliceLocked(bytes.data + offset_, n));
             offset_ += n;
           }
           if (offset_ == bytes.size) {
@@ -399,10 +460,13 @@ class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, 
           if (bytes.size > 0) return true;
           continue;
         }
-        case Section::kMetrics:
-          FillMetrics(*output_, *job_, out->mutable_metrics());
+        case Section::kMetrics: {
+          StreamResponse message;
+          FillMetrics(*output_, *job_, message.mutable_metrics());
+          *out = SerializeResponse(message);
           section_ = Section::kEnd;
           return true;
+        }
         case Section::kEnd:
           output_.reset();  // results sent: free them before the RPC winds down
           return false;
@@ -447,8 +511,9 @@ class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, 
   QuantizerService* const service_;
   grpc::CallbackServerContext* const context_;
   const absl::Time start_;
-  StreamRequest request_;   // the read in flight
-  StreamResponse current_;  // the write in flight
+  grpc::ByteBuffer request_;  // the read in flight
+  StreamRequest message_;     // request_ parsed, when it is not a byte chunk
+  grpc::ByteBuffer current_;  // the write in flight
 
   absl::Mutex mu_;
   Phase phase_ ABSL_GUARDED_BY(mu_) = Phase::kHeader;
@@ -460,13 +525,14 @@ class TensorStreamReactor final : public grpc::ServerBidiReactor<StreamRequest, 
   bool job_reported_ ABSL_GUARDED_BY(mu_) = false;  // the submitted job called OnJobDone
   bool streaming_ = false;                          // set with the header, before submission
   std::optional<absl::Status> final_status_ ABSL_GUARDED_BY(mu_);
-  std::deque<StreamResponse> outbox_ ABSL_GUARDED_BY(mu_);
+  std::deque<grpc::ByteBuffer> outbox_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<Job> job_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<Scheduler::Admission> admission_ ABSL_GUARDED_BY(mu_);
   TensorJobInput input_;  // written by reactions before submission, read by the worker after
   int64_t received_importance_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t received_data_ ABSL_GUARDED_BY(mu_) = 0;
-  std::optional<TensorJobOutput> output_ ABSL_GUARDED_BY(mu_);
+  // Shared with the result slices gRPC still holds.
+  std::shared_ptr<const TensorJobOutput> output_ ABSL_GUARDED_BY(mu_);
   Section section_ ABSL_GUARDED_BY(mu_) = Section::kResult;
   size_t offset_ ABSL_GUARDED_BY(mu_) = 0;
 };
@@ -516,9 +582,9 @@ class TensorUnaryReactor final : public grpc::ServerUnaryReactor {
     }
     RETURN_IF_ERROR(CheckDeadline(*context_));
     RETURN_IF_ERROR(AdmitTensorJob(*service_, spec, &job_, &admission_, &input_));
-    std::memcpy(input_.data.get(), request.data().data(), request.data().size());
+    std::memcpy(input_.data.data(), request.data().data(), request.data().size());
     if (!request.importance().empty()) {
-      std::memcpy(input_.importance.get(), request.importance().data(),
+      std::memcpy(input_.importance.data(), request.importance().data(),
                   request.importance().size());
     }
     return absl::OkStatus();
@@ -567,7 +633,12 @@ grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,
 
 QuantizerService::QuantizerService(const ServiceOptions& options, Scheduler* scheduler,
                                    JobRegistry* jobs, ServerMetrics* metrics)
-    : options_(options), scheduler_(scheduler), jobs_(jobs), metrics_(metrics) {}
+    : options_(options),
+      scheduler_(scheduler),
+      jobs_(jobs),
+      metrics_(metrics),
+      buffer_pool_(static_cast<size_t>(scheduler->options().memory_budget_bytes),
+                   options.buffer_idle_release) {}
 
 absl::Status QuantizerService::Authenticate(const grpc::CallbackServerContext& context) const {
   if (options_.auth_token.empty()) return absl::OkStatus();
@@ -597,8 +668,8 @@ grpc::ServerWriteReactor<v1::QuantizeCheckpointResponse>* QuantizerService::Quan
   return StartCheckpointRpc(this, context, request);
 }
 
-grpc::ServerBidiReactor<v1::QuantizeTensorRequest, v1::QuantizeTensorResponse>*
-QuantizerService::QuantizeTensor(grpc::CallbackServerContext* context) {
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* QuantizerService::QuantizeTensor(
+    grpc::CallbackServerContext* context) {
   return new TensorStreamReactor(this, context);
 }
 

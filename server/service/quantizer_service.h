@@ -18,6 +18,7 @@
 #include "grpcpp/grpcpp.h"
 #include "nvfp4/v1/quantizer.grpc.pb.h"
 #include "server/checkpoint/path_policy.h"
+#include "server/engine/buffer_pool.h"
 #include "server/engine/job_registry.h"
 #include "server/engine/scheduler.h"
 #include "server/metrics/server_metrics.h"
@@ -35,15 +36,26 @@ struct ServiceOptions {
   // QuantizeCheckpoint may only touch paths inside these roots; unconfined (no roots) disables
   // the RPC.
   checkpoint::PathPolicy paths;
+  // Input buffers of finished tensor jobs are reused by later jobs, and freed after idling
+  // this long (server/engine/buffer_pool.h).
+  absl::Duration buffer_idle_release = absl::Seconds(10);
 };
 
-class QuantizerService final : public v1::Quantizer::CallbackService {
+// QuantizeTensor is a raw method (grpc::ByteBuffer messages, see the reactor); the others use
+// the generated message types.
+using QuantizerServiceBase = v1::Quantizer::WithRawCallbackMethod_QuantizeTensor<
+    v1::Quantizer::WithCallbackMethod_QuantizeTensorUnary<v1::Quantizer::WithCallbackMethod_GetJob<
+        v1::Quantizer::WithCallbackMethod_ListJobs<v1::Quantizer::WithCallbackMethod_CancelJob<
+            v1::Quantizer::WithCallbackMethod_GetServerInfo<
+                v1::Quantizer::WithCallbackMethod_QuantizeCheckpoint<v1::Quantizer::Service>>>>>>>;
+
+class QuantizerService final : public QuantizerServiceBase {
  public:
   // metrics may be nullptr. None of the pointers are owned.
   QuantizerService(const ServiceOptions& options, Scheduler* scheduler, JobRegistry* jobs,
                    ServerMetrics* metrics);
 
-  grpc::ServerBidiReactor<v1::QuantizeTensorRequest, v1::QuantizeTensorResponse>* QuantizeTensor(
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* QuantizeTensor(
       grpc::CallbackServerContext* context) override;
   grpc::ServerUnaryReactor* QuantizeTensorUnary(grpc::CallbackServerContext* context,
                                                 const v1::QuantizeTensorUnaryRequest* request,
@@ -74,12 +86,14 @@ class QuantizerService final : public v1::Quantizer::CallbackService {
   Scheduler* scheduler() const { return scheduler_; }
   JobRegistry* jobs() const { return jobs_; }
   ServerMetrics* metrics() const { return metrics_; }
+  JobBufferPool* buffer_pool() { return &buffer_pool_; }
 
  private:
   const ServiceOptions options_;
   Scheduler* const scheduler_;
   JobRegistry* const jobs_;
   ServerMetrics* const metrics_;
+  JobBufferPool buffer_pool_;
 };
 
 }  // namespace nvfp4::server

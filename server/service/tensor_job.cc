@@ -32,9 +32,9 @@ absl::StatusOr<TensorJobOutput> Run(const TensorJobInput& input, const Job& job,
   QuantizeOptions options = spec.options;
   options.cancelled = job.cancel_flag();
   options.want_dequantized = spec.want_dequantized;
-  const ImportanceView importance{spec.importance_layout, input.importance.get(),
+  const ImportanceView importance{spec.importance_layout, input.importance.as<const float>(),
                                   spec.importance_values()};
-  const TensorView view{spec.dtype, spec.rows, spec.cols, input.data.get()};
+  const TensorView view{spec.dtype, spec.rows, spec.cols, input.data.data()};
   absl::StatusOr<QuantizedTensor> tensor =
       rows_ready ? engine.QuantizeStreaming(view, importance, options, *rows_ready)
                  : engine.Quantize(view, importance, options);

@@ -8,10 +8,10 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "common/large_buffer.h"
 #include "kernels/backend.h"
 #include "kernels/quantized_tensor.h"
 #include "proto/convert.h"
+#include "server/engine/buffer_pool.h"
 #include "server/engine/job.h"
 
 namespace nvfp4::server {
@@ -19,8 +19,8 @@ namespace nvfp4::server {
 // Input buffers of a tensor job, filled by the RPC (uninitialised until written).
 struct TensorJobInput {
   api::TensorSpec spec;
-  LargeBuffer<uint8_t> data;      // spec.input_bytes()
-  LargeBuffer<float> importance;  // spec.importance_values()
+  JobBufferPool::Buffer data;        // spec.input_bytes()
+  JobBufferPool::Buffer importance;  // spec.importance_values() floats
 };
 
 // The engine's result in wire form.

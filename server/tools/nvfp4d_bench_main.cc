@@ -2,10 +2,18 @@
 // against the embedded engine on the same machine and against a gRPC-only run (an engine that
 // returns without quantising), all measured in the same process run.
 //
-//   nvfp4d_bench [--gib 1.0] [--method scalesweep] [--repeat 2] [--json]
+// The modes run in interleaved rounds (best round kept), and each reports the process CPU time
+// of its best round: on a machine where client, server and engine share the cores, transport
+// CPU is what the remote mode pays on top of the engine.
+//
+//   nvfp4d_bench [--gib 1.0] [--method scalesweep] [--repeat 3] [--socket tcp|unix] [--json]
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <string>
@@ -40,6 +48,13 @@ class TransportOnlyEngine final : public nvfp4::QuantizerBackend {
   }
 };
 
+double CpuSeconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
+         static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) * 1e-6;
+}
+
 double Seconds(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
@@ -49,16 +64,25 @@ double Seconds(std::chrono::steady_clock::time_point start) {
 int main(int argc, char** argv) {
   double gib = 1.0;
   std::string method_name = "scalesweep";
-  int repeat = 2;
+  int repeat = 3;
   int chunk_kib = 4096;
   bool json = false;
+  std::string socket = "tcp";
+  std::string only;
   CLI::App app{"nvfp4d_bench: bf16 tensor through nvfp4d vs the embedded engine"};
   app.add_option("--gib", gib, "tensor size in GiB of bf16")->capture_default_str();
   app.add_option("--method", method_name, "quantisation method")->capture_default_str();
-  app.add_option("--repeat", repeat, "runs per mode (best kept)")->capture_default_str();
+  app.add_option("--repeat", repeat, "rounds; each runs every mode once (best kept)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   app.add_option("--chunk-kib", chunk_kib, "upload chunk size in KiB")->capture_default_str();
   app.add_flag("--json", json, "print JSON");
+  app.add_option("--only", only, "run just this mode (0, 1 or 2: for profiling)");
+  app.add_option("--socket", socket, "tcp (127.0.0.1) or unix (a unix-domain socket)")
+      ->check(CLI::IsMember({"tcp", "unix"}))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+
   const auto method = nvfp4::ParseMethod(method_name);
   if (!method) {
     std::fprintf(stderr, "unknown method %s\n", method_name.c_str());
@@ -85,67 +109,107 @@ int main(int argc, char** argv) {
   auto make_engine = [] {
     return std::move(*nvfp4::cpu::CpuBackend::Create({0, nvfp4::cpu::CpuIsa::kAuto}));
   };
-  auto best_of = [&](auto run) {
-    double best = std::numeric_limits<double>::infinity();
-    for (int i = 0; i < repeat; ++i) {
-      const auto start = std::chrono::steady_clock::now();
-      if (!run()) return -1.0;
-      best = std::min(best, Seconds(start));
-    }
-    return best;
+
+  // One server per remote mode, started up front, so the rounds below can interleave the modes:
+  // on a shared machine the load drifts, and interleaving exposes every mode to the same drift.
+  struct Remote {
+    std::unique_ptr<nvfp4::server::Nvfp4Server> server;
+    std::unique_ptr<nvfp4::client::QuantizerClient> client;
   };
-
-  auto embedded_engine = make_engine();
-  const double embedded =
-      best_of([&] { return embedded_engine->Quantize(input, {}, options).ok(); });
-  embedded_engine.reset();
-
-  auto remote_run = [&](std::unique_ptr<nvfp4::QuantizerBackend> engine) {
+  int next_socket = 0;
+  auto start_remote = [&](std::unique_ptr<nvfp4::QuantizerBackend> engine) -> Remote {
     nvfp4::server::ServerOptions server_options;
-    server_options.listen = "127.0.0.1:0";
+    const std::string unix_path =
+        "/tmp/nvfp4d_bench." + std::to_string(::getpid()) + "." + std::to_string(next_socket++);
+    server_options.listen = socket == "unix" ? "unix:" + unix_path : "127.0.0.1:0";
     server_options.metrics_listen = "";
     server_options.scheduler.max_job_bytes = int64_t{16} << 30;
     server_options.scheduler.memory_budget_bytes = int64_t{16} << 30;
     std::vector<std::unique_ptr<nvfp4::QuantizerBackend>> engines;
     engines.push_back(std::move(engine));
     auto server = nvfp4::server::Nvfp4Server::Start(server_options, std::move(engines));
-    if (!server.ok()) return -1.0;
+    if (!server.ok()) {
+      std::fprintf(stderr, "%s\n", std::string(server.status().message()).c_str());
+      std::exit(1);
+    }
     nvfp4::client::ClientOptions client_options;
-    client_options.target = "127.0.0.1:" + std::to_string((*server)->port());
+    client_options.target =
+        socket == "unix" ? "unix:" + unix_path : "127.0.0.1:" + std::to_string((*server)->port());
     client_options.chunk_bytes = int64_t{chunk_kib} << 10;
-    auto client = std::move(*nvfp4::client::QuantizerClient::Connect(client_options));
-    return best_of([&] {
-      auto q = client->QuantizeTensor(input, {}, options, "bench");
-      if (!q.ok()) std::fprintf(stderr, "%s\n", std::string(q.status().message()).c_str());
-      return q.ok();
-    });
+    auto client = nvfp4::client::QuantizerClient::Connect(client_options);
+    if (!client.ok()) std::exit(1);
+    return Remote{std::move(*server), std::move(*client)};
   };
-  const double remote = remote_run(make_engine());
-  const double transport = remote_run(std::make_unique<TransportOnlyEngine>());
-  if (embedded < 0 || remote < 0 || transport < 0) return 1;
+
+  struct Mode {
+    std::string label;
+    std::function<bool()> run;
+    double seconds = std::numeric_limits<double>::infinity();  // best round
+    double cpu_seconds = 0;                                    // of the best round
+  };
+  auto embedded_engine = make_engine();
+  Remote quantizing = start_remote(make_engine());
+  Remote transport_only = start_remote(std::make_unique<TransportOnlyEngine>());
+  auto remote_job = [&](Remote& remote) {
+    auto q = remote.client->QuantizeTensor(input, {}, options, "bench");
+    if (!q.ok()) std::fprintf(stderr, "%s\n", std::string(q.status().message()).c_str());
+    return q.ok();
+  };
+  const std::string via = socket == "unix" ? "unix socket" : "TCP loopback";
+  std::vector<Mode> modes;
+  modes.push_back(
+      {"embedded engine", [&] { return embedded_engine->Quantize(input, {}, options).ok(); }});
+  modes.push_back({"nvfp4d, " + via, [&] { return remote_job(quantizing); }});
+  modes.push_back(
+      {"nvfp4d, " + via + ", transport only", [&] { return remote_job(transport_only); }});
+  for (int round = 0; round < repeat; ++round) {
+    for (Mode& mode : modes) {
+      if (!only.empty() && std::to_string(&mode - &modes[0]) != only) continue;
+      const auto start = std::chrono::steady_clock::now();
+      const double cpu_start = CpuSeconds();
+      if (!mode.run()) return 1;
+      const double seconds = Seconds(start);
+      if (seconds < mode.seconds) {
+        mode.seconds = seconds;
+        mode.cpu_seconds = CpuSeconds() - cpu_start;
+      }
+    }
+  }
+  const double embedded = modes[0].seconds;
+  const double remote = modes[1].seconds;
+  const double transport = modes[2].seconds;
 
   if (json) {
     nlohmann::json out = {{"gib", gib},
                           {"method", method_name},
                           {"rows", rows},
                           {"cols", cols},
+                          {"socket", socket},
+                          {"rounds", repeat},
                           {"embedded_seconds", embedded},
                           {"remote_seconds", remote},
                           {"transport_only_seconds", transport},
+                          {"embedded_cpu_seconds", modes[0].cpu_seconds},
+                          {"remote_cpu_seconds", modes[1].cpu_seconds},
+                          {"transport_only_cpu_seconds", modes[2].cpu_seconds},
                           {"remote_to_embedded_throughput", embedded / remote},
                           {"transport_gb_per_second", bytes / transport / 1e9}};
     std::printf("%s\n", out.dump().c_str());
   } else {
-    std::printf("%.2f GiB bf16 [%lld, %lld], method %s, best of %d\n", gib,
+    std::printf("%.2f GiB bf16 [%lld, %lld], method %s, %d interleaved rounds, best kept\n", gib,
                 static_cast<long long>(rows), static_cast<long long>(cols), method_name.c_str(),
                 repeat);
-    std::printf("%-34s %9s %10s %12s\n", "mode", "seconds", "GB/s in", "vs embedded");
-    std::printf("%-34s %9.3f %10.2f %12.3f\n", "embedded engine", embedded, bytes / embedded / 1e9,
-                1.0);
-    std::printf("%-34s %9.3f %10.2f %12.3f\n", "nvfp4d on loopback", remote, bytes / remote / 1e9,
-                embedded / remote);
-    std::printf("%-34s %9.3f %10.2f %12s\n", "nvfp4d, transport only (no quant.)", transport,
-                bytes / transport / 1e9, "-");
+    std::printf("%-40s %8s %8s %8s %12s\n", "mode", "seconds", "CPU s", "GB/s in", "vs embedded");
+    for (const Mode& mode : modes) {
+      if (mode.cpu_seconds == 0) continue;  // not run (--only)
+      std::printf("%-40s %8.3f %8.2f %8.2f", mode.label.c_str(), mode.seconds, mode.cpu_seconds,
+                  bytes / mode.seconds / 1e9);
+      if (&mode == &modes[2]) {
+        std::printf(" %12s\n", "-");
+      } else {
+        std::printf(" %12.3f\n", embedded / mode.seconds);
+      }
+    }
   }
   return 0;
 }

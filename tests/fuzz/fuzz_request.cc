@@ -13,6 +13,9 @@
 //  - HeaderFromSpec round-trips: SpecFromHeader(HeaderFromSpec(spec)) == spec.
 // Accepted checkpoint options: non-empty paths, F in {256, 448}, shard_bytes > 0, and
 // CheckpointRequestFromOptions round-trips. Rejections are always InvalidArgument.
+// The chunk decoder the stream reactors use first (proto/chunk_wire.h), over the same bytes cut
+// into slices at a data-derived point: when it reports a data or importance chunk, the
+// generated parser accepts the message and finds exactly those bytes there.
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -26,6 +29,7 @@
 #include "kernels/quantized_tensor.h"
 #include "kernels/validate.h"
 #include "nvfp4/v1/quantizer.pb.h"
+#include "proto/chunk_wire.h"
 #include "proto/convert.h"
 
 namespace {
@@ -148,13 +152,38 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   return 0;
 }
 
+void CheckChunkDecoder(const uint8_t* data, size_t size,
+                       const nvfp4::v1::QuantizeTensorRequest* parsed) {
+  const size_t cut = size == 0 ? 0 : data[0] % (size + 1);
+  grpc::Slice pieces[2] = {grpc::Slice(data, cut), grpc::Slice(data + cut, size - cut)};
+  const std::optional<nvfp4::api::BytesFieldView> view =
+      nvfp4::api::AsSingleBytesField(grpc::ByteBuffer(pieces, 2));
+  if (!view) return;
+  CHECK_INV(view->size() <= size, std::to_string(view->size()));
+  const uint32_t field = view->field_number();
+  if (field != nvfp4::v1::QuantizeTensorRequest::kDataFieldNumber &&
+      field != nvfp4::v1::QuantizeTensorRequest::kImportanceFieldNumber) {
+    return;
+  }
+  CHECK_INV(parsed != nullptr, "the generated parser refused a chunk the decoder took");
+  const std::string& expected = field == nvfp4::v1::QuantizeTensorRequest::kDataFieldNumber
+                                    ? parsed->data()
+                                    : parsed->importance();
+  CHECK_INV(static_cast<uint32_t>(parsed->payload_case()) == field, std::to_string(field));
+  std::string got(view->size(), '\0');
+  view->CopyTo(reinterpret_cast<uint8_t*>(got.data()));
+  CHECK_INV(got == expected, std::to_string(got.size()));
+}
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size > (1 << 16)) return 0;  // headers are small; large inputs only slow the search
   const void* bytes = data;
   const int n = static_cast<int>(size);
 
   nvfp4::v1::QuantizeTensorRequest request;
-  if (request.ParseFromArray(bytes, n) && request.has_header()) CheckHeader(request.header());
+  const bool parsed = request.ParseFromArray(bytes, n);
+  if (parsed && request.has_header()) CheckHeader(request.header());
+  CheckChunkDecoder(data, size, parsed ? &request : nullptr);
 
   nvfp4::v1::TensorHeader header;
   if (header.ParseFromArray(bytes, n)) CheckHeader(header);

@@ -190,6 +190,8 @@ def request_seeds():
         seeds["req_" + name] = f_bytes(1, h)  # QuantizeTensorRequest{header}
     seeds["req_data_chunk"] = f_bytes(3, struct.pack("<4f", 1, 2, 3, 4))
     seeds["req_importance_chunk"] = f_bytes(2, struct.pack("<2f", 1, 0.5))
+    seeds["req_data_chunk_200"] = f_bytes(3, bytes(range(200)))  # two-byte length varint
+    seeds["req_data_chunk_then_unknown"] = f_bytes(3, b"abcd") + f_varint(15, 1)
     seeds.update({
         "ckpt_default": checkpoint(),
         "ckpt_full": checkpoint(fmt=2, method=1, objective=2, scale_max=448,

@@ -265,17 +265,26 @@ def test_64_streams_soak(daemons, tmp_path):
     seconds = float(os.environ.get("NVFP4_SOAK_SECONDS", "15"))
     # A job history smaller than the warm-up's job count: the registry is full (steady) before
     # the RSS baseline is taken.
-    d = daemons("--max-queue", 16, "--job-history", 100, metrics=True)
+    d = daemons("--max-queue", 16, "--job-history", 100, "--buffer-idle-release", 2, metrics=True)
     load = [BIN / "nvfp4_load", "--server", d.target, "--streams", 64, "--rows", 256, "--cols",
             1024]
     # RSS: under load it swings with the jobs in flight (the median of the last seconds is
     # reported); the leak check compares the idle RSS after warm-up and after the soak, once
-    # nvfp4d's housekeeping has trimmed the heap (it runs every 2 s once the server is idle).
+    # nvfp4d's housekeeping has freed the idle job buffers and trimmed the heap (it runs every
+    # 2 s once the server is idle).
+    def settle():
+        time.sleep(4.5)  # the last buffers' idle age (2 s) plus a tick: the gauge is fresh
+        deadline = time.time() + 20
+        while metric_value(d.metrics(), "nvfp4_buffer_pool_idle_bytes") != 0:
+            assert time.time() < deadline, "idle job buffers were not released"
+            time.sleep(0.5)
+        time.sleep(2.5)  # one more housekeeping tick: the heap trim
+
     warm, rss_warm_load = load_with_rss(d, load, 10, 5)
-    time.sleep(5)
+    settle()
     rss_warm = d.rss_bytes()
     soak, rss_soak_load = load_with_rss(d, load, max(seconds, 6), 5)
-    time.sleep(5)
+    settle()
     rss_end = d.rss_bytes()
     summary = {"seconds": soak["seconds"], "streams": 64, "ok": soak["ok"],
                "jobs_per_second": soak["jobs_per_second"],

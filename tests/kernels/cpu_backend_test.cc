@@ -15,6 +15,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/row_kernel.h"
 #include "kernels/dequantize.h"
 #include "kernels/numerics/half.h"
 #include "tests/kernels/distributions.h"
@@ -283,6 +284,52 @@ TEST(CpuBackend, AllZeroTensor) {
     for (uint8_t p : q->packed) EXPECT_EQ(p, 0);
     EXPECT_EQ(q->metrics.mse, 0.0);
     EXPECT_EQ(q->metrics.gain, 1.0);
+  }
+}
+
+// The 16-bit scans read bits instead of widening; they must report what widening reports, for
+// every bit pattern and at every tail length.
+TEST(CpuBackend, HalfScansMatchTheWideningScanOnEveryBitPattern) {
+  std::vector<std::pair<cpu::CpuIsa, cpu::ScanHalfFn>> scans;
+  for (cpu::CpuIsa isa : SupportedIsas()) {
+    scans.emplace_back(isa, isa == cpu::CpuIsa::kAvx512 ? cpu::ScanHalfAvx512
+                            : isa == cpu::CpuIsa::kAvx2 ? cpu::ScanHalfAvx2
+                                                        : cpu::ScanHalfScalar);
+  }
+  for (DType dtype : {DType::kBF16, DType::kF16}) {
+    std::vector<uint16_t> bits(65536);
+    for (size_t i = 0; i < bits.size(); ++i) bits[i] = static_cast<uint16_t>(i * 40503u);
+    std::vector<float> wide(bits.size());
+    cpu::ConvertToF32Scalar(dtype, bits.data(), static_cast<int64_t>(bits.size()), wide.data());
+    // Windows: the whole range, and short ones at many offsets (tails, one-lane vectors).
+    std::vector<std::pair<int64_t, int64_t>> windows = {{0, 65536}};
+    for (int64_t n = 0; n <= 70; ++n) {
+      for (int64_t offset : {int64_t{0}, int64_t{3}, int64_t{1000}, int64_t{65536} - n}) {
+        windows.emplace_back(offset, n);
+      }
+    }
+    // Finite-only windows too, so max_abs is exercised on large finite magnitudes.
+    std::vector<uint16_t> finite;
+    for (uint16_t b : bits) {
+      if ((b & 0x7fff) < cpu::HalfInfinityBits(dtype)) finite.push_back(b);
+    }
+    std::vector<float> finite_wide(finite.size());
+    cpu::ConvertToF32Scalar(dtype, finite.data(), static_cast<int64_t>(finite.size()),
+                            finite_wide.data());
+    for (const auto& [isa, scan] : scans) {
+      for (const auto& [offset, n] : windows) {
+        const cpu::ScanResult want = cpu::ScanF32Scalar(wide.data() + offset, n);
+        const cpu::ScanResult got = scan(dtype, bits.data() + offset, n);
+        ASSERT_EQ(got.max_abs, want.max_abs) << cpu::CpuIsaName(isa) << " " << offset << "+" << n;
+        ASSERT_EQ(got.non_finite, want.non_finite) << cpu::CpuIsaName(isa) << " " << offset;
+      }
+      const int64_t n = static_cast<int64_t>(finite.size());
+      const cpu::ScanResult want = cpu::ScanF32Scalar(finite_wide.data(), n);
+      const cpu::ScanResult got = scan(dtype, finite.data(), n);
+      EXPECT_EQ(got.max_abs, want.max_abs) << cpu::CpuIsaName(isa);
+      EXPECT_GT(got.max_abs, 1e4f);  // the largest finite value of the format is in there
+      EXPECT_EQ(got.non_finite, 0);
+    }
   }
 }
 

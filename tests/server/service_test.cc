@@ -18,6 +18,7 @@
 
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "client/blocking_raw_stream.h"
 #include "client/quantizer_client.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
@@ -404,6 +405,65 @@ TEST(Service, BadRequestsAreInvalidArgumentNamingTheField) {
   expect({Header(v1::DTYPE_F32, {4, 16}),
           Data(std::string(reinterpret_cast<char*>(nan.data()), nan.size() * 4))},
          "element 21 (row 1, column 5) is NaN");
+  WaitFor([&] { return h.server->scheduler().reserved_bytes() == 0; });
+}
+
+// Sends serialised messages as given (not necessarily what generated code would write) and
+// collects the parsed responses.
+grpc::Status SendWire(const std::string& target, const std::vector<std::string>& messages,
+                      std::vector<v1::QuantizeTensorResponse>* responses) {
+  auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+  grpc::ClientContext context;
+  client::BlockingRawStream stream(channel, &context, "/nvfp4.v1.Quantizer/QuantizeTensor");
+  for (const std::string& m : messages) {
+    grpc::Slice slice(m.data(), m.size());
+    if (!stream.Write(grpc::ByteBuffer(&slice, 1))) break;
+  }
+  stream.WritesDone();
+  grpc::ByteBuffer raw;
+  while (stream.Read(&raw)) {
+    std::vector<grpc::Slice> slices;
+    (void)raw.Dump(&slices);
+    std::string wire;
+    for (const auto& piece : slices) {
+      wire.append(reinterpret_cast<const char*>(piece.begin()), piece.size());
+    }
+    responses->emplace_back();
+    EXPECT_TRUE(responses->back().ParseFromString(wire));
+  }
+  return stream.Finish();
+}
+
+// The server reads byte chunks straight from the wire when a message is exactly one field and
+// hands anything else to the generated parser: other valid encodings must work the same.
+TEST(Service, ChunksInOtherValidEncodingsTakeTheGeneratedParser) {
+  Harness h = StartServer(false);
+  std::vector<float> x = Gaussian(8 * 64, 77, 0.1f);
+  const std::string bytes(reinterpret_cast<const char*>(x.data()), x.size() * 4);
+  const std::string unknown_field("\x78\x01", 2);  // field 15, varint 1: skipped by parsers
+  std::vector<v1::QuantizeTensorResponse> responses;
+  const grpc::Status status =
+      SendWire(h.target,
+               {Header(v1::DTYPE_F32, {8, 64}).SerializeAsString(),
+                Data(bytes.substr(0, 1000)).SerializeAsString() + unknown_field,
+                unknown_field + Data(bytes.substr(1000)).SerializeAsString()},
+               &responses);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  std::string packed, scales;
+  for (const auto& r : responses) {
+    packed += r.packed();
+    scales += r.scales();
+  }
+  auto embedded = Cpu()->Quantize({DType::kF32, 8, 64, x.data()}, {}, {});
+  ASSERT_TRUE(embedded.ok());
+  EXPECT_EQ(packed, std::string(embedded->packed.begin(), embedded->packed.end()));
+  EXPECT_EQ(scales, std::string(embedded->scales.begin(), embedded->scales.end()));
+
+  responses.clear();
+  const grpc::Status garbage = SendWire(
+      h.target, {Header(v1::DTYPE_F32, {8, 64}).SerializeAsString(), "\xff\xff\xff"}, &responses);
+  EXPECT_EQ(garbage.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(garbage.error_message(), HasSubstr("not a valid nvfp4.v1.QuantizeTensorRequest"));
   WaitFor([&] { return h.server->scheduler().reserved_bytes() == 0; });
 }
 
