@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -146,6 +147,8 @@ absl::StatusOr<QuantizedTensor> QuantizerClient::QuantizeTensor(
 
   grpc::ClientContext context;
   Prepare(&context);
+  // On every exit, exceptions included (a failed buffer allocation), before `context` dies.
+  absl::Cleanup forget = [this, &context] { Forget(&context); };
   BlockingRawStream stream(channel_, &context, "/nvfp4.v1.Quantizer/QuantizeTensor");
   // `cancel`: on a local failure the server may still be sending, so cancel or Finish would
   // wait for it. Not after a failed write: the call is already over and cancelling now would
@@ -153,7 +156,6 @@ absl::StatusOr<QuantizedTensor> QuantizerClient::QuantizeTensor(
   auto finish = [&](absl::Status local, bool cancel = true) -> absl::Status {
     if (!local.ok() && cancel) context.TryCancel();
     const grpc::Status remote = stream.Finish();
-    Forget(&context);
     // The server's status explains a failed write/read better than the local symptom.
     if (!remote.ok()) return api::FromGrpcStatus(remote);
     return local;

@@ -2,7 +2,6 @@
 // the first level of the defined tree sum (i + i+8) is a plain vertical add. Same operations as
 // the scalar reference, hence the same bytes.
 #include <immintrin.h>
-#include <algorithm>
 
 #include "kernels/cpu/row_driver.h"
 #include "kernels/cpu/row_kernel.h"
@@ -266,8 +265,11 @@ ScanResult ScanHalfAvx2(DType dtype, const uint16_t* x, int64_t n) {
   alignas(32) uint16_t lanes[16];
   _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), max_magnitude);
   uint16_t vector_max = 0;
-  for (uint16_t lane : lanes) vector_max = std::max(vector_max, lane);
-  result.max_abs = std::max(result.max_abs, HalfMagnitudeToFloat(dtype, vector_max));
+  // Plain compares, no <algorithm> template: an instance compiled with this file's ISA flags
+  // could be the one the linker keeps for baseline code (row_driver.h).
+  for (uint16_t lane : lanes) vector_max = lane > vector_max ? lane : vector_max;
+  const float vector_abs = HalfMagnitudeToFloat(dtype, vector_max);
+  if (vector_abs > result.max_abs) result.max_abs = vector_abs;
   result.non_finite += non_finite;
   return result;
 }

@@ -2,7 +2,6 @@
 // shared block functions (block_math.h) with the same operations in the same order, so the
 // bytes and sums equal the scalar reference; tests/kernels/cpu_backend_test.cc checks that.
 #include <immintrin.h>
-#include <algorithm>
 
 #include "kernels/cpu/row_driver.h"
 #include "kernels/cpu/row_kernel.h"
@@ -240,8 +239,11 @@ ScanResult ScanHalfAvx512(DType dtype, const uint16_t* x, int64_t n) {
   alignas(64) uint16_t lanes[32];
   _mm512_store_si512(lanes, max_magnitude);
   uint16_t vector_max = 0;
-  for (uint16_t lane : lanes) vector_max = std::max(vector_max, lane);
-  result.max_abs = std::max(result.max_abs, HalfMagnitudeToFloat(dtype, vector_max));
+  // Plain compares, no <algorithm> template: an instance compiled with this file's ISA flags
+  // could be the one the linker keeps for baseline code (row_driver.h).
+  for (uint16_t lane : lanes) vector_max = lane > vector_max ? lane : vector_max;
+  const float vector_abs = HalfMagnitudeToFloat(dtype, vector_max);
+  if (vector_abs > result.max_abs) result.max_abs = vector_abs;
   result.non_finite += non_finite;
   return result;
 }

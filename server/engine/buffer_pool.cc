@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <new>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -20,13 +21,26 @@ struct JobBufferPool::State {
 
   const size_t limit_bytes;
   const absl::Duration max_idle_age;
+  const std::function<size_t()> committed_bytes;  // empty: in_use_bytes
   mutable absl::Mutex mu;
   std::vector<Idle> idle ABSL_GUARDED_BY(mu);
   size_t idle_bytes ABSL_GUARDED_BY(mu) = 0;
   size_t in_use_bytes ABSL_GUARDED_BY(mu) = 0;
   int64_t reuses ABSL_GUARDED_BY(mu) = 0;
 
-  State(size_t limit, absl::Duration age) : limit_bytes(limit), max_idle_age(age) {}
+  State(size_t limit, absl::Duration age, std::function<size_t()> committed)
+      : limit_bytes(limit), max_idle_age(age), committed_bytes(std::move(committed)) {}
+
+  // Whether `extra` more bytes fit next to the idle ones. `external` is committed_bytes(),
+  // taken before the lock; without it the pool's own in-use bytes count.
+  bool FitsLocked(const std::optional<size_t>& external, size_t extra) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    return external.value_or(in_use_bytes) + idle_bytes + extra <= limit_bytes;
+  }
+
+  std::optional<size_t> External() const {
+    return committed_bytes ? std::optional<size_t>(committed_bytes()) : std::nullopt;
+  }
 
   // Removes idle entry i; the caller frees its memory outside the lock.
   LargeBuffer<uint8_t> TakeLocked(size_t i) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
@@ -39,13 +53,12 @@ struct JobBufferPool::State {
 
   void Return(uint8_t* data, size_t capacity) {
     LargeBuffer<uint8_t> memory(data);
+    const std::optional<size_t> external = External();
     absl::MutexLock lock(&mu);
     in_use_bytes -= capacity;
-    // Freed on scope exit when keeping it would pass the limit, or when nothing is kept.
-    if (max_idle_age <= absl::ZeroDuration() ||
-        in_use_bytes + idle_bytes + capacity > limit_bytes) {
-      return;
-    }
+    // Freed on scope exit when keeping it would pass the limit, or when nothing is kept. (An
+    // external count may still include the returning job: conservative.)
+    if (max_idle_age <= absl::ZeroDuration() || !FitsLocked(external, capacity)) return;
     idle.push_back(Idle{std::move(memory), capacity, absl::Now()});
     idle_bytes += capacity;
   }
@@ -83,8 +96,9 @@ void JobBufferPool::Buffer::Reset() {
   size_ = capacity_ = 0;
 }
 
-JobBufferPool::JobBufferPool(size_t limit_bytes, absl::Duration max_idle_age)
-    : state_(std::make_shared<State>(limit_bytes, max_idle_age)) {}
+JobBufferPool::JobBufferPool(size_t limit_bytes, absl::Duration max_idle_age,
+                             std::function<size_t()> committed_bytes)
+    : state_(std::make_shared<State>(limit_bytes, max_idle_age, std::move(committed_bytes))) {}
 
 JobBufferPool::~JobBufferPool() = default;
 
@@ -101,6 +115,9 @@ JobBufferPool::Buffer JobBufferPool::Acquire(size_t bytes) {
   const size_t capacity = (bytes + kHugePage - 1) / kHugePage * kHugePage;
   std::vector<LargeBuffer<uint8_t>> evicted;  // freed after the lock is released
   State& s = *state_;
+  // An external count already includes this request (nvfp4d admits the job first).
+  const std::optional<size_t> external = s.External();
+  const size_t extra = external ? 0 : capacity;
   {
     absl::MutexLock lock(&s.mu);
     size_t best = s.idle.size();
@@ -119,7 +136,7 @@ JobBufferPool::Buffer JobBufferPool::Acquire(size_t bytes) {
       return buffer;
     }
     // A fresh allocation: first make room under the limit, oldest idle buffers first.
-    while (!s.idle.empty() && s.in_use_bytes + s.idle_bytes + capacity > s.limit_bytes) {
+    while (!s.idle.empty() && !s.FitsLocked(external, extra)) {
       size_t oldest = 0;
       for (size_t i = 1; i < s.idle.size(); ++i) {
         if (s.idle[i].since < s.idle[oldest].since) oldest = i;

@@ -6,17 +6,20 @@
 // of finished jobs are kept and handed to the next job they fit (capacity between the request
 // and twice it; the smallest such one).
 //
-// Bounds: bytes in use plus idle bytes never exceed limit_bytes (nvfp4d passes its memory
-// budget): idle buffers are freed before a new allocation would pass the limit, and a buffer
-// that comes back when the pool is over the limit is freed. Idle buffers unused for
-// max_idle_age are freed by ReleaseStale (the server's housekeeping), so an idle server shrinks
-// back; a zero max_idle_age keeps nothing. Requests below kMinPooledBytes are plain allocations.
-// Thread-safe; a Buffer may outlive the pool object (they share the pool's state).
+// Bounds: idle bytes plus committed bytes never exceed limit_bytes. Committed bytes are what
+// the owner says is already in use (nvfp4d: its memory budget as the limit and the scheduler's
+// reserved bytes, which count every admitted job's input, importance and outputs; by default
+// the pool's own buffers in use). Idle buffers are freed before a new allocation would pass
+// the limit, and a buffer that comes back when keeping it would pass the limit is freed. Idle
+// buffers unused for max_idle_age are freed by ReleaseStale (the server's housekeeping), so an idle
+// server shrinks back; a zero max_idle_age keeps nothing. Requests below kMinPooledBytes are plain
+// allocations. Thread-safe; a Buffer may outlive the pool object (they share the pool's state).
 #ifndef NVFP4_SERVER_ENGINE_BUFFER_POOL_H_
 #define NVFP4_SERVER_ENGINE_BUFFER_POOL_H_
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 
 #include "absl/time/clock.h"
@@ -55,7 +58,9 @@ class JobBufferPool {
     size_t capacity_ = 0;
   };
 
-  JobBufferPool(size_t limit_bytes, absl::Duration max_idle_age);
+  // committed_bytes: called outside the pool's lock; empty means in_use_bytes().
+  JobBufferPool(size_t limit_bytes, absl::Duration max_idle_age,
+                std::function<size_t()> committed_bytes = {});
   ~JobBufferPool();
 
   // A buffer of at least `bytes` (0 gives an empty buffer). Throws std::bad_alloc when memory

@@ -637,8 +637,10 @@ QuantizerService::QuantizerService(const ServiceOptions& options, Scheduler* sch
       scheduler_(scheduler),
       jobs_(jobs),
       metrics_(metrics),
+      // Idle buffers and the admitted jobs' reservations together stay within the budget.
       buffer_pool_(static_cast<size_t>(scheduler->options().memory_budget_bytes),
-                   options.buffer_idle_release) {}
+                   options.buffer_idle_release,
+                   [scheduler] { return static_cast<size_t>(scheduler->reserved_bytes()); }) {}
 
 absl::Status QuantizerService::Authenticate(const grpc::CallbackServerContext& context) const {
   if (options_.auth_token.empty()) return absl::OkStatus();

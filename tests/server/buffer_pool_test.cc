@@ -79,6 +79,22 @@ TEST(JobBufferPool, ABufferReturnedOverTheLimitIsFreed) {
   EXPECT_EQ(pool.idle_bytes(), 30 * kMiB);
 }
 
+TEST(JobBufferPool, AnExternalCommittedCountBoundsTheIdleBuffers) {
+  // nvfp4d: the scheduler's reservations (inputs and outputs of admitted jobs) plus the idle
+  // buffers stay within the budget.
+  size_t reserved = 0;
+  JobBufferPool pool(64 * kMiB, absl::Seconds(10), [&reserved] { return reserved; });
+  reserved = 20 * kMiB;  // a job with a 20 MiB input is admitted...
+  { JobBufferPool::Buffer a = pool.Acquire(20 * kMiB); }
+  EXPECT_EQ(pool.idle_bytes(), 20 * kMiB);  // ...and returns it while still reserved: 40 <= 64
+  reserved = 50 * kMiB;  // a job with a 5 MiB input and large outputs is admitted
+  JobBufferPool::Buffer b = pool.Acquire(5 * kMiB);
+  EXPECT_EQ(pool.idle_bytes(), 0u);  // 50 + 20 idle > 64: the idle buffer made room
+  reserved = 60 * kMiB;
+  b = {};
+  EXPECT_EQ(pool.idle_bytes(), 0u);  // 60 + 6 > 64: not kept
+}
+
 TEST(JobBufferPool, IdleBuffersAreReleasedAfterTheirAge) {
   JobBufferPool pool(size_t{1} << 30, absl::Seconds(10));
   { JobBufferPool::Buffer a = pool.Acquire(4 * kMiB); }

@@ -230,7 +230,9 @@ TEST(Service, UnaryCallMatchesTheStream) {
   v1::QuantizeTensorUnaryResponse response;
   grpc::ClientContext context;
   ASSERT_TRUE(stub->QuantizeTensorUnary(&context, request, &response).ok());
-  auto embedded = Cpu()->Quantize({DType::kF32, 32, 128, x.data()}, {}, {.want_dequantized = true});
+  QuantizeOptions with_dequantized;
+  with_dequantized.want_dequantized = true;
+  auto embedded = Cpu()->Quantize({DType::kF32, 32, 128, x.data()}, {}, with_dequantized);
   ASSERT_TRUE(embedded.ok());
   EXPECT_EQ(response.packed(), std::string(embedded->packed.begin(), embedded->packed.end()));
   EXPECT_EQ(response.scales(), std::string(embedded->scales.begin(), embedded->scales.end()));
