@@ -22,14 +22,18 @@ struct JobBufferPool::State {
   const size_t limit_bytes;
   const absl::Duration max_idle_age;
   const std::function<size_t()> committed_bytes;  // empty: in_use_bytes
+  const size_t min_pooled_bytes;
   mutable absl::Mutex mu;
   std::vector<Idle> idle ABSL_GUARDED_BY(mu);
   size_t idle_bytes ABSL_GUARDED_BY(mu) = 0;
   size_t in_use_bytes ABSL_GUARDED_BY(mu) = 0;
   int64_t reuses ABSL_GUARDED_BY(mu) = 0;
 
-  State(size_t limit, absl::Duration age, std::function<size_t()> committed)
-      : limit_bytes(limit), max_idle_age(age), committed_bytes(std::move(committed)) {}
+  State(size_t limit, absl::Duration age, std::function<size_t()> committed, size_t min_pooled)
+      : limit_bytes(limit),
+        max_idle_age(age),
+        committed_bytes(std::move(committed)),
+        min_pooled_bytes(min_pooled) {}
 
   // Whether `extra` more bytes fit next to the idle ones. `external` is committed_bytes(),
   // taken before the lock; without it the pool's own in-use bytes count.
@@ -97,8 +101,9 @@ void JobBufferPool::Buffer::Reset() {
 }
 
 JobBufferPool::JobBufferPool(size_t limit_bytes, absl::Duration max_idle_age,
-                             std::function<size_t()> committed_bytes)
-    : state_(std::make_shared<State>(limit_bytes, max_idle_age, std::move(committed_bytes))) {}
+                             std::function<size_t()> committed_bytes, size_t min_pooled_bytes)
+    : state_(std::make_shared<State>(limit_bytes, max_idle_age, std::move(committed_bytes),
+                                     min_pooled_bytes)) {}
 
 JobBufferPool::~JobBufferPool() = default;
 
@@ -106,7 +111,7 @@ JobBufferPool::Buffer JobBufferPool::Acquire(size_t bytes) {
   Buffer buffer;
   buffer.size_ = bytes;
   if (bytes == 0) return buffer;
-  if (bytes < kMinPooledBytes) {
+  if (bytes < state_->min_pooled_bytes) {
     buffer.data_ = AllocateLargeBuffer<uint8_t>(bytes).release();
     buffer.capacity_ = bytes;
     return buffer;

@@ -12,8 +12,10 @@
 // the pool's own buffers in use). Idle buffers are freed before a new allocation would pass
 // the limit, and a buffer that comes back when keeping it would pass the limit is freed. Idle
 // buffers unused for max_idle_age are freed by ReleaseStale (the server's housekeeping), so an idle
-// server shrinks back; a zero max_idle_age keeps nothing. Requests below kMinPooledBytes are plain
-// allocations. Thread-safe; a Buffer may outlive the pool object (they share the pool's state).
+// server shrinks back; a zero max_idle_age keeps nothing. Requests below min_pooled_bytes are
+// plain allocations: glibc serves blocks below its mmap threshold (at most 32 MiB) from the heap,
+// which recycles them anyway, and pooling them (2 MiB-aligned) only fragmented that heap.
+// Thread-safe; a Buffer may outlive the pool object (they share the pool's state).
 #ifndef NVFP4_SERVER_ENGINE_BUFFER_POOL_H_
 #define NVFP4_SERVER_ENGINE_BUFFER_POOL_H_
 
@@ -29,7 +31,7 @@ namespace nvfp4::server {
 
 class JobBufferPool {
  public:
-  static constexpr size_t kMinPooledBytes = size_t{1} << 20;
+  static constexpr size_t kDefaultMinPooledBytes = size_t{16} << 20;
 
   struct State;
 
@@ -60,7 +62,8 @@ class JobBufferPool {
 
   // committed_bytes: called outside the pool's lock; empty means in_use_bytes().
   JobBufferPool(size_t limit_bytes, absl::Duration max_idle_age,
-                std::function<size_t()> committed_bytes = {});
+                std::function<size_t()> committed_bytes = {},
+                size_t min_pooled_bytes = kDefaultMinPooledBytes);
   ~JobBufferPool();
 
   // A buffer of at least `bytes` (0 gives an empty buffer). Throws std::bad_alloc when memory

@@ -12,9 +12,11 @@ namespace nvfp4::server {
 namespace {
 
 constexpr size_t kMiB = size_t{1} << 20;
+// Small sizes keep the tests light; nvfp4d pools from 16 MiB (kDefaultMinPooledBytes).
+constexpr size_t kMinPooled = kMiB;
 
 TEST(JobBufferPool, AFinishedJobsBufferServesTheNextJobThatFits) {
-  JobBufferPool pool(size_t{1} << 30, absl::Seconds(10));
+  JobBufferPool pool(size_t{1} << 30, absl::Seconds(10), {}, kMinPooled);
   const uint8_t* first;
   {
     JobBufferPool::Buffer a = pool.Acquire(8 * kMiB);
@@ -35,7 +37,7 @@ TEST(JobBufferPool, AFinishedJobsBufferServesTheNextJobThatFits) {
 }
 
 TEST(JobBufferPool, TooSmallOrFarTooLargeBuffersAreNotReused) {
-  JobBufferPool pool(size_t{1} << 30, absl::Seconds(10));
+  JobBufferPool pool(size_t{1} << 30, absl::Seconds(10), {}, kMinPooled);
   { JobBufferPool::Buffer a = pool.Acquire(32 * kMiB); }
   { JobBufferPool::Buffer small = pool.Acquire(4 * kMiB); }  // 32 MiB would waste 8x
   EXPECT_EQ(pool.reuses(), 0);
@@ -49,7 +51,7 @@ TEST(JobBufferPool, TooSmallOrFarTooLargeBuffersAreNotReused) {
 }
 
 TEST(JobBufferPool, InUsePlusIdleStaysUnderTheLimit) {
-  JobBufferPool pool(64 * kMiB, absl::Seconds(10));
+  JobBufferPool pool(64 * kMiB, absl::Seconds(10), {}, kMinPooled);
   { JobBufferPool::Buffer a = pool.Acquire(40 * kMiB); }
   EXPECT_EQ(pool.idle_bytes(), 40 * kMiB);
   // 10 MiB does not fit the 40 MiB buffer's reuse window (> 2x) and 40 + 10 fits the limit.
@@ -69,7 +71,7 @@ TEST(JobBufferPool, InUsePlusIdleStaysUnderTheLimit) {
 TEST(JobBufferPool, ABufferReturnedOverTheLimitIsFreed) {
   // The scheduler's budget, not the pool, decides admission: allocations may pass the limit,
   // and what comes back then is not kept.
-  JobBufferPool pool(64 * kMiB, absl::Seconds(10));
+  JobBufferPool pool(64 * kMiB, absl::Seconds(10), {}, kMinPooled);
   JobBufferPool::Buffer a = pool.Acquire(50 * kMiB);
   JobBufferPool::Buffer b = pool.Acquire(30 * kMiB);
   EXPECT_EQ(pool.in_use_bytes(), 80 * kMiB);
@@ -83,7 +85,8 @@ TEST(JobBufferPool, AnExternalCommittedCountBoundsTheIdleBuffers) {
   // nvfp4d: the scheduler's reservations (inputs and outputs of admitted jobs) plus the idle
   // buffers stay within the budget.
   size_t reserved = 0;
-  JobBufferPool pool(64 * kMiB, absl::Seconds(10), [&reserved] { return reserved; });
+  JobBufferPool pool(
+      64 * kMiB, absl::Seconds(10), [&reserved] { return reserved; }, kMinPooled);
   reserved = 20 * kMiB;  // a job with a 20 MiB input is admitted...
   { JobBufferPool::Buffer a = pool.Acquire(20 * kMiB); }
   EXPECT_EQ(pool.idle_bytes(), 20 * kMiB);  // ...and returns it while still reserved: 40 <= 64
@@ -96,7 +99,7 @@ TEST(JobBufferPool, AnExternalCommittedCountBoundsTheIdleBuffers) {
 }
 
 TEST(JobBufferPool, IdleBuffersAreReleasedAfterTheirAge) {
-  JobBufferPool pool(size_t{1} << 30, absl::Seconds(10));
+  JobBufferPool pool(size_t{1} << 30, absl::Seconds(10), {}, kMinPooled);
   { JobBufferPool::Buffer a = pool.Acquire(4 * kMiB); }
   pool.ReleaseStale(absl::Now() + absl::Seconds(5));
   EXPECT_EQ(pool.idle_bytes(), 4 * kMiB);
@@ -105,13 +108,21 @@ TEST(JobBufferPool, IdleBuffersAreReleasedAfterTheirAge) {
 }
 
 TEST(JobBufferPool, ZeroIdleAgeKeepsNothing) {
-  JobBufferPool pool(size_t{1} << 30, absl::ZeroDuration());
+  JobBufferPool pool(size_t{1} << 30, absl::ZeroDuration(), {}, kMinPooled);
   { JobBufferPool::Buffer a = pool.Acquire(4 * kMiB); }
   EXPECT_EQ(pool.idle_bytes(), 0u);
 }
 
-TEST(JobBufferPool, SmallAndEmptyRequestsBypassThePool) {
+TEST(JobBufferPool, Nvfp4dPoolsOnlyLargeBuffers) {
   JobBufferPool pool(size_t{1} << 30, absl::Seconds(10));
+  { JobBufferPool::Buffer a = pool.Acquire(8 * kMiB); }
+  EXPECT_EQ(pool.idle_bytes(), 0u);
+  { JobBufferPool::Buffer b = pool.Acquire(JobBufferPool::kDefaultMinPooledBytes); }
+  EXPECT_EQ(pool.idle_bytes(), JobBufferPool::kDefaultMinPooledBytes);
+}
+
+TEST(JobBufferPool, SmallAndEmptyRequestsBypassThePool) {
+  JobBufferPool pool(size_t{1} << 30, absl::Seconds(10), {}, kMinPooled);
   JobBufferPool::Buffer empty = pool.Acquire(0);
   EXPECT_EQ(empty.data(), nullptr);
   EXPECT_EQ(empty.size(), 0u);
@@ -125,7 +136,8 @@ TEST(JobBufferPool, SmallAndEmptyRequestsBypassThePool) {
 }
 
 TEST(JobBufferPool, BuffersMayOutliveThePoolAndMoveAround) {
-  auto pool = std::make_unique<JobBufferPool>(size_t{1} << 30, absl::Seconds(10));
+  auto pool =
+      std::make_unique<JobBufferPool>(size_t{1} << 30, absl::Seconds(10), nullptr, kMinPooled);
   JobBufferPool::Buffer a = pool->Acquire(3 * kMiB);
   JobBufferPool::Buffer b = std::move(a);
   EXPECT_EQ(a.data(), nullptr);
@@ -135,7 +147,7 @@ TEST(JobBufferPool, BuffersMayOutliveThePoolAndMoveAround) {
 }
 
 TEST(JobBufferPool, ConcurrentJobsShareItSafely) {
-  JobBufferPool pool(256 * kMiB, absl::Seconds(10));
+  JobBufferPool pool(256 * kMiB, absl::Seconds(10), {}, kMinPooled);
   std::vector<std::thread> threads;
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&pool, t] {
