@@ -69,6 +69,7 @@ int main(int argc, char** argv) {
   bool json = false;
   std::string socket = "tcp";
   std::string only;
+  int threads = 0;
   CLI::App app{"nvfp4d_bench: bf16 tensor through nvfp4d vs the embedded engine"};
   app.add_option("--gib", gib, "tensor size in GiB of bf16")->capture_default_str();
   app.add_option("--method", method_name, "quantisation method")->capture_default_str();
@@ -76,6 +77,11 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_option("--chunk-kib", chunk_kib, "upload chunk size in KiB")->capture_default_str();
+  app.add_option("--threads", threads,
+                 "engine threads, embedded and in nvfp4d (0: all cores; fewer leaves cores to "
+                 "the transport, as on a host where client and engine do not share cores)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   app.add_flag("--json", json, "print JSON");
   app.add_option("--only", only, "run just this mode (0, 1 or 2: for profiling)");
   app.add_option("--socket", socket, "tcp (127.0.0.1) or unix (a unix-domain socket)")
@@ -106,8 +112,8 @@ int main(int argc, char** argv) {
   options.method = *method;
   const double bytes = static_cast<double>(input.bytes());
 
-  auto make_engine = [] {
-    return std::move(*nvfp4::cpu::CpuBackend::Create({0, nvfp4::cpu::CpuIsa::kAuto}));
+  auto make_engine = [threads] {
+    return std::move(*nvfp4::cpu::CpuBackend::Create({threads, nvfp4::cpu::CpuIsa::kAuto}));
   };
 
   // One server per remote mode, started up front, so the rounds below can interleave the modes:
@@ -186,6 +192,7 @@ int main(int argc, char** argv) {
                           {"cols", cols},
                           {"socket", socket},
                           {"rounds", repeat},
+                          {"engine_threads", embedded_engine->threads()},
                           {"embedded_seconds", embedded},
                           {"remote_seconds", remote},
                           {"transport_only_seconds", transport},
@@ -196,9 +203,11 @@ int main(int argc, char** argv) {
                           {"transport_gb_per_second", bytes / transport / 1e9}};
     std::printf("%s\n", out.dump().c_str());
   } else {
-    std::printf("%.2f GiB bf16 [%lld, %lld], method %s, %d interleaved rounds, best kept\n", gib,
-                static_cast<long long>(rows), static_cast<long long>(cols), method_name.c_str(),
-                repeat);
+    std::printf(
+        "%.2f GiB bf16 [%lld, %lld], method %s, %d engine threads, %d interleaved rounds, best "
+        "kept\n",
+        gib, static_cast<long long>(rows), static_cast<long long>(cols), method_name.c_str(),
+        embedded_engine->threads(), repeat);
     std::printf("%-40s %8s %8s %8s %12s\n", "mode", "seconds", "CPU s", "GB/s in", "vs embedded");
     for (const Mode& mode : modes) {
       if (mode.cpu_seconds == 0) continue;  // not run (--only)
