@@ -205,33 +205,29 @@ absl::StatusOr<QuantizedTensor> QuantizerClient::QuantizeTensor(
   v1::ResultHeader header;
   bool have_header = false, have_metrics = false;
   int64_t received = 0, expected = 0;
-  // Appends a byte section's chunk, copied once from the received slices.
-  auto append = [&](const api::BytesFieldView& chunk, std::vector<uint8_t>* to) {
-    chunk.ForEachPiece(
-        [to](const uint8_t* data, size_t n) { to->insert(to->end(), data, data + n); });
-    received += static_cast<int64_t>(chunk.size());
+  // Where a byte section's chunks go (nullptr: not a byte section).
+  auto section = [&](uint32_t field) -> std::vector<uint8_t>* {
+    switch (field) {
+      case v1::QuantizeTensorResponse::kPackedFieldNumber:
+        return &out.packed;
+      case v1::QuantizeTensorResponse::kScalesFieldNumber:
+        return &out.scales;
+      case v1::QuantizeTensorResponse::kDequantizedFieldNumber:
+        return &dequantized;
+      default:
+        return nullptr;
+    }
   };
   v1::QuantizeTensorResponse response;
   grpc::ByteBuffer raw;
   while (stream.Read(&raw)) {
-    if (const std::optional<api::BytesFieldView> chunk = api::AsSingleBytesField(raw);
-        chunk && chunk->field_number() != v1::QuantizeTensorResponse::kAcceptedFieldNumber &&
-        chunk->field_number() != v1::QuantizeTensorResponse::kResultFieldNumber &&
-        chunk->field_number() != v1::QuantizeTensorResponse::kMetricsFieldNumber) {
+    // Byte chunks are copied once, from the received slices; other messages are parsed.
+    const std::optional<api::BytesFieldView> chunk = api::AsSingleBytesField(raw);
+    if (std::vector<uint8_t>* to = chunk ? section(chunk->field_number()) : nullptr) {
       if (!have_header) return finish(Unexpected("result bytes before the result header"));
-      switch (chunk->field_number()) {
-        case v1::QuantizeTensorResponse::kPackedFieldNumber:
-          append(*chunk, &out.packed);
-          break;
-        case v1::QuantizeTensorResponse::kScalesFieldNumber:
-          append(*chunk, &out.scales);
-          break;
-        case v1::QuantizeTensorResponse::kDequantizedFieldNumber:
-          append(*chunk, &dequantized);
-          break;
-        default:
-          return finish(Unexpected("message"));
-      }
+      chunk->ForEachPiece(
+          [to](const uint8_t* data, size_t n) { to->insert(to->end(), data, data + n); });
+      received += static_cast<int64_t>(chunk->size());
       if (progress && expected > 0) progress(received, expected, "download");
       continue;
     }
@@ -260,7 +256,7 @@ absl::StatusOr<QuantizedTensor> QuantizerClient::QuantizeTensor(
         have_metrics = true;
         break;
       default:
-        // Byte sections arrive as single fields above; anything else is not ours.
+        // Byte sections are single fields, taken above; anything else is not ours.
         return finish(Unexpected("message"));
     }
   }
@@ -296,25 +292,8 @@ absl::StatusOr<checkpoint::CheckpointReport> QuantizerClient::QuantizeCheckpoint
         break;
       case v1::QuantizeCheckpointResponse::kProgress: {
         if (!progress) break;
-        const v1::CheckpointProgress& p = response.progress();
-        checkpoint::CheckpointEvent event;
-        event.phase = p.phase();
-        event.done = p.done();
-        event.total = p.total();
-        event.bytes_done = p.bytes_done();
-        event.bytes_total = p.bytes_total();
-        event.message = p.message();
         std::optional<checkpoint::TensorReport> tensor;
-        if (!p.tensor_report_json().empty()) {
-          const nlohmann::ordered_json json =
-              nlohmann::ordered_json::parse(p.tensor_report_json(), nullptr, false);
-          absl::StatusOr<checkpoint::TensorReport> row =
-              json.is_discarded() ? absl::DataLossError("unparsable tensor report")
-                                  : checkpoint::TensorReportFromJson(json);
-          if (row.ok()) tensor = *std::move(row);
-        }
-        if (tensor) event.tensor = &*tensor;
-        progress(event);
+        progress(api::ProgressFromProto(response.progress(), &tensor));
         break;
       }
       case v1::QuantizeCheckpointResponse::kReportJson: {

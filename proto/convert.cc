@@ -275,6 +275,40 @@ void MetricsToProto(const TensorMetrics& m, v1::TensorMetrics* out) {
   out->set_quantize_seconds(m.seconds);
 }
 
+void ProgressToProto(const checkpoint::CheckpointEvent& e, v1::CheckpointProgress* p) {
+  p->set_phase(e.phase);
+  p->set_done(e.done);
+  p->set_total(e.total);
+  p->set_bytes_done(e.bytes_done);
+  p->set_bytes_total(e.bytes_total);
+  p->set_message(e.message);
+  if (e.tensor != nullptr) {
+    p->set_tensor_report_json(checkpoint::TensorReportToJson(*e.tensor).dump());
+  }
+}
+
+checkpoint::CheckpointEvent ProgressFromProto(const v1::CheckpointProgress& p,
+                                              std::optional<checkpoint::TensorReport>* tensor) {
+  checkpoint::CheckpointEvent e;
+  e.phase = p.phase();
+  e.done = p.done();
+  e.total = p.total();
+  e.bytes_done = p.bytes_done();
+  e.bytes_total = p.bytes_total();
+  e.message = p.message();
+  tensor->reset();
+  if (!p.tensor_report_json().empty()) {
+    const nlohmann::ordered_json json =
+        nlohmann::ordered_json::parse(p.tensor_report_json(), nullptr, false);
+    if (!json.is_discarded()) {
+      absl::StatusOr<checkpoint::TensorReport> row = checkpoint::TensorReportFromJson(json);
+      if (row.ok()) *tensor = *std::move(row);
+    }
+  }
+  if (tensor->has_value()) e.tensor = &**tensor;
+  return e;
+}
+
 TensorMetrics MetricsFromProto(const v1::TensorMetrics& p) {
   TensorMetrics m;
   m.elements = p.elements();

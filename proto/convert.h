@@ -5,6 +5,7 @@
 #define NVFP4_PROTO_CONVERT_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -61,6 +62,13 @@ absl::StatusOr<checkpoint::CheckpointJobOptions> CheckpointOptionsFromRequest(
     const v1::QuantizeCheckpointRequest& request);
 v1::QuantizeCheckpointRequest CheckpointRequestFromOptions(
     const checkpoint::CheckpointJobOptions& options);
+
+// A checkpoint job's progress event as a CheckpointProgress message (the finished tensor as its
+// report JSON), and back: `tensor` holds the report the event points to (none when the message
+// has none or it does not parse; progress is informational).
+void ProgressToProto(const checkpoint::CheckpointEvent& event, v1::CheckpointProgress* out);
+checkpoint::CheckpointEvent ProgressFromProto(const v1::CheckpointProgress& progress,
+                                              std::optional<checkpoint::TensorReport>* tensor);
 
 void MetricsToProto(const TensorMetrics& metrics, v1::TensorMetrics* out);
 TensorMetrics MetricsFromProto(const v1::TensorMetrics& metrics);

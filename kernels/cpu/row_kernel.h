@@ -58,9 +58,8 @@ using ScanHalfFn = ScanResult (*)(DType dtype, const uint16_t* x, int64_t n);
 ScanResult ScanHalfScalar(DType dtype, const uint16_t* x, int64_t n);
 ScanResult ScanHalfAvx2(DType dtype, const uint16_t* x, int64_t n);
 ScanResult ScanHalfAvx512(DType dtype, const uint16_t* x, int64_t n);
-// Infinity's magnitude bits and the widening of a finite magnitude (shared by the ISAs).
+// Infinity's magnitude bits in `dtype` (shared by the ISAs).
 uint16_t HalfInfinityBits(DType dtype);
-float HalfMagnitudeToFloat(DType dtype, uint16_t magnitude);
 
 }  // namespace nvfp4::cpu
 

@@ -238,12 +238,9 @@ ScanResult ScanHalfAvx512(DType dtype, const uint16_t* x, int64_t n) {
   ScanResult result = ScanHalfScalar(dtype, x + i, n - i);
   alignas(64) uint16_t lanes[32];
   _mm512_store_si512(lanes, max_magnitude);
-  uint16_t vector_max = 0;
-  // Plain compares, no <algorithm> template: an instance compiled with this file's ISA flags
-  // could be the one the linker keeps for baseline code (row_driver.h).
-  for (uint16_t lane : lanes) vector_max = lane > vector_max ? lane : vector_max;
-  const float vector_abs = HalfMagnitudeToFloat(dtype, vector_max);
-  if (vector_abs > result.max_abs) result.max_abs = vector_abs;
+  // The lanes hold finite magnitudes: the scalar scan reduces them (and widens the maximum).
+  const ScanResult lane_scan = ScanHalfScalar(dtype, lanes, 32);
+  if (lane_scan.max_abs > result.max_abs) result.max_abs = lane_scan.max_abs;
   result.non_finite += non_finite;
   return result;
 }

@@ -63,10 +63,6 @@ void ConvertToF32Scalar(DType dtype, const void* src, int64_t n, float* dst) {
 
 uint16_t HalfInfinityBits(DType dtype) { return dtype == DType::kBF16 ? 0x7f80 : 0x7c00; }
 
-float HalfMagnitudeToFloat(DType dtype, uint16_t magnitude) {
-  return dtype == DType::kBF16 ? Bf16BitsToFloat(magnitude) : HalfBitsToFloat(magnitude);
-}
-
 ScanResult ScanHalfScalar(DType dtype, const uint16_t* x, int64_t n) {
   const uint16_t infinity = HalfInfinityBits(dtype);
   uint16_t max_magnitude = 0;
@@ -79,7 +75,8 @@ ScanResult ScanHalfScalar(DType dtype, const uint16_t* x, int64_t n) {
       max_magnitude = m;
     }
   }
-  result.max_abs = HalfMagnitudeToFloat(dtype, max_magnitude);
+  result.max_abs =
+      dtype == DType::kBF16 ? Bf16BitsToFloat(max_magnitude) : HalfBitsToFloat(max_magnitude);
   return result;
 }
 

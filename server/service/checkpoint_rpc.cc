@@ -112,21 +112,13 @@ class CheckpointReactor final : public grpc::ServerWriteReactor<Response> {
   // Worker thread.
   void OnProgress(const checkpoint::CheckpointEvent& e) {
     Response r;
-    v1::CheckpointProgress* p = r.mutable_progress();
-    p->set_phase(e.phase);
-    p->set_done(e.done);
-    p->set_total(e.total);
-    p->set_bytes_done(e.bytes_done);
-    p->set_bytes_total(e.bytes_total);
-    p->set_message(e.message);
-    if (e.tensor != nullptr) {
-      p->set_tensor_report_json(checkpoint::TensorReportToJson(*e.tensor).dump());
-      if (ServerMetrics* m = service_->metrics(); m != nullptr && e.tensor->quantized) {
-        const TensorMetrics& tm = e.tensor->metrics;
-        m->TensorQuantized(static_cast<double>(tm.elements),
-                           static_cast<double>(e.tensor->input_bytes),
-                           static_cast<double>(e.tensor->output_bytes), tm.nmse, tm.gain);
-      }
+    api::ProgressToProto(e, r.mutable_progress());
+    ServerMetrics* m = service_->metrics();
+    if (m != nullptr && e.tensor != nullptr && e.tensor->quantized) {
+      const TensorMetrics& tm = e.tensor->metrics;
+      m->TensorQuantized(static_cast<double>(tm.elements),
+                         static_cast<double>(e.tensor->input_bytes),
+                         static_cast<double>(e.tensor->output_bytes), tm.nmse, tm.gain);
     }
     mu_.Lock();
     // A client that stopped reading gets nothing more; the job goes on until cancelled.

