@@ -13,6 +13,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "tests/testing/files.h"
 
 namespace nvfp4::io {
 namespace {
@@ -31,16 +32,8 @@ std::string TestPath(absl::string_view suffix) {
                       suffix);
 }
 
-void WriteBytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  ASSERT_TRUE(out.good()) << path;
-}
-
-std::string ReadBytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
+using testing_files::ReadBytes;
+using testing_files::WriteBytes;
 
 template <typename T>
 std::string AsBytes(const std::vector<T>& values) {

@@ -37,6 +37,7 @@
 #include "kernels/numerics/global_scale.h"
 #include "kernels/numerics/half.h"
 #include "server/checkpoint/safetensors.h"
+#include "tests/testing/files.h"
 
 namespace nvfp4::checkpoint {
 namespace {
@@ -142,17 +143,8 @@ std::vector<std::string> QuantizedModules(int layers) {
   return modules;
 }
 
-void WriteText(const std::string& path, const std::string& text) {
-  fs::create_directories(fs::path(path).parent_path());
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << text;
-  ASSERT_TRUE(out.good()) << path;
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
+using testing_files::ReadBytes;
+using testing_files::WriteBytes;
 
 absl::Status WriteTensors(const std::string& path, const Model& model,
                           const std::vector<std::string>& names) {
@@ -207,17 +199,17 @@ void WriteModel(const std::string& dir, const Model& model, const ModelSpec& spe
     for (const std::string& n : b) map[n] = fb;
     index["metadata"] = Json::object({{"total_size", 0}});
     index["weight_map"] = map;
-    WriteText(dir + "/model.safetensors.index.json", index.dump(2));
+    WriteBytes(dir + "/model.safetensors.index.json", index.dump(2));
   }
-  WriteText(dir + "/config.json", SourceConfig(spec).dump(2));
-  WriteText(dir + "/generation_config.json", "{\"bos_token_id\": 1, \"eos_token_id\": 2}\n");
-  WriteText(dir + "/special_tokens_map.json", "{\"bos_token\": \"<s>\"}");
-  WriteText(dir + "/tokenizer.json", std::string("{\"version\": \"1.0\", \"raw\": \"\xff\x01\"}"));
-  WriteText(dir + "/tokenizer_config.json", "{\"model_max_length\": 4096}\r\n");
-  WriteText(dir + "/extra/chat_template.jinja", "{% for m in messages %}{{ m }}{% endfor %}");
+  WriteBytes(dir + "/config.json", SourceConfig(spec).dump(2));
+  WriteBytes(dir + "/generation_config.json", "{\"bos_token_id\": 1, \"eos_token_id\": 2}\n");
+  WriteBytes(dir + "/special_tokens_map.json", "{\"bos_token\": \"<s>\"}");
+  WriteBytes(dir + "/tokenizer.json", std::string("{\"version\": \"1.0\", \"raw\": \"\xff\x01\"}"));
+  WriteBytes(dir + "/tokenizer_config.json", "{\"model_max_length\": 4096}\r\n");
+  WriteBytes(dir + "/extra/chat_template.jinja", "{% for m in messages %}{{ m }}{% endfor %}");
   // Not copied: other weight formats and hidden files.
-  WriteText(dir + "/pytorch_model.bin", "not a real pickle");
-  WriteText(dir + "/.gitattributes", "*.safetensors filter=lfs");
+  WriteBytes(dir + "/pytorch_model.bin", "not a real pickle");
+  WriteBytes(dir + "/.gitattributes", "*.safetensors filter=lfs");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -277,7 +269,7 @@ Output ReadOutput(const std::string& dir) {
 }
 
 Json ReadJson(const std::string& path) {
-  const Json json = Json::parse(ReadFile(path), nullptr, false);
+  const Json json = Json::parse(ReadBytes(path), nullptr, false);
   EXPECT_FALSE(json.is_discarded()) << path;
   return json;
 }
@@ -287,7 +279,7 @@ std::map<std::string, std::string> Tree(const std::string& dir) {
   std::map<std::string, std::string> files;
   for (const auto& entry : fs::recursive_directory_iterator(dir)) {
     if (entry.is_regular_file()) {
-      files[fs::relative(entry.path(), dir).string()] = ReadFile(entry.path().string());
+      files[fs::relative(entry.path(), dir).string()] = ReadBytes(entry.path().string());
     }
   }
   return files;
@@ -414,7 +406,7 @@ TEST_F(CheckpointJobTest, ModelOptOutputFilesAndConfigs) {
   // Copied byte for byte; other weight formats and hidden files are not.
   for (const std::string& f : CopiedFiles()) {
     ASSERT_TRUE(fs::exists(out + "/" + f)) << f;
-    EXPECT_EQ(ReadFile(out + "/" + f), ReadFile(Path("model/" + f))) << f;
+    EXPECT_EQ(ReadBytes(out + "/" + f), ReadBytes(Path("model/" + f))) << f;
   }
   EXPECT_FALSE(fs::exists(out + "/pytorch_model.bin"));
   EXPECT_FALSE(fs::exists(out + "/.gitattributes"));
@@ -740,7 +732,7 @@ TEST_F(CheckpointJobTest, W4A4InputScalesComeFromTheCalibrationGroupMax) {
     v += 0.75f;  // exactly representable; q < k < v so the group max is v_proj's
   }
   calibration["model.layers.9.unused"] = 100.0;  // extra entries are ignored
-  WriteText(Path("calib.json"), calibration.dump());
+  WriteBytes(Path("calib.json"), calibration.dump());
   CheckpointJobOptions options = Options("out");
   options.calibration_path = Path("calib.json");
   const CheckpointReport report = RunOk(options);
@@ -797,7 +789,7 @@ TEST_F(CheckpointJobTest, W4A4ZeroActivationAmaxGivesScaleOne) {
   Json calibration = Json::object();
   for (const std::string& m : QuantizedModules(2)) calibration[m] = 4.0;
   calibration["model.layers.0.self_attn.o_proj"] = 0.0;
-  WriteText(Path("calib.json"), calibration.dump());
+  WriteBytes(Path("calib.json"), calibration.dump());
   CheckpointJobOptions options = Options("out");
   options.calibration_path = Path("calib.json");
   RunOk(options);
@@ -819,7 +811,7 @@ TEST_F(CheckpointJobTest, W4A4MissingModuleIsInvalidArgumentNamingIt) {
   for (const std::string& m : QuantizedModules(2)) {
     if (m != "model.layers.1.mlp.down_proj") calibration[m] = 2.0;
   }
-  WriteText(Path("calib.json"), calibration.dump());
+  WriteBytes(Path("calib.json"), calibration.dump());
   CheckpointJobOptions options = Options("out");
   options.calibration_path = Path("calib.json");
   absl::StatusOr<CheckpointReport> report = Run(options);
@@ -829,11 +821,11 @@ TEST_F(CheckpointJobTest, W4A4MissingModuleIsInvalidArgumentNamingIt) {
 
   // A negative amax, or not an object at all.
   calibration["model.layers.1.mlp.down_proj"] = -1.0;
-  WriteText(Path("calib.json"), calibration.dump());
+  WriteBytes(Path("calib.json"), calibration.dump());
   report = Run(options);
   EXPECT_EQ(report.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(report.status().message(), HasSubstr("model.layers.1.mlp.down_proj"));
-  WriteText(Path("calib.json"), "[1, 2]");
+  WriteBytes(Path("calib.json"), "[1, 2]");
   EXPECT_EQ(Run(options).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_FALSE(fs::exists(Path("out")));
 }
@@ -1115,13 +1107,13 @@ TEST_F(CheckpointJobTest, CancelledBeforeStartLeavesNoOutput) {
 
 TEST_F(CheckpointJobTest, NonEmptyOutputDirectoryIsFailedPrecondition) {
   TinyModel();
-  WriteText(Path("out/keep.txt"), "mine");
+  WriteBytes(Path("out/keep.txt"), "mine");
   absl::StatusOr<CheckpointReport> report = Run(Options("out"));
   EXPECT_EQ(report.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(ReadFile(Path("out/keep.txt")), "mine");
+  EXPECT_EQ(ReadBytes(Path("out/keep.txt")), "mine");
   EXPECT_FALSE(fs::exists(StagingDirFor(Path("out"))));
   // A file in the way is no better.
-  WriteText(Path("file_out"), "x");
+  WriteBytes(Path("file_out"), "x");
   EXPECT_EQ(Run(Options("file_out")).status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
@@ -1129,7 +1121,7 @@ TEST_F(CheckpointJobTest, AlreadyQuantizedSourceIsFailedPrecondition) {
   TinyModel();
   Json config = SourceConfig(spec_);
   config["quantization_config"] = Json::object({{"quant_method", "fp8"}});
-  WriteText(Path("model/config.json"), config.dump());
+  WriteBytes(Path("model/config.json"), config.dump());
   absl::StatusOr<CheckpointReport> report = Run(Options("out"));
   EXPECT_EQ(report.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(report.status().message(), HasSubstr("quantization_config"));
@@ -1137,8 +1129,8 @@ TEST_F(CheckpointJobTest, AlreadyQuantizedSourceIsFailedPrecondition) {
 }
 
 TEST_F(CheckpointJobTest, ModelWithoutSafetensorsIsNotFound) {
-  WriteText(Path("model/config.json"), SourceConfig(spec_).dump());
-  WriteText(Path("model/pytorch_model.bin"), "pickle");
+  WriteBytes(Path("model/config.json"), SourceConfig(spec_).dump());
+  WriteBytes(Path("model/pytorch_model.bin"), "pickle");
   EXPECT_EQ(Run(Options("out")).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(Run([&] {
               CheckpointJobOptions o = Options("out");
@@ -1155,7 +1147,7 @@ TEST_F(CheckpointJobTest, IndexListingAMissingTensorIsInvalidArgument) {
   TinyModel(/*files=*/2);
   Json index = ReadJson(Path("model/model.safetensors.index.json"));
   index["weight_map"]["model.layers.0.self_attn.ghost.weight"] = "model-00002-of-00002.safetensors";
-  WriteText(Path("model/model.safetensors.index.json"), index.dump());
+  WriteBytes(Path("model/model.safetensors.index.json"), index.dump());
   absl::StatusOr<CheckpointReport> report = Run(Options("out"));
   EXPECT_EQ(report.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(report.status().message(), HasSubstr("model.layers.0.self_attn.ghost.weight"));
@@ -1166,7 +1158,7 @@ TEST_F(CheckpointJobTest, IndexListingATensorInTheWrongShardIsInvalidArgument) {
   TinyModel(/*files=*/2);
   Json index = ReadJson(Path("model/model.safetensors.index.json"));
   index["weight_map"]["lm_head.weight"] = "model-00002-of-00002.safetensors";
-  WriteText(Path("model/model.safetensors.index.json"), index.dump());
+  WriteBytes(Path("model/model.safetensors.index.json"), index.dump());
   absl::StatusOr<CheckpointReport> report = Run(Options("out"));
   EXPECT_EQ(report.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(report.status().message(), HasSubstr("lm_head.weight"));
@@ -1249,8 +1241,8 @@ TEST_F(CheckpointJobTest, HuggingFaceCacheSnapshotIsFollowedAndCopiedAsFiles) {
   // Symlinked files (an HF cache snapshot links into ../../blobs/) are copied under their own
   // names into the output, never written next to their targets.
   EXPECT_FALSE(fs::is_symlink(Path("x/y/out/tokenizer.json")));
-  EXPECT_EQ(ReadFile(Path("x/y/out/tokenizer.json")), ReadFile(Path("hub/blobs/blob2")));
-  EXPECT_EQ(ReadFile(Path("x/y/out/tokenizer_config.json")), ReadFile(Path("hub/blobs/blob3")));
+  EXPECT_EQ(ReadBytes(Path("x/y/out/tokenizer.json")), ReadBytes(Path("hub/blobs/blob2")));
+  EXPECT_EQ(ReadBytes(Path("x/y/out/tokenizer_config.json")), ReadBytes(Path("hub/blobs/blob3")));
   EXPECT_FALSE(fs::exists(Path("x/blobs")));  // nothing written outside the output
 }
 
@@ -1276,7 +1268,7 @@ TEST_F(CheckpointJobTest, ConfinedPathsAreEnforced) {
   // A calibration file outside.
   Json calibration = Json::object();
   for (const std::string& m : QuantizedModules(2)) calibration[m] = 1.0;
-  WriteText(Path("calib.json"), calibration.dump());
+  WriteBytes(Path("calib.json"), calibration.dump());
   options.out_dir = Path("allowed/out3");
   options.calibration_path = Path("calib.json");
   EXPECT_EQ(Run(options).status().code(), absl::StatusCode::kPermissionDenied);
