@@ -14,6 +14,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "client/blocking_raw_stream.h"
+#include "common/large_buffer.h"
 #include "common/status_macros.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "kernels/numerics/half.h"
@@ -246,9 +247,9 @@ absl::StatusOr<QuantizedTensor> QuantizerClient::QuantizeTensor(
         out.padded_cols = header.padded_cols();
         out.global_scale = header.global_scale();
         out.amax = header.amax();
-        out.packed.reserve(static_cast<size_t>(header.packed_bytes()));
-        out.scales.reserve(static_cast<size_t>(header.scales_bytes()));
-        dequantized.reserve(static_cast<size_t>(header.dequantized_bytes()));
+        ReserveOnHugePages(out.packed, static_cast<size_t>(header.packed_bytes()));
+        ReserveOnHugePages(out.scales, static_cast<size_t>(header.scales_bytes()));
+        ReserveOnHugePages(dequantized, static_cast<size_t>(header.dequantized_bytes()));
         expected = header.packed_bytes() + header.scales_bytes() + header.dequantized_bytes();
         break;
       case v1::QuantizeTensorResponse::kMetrics:
@@ -268,7 +269,7 @@ absl::StatusOr<QuantizedTensor> QuantizerClient::QuantizeTensor(
     return absl::DataLossError("the server sent fewer result bytes than announced");
   }
   if (!dequantized.empty()) {
-    out.dequantized.resize(static_cast<size_t>(out.rows * out.cols));
+    ResizeOnHugePages(out.dequantized, static_cast<size_t>(out.rows * out.cols));
     std::memcpy(out.dequantized.data(), dequantized.data(),
                 std::min(dequantized.size(), out.dequantized.size() * sizeof(float)));
   }

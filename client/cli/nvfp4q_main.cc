@@ -12,9 +12,11 @@
 #include "client/cli/quantize_tensor_command.h"
 #include "client/cli/remote_commands.h"
 #include "client/cli/verify_command.h"
+#include "common/malloc_tuning.h"
 #include "common/version.h"
 
 int main(int argc, char** argv) {
+  nvfp4::TuneMallocForStreaming();
   CLI::App app{"nvfp4q: quantise tensors to NVFP4 with ScaleSweep block scales"};
   app.set_version_flag("--version", std::string("nvfp4q ") + nvfp4::kVersion);
   app.require_subcommand(1);

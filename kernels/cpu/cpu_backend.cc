@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/large_buffer.h"
 #include "common/status_macros.h"
 #include "kernels/cpu/row_kernel.h"
 #include "kernels/numerics/block_math.h"
@@ -180,9 +181,11 @@ absl::StatusOr<QuantizedTensor> CpuBackend::QuantizeUnchecked(const TensorView& 
   }
 
   const int64_t pc = out.padded_cols;
-  out.packed.resize(static_cast<size_t>(input.rows * pc / 2));
-  out.scales.resize(static_cast<size_t>(input.rows * pc / kBlockSize));
-  if (options.want_dequantized) out.dequantized.resize(static_cast<size_t>(input.elements()));
+  ResizeOnHugePages(out.packed, static_cast<size_t>(input.rows * pc / 2));
+  ResizeOnHugePages(out.scales, static_cast<size_t>(input.rows * pc / kBlockSize));
+  if (options.want_dequantized) {
+    ResizeOnHugePages(out.dequantized, static_cast<size_t>(input.elements()));
+  }
 
   const int64_t rows_per_chunk = std::max<int64_t>(1, kChunkElements / pc);
   const int64_t chunks = (input.rows + rows_per_chunk - 1) / rows_per_chunk;

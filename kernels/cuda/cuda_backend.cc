@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "common/large_buffer.h"
 #include "common/status_macros.h"
 #include "kernels/cuda/cuda_raii.h"
 #include "kernels/cuda/device_block.h"
@@ -372,9 +373,9 @@ absl::StatusOr<QuantizedTensor> CudaBackend::State::RunFromHost(const TensorView
   out.rows = rows;
   out.cols = cols;
   out.padded_cols = pc;
-  out.packed.resize(static_cast<size_t>(rows * pc / 2));
-  out.scales.resize(static_cast<size_t>(rows * pc / kBlockSize));
-  if (want_dequantized) out.dequantized.resize(static_cast<size_t>(input.elements()));
+  ResizeOnHugePages(out.packed, static_cast<size_t>(rows * pc / 2));
+  ResizeOnHugePages(out.scales, static_cast<size_t>(rows * pc / kBlockSize));
+  if (want_dequantized) ResizeOnHugePages(out.dequantized, static_cast<size_t>(input.elements()));
 
   // Chunk geometry and buffers (grown on demand, kept for later calls).
   const int64_t rows_per_chunk = std::max<int64_t>(1, kHostChunkElements / pc);
@@ -702,9 +703,9 @@ absl::StatusOr<QuantizedTensor> CudaBackend::QuantizeDevice(const TensorView& de
     out.amax = result.amax;
     out.global_scale = result.global_scale;
     out.metrics = result.metrics;
-    out.packed.resize(packed_bytes);
-    out.scales.resize(scale_bytes);
-    out.dequantized.resize(dequantized_bytes / 4);
+    ResizeOnHugePages(out.packed, packed_bytes);
+    ResizeOnHugePages(out.scales, scale_bytes);
+    ResizeOnHugePages(out.dequantized, dequantized_bytes / 4);
     ScopedDevice scoped(device_);
     RETURN_IF_ERROR(scoped.status());
     NVFP4_CUDA_RETURN_IF_ERROR(

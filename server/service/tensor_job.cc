@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include "common/large_buffer.h"
 #include "kernels/numerics/half.h"
 
 namespace nvfp4::server {
@@ -43,7 +44,7 @@ absl::StatusOr<TensorJobOutput> Run(const TensorJobInput& input, const Job& job,
   out.tensor = std::move(*tensor);
   out.backend = std::string(engine.name());
   if (spec.want_dequantized && spec.dequantized_bf16) {
-    out.dequantized_bf16.resize(out.tensor.dequantized.size());
+    ResizeOnHugePages(out.dequantized_bf16, out.tensor.dequantized.size());
     for (size_t i = 0; i < out.dequantized_bf16.size(); ++i) {
       out.dequantized_bf16[i] = FloatToBf16Bits(out.tensor.dequantized[i]);
     }
