@@ -28,6 +28,27 @@ absl::Status Unexpected(const char* what) {
   return absl::InternalError(absl::StrCat("protocol error: unexpected ", what, " from the server"));
 }
 
+// The result header must describe the tensor that was sent: its sizes decide what the client
+// reserves and accepts, so a wrong or hostile server cannot make it allocate without bound.
+absl::Status CheckResultHeader(const api::TensorSpec& spec, const v1::ResultHeader& header) {
+  const int64_t padded = PaddedCols(spec.cols);
+  const int64_t elements = spec.rows * spec.cols;
+  const bool dequantized_ok =
+      header.dequantized_bytes() == 0 ||
+      (spec.want_dequantized &&
+       (header.dequantized_bytes() == elements * 2 || header.dequantized_bytes() == elements * 4));
+  if (header.rows() != spec.rows || header.cols() != spec.cols || header.padded_cols() != padded ||
+      header.packed_bytes() != spec.rows * padded / 2 ||
+      header.scales_bytes() != spec.rows * padded / 16 || !dequantized_ok) {
+    return absl::InternalError(
+        absl::StrCat("protocol error: the server's result header (rows ", header.rows(), ", cols ",
+                     header.cols(), ", packed ", header.packed_bytes(), " B, scales ",
+                     header.scales_bytes(), " B, dequantized ", header.dequantized_bytes(),
+                     " B) does not match the tensor sent [", spec.rows, ", ", spec.cols, "]"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::string> ChannelTarget(const std::string& servers) {
@@ -157,8 +178,11 @@ absl::StatusOr<QuantizedTensor> QuantizerClient::QuantizeTensor(
   auto finish = [&](absl::Status local, bool cancel = true) -> absl::Status {
     if (!local.ok() && cancel) context.TryCancel();
     const grpc::Status remote = stream.Finish();
-    // The server's status explains a failed write/read better than the local symptom.
-    if (!remote.ok()) return api::FromGrpcStatus(remote);
+    // The server's status explains a failed write/read better than the local symptom, except
+    // the CANCELLED that our own cancel just caused.
+    const bool own_cancel =
+        !local.ok() && cancel && remote.error_code() == grpc::StatusCode::CANCELLED;
+    if (!remote.ok() && !own_cancel) return api::FromGrpcStatus(remote);
     return local;
   };
 
@@ -226,6 +250,12 @@ absl::StatusOr<QuantizedTensor> QuantizerClient::QuantizeTensor(
     const std::optional<api::BytesFieldView> chunk = api::AsSingleBytesField(raw);
     if (std::vector<uint8_t>* to = chunk ? section(chunk->field_number()) : nullptr) {
       if (!have_header) return finish(Unexpected("result bytes before the result header"));
+      const int64_t announced = to == &out.packed   ? header.packed_bytes()
+                                : to == &out.scales ? header.scales_bytes()
+                                                    : header.dequantized_bytes();
+      if (static_cast<int64_t>(to->size() + chunk->size()) > announced) {
+        return finish(Unexpected("result bytes beyond the announced size"));
+      }
       chunk->ForEachPiece(
           [to](const uint8_t* data, size_t n) { to->insert(to->end(), data, data + n); });
       received += static_cast<int64_t>(chunk->size());
@@ -240,7 +270,9 @@ absl::StatusOr<QuantizedTensor> QuantizerClient::QuantizeTensor(
         if (job_id) *job_id = response.accepted().job_id();
         break;
       case v1::QuantizeTensorResponse::kResult:
+        if (have_header) return finish(Unexpected("second result header"));
         header = response.result();
+        if (absl::Status bad = CheckResultHeader(spec, header); !bad.ok()) return finish(bad);
         have_header = true;
         out.rows = header.rows();
         out.cols = header.cols();

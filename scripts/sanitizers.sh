@@ -35,7 +35,7 @@ timed() {  # label command...
 
 run_asan() {
   configure "$ASAN_DIR" address,undefined
-  timed "asan build" cmake --build "$ASAN_DIR" -j "$JOBS" --target kernels_test checkpoint_test \
+  timed "asan build" cmake --build "$ASAN_DIR" -j "$JOBS" --target common_test kernels_test checkpoint_test \
     client_io_test client_test proto_test scheduler_test server_test
   # Leak reports are on; tests/sanitizers/lsan.supp lists (and explains) each suppression.
   export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1:check_initialization_order=1"

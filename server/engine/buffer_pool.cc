@@ -56,7 +56,7 @@ struct JobBufferPool::State {
   }
 
   void Return(uint8_t* data, size_t capacity) {
-    LargeBuffer<uint8_t> memory(data);
+    LargeBuffer<uint8_t> memory(data, LargeBufferDeleter{capacity});
     const std::optional<size_t> external = External();
     absl::MutexLock lock(&mu);
     in_use_bytes -= capacity;
@@ -92,7 +92,7 @@ void JobBufferPool::Buffer::Reset() {
     if (state_) {
       state_->Return(data_, capacity_);
     } else {
-      LargeBufferDeleter()(data_);
+      LargeBufferDeleter{capacity_}(data_);
     }
   }
   state_.reset();

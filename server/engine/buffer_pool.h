@@ -12,9 +12,10 @@
 // the pool's own buffers in use). Idle buffers are freed before a new allocation would pass
 // the limit, and a buffer that comes back when keeping it would pass the limit is freed. Idle
 // buffers unused for max_idle_age are freed by ReleaseStale (the server's housekeeping), so an idle
-// server shrinks back; a zero max_idle_age keeps nothing. Requests below min_pooled_bytes are
-// plain allocations: glibc serves blocks below its mmap threshold (at most 32 MiB) from the heap,
-// which recycles them anyway, and pooling them (2 MiB-aligned) only fragmented that heap.
+// server shrinks back; a zero max_idle_age keeps nothing. Requests below min_pooled_bytes (by
+// default 2 MiB, where LargeBuffer switches from malloc to mappings of its own) are plain
+// allocations: the malloc heap recycles them anyway, and pooling them as 2 MiB-aligned heap
+// blocks only fragmented that heap.
 // Thread-safe; a Buffer may outlive the pool object (they share the pool's state).
 #ifndef NVFP4_SERVER_ENGINE_BUFFER_POOL_H_
 #define NVFP4_SERVER_ENGINE_BUFFER_POOL_H_
@@ -31,7 +32,7 @@ namespace nvfp4::server {
 
 class JobBufferPool {
  public:
-  static constexpr size_t kDefaultMinPooledBytes = size_t{16} << 20;
+  static constexpr size_t kDefaultMinPooledBytes = size_t{2} << 20;
 
   struct State;
 

@@ -1,11 +1,13 @@
-// LargeBuffer helpers: contents and sizes behave like the plain std::vector calls, and the
-// 2 MiB-aligned part of a big reservation carries the kernel's huge-page advice (VmFlags "hg" in
-// /proc/self/smaps), which is the whole point of the helpers.
+// LargeBuffer and the vector helpers: contents and sizes behave like the plain calls, big
+// buffers are 2 MiB-aligned mappings of their own carrying the kernel's huge-page advice
+// (VmFlags "hg" in /proc/self/smaps, the point of the helpers), and advice never reaches memory
+// outside them (e.g. malloc's heap). Linux only, like the helpers' mapping code.
 #include "common/large_buffer.h"
 
 #include <sys/mman.h>
 
 #include <cstdint>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -15,8 +17,6 @@
 
 namespace nvfp4 {
 namespace {
-
-constexpr size_t kHugePage = size_t{2} << 20;
 
 // The VmFlags line of the mapping that contains `address`; empty when not found.
 std::string VmFlagsOf(const void* address) {
@@ -37,13 +37,15 @@ std::string VmFlagsOf(const void* address) {
   return "";
 }
 
+// Whether advice shows up at all: madvise(MADV_HUGEPAGE) fails on kernels built without THP,
+// and sandboxed kernels may not report VmFlags.
 bool KernelHasHugePages() {
-  // madvise(MADV_HUGEPAGE) fails with EINVAL on kernels built without THP.
   void* probe =
-      mmap(nullptr, 2 * kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      mmap(nullptr, 2 * kHugePageBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (probe == MAP_FAILED) return false;
-  const bool ok = madvise(probe, 2 * kHugePage, MADV_HUGEPAGE) == 0;
-  munmap(probe, 2 * kHugePage);
+  const bool ok = madvise(probe, 2 * kHugePageBytes, MADV_HUGEPAGE) == 0 &&
+                  VmFlagsOf(probe).find(" hg") != std::string::npos;
+  munmap(probe, 2 * kHugePageBytes);
   return ok;
 }
 
@@ -68,23 +70,66 @@ TEST(LargeBuffer, ResizeValueInitialisesNewElements) {
   EXPECT_TRUE(empty.empty());
 }
 
-TEST(LargeBuffer, BigReservationsAreAdvisedForHugePages) {
-  if (!KernelHasHugePages()) GTEST_SKIP() << "kernel without transparent huge pages";
-  std::vector<uint8_t> v;
-  ReserveOnHugePages(v, size_t{64} << 20);
-  const auto begin = reinterpret_cast<uintptr_t>(v.data());
-  const uintptr_t first_aligned = (begin + kHugePage - 1) & ~(kHugePage - 1);
-  const std::string flags = VmFlagsOf(reinterpret_cast<const void*>(first_aligned + kHugePage));
-  ASSERT_FALSE(flags.empty()) << "no mapping found in /proc/self/smaps";
-  EXPECT_NE(flags.find(" hg"), std::string::npos) << flags;
+bool HasHugePageAdvice(const void* address) {
+  return VmFlagsOf(address).find(" hg") != std::string::npos;
 }
 
-TEST(LargeBuffer, AllocatedBuffersAreAdvisedForHugePages) {
-  if (!KernelHasHugePages()) GTEST_SKIP() << "kernel without transparent huge pages";
-  LargeBuffer<uint8_t> buffer = AllocateLargeBuffer<uint8_t>(size_t{16} << 20);
-  ASSERT_EQ(reinterpret_cast<uintptr_t>(buffer.get()) % kHugePage, 0u);
-  const std::string flags = VmFlagsOf(buffer.get() + kHugePage);
-  EXPECT_NE(flags.find(" hg"), std::string::npos) << flags;
+TEST(LargeBuffer, BigReservationsAreAdvisedOnTheirAlignedPartOnly) {
+  if (!KernelHasHugePages()) GTEST_SKIP() << "no huge-page advice visible in /proc/self/smaps";
+  std::vector<uint8_t> v;
+  ReserveOnHugePages(v, kHugePageVectorMinBytes + 12345);
+  const auto begin = reinterpret_cast<uintptr_t>(v.data());
+  const uintptr_t end = begin + v.capacity();
+  const uintptr_t first_aligned = (begin + kHugePageBytes - 1) & ~(kHugePageBytes - 1);
+  const uintptr_t last_aligned = end & ~(kHugePageBytes - 1);
+  EXPECT_TRUE(HasHugePageAdvice(reinterpret_cast<const void*>(first_aligned)));
+  EXPECT_TRUE(HasHugePageAdvice(reinterpret_cast<const void*>(last_aligned - 1)));
+  // Nothing outside the aligned part (it may share a mapping with other memory).
+  if (begin < first_aligned) {
+    EXPECT_FALSE(HasHugePageAdvice(v.data()));
+  }
+  if (last_aligned < end) {
+    EXPECT_FALSE(HasHugePageAdvice(reinterpret_cast<const void*>(end - 1)));
+  }
+}
+
+TEST(LargeBuffer, SmallerReservationsGetNoAdvice) {
+  if (!KernelHasHugePages()) GTEST_SKIP() << "no huge-page advice visible in /proc/self/smaps";
+  // Below the threshold the storage may lie in malloc's heap, where advice would outlive it.
+  std::vector<uint8_t> v;
+  ReserveOnHugePages(v, kHugePageVectorMinBytes / 2);
+  const auto begin = reinterpret_cast<uintptr_t>(v.data());
+  for (uintptr_t a = begin; a < begin + v.capacity(); a += kHugePageBytes) {
+    ASSERT_FALSE(HasHugePageAdvice(reinterpret_cast<const void*>(a))) << a - begin;
+  }
+}
+
+TEST(LargeBuffer, BigBuffersAreAlignedMappingsOfTheirOwn) {
+  if (!KernelHasHugePages()) GTEST_SKIP() << "no huge-page advice visible in /proc/self/smaps";
+  for (size_t bytes : {kHugePageBytes, kHugePageBytes + 1, size_t{16} << 20}) {
+    LargeBuffer<uint8_t> buffer = AllocateLargeBuffer<uint8_t>(bytes);
+    ASSERT_EQ(reinterpret_cast<uintptr_t>(buffer.get()) % kHugePageBytes, 0u) << bytes;
+    EXPECT_TRUE(HasHugePageAdvice(buffer.get())) << bytes;
+    EXPECT_TRUE(HasHugePageAdvice(buffer.get() + bytes - 1)) << bytes;
+    std::memset(buffer.get(), 0x5A, bytes);  // the whole size is usable
+    EXPECT_EQ(buffer[bytes - 1], 0x5A);
+    EXPECT_EQ(buffer.get_deleter().bytes, bytes);
+  }
+  const void* gone;
+  {
+    LargeBuffer<uint8_t> buffer = AllocateLargeBuffer<uint8_t>(4 * kHugePageBytes);
+    gone = buffer.get();
+  }
+  EXPECT_EQ(VmFlagsOf(gone), "") << "the mapping is unmapped with the buffer";
+}
+
+TEST(LargeBuffer, SmallBuffersComeFromMalloc) {
+  LargeBuffer<float> buffer = AllocateLargeBuffer<float>(1000);
+  ASSERT_NE(buffer.get(), nullptr);
+  buffer[999] = 1.5f;
+  EXPECT_EQ(buffer[999], 1.5f);
+  LargeBuffer<float> empty = AllocateLargeBuffer<float>(0);
+  EXPECT_NE(empty.get(), nullptr);
 }
 
 }  // namespace

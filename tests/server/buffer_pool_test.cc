@@ -12,7 +12,7 @@ namespace nvfp4::server {
 namespace {
 
 constexpr size_t kMiB = size_t{1} << 20;
-// Small sizes keep the tests light; nvfp4d pools from 16 MiB (kDefaultMinPooledBytes).
+// Small sizes keep the tests light; nvfp4d pools from 2 MiB (kDefaultMinPooledBytes).
 constexpr size_t kMinPooled = kMiB;
 
 TEST(JobBufferPool, AFinishedJobsBufferServesTheNextJobThatFits) {
@@ -115,7 +115,7 @@ TEST(JobBufferPool, ZeroIdleAgeKeepsNothing) {
 
 TEST(JobBufferPool, Nvfp4dPoolsOnlyLargeBuffers) {
   JobBufferPool pool(size_t{1} << 30, absl::Seconds(10));
-  { JobBufferPool::Buffer a = pool.Acquire(8 * kMiB); }
+  { JobBufferPool::Buffer a = pool.Acquire(JobBufferPool::kDefaultMinPooledBytes - 1); }
   EXPECT_EQ(pool.idle_bytes(), 0u);
   { JobBufferPool::Buffer b = pool.Acquire(JobBufferPool::kDefaultMinPooledBytes); }
   EXPECT_EQ(pool.idle_bytes(), JobBufferPool::kDefaultMinPooledBytes);
