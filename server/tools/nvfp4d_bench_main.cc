@@ -10,6 +10,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -155,6 +156,7 @@ int main(int argc, char** argv) {
     std::function<bool()> run;
     double seconds = std::numeric_limits<double>::infinity();  // best round
     double cpu_seconds = 0;                                    // of the best round
+    std::vector<double> rounds = {};                           // seconds, every round
   };
   auto embedded_engine = make_engine();
   Remote quantizing = start_remote(make_engine());
@@ -178,6 +180,7 @@ int main(int argc, char** argv) {
       const double cpu_start = CpuSeconds();
       if (!mode.run()) return 1;
       const double seconds = Seconds(start);
+      mode.rounds.push_back(seconds);
       if (seconds < mode.seconds) {
         mode.seconds = seconds;
         mode.cpu_seconds = CpuSeconds() - cpu_start;
@@ -186,6 +189,17 @@ int main(int argc, char** argv) {
   }
   const double embedded = modes[0].seconds;
   const double remote = modes[1].seconds;
+  // The same ratio per round (the two modes ran back to back, under about the same load): its
+  // spread shows how far the best-of figure can be trusted on a machine whose speed drifts.
+  std::vector<double> round_ratios;
+  if (modes[0].rounds.size() == modes[1].rounds.size()) {
+    for (size_t i = 0; i < modes[0].rounds.size(); ++i) {
+      round_ratios.push_back(modes[0].rounds[i] / modes[1].rounds[i]);
+    }
+    std::sort(round_ratios.begin(), round_ratios.end());
+  }
+  const double median_ratio =
+      round_ratios.empty() ? std::nan("") : round_ratios[round_ratios.size() / 2];
   const double transport = modes[2].seconds;
 
   if (json) {
@@ -203,6 +217,7 @@ int main(int argc, char** argv) {
                           {"remote_cpu_seconds", modes[1].cpu_seconds},
                           {"transport_only_cpu_seconds", modes[2].cpu_seconds},
                           {"remote_to_embedded_throughput", embedded / remote},
+                          {"remote_to_embedded_per_round", round_ratios},
                           {"transport_gb_per_second", bytes / transport / 1e9}};
     std::printf("%s\n", out.dump().c_str());
   } else {
@@ -221,6 +236,10 @@ int main(int argc, char** argv) {
       } else {
         std::printf(" %12.3f\n", embedded / mode.seconds);
       }
+    }
+    if (!round_ratios.empty()) {
+      std::printf("nvfp4d / embedded per round (back to back): min %.3f, median %.3f, max %.3f\n",
+                  round_ratios.front(), median_ratio, round_ratios.back());
     }
   }
   return 0;
