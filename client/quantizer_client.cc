@@ -31,15 +31,11 @@ absl::Status Unexpected(const char* what) {
 // The result header must describe the tensor that was sent: its sizes decide what the client
 // reserves and accepts, so a wrong or hostile server cannot make it allocate without bound.
 absl::Status CheckResultHeader(const api::TensorSpec& spec, const v1::ResultHeader& header) {
-  const int64_t padded = PaddedCols(spec.cols);
-  const int64_t elements = spec.rows * spec.cols;
-  const bool dequantized_ok =
-      header.dequantized_bytes() == 0 ||
-      (spec.want_dequantized &&
-       (header.dequantized_bytes() == elements * 2 || header.dequantized_bytes() == elements * 4));
-  if (header.rows() != spec.rows || header.cols() != spec.cols || header.padded_cols() != padded ||
-      header.packed_bytes() != spec.rows * padded / 2 ||
-      header.scales_bytes() != spec.rows * padded / 16 || !dequantized_ok) {
+  if (header.rows() != spec.rows || header.cols() != spec.cols ||
+      header.padded_cols() != PaddedCols(spec.cols) ||
+      header.packed_bytes() != PackedBytes(spec.rows, spec.cols) ||
+      header.scales_bytes() != ScaleBytes(spec.rows, spec.cols) ||
+      header.dequantized_bytes() != spec.dequantized_bytes()) {
     return absl::InternalError(
         absl::StrCat("protocol error: the server's result header (rows ", header.rows(), ", cols ",
                      header.cols(), ", packed ", header.packed_bytes(), " B, scales ",
@@ -230,17 +226,22 @@ absl::StatusOr<QuantizedTensor> QuantizerClient::QuantizeTensor(
   v1::ResultHeader header;
   bool have_header = false, have_metrics = false;
   int64_t received = 0, expected = 0;
-  // Where a byte section's chunks go (nullptr: not a byte section).
-  auto section = [&](uint32_t field) -> std::vector<uint8_t>* {
+  // Where a byte section's chunks go and how many bytes the header announced for it
+  // (to == nullptr: not a byte section).
+  struct Section {
+    std::vector<uint8_t>* to = nullptr;
+    int64_t announced = 0;
+  };
+  auto section = [&](uint32_t field) -> Section {
     switch (field) {
       case v1::QuantizeTensorResponse::kPackedFieldNumber:
-        return &out.packed;
+        return {&out.packed, header.packed_bytes()};
       case v1::QuantizeTensorResponse::kScalesFieldNumber:
-        return &out.scales;
+        return {&out.scales, header.scales_bytes()};
       case v1::QuantizeTensorResponse::kDequantizedFieldNumber:
-        return &dequantized;
+        return {&dequantized, header.dequantized_bytes()};
       default:
-        return nullptr;
+        return {};
     }
   };
   v1::QuantizeTensorResponse response;
@@ -248,12 +249,10 @@ absl::StatusOr<QuantizedTensor> QuantizerClient::QuantizeTensor(
   while (stream.Read(&raw)) {
     // Byte chunks are copied once, from the received slices; other messages are parsed.
     const std::optional<api::BytesFieldView> chunk = api::AsSingleBytesField(raw);
-    if (std::vector<uint8_t>* to = chunk ? section(chunk->field_number()) : nullptr) {
+    if (const Section s = chunk ? section(chunk->field_number()) : Section{}; s.to != nullptr) {
+      std::vector<uint8_t>* to = s.to;
       if (!have_header) return finish(Unexpected("result bytes before the result header"));
-      const int64_t announced = to == &out.packed   ? header.packed_bytes()
-                                : to == &out.scales ? header.scales_bytes()
-                                                    : header.dequantized_bytes();
-      if (static_cast<int64_t>(to->size() + chunk->size()) > announced) {
+      if (static_cast<int64_t>(to->size() + chunk->size()) > s.announced) {
         return finish(Unexpected("result bytes beyond the announced size"));
       }
       chunk->ForEachPiece(

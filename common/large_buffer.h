@@ -25,23 +25,24 @@ namespace nvfp4 {
 
 inline constexpr size_t kHugePageBytes = size_t{2} << 20;
 
-namespace large_buffer_internal {
-
-inline size_t MappedBytes(size_t bytes) {
-  return (bytes + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
+// x rounded up to a multiple of 2 MiB (a size, or an address).
+constexpr std::uintptr_t RoundUpToHugePage(std::uintptr_t x) {
+  return (x + kHugePageBytes - 1) & ~std::uintptr_t{kHugePageBytes - 1};
 }
+
+namespace large_buffer_internal {
 
 // Null when memory runs out.
 inline void* Allocate(size_t bytes) {
 #if defined(__linux__)
   if (bytes >= kHugePageBytes) {
     // Over-map by one huge page and cut the unaligned ends off: THP needs 2 MiB alignment.
-    const size_t mapped = MappedBytes(bytes);
+    const size_t mapped = RoundUpToHugePage(bytes);
     void* raw = mmap(nullptr, mapped + kHugePageBytes, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (raw == MAP_FAILED) return nullptr;
     const auto begin = reinterpret_cast<std::uintptr_t>(raw);
-    const std::uintptr_t aligned = (begin + kHugePageBytes - 1) & ~(kHugePageBytes - 1);
+    const std::uintptr_t aligned = RoundUpToHugePage(begin);
     if (aligned > begin) munmap(raw, aligned - begin);
     const size_t tail = begin + mapped + kHugePageBytes - (aligned + mapped);
     if (tail > 0) munmap(reinterpret_cast<void*>(aligned + mapped), tail);
@@ -58,7 +59,7 @@ inline void Free(void* p, size_t bytes) {
   if (p == nullptr) return;
 #if defined(__linux__)
   if (bytes >= kHugePageBytes) {
-    munmap(p, MappedBytes(bytes));
+    munmap(p, RoundUpToHugePage(bytes));
     return;
   }
 #endif
@@ -101,7 +102,7 @@ void ReserveOnHugePages(std::vector<T>& v, size_t count) {
   const size_t bytes = v.capacity() * sizeof(T);
   if (bytes < kHugePageVectorMinBytes) return;
   const auto begin = reinterpret_cast<std::uintptr_t>(v.data());
-  const std::uintptr_t first = (begin + kHugePageBytes - 1) & ~(kHugePageBytes - 1);
+  const std::uintptr_t first = RoundUpToHugePage(begin);
   const std::uintptr_t last = (begin + bytes) & ~(kHugePageBytes - 1);
   if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
 #endif

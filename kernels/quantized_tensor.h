@@ -9,11 +9,15 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/large_buffer.h"
 #include "kernels/metrics.h"
 
 namespace nvfp4 {
 
 constexpr int64_t PaddedCols(int64_t cols) { return (cols + 15) / 16 * 16; }
+// Sizes of the packed values and of the block scales of a [rows, cols] tensor.
+constexpr int64_t PackedBytes(int64_t rows, int64_t cols) { return rows * PaddedCols(cols) / 2; }
+constexpr int64_t ScaleBytes(int64_t rows, int64_t cols) { return rows * PaddedCols(cols) / 16; }
 
 struct QuantizedTensor {
   int64_t rows = 0;
@@ -26,6 +30,15 @@ struct QuantizedTensor {
   std::vector<float> dequantized;  // [rows, cols] when requested, else empty
   TensorMetrics metrics;
 };
+
+// Sizes out.packed and out.scales (and out.dequantized when wanted) for out.rows x out.cols,
+// zero-filled, big ones on huge pages (common/large_buffer.h). Throws std::bad_alloc.
+inline void ResizeOutputs(QuantizedTensor& out, bool want_dequantized) {
+  ResizeOnHugePages(out.packed, static_cast<size_t>(PackedBytes(out.rows, out.cols)));
+  ResizeOnHugePages(out.scales, static_cast<size_t>(ScaleBytes(out.rows, out.cols)));
+  if (want_dequantized)
+    ResizeOnHugePages(out.dequantized, static_cast<size_t>(out.rows * out.cols));
+}
 
 }  // namespace nvfp4
 

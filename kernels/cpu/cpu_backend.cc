@@ -181,11 +181,7 @@ absl::StatusOr<QuantizedTensor> CpuBackend::QuantizeUnchecked(const TensorView& 
   }
 
   const int64_t pc = out.padded_cols;
-  ResizeOnHugePages(out.packed, static_cast<size_t>(input.rows * pc / 2));
-  ResizeOnHugePages(out.scales, static_cast<size_t>(input.rows * pc / kBlockSize));
-  if (options.want_dequantized) {
-    ResizeOnHugePages(out.dequantized, static_cast<size_t>(input.elements()));
-  }
+  ResizeOutputs(out, options.want_dequantized);
 
   const int64_t rows_per_chunk = std::max<int64_t>(1, kChunkElements / pc);
   const int64_t chunks = (input.rows + rows_per_chunk - 1) / rows_per_chunk;

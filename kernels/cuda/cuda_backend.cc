@@ -373,9 +373,7 @@ absl::StatusOr<QuantizedTensor> CudaBackend::State::RunFromHost(const TensorView
   out.rows = rows;
   out.cols = cols;
   out.padded_cols = pc;
-  ResizeOnHugePages(out.packed, static_cast<size_t>(rows * pc / 2));
-  ResizeOnHugePages(out.scales, static_cast<size_t>(rows * pc / kBlockSize));
-  if (want_dequantized) ResizeOnHugePages(out.dequantized, static_cast<size_t>(input.elements()));
+  ResizeOutputs(out, want_dequantized);
 
   // Chunk geometry and buffers (grown on demand, kept for later calls).
   const int64_t rows_per_chunk = std::max<int64_t>(1, kHostChunkElements / pc);
@@ -703,9 +701,7 @@ absl::StatusOr<QuantizedTensor> CudaBackend::QuantizeDevice(const TensorView& de
     out.amax = result.amax;
     out.global_scale = result.global_scale;
     out.metrics = result.metrics;
-    ResizeOnHugePages(out.packed, packed_bytes);
-    ResizeOnHugePages(out.scales, scale_bytes);
-    ResizeOnHugePages(out.dequantized, dequantized_bytes / 4);
+    ResizeOutputs(out, options.want_dequantized);
     ScopedDevice scoped(device_);
     RETURN_IF_ERROR(scoped.status());
     NVFP4_CUDA_RETURN_IF_ERROR(

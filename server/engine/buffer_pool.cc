@@ -116,9 +116,8 @@ JobBufferPool::Buffer JobBufferPool::Acquire(size_t bytes) {
     buffer.capacity_ = bytes;
     return buffer;
   }
-  constexpr size_t kHugePage = size_t{2} << 20;
-  const size_t capacity = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-  std::vector<LargeBuffer<uint8_t>> evicted;  // freed after the lock is released
+  const size_t capacity = RoundUpToHugePage(bytes);  // what the mapping holds anyway
+  std::vector<LargeBuffer<uint8_t>> evicted;         // freed after the lock is released
   State& s = *state_;
   // An external count already includes this request (nvfp4d admits the job first).
   const std::optional<size_t> external = s.External();

@@ -27,12 +27,13 @@
 
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/large_buffer.h"
 
 namespace nvfp4::server {
 
 class JobBufferPool {
  public:
-  static constexpr size_t kDefaultMinPooledBytes = size_t{2} << 20;
+  static constexpr size_t kDefaultMinPooledBytes = kHugePageBytes;
 
   struct State;
 

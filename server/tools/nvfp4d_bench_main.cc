@@ -22,7 +22,6 @@
 
 #include "CLI/CLI.hpp"
 #include "client/quantizer_client.h"
-#include "common/large_buffer.h"
 #include "common/malloc_tuning.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/numerics/half.h"
@@ -45,8 +44,7 @@ class TransportOnlyEngine final : public nvfp4::QuantizerBackend {
     q.rows = input.rows;
     q.cols = input.cols;
     q.padded_cols = nvfp4::PaddedCols(input.cols);
-    nvfp4::ResizeOnHugePages(q.packed, static_cast<size_t>(q.rows * q.padded_cols / 2));
-    nvfp4::ResizeOnHugePages(q.scales, static_cast<size_t>(q.rows * q.padded_cols / 16));
+    nvfp4::ResizeOutputs(q, /*want_dequantized=*/false);
     return q;
   }
 };
