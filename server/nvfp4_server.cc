@@ -2,12 +2,14 @@
 
 #include <malloc.h>
 
+#include <algorithm>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "absl/time/clock.h"
 #include "common/posix_file.h"
 #include "common/status_macros.h"
 #include "common/version.h"
@@ -20,6 +22,8 @@
 
 namespace nvfp4::server {
 namespace {
+
+constexpr absl::Duration kShutdownLinger = absl::Milliseconds(500);
 
 absl::StatusOr<std::string> ReadFile(const std::string& path, const char* what) {
   absl::StatusOr<std::string> bytes = io::internal::ReadFileToString(path);
@@ -218,9 +222,23 @@ void Nvfp4Server::Shutdown(absl::Duration drain) {
   }
   if (scheduler_) scheduler_->StartDraining();
   if (server_) {
+    const absl::Time deadline = absl::Now() + drain;
+    if (drain > absl::ZeroDuration() && service_) {
+      // Lame duck: gRPC closes its connections as soon as Shutdown sees the last call over,
+      // while clients are still acknowledging that call's final frames (HTTP/2 window
+      // updates); such a frame meets a closed socket and draws a TCP reset, and a client that
+      // has not yet taken the trailers off its socket fails a call that succeeded with
+      // UNAVAILABLE "Stream removed" (seen in test_sigterm_during_a_job_drains_and_exits_zero
+      // under load). So the calls in flight end first (new ones are refused: the scheduler is
+      // draining), then the clients get a moment, then the connections close.
+      while (service_->active_calls() > 0 && absl::Now() < deadline) {
+        absl::SleepFor(absl::Milliseconds(10));
+      }
+      absl::SleepFor(std::min(kShutdownLinger, deadline - absl::Now()));
+    }
     // Waits for in-flight calls until the deadline, then cancels them (their jobs see the
     // cancel flag and stop between chunks).
-    server_->Shutdown(absl::ToChronoTime(absl::Now() + drain));
+    server_->Shutdown(absl::ToChronoTime(deadline));
   }
   if (scheduler_) scheduler_->Stop();
   if (housekeeping_.joinable()) housekeeping_.join();

@@ -191,6 +191,7 @@ class CheckpointReactor final : public grpc::ServerWriteReactor<Response> {
   }
 
   QuantizerService* const service_;
+  const QuantizerService::ActiveCall active_call_{service_};
   grpc::CallbackServerContext* const context_;
   const absl::Time start_;
   checkpoint::CheckpointJobOptions options_;  // set before submission, read by the worker

@@ -509,6 +509,7 @@ class TensorStreamReactor final
   }
 
   QuantizerService* const service_;
+  const QuantizerService::ActiveCall active_call_{service_};
   grpc::CallbackServerContext* const context_;
   const absl::Time start_;
   grpc::ByteBuffer request_;  // the read in flight
@@ -614,6 +615,7 @@ class TensorUnaryReactor final : public grpc::ServerUnaryReactor {
   }
 
   QuantizerService* const service_;
+  const QuantizerService::ActiveCall active_call_{service_};
   grpc::CallbackServerContext* const context_;
   v1::QuantizeTensorUnaryResponse* const response_;
   const absl::Time start_;

@@ -10,6 +10,7 @@
 #ifndef NVFP4_SERVER_SERVICE_QUANTIZER_SERVICE_H_
 #define NVFP4_SERVER_SERVICE_QUANTIZER_SERVICE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <string>
 
@@ -88,12 +89,30 @@ class QuantizerService final : public QuantizerServiceBase {
   ServerMetrics* metrics() const { return metrics_; }
   JobBufferPool* buffer_pool() { return &buffer_pool_; }
 
+  // Tensor and checkpoint calls in progress: a member of their reactors counts one from the
+  // reactor's construction to its deletion (after OnDone), so a draining server can wait for
+  // them to end before it closes connections.
+  class ActiveCall {
+   public:
+    explicit ActiveCall(QuantizerService* service) : service_(service) {
+      service_->active_calls_.fetch_add(1, std::memory_order_relaxed);
+    }
+    ~ActiveCall() { service_->active_calls_.fetch_sub(1, std::memory_order_release); }
+    ActiveCall(const ActiveCall&) = delete;
+    ActiveCall& operator=(const ActiveCall&) = delete;
+
+   private:
+    QuantizerService* const service_;
+  };
+  int active_calls() const { return active_calls_.load(std::memory_order_acquire); }
+
  private:
   const ServiceOptions options_;
   Scheduler* const scheduler_;
   JobRegistry* const jobs_;
   ServerMetrics* const metrics_;
   JobBufferPool buffer_pool_;
+  std::atomic<int> active_calls_{0};
 };
 
 }  // namespace nvfp4::server
