@@ -27,23 +27,26 @@ class QuantizerBackend {
                                                    const ImportanceView& importance,
                                                    const QuantizeOptions& options) = 0;
 
-  // Streaming form, for inputs that arrive row by row (a network upload): rows_ready(n) blocks
-  // until the first n rows of input.data are present and returns false if they never will
-  // (the job is then cancelled). The global scale must be known up front (options.amax or
-  // options.global_scale); the importance must be complete. Same bytes and metrics as
-  // Quantize. The default waits for every row and calls Quantize; engines override it to
-  // overlap the arrival with the work.
+  // The general form: quantises into caller-owned buffers (QuantizedBuffers sizes), so a
+  // service can recycle its output memory and send finished rows while later ones are still
+  // being quantised. Same bytes and metrics as Quantize.
+  //
+  // rows_ready: nullptr when input.data is complete. Otherwise the input arrives row by row (a
+  // network upload): rows_ready(n) blocks until the first n rows are present and returns false
+  // if they never will (the call then returns Cancelled). Streaming needs g known up front
+  // (options.amax or options.global_scale: KnownGlobalScale) and a complete importance.
+  // rows_done: nullptr, or told n once the outputs of the first n rows are final. Calls may
+  // come from several engine threads at once and out of order (each n is a valid prefix; use
+  // the largest seen); the last has n = input.rows, before an OK return. It must not block.
+  // On error the buffers hold unspecified bytes.
+  //
+  // The default waits for every row, runs Quantize and copies its result (engines override it
+  // to write in place and to overlap the arrival with the work).
   using RowsReadyFn = std::function<bool(int64_t rows)>;
-  virtual absl::StatusOr<QuantizedTensor> QuantizeStreaming(const TensorView& input,
-                                                            const ImportanceView& importance,
-                                                            const QuantizeOptions& options,
-                                                            const RowsReadyFn& rows_ready) {
-    if (!options.amax.has_value() && !options.global_scale.has_value()) {
-      return absl::InvalidArgumentError("streaming quantisation needs amax or global_scale");
-    }
-    if (!rows_ready(input.rows)) return absl::CancelledError("the input never completed");
-    return Quantize(input, importance, options);
-  }
+  using RowsDoneFn = std::function<void(int64_t rows)>;
+  virtual absl::StatusOr<QuantizedSummary> QuantizeInto(
+      const TensorView& input, const ImportanceView& importance, const QuantizeOptions& options,
+      const QuantizedBuffers& out, const RowsReadyFn* rows_ready, const RowsDoneFn* rows_done);
 };
 
 }  // namespace nvfp4

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <optional>
 
+#include "kernels/numerics/global_scale.h"
 #include "kernels/numerics/method.h"
 
 namespace nvfp4 {
@@ -25,6 +26,14 @@ struct QuantizeOptions {
   // chunks and returns absl::CancelledError. Not owned; must outlive the call.
   const std::atomic<bool>* cancelled = nullptr;
 };
+
+// g when it does not depend on the data (given, or derived from the given amax); every engine
+// derives it this way, so a caller can announce it before the engine has run.
+inline std::optional<float> KnownGlobalScale(const QuantizeOptions& options) {
+  if (options.global_scale.has_value()) return options.global_scale;
+  if (options.amax.has_value()) return GlobalScaleFromAmax(*options.amax, options.scale_max);
+  return std::nullopt;
+}
 
 }  // namespace nvfp4
 

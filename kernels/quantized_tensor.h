@@ -31,6 +31,22 @@ struct QuantizedTensor {
   TensorMetrics metrics;
 };
 
+// Caller-owned memory an engine writes one [rows, cols] tensor's bytes into
+// (QuantizerBackend::QuantizeInto): packed PackedBytes(rows, cols), scales ScaleBytes(rows,
+// cols), dequantized rows * cols floats when options.want_dequantized (else unused). Not owned.
+struct QuantizedBuffers {
+  uint8_t* packed = nullptr;
+  uint8_t* scales = nullptr;
+  float* dequantized = nullptr;
+};
+
+// What a quantisation produced besides its bytes (QuantizedTensor's other fields).
+struct QuantizedSummary {
+  float amax = 0;
+  float global_scale = 1;
+  TensorMetrics metrics;
+};
+
 // Sizes out.packed and out.scales (and out.dequantized when wanted) for out.rows x out.cols,
 // zero-filled, big ones on huge pages (common/large_buffer.h). Throws std::bad_alloc.
 inline void ResizeOutputs(QuantizedTensor& out, bool want_dequantized) {
@@ -38,6 +54,12 @@ inline void ResizeOutputs(QuantizedTensor& out, bool want_dequantized) {
   ResizeOnHugePages(out.scales, static_cast<size_t>(ScaleBytes(out.rows, out.cols)));
   if (want_dequantized)
     ResizeOnHugePages(out.dequantized, static_cast<size_t>(out.rows * out.cols));
+}
+
+// Where an engine writes into `out` (sized by ResizeOutputs).
+inline QuantizedBuffers BuffersOf(QuantizedTensor& out) {
+  return {out.packed.data(), out.scales.data(),
+          out.dequantized.empty() ? nullptr : out.dequantized.data()};
 }
 
 }  // namespace nvfp4

@@ -17,9 +17,9 @@ constexpr size_t kMaxNameBytes = 256;
 
 int64_t TensorSpec::job_bytes() const {
   // The engine always produces packed values and scales, and an f32 fake-quant tensor when one
-  // is wanted (bf16 output is converted from it).
+  // is wanted (bf16 output is converted in place).
   const int64_t encoded = PackedBytes(rows, cols) + ScaleBytes(rows, cols);
-  const int64_t fake_quant = want_dequantized ? elements() * 4 + dequantized_bytes() : 0;
+  const int64_t fake_quant = want_dequantized ? elements() * 4 : 0;
   return input_bytes() + importance_values() * 4 + encoded + fake_quant;
 }
 

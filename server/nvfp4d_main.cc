@@ -58,8 +58,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   double upload_idle_seconds = absl::ToDoubleSeconds(options.service.upload_idle_timeout);
   double buffer_idle_seconds = absl::ToDoubleSeconds(options.service.buffer_idle_release);
-  app.add_option("--buffer-idle-release", buffer_idle_seconds,
-                 "seconds a finished job's input buffer is kept for reuse by the next job")
+  app.add_option(
+         "--buffer-idle-release", buffer_idle_seconds,
+         "seconds a finished job's input and output buffers are kept for reuse by later jobs")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--upload-idle-timeout", upload_idle_seconds,

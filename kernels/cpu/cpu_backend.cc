@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <mutex>
 #include <new>
 #include <thread>
 #include <vector>
@@ -53,6 +54,11 @@ std::string DescribeElement(int64_t index, int64_t cols) {
 std::string DescribeValue(float v) {
   if (std::isnan(v)) return "NaN";
   return v > 0 ? "+Inf" : "-Inf";
+}
+
+absl::Status OutOfMemory(const TensorView& input) {
+  return absl::ResourceExhaustedError(
+      absl::StrCat("out of memory quantising a [", input.rows, ", ", input.cols, "] tensor"));
 }
 
 // Scratch buffers reused by each pool thread across chunks and calls.
@@ -117,36 +123,47 @@ absl::StatusOr<float> CpuBackend::ComputeAmax(const TensorView& input) {
 absl::StatusOr<QuantizedTensor> CpuBackend::Quantize(const TensorView& input,
                                                      const ImportanceView& importance,
                                                      const QuantizeOptions& options) {
-  return QuantizeChecked(input, importance, options, nullptr);
+  RETURN_IF_ERROR(ValidateQuantizeRequest(input, importance, options));
+  QuantizedTensor out;
+  out.rows = input.rows;
+  out.cols = input.cols;
+  out.padded_cols = PaddedCols(input.cols);
+  try {
+    ResizeOutputs(out, options.want_dequantized);
+  } catch (const std::bad_alloc&) {
+    return OutOfMemory(input);
+  }
+  ASSIGN_OR_RETURN(const QuantizedSummary summary,
+                   QuantizeChecked(input, importance, options, BuffersOf(out), nullptr, nullptr));
+  out.amax = summary.amax;
+  out.global_scale = summary.global_scale;
+  out.metrics = summary.metrics;
+  return out;
 }
 
-absl::StatusOr<QuantizedTensor> CpuBackend::QuantizeStreaming(const TensorView& input,
-                                                              const ImportanceView& importance,
-                                                              const QuantizeOptions& options,
-                                                              const RowsReadyFn& rows_ready) {
-  if (!options.amax.has_value() && !options.global_scale.has_value()) {
+absl::StatusOr<QuantizedSummary> CpuBackend::QuantizeInto(
+    const TensorView& input, const ImportanceView& importance, const QuantizeOptions& options,
+    const QuantizedBuffers& out, const RowsReadyFn* rows_ready, const RowsDoneFn* rows_done) {
+  if (rows_ready != nullptr && !KnownGlobalScale(options).has_value()) {
     return absl::InvalidArgumentError("streaming quantisation needs amax or global_scale");
   }
-  return QuantizeChecked(input, importance, options, &rows_ready);
+  RETURN_IF_ERROR(ValidateQuantizeRequest(input, importance, options));
+  return QuantizeChecked(input, importance, options, out, rows_ready, rows_done);
 }
 
-absl::StatusOr<QuantizedTensor> CpuBackend::QuantizeChecked(const TensorView& input,
-                                                            const ImportanceView& importance,
-                                                            const QuantizeOptions& options,
-                                                            const RowsReadyFn* rows_ready) {
-  RETURN_IF_ERROR(ValidateQuantizeRequest(input, importance, options));
+absl::StatusOr<QuantizedSummary> CpuBackend::QuantizeChecked(
+    const TensorView& input, const ImportanceView& importance, const QuantizeOptions& options,
+    const QuantizedBuffers& out, const RowsReadyFn* rows_ready, const RowsDoneFn* rows_done) {
   try {
-    return QuantizeUnchecked(input, importance, options, rows_ready);
+    return QuantizeUnchecked(input, importance, options, out, rows_ready, rows_done);
   } catch (const std::bad_alloc&) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("out of memory quantising a [", input.rows, ", ", input.cols, "] tensor"));
+    return OutOfMemory(input);
   }
 }
 
-absl::StatusOr<QuantizedTensor> CpuBackend::QuantizeUnchecked(const TensorView& input,
-                                                              const ImportanceView& importance,
-                                                              const QuantizeOptions& options,
-                                                              const RowsReadyFn* rows_ready) {
+absl::StatusOr<QuantizedSummary> CpuBackend::QuantizeUnchecked(
+    const TensorView& input, const ImportanceView& importance, const QuantizeOptions& options,
+    const QuantizedBuffers& out, const RowsReadyFn* rows_ready, const RowsDoneFn* rows_done) {
   const auto start = std::chrono::steady_clock::now();
   const IsaKernels kernels = KernelsFor(isa_);
   float tensor_amax = 0.0f;
@@ -154,18 +171,15 @@ absl::StatusOr<QuantizedTensor> CpuBackend::QuantizeUnchecked(const TensorView& 
     ASSIGN_OR_RETURN(tensor_amax, ComputeAmax(input));
   }
 
-  QuantizedTensor out;
-  out.rows = input.rows;
-  out.cols = input.cols;
-  out.padded_cols = PaddedCols(input.cols);
-  out.amax = options.amax.value_or(tensor_amax);
-  out.global_scale = options.global_scale.has_value()
-                         ? *options.global_scale
-                         : GlobalScaleFromAmax(out.amax, options.scale_max);
+  QuantizedSummary summary;
+  summary.amax = options.amax.value_or(tensor_amax);
+  summary.global_scale = options.global_scale.has_value()
+                             ? *options.global_scale
+                             : GlobalScaleFromAmax(summary.amax, options.scale_max);
   auto table = std::make_unique<ScaleTable>();
-  BuildScaleTable(out.global_scale, table.get());
+  BuildScaleTable(summary.global_scale, table.get());
   const ScaleSearchParams params =
-      MakeScaleSearchParams(options.method, options.objective, out.global_scale);
+      MakeScaleSearchParams(options.method, options.objective, summary.global_scale);
 
   for (int64_t i = 0; i < importance.size; ++i) {
     const float w = importance.data[i];
@@ -175,13 +189,11 @@ absl::StatusOr<QuantizedTensor> CpuBackend::QuantizeUnchecked(const TensorView& 
     }
   }
   std::vector<float> column_weights;
+  const int64_t pc = PaddedCols(input.cols);
   if (importance.layout == ImportanceLayout::kPerColumn) {
-    column_weights.assign(static_cast<size_t>(out.padded_cols), 0.0f);
+    column_weights.assign(static_cast<size_t>(pc), 0.0f);
     std::copy(importance.data, importance.data + input.cols, column_weights.begin());
   }
-
-  const int64_t pc = out.padded_cols;
-  ResizeOutputs(out, options.want_dequantized);
 
   const int64_t rows_per_chunk = std::max<int64_t>(1, kChunkElements / pc);
   const int64_t chunks = (input.rows + rows_per_chunk - 1) / rows_per_chunk;
@@ -192,6 +204,21 @@ absl::StatusOr<QuantizedTensor> CpuBackend::QuantizeUnchecked(const TensorView& 
   // Streaming: the first non-finite element of each chunk (-1: none).
   std::vector<int64_t> first_bad(rows_ready ? static_cast<size_t>(chunks) : 0, -1);
   std::vector<float> chunk_amax(rows_ready ? static_cast<size_t>(chunks) : 0, 0.0f);
+  // rows_done: chunks finish out of order; report the finished prefix when it grows.
+  std::vector<uint8_t> chunk_done(rows_done ? static_cast<size_t>(chunks) : 0, 0);
+  std::mutex prefix_mutex;
+  int64_t done_prefix = 0;  // chunks [0, done_prefix) are finished
+  auto report_done = [&](int64_t chunk) {
+    int64_t rows = -1;
+    {
+      std::lock_guard<std::mutex> lock(prefix_mutex);
+      chunk_done[chunk] = 1;
+      if (chunk != done_prefix) return;
+      while (done_prefix < chunks && chunk_done[done_prefix]) ++done_prefix;
+      rows = std::min(done_prefix * rows_per_chunk, input.rows);
+    }
+    (*rows_done)(rows);
+  };
   pool_.ParallelFor(chunks, [&](int64_t chunk) {
     if (options.cancelled && options.cancelled->load(std::memory_order_relaxed)) {
       stopped.store(true, std::memory_order_relaxed);
@@ -255,18 +282,18 @@ absl::StatusOr<QuantizedTensor> CpuBackend::QuantizeUnchecked(const TensorView& 
     args.padded_cols = pc;
     args.table = table.get();
     args.params = params;
-    args.packed = out.packed.data() + r0 * (pc / 2);
-    args.scales = out.scales.data() + r0 * (pc / kBlockSize);
-    args.dequantized =
-        options.want_dequantized ? out.dequantized.data() + r0 * input.cols : nullptr;
+    args.packed = out.packed + r0 * (pc / 2);
+    args.scales = out.scales + r0 * (pc / kBlockSize);
+    args.dequantized = options.want_dequantized ? out.dequantized + r0 * input.cols : nullptr;
     args.sums = &sums[chunk];
     kernels.rows(args);
+    if (rows_done) report_done(chunk);
   });
 
   if (stopped.load()) return absl::CancelledError("quantisation cancelled");
   if (rows_ready && !options.amax.has_value()) {
     // Report the tensor's amax like the one-shot call does.
-    for (float a : chunk_amax) out.amax = std::max(out.amax, a);
+    for (float a : chunk_amax) summary.amax = std::max(summary.amax, a);
   }
   for (int64_t bad : first_bad) {
     if (bad >= 0) {
@@ -282,8 +309,8 @@ absl::StatusOr<QuantizedTensor> CpuBackend::QuantizeUnchecked(const TensorView& 
   for (const ErrorAccumulator& s : sums) total.Merge(s);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  out.metrics = FinalizeMetrics(total, input.elements(), importance.present(), seconds);
-  return out;
+  summary.metrics = FinalizeMetrics(total, input.elements(), importance.present(), seconds);
+  return summary;
 }
 
 }  // namespace nvfp4::cpu

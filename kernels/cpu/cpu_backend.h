@@ -37,28 +37,29 @@ class CpuBackend final : public QuantizerBackend {
   absl::StatusOr<QuantizedTensor> Quantize(const TensorView& input,
                                            const ImportanceView& importance,
                                            const QuantizeOptions& options) override;
-  // Chunks are quantised as their rows arrive (in chunk order, one per pool thread), each
-  // checked for NaN/Inf first; the first bad element of the tensor is reported.
-  absl::StatusOr<QuantizedTensor> QuantizeStreaming(const TensorView& input,
-                                                    const ImportanceView& importance,
-                                                    const QuantizeOptions& options,
-                                                    const RowsReadyFn& rows_ready) override;
+  // Streaming (rows_ready): chunks are quantised as their rows arrive (in chunk order, one per
+  // pool thread), each checked for NaN/Inf first; the first bad element of the tensor is
+  // reported. rows_done is told after every chunk that extends the finished prefix.
+  absl::StatusOr<QuantizedSummary> QuantizeInto(const TensorView& input,
+                                                const ImportanceView& importance,
+                                                const QuantizeOptions& options,
+                                                const QuantizedBuffers& out,
+                                                const RowsReadyFn* rows_ready,
+                                                const RowsDoneFn* rows_done) override;
 
   // max |x| over the tensor; InvalidArgument naming the first NaN/Inf element.
   absl::StatusOr<float> ComputeAmax(const TensorView& input);
 
  private:
   CpuBackend(int threads, CpuIsa isa);
-  // Validation and out-of-memory mapping around QuantizeUnchecked.
-  absl::StatusOr<QuantizedTensor> QuantizeChecked(const TensorView& input,
-                                                  const ImportanceView& importance,
-                                                  const QuantizeOptions& options,
-                                                  const RowsReadyFn* rows_ready);
+  // Out-of-memory mapping around QuantizeUnchecked (the request is validated).
+  absl::StatusOr<QuantizedSummary> QuantizeChecked(
+      const TensorView& input, const ImportanceView& importance, const QuantizeOptions& options,
+      const QuantizedBuffers& out, const RowsReadyFn* rows_ready, const RowsDoneFn* rows_done);
   // rows_ready: nullptr for a complete input (whole-tensor NaN/amax pass first).
-  absl::StatusOr<QuantizedTensor> QuantizeUnchecked(const TensorView& input,
-                                                    const ImportanceView& importance,
-                                                    const QuantizeOptions& options,
-                                                    const RowsReadyFn* rows_ready);
+  absl::StatusOr<QuantizedSummary> QuantizeUnchecked(
+      const TensorView& input, const ImportanceView& importance, const QuantizeOptions& options,
+      const QuantizedBuffers& out, const RowsReadyFn* rows_ready, const RowsDoneFn* rows_done);
 
   ThreadPool pool_;
   CpuIsa isa_;

@@ -1,4 +1,4 @@
-// JobBufferPool: recycles the large input buffers of tensor jobs.
+// JobBufferPool: recycles the large input and output buffers of tensor jobs.
 //
 // The first touch of fresh memory costs page faults (and, in a VM, the hypervisor backing each
 // page): 0.2-1.3 s per GiB on the 2-core CI VM against 0.1 s to rewrite warm memory, so landing

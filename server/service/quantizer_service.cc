@@ -1,12 +1,15 @@
 #include "server/service/quantizer_service.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <deque>
+#include <limits>
 #include <new>
 #include <optional>
 #include <utility>
 
+#include "absl/base/casts.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -31,11 +34,11 @@ absl::Status CheckDeadline(const grpc::CallbackServerContext& context) {
   return absl::OkStatus();
 }
 
-// Admits a tensor job and allocates its (uninitialised) input buffers.
+// Admits a tensor job and allocates its (uninitialised) input and output buffers.
 absl::Status AdmitTensorJob(QuantizerService& service, const api::TensorSpec& spec,
                             std::shared_ptr<Job>* job,
-                            std::shared_ptr<Scheduler::Admission>* admission,
-                            TensorJobInput* input) {
+                            std::shared_ptr<Scheduler::Admission>* admission, TensorJobInput* input,
+                            std::shared_ptr<TensorJobOutput>* output) {
   *job = service.jobs()->Create(v1::JOB_KIND_TENSOR, spec.name, spec.elements(), spec.request_id);
   absl::StatusOr<std::shared_ptr<Scheduler::Admission>> admitted =
       service.scheduler()->Admit(*job, spec.job_bytes());
@@ -49,10 +52,14 @@ absl::Status AdmitTensorJob(QuantizerService& service, const api::TensorSpec& sp
     input->data = service.buffer_pool()->Acquire(static_cast<size_t>(spec.input_bytes()));
     input->importance =
         service.buffer_pool()->Acquire(static_cast<size_t>(spec.importance_values()) * 4);
+    *output =
+        std::make_shared<TensorJobOutput>(AcquireTensorJobOutput(*service.buffer_pool(), spec));
   } catch (const std::bad_alloc&) {
-    const absl::Status status = absl::ResourceExhaustedError("out of memory for the job's input");
+    const absl::Status status =
+        absl::ResourceExhaustedError("out of memory for the job's input and output buffers");
     (*job)->MarkFinished(status, std::nullopt, "");
     admission->reset();
+    *input = {};
     return status;
   }
   return absl::OkStatus();
@@ -60,12 +67,12 @@ absl::Status AdmitTensorJob(QuantizerService& service, const api::TensorSpec& sp
 
 void RecordSuccess(QuantizerService& service, const api::TensorSpec& spec,
                    const TensorJobOutput& out, Job& job) {
-  job.MarkFinished(absl::OkStatus(), out.tensor.metrics, out.backend);
+  job.MarkFinished(absl::OkStatus(), out.summary.metrics, out.backend);
   if (ServerMetrics* m = service.metrics()) {
     m->TensorQuantized(static_cast<double>(spec.elements()),
                        static_cast<double>(spec.input_bytes() + spec.importance_values() * 4),
-                       static_cast<double>(out.result_bytes(spec)), out.tensor.metrics.nmse,
-                       out.tensor.metrics.gain);
+                       static_cast<double>(ResultBytes(spec)), out.summary.metrics.nmse,
+                       out.summary.metrics.gain);
   }
 }
 
@@ -78,6 +85,11 @@ void RecordSuccess(QuantizerService& service, const api::TensorSpec& spec,
 // slices straight into the job's buffers, and result chunks go out as slices of the job's
 // output, with no protobuf copy in between (proto/chunk_wire.h). Other messages go through the
 // generated code.
+//
+// Early results: when the header gives amax (so g and amax are known before the job runs), the
+// result header and the packed chunks go out as the engine finishes rows (its rows_done
+// reports), overlapping the download with the quantisation; scales, dequantized and metrics
+// follow when the job is done. Otherwise all results go out after the job.
 class TensorStreamReactor final
     : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
@@ -217,7 +229,8 @@ class TensorStreamReactor final
         if (!spec.ok()) return spec.status();
         const absl::Status deadline = CheckDeadline(*context_);
         if (!deadline.ok()) return deadline;
-        const absl::Status admitted = AdmitTensorJob(*service_, *spec, &job_, &admission_, &input_);
+        const absl::Status admitted =
+            AdmitTensorJob(*service_, *spec, &job_, &admission_, &input_, &output_);
         if (!admitted.ok()) return admitted;
         StreamResponse accepted;
         accepted.mutable_accepted()->set_job_id(job_->id());
@@ -225,8 +238,8 @@ class TensorStreamReactor final
             static_cast<uint32_t>(admission_->queue_position()));
         outbox_.push_back(SerializeResponse(accepted));
         phase_ = input_.spec.importance_values() > 0 ? Phase::kImportance : Phase::kData;
-        streaming_ =
-            input_.spec.options.amax.has_value() || input_.spec.options.global_scale.has_value();
+        streaming_ = KnownGlobalScale(input_.spec.options).has_value();
+        if (streaming_ && input_.spec.want_packed) announced_ = AnnouncedScales(input_.spec);
         if (streaming_ && phase_ == Phase::kData) *submit = SubmitOnceLocked();
         return absl::OkStatus();
       }
@@ -322,44 +335,71 @@ class TensorStreamReactor final
     return complete;
   }
 
+  // From an engine thread: rows [0, rows) of the output are final. Takes the lock only when
+  // that completes the next packed chunk (wake_rows_), not for every engine chunk.
+  void OnRowsDone(int64_t rows) {
+    int64_t seen = rows_done_.load();
+    while (rows > seen && !rows_done_.compare_exchange_weak(seen, rows)) {
+    }
+    if (rows < wake_rows_.load()) return;
+    mu_.Lock();
+    PumpAndUnlock();  // cannot finish the call: the job has not reported yet
+  }
+
   void Submit() {
     Scheduler::Task task;
-    task.run = [this](QuantizerBackend& engine) {
-      if (streaming_) {
-        OnJobDone(RunTensorJobStreaming(input_, *job_, engine,
-                                        [this](int64_t rows) { return RowsReady(rows); }));
-      } else {
-        OnJobDone(RunTensorJob(input_, *job_, engine));
-      }
-    };
-    task.abandon = [this](const absl::Status& status) { OnJobDone(status); };
     std::shared_ptr<Scheduler::Admission> admission;
+    std::shared_ptr<TensorJobOutput> output;
     {
       absl::MutexLock lock(&mu_);
       admission = admission_;
+      output = output_;
     }
+    // The task keeps the output alive while the engine writes it, even if the call drops it.
+    task.run = [this, output](QuantizerBackend& engine) {
+      if (!streaming_) {
+        OnJobDone(RunTensorJob(input_, *output, *job_, engine));
+        return;
+      }
+      const QuantizerBackend::RowsReadyFn rows_ready = [this](int64_t rows) {
+        return RowsReady(rows);
+      };
+      const QuantizerBackend::RowsDoneFn rows_done = [this](int64_t rows) { OnRowsDone(rows); };
+      OnJobDone(RunTensorJob(input_, *output, *job_, engine, &rows_ready,
+                             announced_ ? &rows_done : nullptr));
+    };
+    task.abandon = [this](const absl::Status& status) { OnJobDone(status); };
     service_->scheduler()->Submit(std::move(admission), std::move(task));
   }
 
   // Called on a worker thread (or where a queued job is abandoned), not in a reaction: the
   // state update and the next gRPC operation happen under one lock hold, because once the
   // lock is released without a write in flight the reactor may finish and be deleted.
-  void OnJobDone(absl::StatusOr<TensorJobOutput> result) {
+  void OnJobDone(absl::Status status) {
     mu_.Lock();
     job_reported_ = true;
     // The engine is done with the input (reactions stop writing it once the job ran): back to
     // the pool now, not when the call winds down, so the client's next tensor can reuse it.
     input_.data = {};
     input_.importance = {};
-    if (!result.ok()) {
-      SetFinalLocked(context_->IsCancelled() &&
-                             result.status().code() == absl::StatusCode::kCancelled
+    if (status.ok() && output_ && announced_ &&
+        (absl::bit_cast<uint32_t>(output_->summary.global_scale) !=
+             absl::bit_cast<uint32_t>(announced_->global_scale) ||
+         absl::bit_cast<uint32_t>(output_->summary.amax) !=
+             absl::bit_cast<uint32_t>(announced_->amax))) {
+      // The header already sent must be the engine's; an engine deriving g differently is a bug.
+      status = absl::InternalError(
+          absl::StrCat("the engine's global scale ", output_->summary.global_scale, " / amax ",
+                       output_->summary.amax, " differ from the announced ",
+                       announced_->global_scale, " / ", announced_->amax));
+    }
+    if (!status.ok()) {
+      SetFinalLocked(context_->IsCancelled() && status.code() == absl::StatusCode::kCancelled
                          ? absl::CancelledError("the call was cancelled")
-                         : result.status());
-    } else if (!final_status_) {
-      output_ = std::make_shared<const TensorJobOutput>(std::move(*result));
+                         : status);
+    } else if (!final_status_ && output_) {
+      results_ready_ = true;
       RecordSuccess(*service_, input_.spec, *output_, *job_);
-      section_ = Section::kResult;
       SetFinalLocked(absl::OkStatus());
     }
     PumpAndUnlock();
@@ -390,17 +430,33 @@ class TensorStreamReactor final
   // What a byte section sends (nothing when not asked for).
   Bytes SectionBytesLocked(Section section) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     const TensorJobOutput& o = *output_;
-    const bool packed = input_.spec.want_packed;
+    const api::TensorSpec& spec = input_.spec;
     switch (section) {
       case Section::kPacked:
-        return packed ? Bytes{o.tensor.packed.data(), o.tensor.packed.size()} : Bytes{nullptr, 0};
+        return {o.packed.data(), static_cast<size_t>(ResultPackedBytes(spec))};
       case Section::kScales:
-        return packed ? Bytes{o.tensor.scales.data(), o.tensor.scales.size()} : Bytes{nullptr, 0};
+        return {o.scales.data(), static_cast<size_t>(ResultScaleBytes(spec))};
       case Section::kDequantized:
-        return Bytes{o.dequantized_data(), static_cast<size_t>(o.dequantized_bytes())};
+        return {o.dequantized.data(), static_cast<size_t>(spec.dequantized_bytes())};
       default:
-        return Bytes{nullptr, 0};
+        return {nullptr, 0};
     }
+  }
+
+  // Bytes of a section that are final: all once the job succeeded; before that, with early
+  // results, the packed bytes of the rows the engine reported done.
+  size_t FinalBytesLocked(Section section, size_t section_bytes) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (results_ready_) return section_bytes;
+    if (!announced_ || section != Section::kPacked) return 0;
+    return static_cast<size_t>(rows_done_.load() * (PaddedCols(input_.spec.cols) / 2));
+  }
+
+  // Before the job is done: have OnRowsDone pump once `rows` rows are done (no wake-up for
+  // other sections: OnJobDone pumps). True if they already are (the report raced this call).
+  bool WakeAtRowsLocked(int64_t rows) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    wake_rows_.store(rows);
+    return rows_done_.load() >= rows;
   }
 
   static grpc::ByteBuffer SerializeResponse(const StreamResponse& message) {
@@ -414,7 +470,7 @@ class TensorStreamReactor final
   // A slice of the job's output that keeps the output alive while gRPC holds it.
   grpc::Slice OutputSliceLocked(const uint8_t* data, size_t size)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    using Holder = std::shared_ptr<const TensorJobOutput>;
+    using Holder = std::shared_ptr<TensorJobOutput>;
     return grpc::Slice(
         const_cast<uint8_t*>(data), size, [](void* holder) { delete static_cast<Holder*>(holder); },
         new Holder(output_));
@@ -427,13 +483,17 @@ class TensorStreamReactor final
       outbox_.pop_front();
       return true;
     }
-    if (!output_) return false;
+    if (!output_ || (final_status_ && !final_status_->ok())) return false;
+    if (!results_ready_ && !announced_) return false;
     const api::TensorSpec& spec = input_.spec;
+    const int64_t packed_row_bytes = PaddedCols(spec.cols) / 2;
     for (;;) {
       switch (section_) {
         case Section::kResult: {
+          if (!results_ready_ && rows_done_.load() == 0 && !WakeAtRowsLocked(1)) return false;
+          const QuantizedSummary& scales = results_ready_ ? output_->summary : *announced_;
           StreamResponse message;
-          FillResultHeader(spec, *output_, message.mutable_result());
+          FillResultHeader(spec, scales.global_scale, scales.amax, message.mutable_result());
           *out = SerializeResponse(message);
           section_ = Section::kPacked;
           return true;
@@ -446,6 +506,15 @@ class TensorStreamReactor final
           if (bytes.size > 0) {
             const size_t n = std::min(static_cast<size_t>(service_->options().max_chunk_bytes),
                                       bytes.size - offset_);
+            if (FinalBytesLocked(section_, bytes.size) < offset_ + n) {
+              // Not final yet (early results): wait for the rows that complete this chunk.
+              const int64_t rows =
+                  section_ == Section::kPacked
+                      ? static_cast<int64_t>(offset_ + n + packed_row_bytes - 1) / packed_row_bytes
+                      : std::numeric_limits<int64_t>::max();
+              if (!WakeAtRowsLocked(rows)) return false;
+              continue;
+            }
             const uint32_t field = section_ == Section::kPacked ? StreamResponse::kPackedFieldNumber
                                    : section_ == Section::kScales
                                        ? StreamResponse::kScalesFieldNumber
@@ -461,6 +530,7 @@ class TensorStreamReactor final
           continue;
         }
         case Section::kMetrics: {
+          if (!results_ready_) return false;
           StreamResponse message;
           FillMetrics(*output_, *job_, message.mutable_metrics());
           *out = SerializeResponse(message);
@@ -494,6 +564,8 @@ class TensorStreamReactor final
     }
     if (NextMessageLocked(&current_)) {
       write_in_flight_ = true;
+      // No row reports needed until this write is done (OnWriteDone pumps and re-arms).
+      wake_rows_.store(std::numeric_limits<int64_t>::max());
       mu_.Unlock();
       StartWrite(&current_);
       return;
@@ -532,8 +604,15 @@ class TensorStreamReactor final
   TensorJobInput input_;  // written by reactions before submission, read by the worker after
   int64_t received_importance_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t received_data_ ABSL_GUARDED_BY(mu_) = 0;
-  // Shared with the result slices gRPC still holds.
-  std::shared_ptr<const TensorJobOutput> output_ ABSL_GUARDED_BY(mu_);
+  // Allocated at admission; shared with the running job and the result slices gRPC holds.
+  std::shared_ptr<TensorJobOutput> output_ ABSL_GUARDED_BY(mu_);
+  bool results_ready_ ABSL_GUARDED_BY(mu_) = false;  // the job succeeded
+  // Early results: g and amax the header announces before the job is done (set with the
+  // header, before submission).
+  std::optional<QuantizedSummary> announced_;
+  std::atomic<int64_t> rows_done_{0};  // rows the engine reported final
+  // OnRowsDone pumps from this many rows on (re-armed by NextMessageLocked when it waits).
+  std::atomic<int64_t> wake_rows_{0};
   Section section_ ABSL_GUARDED_BY(mu_) = Section::kResult;
   size_t offset_ ABSL_GUARDED_BY(mu_) = 0;
 };
@@ -553,7 +632,9 @@ class TensorUnaryReactor final : public grpc::ServerUnaryReactor {
       return;
     }
     Scheduler::Task task;
-    task.run = [this](QuantizerBackend& engine) { OnJobDone(RunTensorJob(input_, *job_, engine)); };
+    task.run = [this](QuantizerBackend& engine) {
+      OnJobDone(RunTensorJob(input_, *output_, *job_, engine));
+    };
     task.abandon = [this](const absl::Status& status) { OnJobDone(status); };
     service_->scheduler()->Submit(admission_, std::move(task));
   }
@@ -582,7 +663,7 @@ class TensorUnaryReactor final : public grpc::ServerUnaryReactor {
                                                      spec.importance_values() * 4));
     }
     RETURN_IF_ERROR(CheckDeadline(*context_));
-    RETURN_IF_ERROR(AdmitTensorJob(*service_, spec, &job_, &admission_, &input_));
+    RETURN_IF_ERROR(AdmitTensorJob(*service_, spec, &job_, &admission_, &input_, &output_));
     std::memcpy(input_.data.data(), request.data().data(), request.data().size());
     if (!request.importance().empty()) {
       std::memcpy(input_.importance.data(), request.importance().data(),
@@ -591,21 +672,18 @@ class TensorUnaryReactor final : public grpc::ServerUnaryReactor {
     return absl::OkStatus();
   }
 
-  void OnJobDone(absl::StatusOr<TensorJobOutput> result) {
-    absl::Status status = result.status();
-    if (result.ok()) {
-      const TensorJobOutput& out = *result;
-      RecordSuccess(*service_, input_.spec, out, *job_);
+  void OnJobDone(const absl::Status& status) {
+    if (status.ok()) {
+      const api::TensorSpec& spec = input_.spec;
+      const TensorJobOutput& out = *output_;
+      RecordSuccess(*service_, spec, out, *job_);
       response_->set_job_id(job_->id());
-      FillResultHeader(input_.spec, out, response_->mutable_result());
-      if (input_.spec.want_packed) {
-        response_->set_packed(out.tensor.packed.data(), out.tensor.packed.size());
-        response_->set_scales(out.tensor.scales.data(), out.tensor.scales.size());
-      }
-      if (out.dequantized_bytes() > 0) {
-        response_->set_dequantized(out.dequantized_data(),
-                                   static_cast<size_t>(out.dequantized_bytes()));
-      }
+      FillResultHeader(spec, out.summary.global_scale, out.summary.amax,
+                       response_->mutable_result());
+      response_->set_packed(out.packed.data(), static_cast<size_t>(ResultPackedBytes(spec)));
+      response_->set_scales(out.scales.data(), static_cast<size_t>(ResultScaleBytes(spec)));
+      response_->set_dequantized(out.dequantized.data(),
+                                 static_cast<size_t>(spec.dequantized_bytes()));
       FillMetrics(out, *job_, response_->mutable_metrics());
     } else {
       job_->MarkFinished(status, std::nullopt, "");
@@ -622,6 +700,7 @@ class TensorUnaryReactor final : public grpc::ServerUnaryReactor {
   std::shared_ptr<Job> job_;
   std::shared_ptr<Scheduler::Admission> admission_;
   TensorJobInput input_;
+  std::shared_ptr<TensorJobOutput> output_;
 };
 
 grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,

@@ -37,8 +37,8 @@ struct ServiceOptions {
   // QuantizeCheckpoint may only touch paths inside these roots; unconfined (no roots) disables
   // the RPC.
   checkpoint::PathPolicy paths;
-  // Input buffers of finished tensor jobs are reused by later jobs, and freed after idling
-  // this long (server/engine/buffer_pool.h).
+  // Input and output buffers of finished tensor jobs are reused by later jobs, and freed after
+  // idling this long (server/engine/buffer_pool.h).
   absl::Duration buffer_idle_release = absl::Seconds(10);
 };
 

@@ -1,33 +1,24 @@
 #include "server/service/tensor_job.h"
 
-#include <string>
+#include <cstring>
 
-#include "common/large_buffer.h"
 #include "kernels/numerics/half.h"
 
 namespace nvfp4::server {
 
-const uint8_t* TensorJobOutput::dequantized_data() const {
-  return dequantized_bf16.empty() ? reinterpret_cast<const uint8_t*>(tensor.dequantized.data())
-                                  : reinterpret_cast<const uint8_t*>(dequantized_bf16.data());
+TensorJobOutput AcquireTensorJobOutput(JobBufferPool& pool, const api::TensorSpec& spec) {
+  TensorJobOutput out;
+  out.packed = pool.Acquire(static_cast<size_t>(PackedBytes(spec.rows, spec.cols)));
+  out.scales = pool.Acquire(static_cast<size_t>(ScaleBytes(spec.rows, spec.cols)));
+  if (spec.want_dequantized) {
+    out.dequantized = pool.Acquire(static_cast<size_t>(spec.elements()) * sizeof(float));
+  }
+  return out;
 }
 
-int64_t TensorJobOutput::dequantized_bytes() const {
-  return dequantized_bf16.empty() ? static_cast<int64_t>(tensor.dequantized.size() * 4)
-                                  : static_cast<int64_t>(dequantized_bf16.size() * 2);
-}
-
-int64_t TensorJobOutput::result_bytes(const api::TensorSpec& spec) const {
-  const int64_t packed =
-      spec.want_packed ? static_cast<int64_t>(tensor.packed.size() + tensor.scales.size()) : 0;
-  return packed + dequantized_bytes();
-}
-
-namespace {
-
-absl::StatusOr<TensorJobOutput> Run(const TensorJobInput& input, const Job& job,
-                                    QuantizerBackend& engine,
-                                    const QuantizerBackend::RowsReadyFn* rows_ready) {
+absl::Status RunTensorJob(const TensorJobInput& input, TensorJobOutput& output, const Job& job,
+                          QuantizerBackend& engine, const QuantizerBackend::RowsReadyFn* rows_ready,
+                          const QuantizerBackend::RowsDoneFn* rows_done) {
   if (job.cancel_requested()) return absl::CancelledError("job cancelled before it started");
   const api::TensorSpec& spec = input.spec;
   QuantizeOptions options = spec.options;
@@ -36,52 +27,62 @@ absl::StatusOr<TensorJobOutput> Run(const TensorJobInput& input, const Job& job,
   const ImportanceView importance{spec.importance_layout, input.importance.as<const float>(),
                                   spec.importance_values()};
   const TensorView view{spec.dtype, spec.rows, spec.cols, input.data.data()};
-  absl::StatusOr<QuantizedTensor> tensor =
-      rows_ready ? engine.QuantizeStreaming(view, importance, options, *rows_ready)
-                 : engine.Quantize(view, importance, options);
-  if (!tensor.ok()) return tensor.status();
-  TensorJobOutput out;
-  out.tensor = std::move(*tensor);
-  out.backend = std::string(engine.name());
+  const QuantizedBuffers buffers{output.packed.data(), output.scales.data(),
+                                 output.dequantized.as<float>()};
+  absl::StatusOr<QuantizedSummary> summary =
+      engine.QuantizeInto(view, importance, options, buffers, rows_ready, rows_done);
+  if (!summary.ok()) return summary.status();
+  output.summary = *summary;
+  output.backend = std::string(engine.name());
   if (spec.want_dequantized && spec.dequantized_bf16) {
-    ResizeOnHugePages(out.dequantized_bf16, out.tensor.dequantized.size());
-    for (size_t i = 0; i < out.dequantized_bf16.size(); ++i) {
-      out.dequantized_bf16[i] = FloatToBf16Bits(out.tensor.dequantized[i]);
+    // In place, front to back: element i's bf16 (bytes 2i..2i+1) lands on f32 elements that
+    // were already read (index <= i).
+    uint8_t* bytes = output.dequantized.data();
+    for (int64_t i = 0; i < spec.elements(); ++i) {
+      float value;
+      std::memcpy(&value, bytes + 4 * i, sizeof(value));
+      const uint16_t bits = FloatToBf16Bits(value);
+      std::memcpy(bytes + 2 * i, &bits, sizeof(bits));
     }
-    out.tensor.dequantized = {};
   }
-  return out;
+  return absl::OkStatus();
 }
 
-}  // namespace
-
-absl::StatusOr<TensorJobOutput> RunTensorJob(const TensorJobInput& input, const Job& job,
-                                             QuantizerBackend& engine) {
-  return Run(input, job, engine, nullptr);
+std::optional<QuantizedSummary> AnnouncedScales(const api::TensorSpec& spec) {
+  if (!spec.options.amax.has_value()) return std::nullopt;
+  QuantizedSummary announced;
+  announced.amax = *spec.options.amax;
+  announced.global_scale = *KnownGlobalScale(spec.options);
+  return announced;
 }
 
-absl::StatusOr<TensorJobOutput> RunTensorJobStreaming(
-    const TensorJobInput& input, const Job& job, QuantizerBackend& engine,
-    const QuantizerBackend::RowsReadyFn& rows_ready) {
-  return Run(input, job, engine, &rows_ready);
+int64_t ResultPackedBytes(const api::TensorSpec& spec) {
+  return spec.want_packed ? PackedBytes(spec.rows, spec.cols) : 0;
 }
 
-void FillResultHeader(const api::TensorSpec& spec, const TensorJobOutput& out,
+int64_t ResultScaleBytes(const api::TensorSpec& spec) {
+  return spec.want_packed ? ScaleBytes(spec.rows, spec.cols) : 0;
+}
+
+int64_t ResultBytes(const api::TensorSpec& spec) {
+  return ResultPackedBytes(spec) + ResultScaleBytes(spec) + spec.dequantized_bytes();
+}
+
+void FillResultHeader(const api::TensorSpec& spec, float global_scale, float amax,
                       v1::ResultHeader* header) {
-  const QuantizedTensor& t = out.tensor;
-  header->set_rows(t.rows);
-  header->set_cols(t.cols);
-  header->set_padded_cols(t.padded_cols);
-  header->set_global_scale(t.global_scale);
-  header->set_amax(t.amax);
-  header->set_packed_bytes(spec.want_packed ? static_cast<int64_t>(t.packed.size()) : 0);
-  header->set_scales_bytes(spec.want_packed ? static_cast<int64_t>(t.scales.size()) : 0);
-  header->set_dequantized_bytes(out.dequantized_bytes());
+  header->set_rows(spec.rows);
+  header->set_cols(spec.cols);
+  header->set_padded_cols(PaddedCols(spec.cols));
+  header->set_global_scale(global_scale);
+  header->set_amax(amax);
+  header->set_packed_bytes(ResultPackedBytes(spec));
+  header->set_scales_bytes(ResultScaleBytes(spec));
+  header->set_dequantized_bytes(spec.dequantized_bytes());
   header->set_dequantized_dtype(spec.dequantized_bf16 ? v1::DTYPE_BF16 : v1::DTYPE_F32);
 }
 
 void FillMetrics(const TensorJobOutput& out, const Job& job, v1::TensorMetrics* metrics) {
-  api::MetricsToProto(out.tensor.metrics, metrics);
+  api::MetricsToProto(out.summary.metrics, metrics);
   metrics->set_queue_seconds(job.queue_seconds());
   metrics->set_backend(out.backend);
 }

@@ -4,10 +4,10 @@
 #define NVFP4_SERVER_SERVICE_TENSOR_JOB_H_
 
 #include <cstdint>
-#include <memory>
-#include <vector>
+#include <optional>
+#include <string>
 
-#include "absl/status/statusor.h"
+#include "absl/status/status.h"
 #include "kernels/backend.h"
 #include "kernels/quantized_tensor.h"
 #include "proto/convert.h"
@@ -23,26 +23,39 @@ struct TensorJobInput {
   JobBufferPool::Buffer importance;  // spec.importance_values() floats
 };
 
-// The engine's result in wire form.
+// Output buffers of a tensor job (pooled, so a busy server reuses warm memory), written by the
+// engine; `summary` and `backend` are set once the job succeeded.
 struct TensorJobOutput {
-  QuantizedTensor tensor;
-  std::vector<uint16_t> dequantized_bf16;  // when spec.dequantized_bf16
+  JobBufferPool::Buffer packed;  // PackedBytes(rows, cols)
+  JobBufferPool::Buffer scales;  // ScaleBytes(rows, cols)
+  // rows * cols f32 when the fake-quant tensor is wanted; holds bf16 in its first half
+  // afterwards when spec.dequantized_bf16 (converted in place).
+  JobBufferPool::Buffer dequantized;
+  QuantizedSummary summary;
   std::string backend;
-
-  const uint8_t* dequantized_data() const;
-  int64_t dequantized_bytes() const;
-  int64_t result_bytes(const api::TensorSpec& spec) const;  // everything sent back
 };
 
-// Runs the job (honouring its cancel flag). Never throws.
-absl::StatusOr<TensorJobOutput> RunTensorJob(const TensorJobInput& input, const Job& job,
-                                             QuantizerBackend& engine);
-// The same while the input is still arriving (QuantizerBackend::QuantizeStreaming).
-absl::StatusOr<TensorJobOutput> RunTensorJobStreaming(
-    const TensorJobInput& input, const Job& job, QuantizerBackend& engine,
-    const QuantizerBackend::RowsReadyFn& rows_ready);
+// Acquires the output buffers of a job described by `spec`. Throws std::bad_alloc.
+TensorJobOutput AcquireTensorJobOutput(JobBufferPool& pool, const api::TensorSpec& spec);
 
-void FillResultHeader(const api::TensorSpec& spec, const TensorJobOutput& out,
+// Runs the job (honouring its cancel flag) into `output`. rows_ready: nullptr when the input
+// is complete, else the streaming contract of QuantizerBackend::QuantizeInto, as is rows_done
+// (may be nullptr). Never throws.
+absl::Status RunTensorJob(const TensorJobInput& input, TensorJobOutput& output, const Job& job,
+                          QuantizerBackend& engine,
+                          const QuantizerBackend::RowsReadyFn* rows_ready = nullptr,
+                          const QuantizerBackend::RowsDoneFn* rows_done = nullptr);
+
+// The global scale and amax the job will report, when the header fixes them before it runs
+// (amax given: g is KnownGlobalScale's); otherwise nullopt.
+std::optional<QuantizedSummary> AnnouncedScales(const api::TensorSpec& spec);
+
+// Bytes of the result sections the client asked for.
+int64_t ResultPackedBytes(const api::TensorSpec& spec);
+int64_t ResultScaleBytes(const api::TensorSpec& spec);
+int64_t ResultBytes(const api::TensorSpec& spec);  // everything sent back
+
+void FillResultHeader(const api::TensorSpec& spec, float global_scale, float amax,
                       v1::ResultHeader* header);
 void FillMetrics(const TensorJobOutput& out, const Job& job, v1::TensorMetrics* metrics);
 

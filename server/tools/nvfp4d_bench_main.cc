@@ -33,10 +33,26 @@ namespace {
 
 using nvfp4::QuantizedTensor;
 
-// Produces correctly sized (all-zero) outputs without quantising: what is left is transport.
+// Quantises nothing: nvfp4d sends its (pooled) output buffers as they are, so what is left is
+// transport. Quantize (never called by nvfp4d) returns all-zero outputs.
 class TransportOnlyEngine final : public nvfp4::QuantizerBackend {
  public:
   std::string_view name() const override { return "transport-only"; }
+  absl::StatusOr<nvfp4::QuantizedSummary> QuantizeInto(const nvfp4::TensorView& input,
+                                                       const nvfp4::ImportanceView&,
+                                                       const nvfp4::QuantizeOptions& options,
+                                                       const nvfp4::QuantizedBuffers&,
+                                                       const RowsReadyFn* rows_ready,
+                                                       const RowsDoneFn* rows_done) override {
+    if (rows_ready != nullptr && !(*rows_ready)(input.rows)) {
+      return absl::CancelledError("the input never completed");
+    }
+    if (rows_done != nullptr) (*rows_done)(input.rows);
+    nvfp4::QuantizedSummary summary;
+    summary.amax = options.amax.value_or(0.0f);
+    summary.global_scale = nvfp4::KnownGlobalScale(options).value_or(1.0f);
+    return summary;
+  }
   absl::StatusOr<QuantizedTensor> Quantize(const nvfp4::TensorView& input,
                                            const nvfp4::ImportanceView&,
                                            const nvfp4::QuantizeOptions&) override {

@@ -91,7 +91,7 @@ void CheckHeader(const nvfp4::v1::TensorHeader& header) {
   CHECK_INV(padded == nvfp4::PaddedCols(s.cols), shape);
   const Int128 encoded = Int128{s.rows} * padded / 2 + Int128{s.rows} * padded / 16;
   const Int128 dequantized = s.want_dequantized ? elements * (s.dequantized_bf16 ? 2 : 4) : 0;
-  const Int128 fake_quant = s.want_dequantized ? elements * 4 + dequantized : 0;
+  const Int128 fake_quant = s.want_dequantized ? elements * 4 : 0;  // bf16 converted in place
   const Int128 job = input + importance * 4 + encoded + fake_quant;
   CHECK_INV(job > 0 && job <= INT64_MAX, shape);
   CHECK_INV(s.input_bytes() == input, shape);

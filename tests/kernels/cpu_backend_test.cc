@@ -207,8 +207,33 @@ TEST(CpuBackend, CancellationStopsBetweenChunks) {
   EXPECT_TRUE(backend->Quantize({DType::kF32, 512, 1024, x.data()}, {}, options).ok());
 }
 
+// QuantizeInto into buffers pre-filled with garbage (every output byte must be written),
+// assembled as a QuantizedTensor.
+absl::StatusOr<QuantizedTensor> QuantizeIntoFresh(QuantizerBackend& backend,
+                                                  const TensorView& input,
+                                                  const QuantizeOptions& options,
+                                                  const QuantizerBackend::RowsReadyFn* rows_ready,
+                                                  const QuantizerBackend::RowsDoneFn* rows_done) {
+  QuantizedTensor out;
+  out.rows = input.rows;
+  out.cols = input.cols;
+  out.padded_cols = PaddedCols(input.cols);
+  ResizeOutputs(out, options.want_dequantized);
+  std::fill(out.packed.begin(), out.packed.end(), 0xAB);
+  std::fill(out.scales.begin(), out.scales.end(), 0xCD);
+  std::fill(out.dequantized.begin(), out.dequantized.end(), -1234.5f);
+  absl::StatusOr<QuantizedSummary> summary =
+      backend.QuantizeInto(input, {}, options, BuffersOf(out), rows_ready, rows_done);
+  if (!summary.ok()) return summary.status();
+  out.amax = summary->amax;
+  out.global_scale = summary->global_scale;
+  out.metrics = summary->metrics;
+  return out;
+}
+
 // Rows "arrive" from another thread; the engine must wait for them and produce exactly the
-// bytes and metrics of the one-shot call with the same amax.
+// bytes and metrics of the one-shot call with the same amax, and report finished rows only
+// once their bytes are final.
 TEST(CpuBackend, StreamingMatchesOneShotAndWaitsForRows) {
   const int64_t rows = 700, cols = 300;
   std::vector<float> x = testing::Sample(testing::Distribution::kLaplace, rows * cols, 21);
@@ -223,6 +248,7 @@ TEST(CpuBackend, StreamingMatchesOneShotAndWaitsForRows) {
   options.want_dequantized = true;
   auto reference = backend->Quantize(complete, {}, options);
   ASSERT_TRUE(reference.ok());
+  EXPECT_EQ(Bits(reference->global_scale), Bits(*KnownGlobalScale(options)));
 
   std::atomic<int64_t> arrived{0};
   std::thread feeder([&] {
@@ -234,40 +260,144 @@ TEST(CpuBackend, StreamingMatchesOneShotAndWaitsForRows) {
     }
   });
   std::atomic<int64_t> max_wait{0};
-  auto streamed = backend->QuantizeStreaming({DType::kBF16, rows, cols, arriving.data()}, {},
-                                             options, [&](int64_t needed) {
-                                               max_wait.store(std::max(max_wait.load(), needed));
-                                               while (arrived.load() < needed)
-                                                 std::this_thread::yield();
-                                               return true;
-                                             });
+  const QuantizerBackend::RowsReadyFn rows_ready = [&](int64_t needed) {
+    int64_t seen = max_wait.load();
+    while (needed > seen && !max_wait.compare_exchange_weak(seen, needed)) {
+    }
+    while (arrived.load() < needed) std::this_thread::yield();
+    return true;
+  };
+  // Each report: the reported rows' packed values and scales already equal the reference.
+  const int64_t packed_row = PaddedCols(cols) / 2, scale_row = PaddedCols(cols) / 16;
+  std::atomic<int64_t> reports{0}, largest_report{0}, bad_reports{0};
+  std::atomic<uint8_t*> packed_out{nullptr}, scales_out{nullptr};
+  const QuantizerBackend::RowsDoneFn rows_done = [&](int64_t done) {
+    reports.fetch_add(1);
+    int64_t seen = largest_report.load();
+    while (done > seen && !largest_report.compare_exchange_weak(seen, done)) {
+    }
+    if (done < 0 || done > rows || done > arrived.load() ||
+        std::memcmp(packed_out.load(), reference->packed.data(), done * packed_row) != 0 ||
+        std::memcmp(scales_out.load(), reference->scales.data(), done * scale_row) != 0) {
+      bad_reports.fetch_add(1);
+    }
+  };
+  // The buffers are known only inside the helper: a wrapper publishes them first.
+  class Publishing final : public QuantizerBackend {
+   public:
+    Publishing(QuantizerBackend& inner, std::atomic<uint8_t*>& packed,
+               std::atomic<uint8_t*>& scales)
+        : inner_(inner), packed_(packed), scales_(scales) {}
+    std::string_view name() const override { return "publishing"; }
+    absl::StatusOr<QuantizedTensor> Quantize(const TensorView& input, const ImportanceView& imp,
+                                             const QuantizeOptions& o) override {
+      return inner_.Quantize(input, imp, o);
+    }
+    absl::StatusOr<QuantizedSummary> QuantizeInto(
+        const TensorView& input, const ImportanceView& imp, const QuantizeOptions& o,
+        const QuantizedBuffers& out, const RowsReadyFn* ready, const RowsDoneFn* done) override {
+      packed_.store(out.packed);
+      scales_.store(out.scales);
+      return inner_.QuantizeInto(input, imp, o, out, ready, done);
+    }
+
+   private:
+    QuantizerBackend& inner_;
+    std::atomic<uint8_t*>& packed_;
+    std::atomic<uint8_t*>& scales_;
+  } publishing(*backend, packed_out, scales_out);
+  auto streamed = QuantizeIntoFresh(publishing, {DType::kBF16, rows, cols, arriving.data()},
+                                    options, &rows_ready, &rows_done);
   feeder.join();
   ASSERT_TRUE(streamed.ok()) << streamed.status();
   ExpectIdentical(*reference, *streamed, "streaming");
   EXPECT_EQ(max_wait.load(), rows);
+  EXPECT_EQ(largest_report.load(), rows);
+  EXPECT_GT(reports.load(), 1) << "finished rows are reported as they finish, not only at the end";
+  EXPECT_EQ(bad_reports.load(), 0) << "rows reported done before their bytes were final";
+
+  // The one-shot form into caller buffers: same bytes, every byte written.
+  auto into = QuantizeIntoFresh(*backend, complete, options, nullptr, nullptr);
+  ASSERT_TRUE(into.ok()) << into.status();
+  ExpectIdentical(*reference, *into, "into caller buffers");
 
   // With only g given, the streamed result still reports the tensor's amax.
+  const QuantizerBackend::RowsReadyFn all_there = [](int64_t) { return true; };
   QuantizeOptions by_g;
   by_g.global_scale = reference->global_scale;
-  auto streamed_g = backend->QuantizeStreaming(complete, {}, by_g, [](int64_t) { return true; });
+  auto streamed_g = QuantizeIntoFresh(*backend, complete, by_g, &all_there, nullptr);
   ASSERT_TRUE(streamed_g.ok()) << streamed_g.status();
   EXPECT_EQ(streamed_g->amax, *amax);
   EXPECT_EQ(streamed_g->packed, reference->packed);
 
-  // A NaN in a late row is reported like the one-shot call reports it.
+  // A NaN in a late row is reported like the one-shot call reports it, and the rows after the
+  // bad chunk are never reported done.
   bf16[650 * cols + 7] = 0x7FC0;
   auto one_shot = backend->Quantize(complete, {}, options);
-  auto late = backend->QuantizeStreaming(complete, {}, options, [](int64_t) { return true; });
+  largest_report = 0;
+  auto late = QuantizeIntoFresh(*backend, complete, options, &all_there, &rows_done);
   ASSERT_FALSE(one_shot.ok());
   ASSERT_FALSE(late.ok());
   EXPECT_EQ(late.status(), one_shot.status());
   EXPECT_THAT(std::string(late.status().message()), HasSubstr("row 650, column 7"));
+  EXPECT_LE(largest_report.load(), 650);
 
   // Rows that never come: cancelled. Without a known scale: refused.
-  auto never = backend->QuantizeStreaming(complete, {}, options, [](int64_t) { return false; });
-  EXPECT_EQ(never.status().code(), absl::StatusCode::kCancelled);
-  auto no_scale = backend->QuantizeStreaming(complete, {}, {}, [](int64_t) { return true; });
-  EXPECT_EQ(no_scale.status().code(), absl::StatusCode::kInvalidArgument);
+  const QuantizerBackend::RowsReadyFn none = [](int64_t) { return false; };
+  EXPECT_EQ(QuantizeIntoFresh(*backend, complete, options, &none, nullptr).status().code(),
+            absl::StatusCode::kCancelled);
+  EXPECT_EQ(QuantizeIntoFresh(*backend, complete, {}, &all_there, nullptr).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// Engines that only implement Quantize get QuantizeInto from the interface: the same bytes,
+// one final rows_done report, and the streaming preconditions.
+TEST(QuantizerBackend, DefaultQuantizeIntoCopiesQuantize) {
+  class OneShotOnly final : public QuantizerBackend {
+   public:
+    explicit OneShotOnly(QuantizerBackend& inner) : inner_(inner) {}
+    std::string_view name() const override { return "one-shot"; }
+    absl::StatusOr<QuantizedTensor> Quantize(const TensorView& input, const ImportanceView& imp,
+                                             const QuantizeOptions& o) override {
+      ++calls;
+      return inner_.Quantize(input, imp, o);
+    }
+    int calls = 0;
+
+   private:
+    QuantizerBackend& inner_;
+  };
+  auto backend = MakeBackend(cpu::CpuIsa::kAuto, 1);
+  OneShotOnly one_shot(*backend);
+  const int64_t rows = 40, cols = 50;
+  std::vector<float> x = testing::Sample(testing::Distribution::kGaussian, rows * cols, 5);
+  const TensorView view{DType::kF32, rows, cols, x.data()};
+  QuantizeOptions options;
+  options.want_dequantized = true;
+  auto reference = backend->Quantize(view, {}, options);
+  ASSERT_TRUE(reference.ok());
+  std::vector<int64_t> reports;
+  const QuantizerBackend::RowsDoneFn rows_done = [&](int64_t n) { reports.push_back(n); };
+  auto into = QuantizeIntoFresh(one_shot, view, options, nullptr, &rows_done);
+  ASSERT_TRUE(into.ok()) << into.status();
+  ExpectIdentical(*reference, *into, "default QuantizeInto");
+  EXPECT_EQ(into->amax, reference->amax);
+  EXPECT_EQ(reports, std::vector<int64_t>{rows});
+
+  int64_t waited_for = 0;
+  const QuantizerBackend::RowsReadyFn rows_ready = [&](int64_t n) {
+    waited_for = n;
+    return true;
+  };
+  options.amax = reference->amax;
+  ASSERT_TRUE(QuantizeIntoFresh(one_shot, view, options, &rows_ready, nullptr).ok());
+  EXPECT_EQ(waited_for, rows);
+  const QuantizerBackend::RowsReadyFn never = [](int64_t) { return false; };
+  EXPECT_EQ(QuantizeIntoFresh(one_shot, view, options, &never, nullptr).status().code(),
+            absl::StatusCode::kCancelled);
+  EXPECT_EQ(QuantizeIntoFresh(one_shot, view, {}, &rows_ready, nullptr).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(one_shot.calls, 2);
 }
 
 TEST(CpuBackend, AllZeroTensor) {

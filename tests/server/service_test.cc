@@ -559,6 +559,143 @@ TEST(Service, ABadChunkAfterAStreamingStartCancelsTheJob) {
   EXPECT_TRUE(h.client->QuantizeTensor({DType::kF32, 16, 64, x.data()}, {}, {}).ok());
 }
 
+// Wraps a CPU engine: quantises everything, reports only the first half of the rows done and
+// then waits (up to 5 s) until the test saw result bytes arrive before reporting the rest.
+// With early results the wait ends at once; without, the job fails with DEADLINE_EXCEEDED.
+class HalfwayEngine final : public QuantizerBackend {
+ public:
+  std::string_view name() const override { return "halfway-cpu"; }
+  absl::StatusOr<QuantizedTensor> Quantize(const TensorView& input, const ImportanceView& imp,
+                                           const QuantizeOptions& options) override {
+    return inner_->Quantize(input, imp, options);
+  }
+  absl::StatusOr<QuantizedSummary> QuantizeInto(const TensorView& input, const ImportanceView& imp,
+                                                const QuantizeOptions& options,
+                                                const QuantizedBuffers& out,
+                                                const RowsReadyFn* rows_ready,
+                                                const RowsDoneFn* rows_done) override {
+    absl::StatusOr<QuantizedSummary> summary =
+        inner_->QuantizeInto(input, imp, options, out, rows_ready, nullptr);
+    if (!summary.ok()) return summary;
+    if (rows_done != nullptr) (*rows_done)(input.rows / 2);
+    if (!seen_early_bytes.WaitForNotificationWithTimeout(absl::Seconds(5))) {
+      return absl::DeadlineExceededError("no result bytes reached the client while the job ran");
+    }
+    if (rows_done != nullptr) (*rows_done)(input.rows);
+    return summary;
+  }
+  absl::Notification seen_early_bytes;
+
+ private:
+  std::unique_ptr<QuantizerBackend> inner_ = Cpu();
+};
+
+// With amax known up front, the result header and the packed chunks of finished rows reach the
+// client while the job still runs; the assembled result equals the embedded engine's.
+TEST(Service, StreamedJobsSendFinishedRowsBeforeTheJobEnds) {
+  server::ServerOptions options;
+  options.listen = "127.0.0.1:0";
+  options.metrics_listen = "";
+  options.service.max_chunk_bytes = 64 << 10;
+  auto engine = std::make_unique<HalfwayEngine>();
+  HalfwayEngine* halfway = engine.get();
+  std::vector<std::unique_ptr<QuantizerBackend>> engines;
+  engines.push_back(std::move(engine));
+  auto server = server::Nvfp4Server::Start(options, std::move(engines));
+  ASSERT_TRUE(server.ok()) << server.status();
+  client::ClientOptions client_options;
+  client_options.target = "127.0.0.1:" + std::to_string((*server)->port());
+  client_options.chunk_bytes = 64 << 10;
+  auto client = std::move(*client::QuantizerClient::Connect(client_options));
+
+  const int64_t rows = 512, cols = 1024;  // packed: 256 KiB, 4 chunks; half: 2 chunks
+  std::vector<float> x = Gaussian(rows * cols, 31);
+  const TensorView view{DType::kF32, rows, cols, x.data()};
+  int64_t downloaded_while_running = 0;
+  auto progress = [&](int64_t done, int64_t, std::string_view phase) {
+    if (phase == "download" && !halfway->seen_early_bytes.HasBeenNotified()) {
+      downloaded_while_running = done;
+      halfway->seen_early_bytes.Notify();
+    }
+  };
+  auto remote = client->QuantizeTensor(view, {}, {}, "early", progress);  // client sends amax
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  EXPECT_GT(downloaded_while_running, 0);
+  EXPECT_LE(downloaded_while_running, rows / 2 * (cols / 2));  // only rows reported done
+  auto local = Cpu()->Quantize(view, {}, {});
+  ASSERT_TRUE(local.ok());
+  EXPECT_EQ(remote->packed, local->packed);
+  EXPECT_EQ(remote->scales, local->scales);
+  EXPECT_EQ(remote->global_scale, local->global_scale);
+  EXPECT_EQ(remote->metrics.mse, local->metrics.mse);
+}
+
+// A streamed job whose late rows hold a NaN: early packed chunks may already be out, but the
+// call ends with INVALID_ARGUMENT naming the element, and the client returns no result.
+TEST(Service, AStreamedJobFailingAfterEarlyResultsReportsTheError) {
+  Harness h = StartServer(false);
+  const int64_t rows = 512, cols = 1024;
+  std::vector<float> x = Gaussian(rows * cols, 32);
+  x[(rows - 1) * cols + 5] = std::nanf("");
+  QuantizeOptions options;
+  options.amax = 5.0f;  // given, so the client does not scan (and refuse) the NaN itself
+  auto remote = h.client->QuantizeTensor({DType::kF32, rows, cols, x.data()}, {}, options);
+  ASSERT_FALSE(remote.ok());
+  EXPECT_EQ(remote.status().code(), absl::StatusCode::kInvalidArgument) << remote.status();
+  EXPECT_THAT(std::string(remote.status().message()), HasSubstr("row 511, column 5"));
+  WaitFor([&] { return h.server->scheduler().reserved_bytes() == 0; });
+}
+
+// The documented response order with early results: accepted, result, every packed chunk, every
+// scales chunk, every dequantized chunk (bf16, converted in place on the server), metrics.
+TEST(Service, StreamedResponseOrderAndBf16Outputs) {
+  Harness h = StartServer(false);
+  const int64_t rows = 96, cols = 200;
+  std::vector<float> x = Gaussian(rows * cols, 33);
+  QuantizeOptions wanted;
+  wanted.want_dequantized = true;
+  auto amax = cpu::CpuBackend::Create({1, cpu::CpuIsa::kAuto})
+                  .value()
+                  ->ComputeAmax({DType::kF32, rows, cols, x.data()});
+  ASSERT_TRUE(amax.ok());
+  wanted.amax = *amax;
+  auto local = Cpu()->Quantize({DType::kF32, rows, cols, x.data()}, {}, wanted);
+  ASSERT_TRUE(local.ok());
+
+  auto stub = StubFor(h.target);
+  grpc::ClientContext context;
+  auto stream = stub->QuantizeTensor(&context);
+  v1::QuantizeTensorRequest header = Header(v1::DTYPE_F32, {rows, cols});
+  header.mutable_header()->set_amax(*amax);
+  header.mutable_header()->set_output_mode(v1::OUTPUT_MODE_BOTH);
+  header.mutable_header()->set_dequantized_dtype(v1::DTYPE_BF16);
+  ASSERT_TRUE(stream->Write(header));
+  const std::string bytes(reinterpret_cast<const char*>(x.data()), x.size() * 4);
+  for (size_t at = 0; at < bytes.size(); at += 8 << 10) {
+    ASSERT_TRUE(stream->Write(Data(bytes.substr(at, 8 << 10))));
+  }
+  stream->WritesDone();
+  std::string order, packed, scales, dequantized;
+  v1::QuantizeTensorResponse response;
+  while (stream->Read(&response)) {
+    const char kind = "?ARPSDM"[response.payload_case()];
+    if (order.empty() || order.back() != kind) order.push_back(kind);
+    packed += response.packed();
+    scales += response.scales();
+    dequantized += response.dequantized();
+  }
+  ASSERT_TRUE(stream->Finish().ok());
+  EXPECT_EQ(order, "ARPSDM");
+  EXPECT_EQ(packed, std::string(local->packed.begin(), local->packed.end()));
+  EXPECT_EQ(scales, std::string(local->scales.begin(), local->scales.end()));
+  ASSERT_EQ(dequantized.size(), x.size() * 2);
+  for (size_t i = 0; i < x.size(); ++i) {
+    uint16_t bits;
+    std::memcpy(&bits, dequantized.data() + 2 * i, 2);
+    ASSERT_EQ(bits, FloatToBf16Bits(local->dequantized[i])) << i;
+  }
+}
+
 TEST(Service, StartFailuresAreStatusesNotCrashes) {
   server::ServerOptions taken;
   taken.listen = "127.0.0.1:0";
