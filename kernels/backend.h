@@ -37,13 +37,16 @@ class QuantizerBackend {
   // (options.amax or options.global_scale: KnownGlobalScale) and a complete importance.
   // rows_done: nullptr, or told n once the outputs of the first n rows are final. Calls may
   // come from several engine threads at once and out of order (each n is a valid prefix; use
-  // the largest seen); the last has n = input.rows, before an OK return. It must not block.
+  // the largest seen); one has n = input.rows, before an OK return. It must not block.
   // On error the buffers hold unspecified bytes.
   //
   // The default waits for every row, runs Quantize and copies its result (engines override it
   // to write in place and to overlap the arrival with the work).
   using RowsReadyFn = std::function<bool(int64_t rows)>;
   using RowsDoneFn = std::function<void(int64_t rows)>;
+  // True when QuantizeInto writes straight into the caller's buffers; false for the default,
+  // which holds a second copy of the outputs while it runs (a server reserves memory for it).
+  virtual bool quantizes_in_place() const { return false; }
   virtual absl::StatusOr<QuantizedSummary> QuantizeInto(
       const TensorView& input, const ImportanceView& importance, const QuantizeOptions& options,
       const QuantizedBuffers& out, const RowsReadyFn* rows_ready, const RowsDoneFn* rows_done);

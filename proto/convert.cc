@@ -15,12 +15,16 @@ constexpr size_t kMaxNameBytes = 256;
 
 }  // namespace
 
-int64_t TensorSpec::job_bytes() const {
+int64_t TensorSpec::output_bytes() const {
   // The engine always produces packed values and scales, and an f32 fake-quant tensor when one
   // is wanted (bf16 output is converted in place).
   const int64_t encoded = PackedBytes(rows, cols) + ScaleBytes(rows, cols);
   const int64_t fake_quant = want_dequantized ? elements() * 4 : 0;
-  return input_bytes() + importance_values() * 4 + encoded + fake_quant;
+  return encoded + fake_quant;
+}
+
+int64_t TensorSpec::job_bytes() const {
+  return input_bytes() + importance_values() * 4 + output_bytes();
 }
 
 absl::StatusOr<Method> MethodFromProto(v1::Method method, std::string_view field) {

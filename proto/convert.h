@@ -39,7 +39,10 @@ struct TensorSpec {
            : importance_layout == ImportanceLayout::kPerElement ? elements()
                                                                 : 0;
   }
-  // Input, importance and every output of the job: what admission reserves.
+  // Every output buffer the engine writes (packed, scales, f32 fake-quant when wanted).
+  int64_t output_bytes() const;
+  // Input, importance and every output of the job: what admission reserves (plus one more
+  // output_bytes() on servers with an engine that does not write in place).
   int64_t job_bytes() const;
   // Bytes of the fake-quant output as sent.
   int64_t dequantized_bytes() const {

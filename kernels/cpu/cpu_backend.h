@@ -46,6 +46,7 @@ class CpuBackend final : public QuantizerBackend {
                                                 const QuantizedBuffers& out,
                                                 const RowsReadyFn* rows_ready,
                                                 const RowsDoneFn* rows_done) override;
+  bool quantizes_in_place() const override { return true; }
 
   // max |x| over the tensor; InvalidArgument naming the first NaN/Inf element.
   absl::StatusOr<float> ComputeAmax(const TensorView& input);

@@ -41,7 +41,7 @@ absl::Status AdmitTensorJob(QuantizerService& service, const api::TensorSpec& sp
                             std::shared_ptr<TensorJobOutput>* output) {
   *job = service.jobs()->Create(v1::JOB_KIND_TENSOR, spec.name, spec.elements(), spec.request_id);
   absl::StatusOr<std::shared_ptr<Scheduler::Admission>> admitted =
-      service.scheduler()->Admit(*job, spec.job_bytes());
+      service.scheduler()->Admit(*job, service.ReservedBytes(spec));
   if (!admitted.ok()) {
     (*job)->MarkFinished(admitted.status(), std::nullopt, "");
     return admitted.status();
@@ -232,6 +232,7 @@ class TensorStreamReactor final
         const absl::Status admitted =
             AdmitTensorJob(*service_, *spec, &job_, &admission_, &input_, &output_);
         if (!admitted.ok()) return admitted;
+        engine_output_ = output_;
         StreamResponse accepted;
         accepted.mutable_accepted()->set_job_id(job_->id());
         accepted.mutable_accepted()->set_queue_position(
@@ -353,7 +354,7 @@ class TensorStreamReactor final
     {
       absl::MutexLock lock(&mu_);
       admission = admission_;
-      output = output_;
+      output = engine_output_;  // never dropped before the job reports (output_ may be)
     }
     // The task keeps the output alive while the engine writes it, even if the call drops it.
     task.run = [this, output](QuantizerBackend& engine) {
@@ -378,6 +379,7 @@ class TensorStreamReactor final
   void OnJobDone(absl::Status status) {
     mu_.Lock();
     job_reported_ = true;
+    engine_output_.reset();  // the task holds its own reference until it returns
     // The engine is done with the input (reactions stop writing it once the job ran): back to
     // the pool now, not when the call winds down, so the client's next tensor can reuse it.
     input_.data = {};
@@ -550,7 +552,8 @@ class TensorStreamReactor final
   void PumpAndUnlock() ABSL_UNLOCK_FUNCTION(mu_) {
     if (final_status_ && !final_status_->ok() && submitted_ && !job_reported_ && !cancel_sent_) {
       // The call failed (bad chunk, early end, client gone) after submission: stop the job;
-      // the call finishes when it reports. Only reactions get here (OnJobDone has reported).
+      // the call finishes when it reports. Reactions and OnRowsDone (engine threads) get here,
+      // never OnJobDone (it has reported).
       cancel_sent_ = true;
       std::shared_ptr<Job> job = job_;
       job->RequestCancel();
@@ -605,7 +608,11 @@ class TensorStreamReactor final
   int64_t received_importance_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t received_data_ ABSL_GUARDED_BY(mu_) = 0;
   // Allocated at admission; shared with the running job and the result slices gRPC holds.
+  // output_ is what the call sends (dropped when the call fails); engine_output_ is what the job
+  // writes, kept until the job reports so a call failing around submission cannot hand the
+  // job a null output.
   std::shared_ptr<TensorJobOutput> output_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<TensorJobOutput> engine_output_ ABSL_GUARDED_BY(mu_);
   bool results_ready_ ABSL_GUARDED_BY(mu_) = false;  // the job succeeded
   // Early results: g and amax the header announces before the job is done (set with the
   // header, before submission).
@@ -685,6 +692,9 @@ class TensorUnaryReactor final : public grpc::ServerUnaryReactor {
       response_->set_dequantized(out.dequantized.data(),
                                  static_cast<size_t>(spec.dequantized_bytes()));
       FillMetrics(out, *job_, response_->mutable_metrics());
+      // The response holds the bytes now: the buffers go back to the pool before it is sent.
+      output_.reset();
+      input_ = {};
     } else {
       job_->MarkFinished(status, std::nullopt, "");
     }
@@ -721,7 +731,14 @@ QuantizerService::QuantizerService(const ServiceOptions& options, Scheduler* sch
       // Idle buffers and the admitted jobs' reservations together stay within the budget.
       buffer_pool_(static_cast<size_t>(scheduler->options().memory_budget_bytes),
                    options.buffer_idle_release,
-                   [scheduler] { return static_cast<size_t>(scheduler->reserved_bytes()); }) {}
+                   [scheduler] { return static_cast<size_t>(scheduler->reserved_bytes()); }),
+      engines_copy_outputs_(
+          std::any_of(scheduler->engines().begin(), scheduler->engines().end(),
+                      [](const auto& engine) { return !engine->quantizes_in_place(); })) {}
+
+int64_t QuantizerService::ReservedBytes(const api::TensorSpec& spec) const {
+  return spec.job_bytes() + (engines_copy_outputs_ ? spec.output_bytes() : 0);
+}
 
 absl::Status QuantizerService::Authenticate(const grpc::CallbackServerContext& context) const {
   if (options_.auth_token.empty()) return absl::OkStatus();

@@ -18,6 +18,7 @@
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "nvfp4/v1/quantizer.grpc.pb.h"
+#include "proto/convert.h"
 #include "server/checkpoint/path_policy.h"
 #include "server/engine/buffer_pool.h"
 #include "server/engine/job_registry.h"
@@ -88,6 +89,9 @@ class QuantizerService final : public QuantizerServiceBase {
   JobRegistry* jobs() const { return jobs_; }
   ServerMetrics* metrics() const { return metrics_; }
   JobBufferPool* buffer_pool() { return &buffer_pool_; }
+  // What admission reserves for a tensor job: its buffers, plus a second copy of the outputs
+  // when some engine does not quantise in place (QuantizerBackend::quantizes_in_place).
+  int64_t ReservedBytes(const api::TensorSpec& spec) const;
 
   // Tensor and checkpoint calls in progress: a member of their reactors counts one from the
   // reactor's construction to its deletion (after OnDone), so a draining server can wait for
@@ -112,6 +116,7 @@ class QuantizerService final : public QuantizerServiceBase {
   JobRegistry* const jobs_;
   ServerMetrics* const metrics_;
   JobBufferPool buffer_pool_;
+  const bool engines_copy_outputs_;
   std::atomic<int> active_calls_{0};
 };
 

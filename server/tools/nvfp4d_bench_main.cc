@@ -38,6 +38,7 @@ using nvfp4::QuantizedTensor;
 class TransportOnlyEngine final : public nvfp4::QuantizerBackend {
  public:
   std::string_view name() const override { return "transport-only"; }
+  bool quantizes_in_place() const override { return true; }
   absl::StatusOr<nvfp4::QuantizedSummary> QuantizeInto(const nvfp4::TensorView& input,
                                                        const nvfp4::ImportanceView&,
                                                        const nvfp4::QuantizeOptions& options,

@@ -98,6 +98,7 @@ void CheckHeader(const nvfp4::v1::TensorHeader& header) {
   CHECK_INV(s.importance_values() == importance, shape);
   CHECK_INV(s.dequantized_bytes() == dequantized, shape);
   CHECK_INV(s.job_bytes() == job, shape);
+  CHECK_INV(s.output_bytes() == encoded + fake_quant, shape);
   CHECK_INV(s.job_bytes() >= s.input_bytes() + s.importance_values() * 4, shape);
 
   // What the server admits, the engine accepts (data pointers only need to be non-null).

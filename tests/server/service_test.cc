@@ -290,6 +290,10 @@ TEST(Service, CancelWhileQueuedAndWhileRunningReleasesResources) {
   std::thread b(
       [&] { queued_status = h.client->QuantizeTensor(input, {}, {}, "queued").status(); });
   WaitFor([&] { return h.server->scheduler().queue_depth() == 1; });
+  // The gated engine only implements Quantize (its QuantizeInto holds a second copy of the
+  // outputs), so each job reserves its input and its outputs twice.
+  const int64_t outputs = PackedBytes(16, 64) + ScaleBytes(16, 64);
+  EXPECT_EQ(h.server->scheduler().reserved_bytes(), 2 * (16 * 64 * 4 + 2 * outputs));
   auto jobs = h.client->ListJobs();
   ASSERT_TRUE(jobs.ok());
   ASSERT_EQ(jobs->size(), 2u);
@@ -565,6 +569,7 @@ TEST(Service, ABadChunkAfterAStreamingStartCancelsTheJob) {
 class HalfwayEngine final : public QuantizerBackend {
  public:
   std::string_view name() const override { return "halfway-cpu"; }
+  bool quantizes_in_place() const override { return true; }
   absl::StatusOr<QuantizedTensor> Quantize(const TensorView& input, const ImportanceView& imp,
                                            const QuantizeOptions& options) override {
     return inner_->Quantize(input, imp, options);
@@ -611,10 +616,11 @@ TEST(Service, StreamedJobsSendFinishedRowsBeforeTheJobEnds) {
   const int64_t rows = 512, cols = 1024;  // packed: 256 KiB, 4 chunks; half: 2 chunks
   std::vector<float> x = Gaussian(rows * cols, 31);
   const TensorView view{DType::kF32, rows, cols, x.data()};
-  int64_t downloaded_while_running = 0;
+  int64_t downloaded_while_running = 0, reserved_while_running = 0;
   auto progress = [&](int64_t done, int64_t, std::string_view phase) {
     if (phase == "download" && !halfway->seen_early_bytes.HasBeenNotified()) {
       downloaded_while_running = done;
+      reserved_while_running = (*server)->scheduler().reserved_bytes();
       halfway->seen_early_bytes.Notify();
     }
   };
@@ -622,6 +628,9 @@ TEST(Service, StreamedJobsSendFinishedRowsBeforeTheJobEnds) {
   ASSERT_TRUE(remote.ok()) << remote.status();
   EXPECT_GT(downloaded_while_running, 0);
   EXPECT_LE(downloaded_while_running, rows / 2 * (cols / 2));  // only rows reported done
+  // An engine writing in place: the input and one set of outputs are reserved.
+  EXPECT_EQ(reserved_while_running,
+            rows * cols * 4 + PackedBytes(rows, cols) + ScaleBytes(rows, cols));
   auto local = Cpu()->Quantize(view, {}, {});
   ASSERT_TRUE(local.ok());
   EXPECT_EQ(remote->packed, local->packed);
