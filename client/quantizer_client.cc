@@ -45,6 +45,14 @@ absl::Status CheckResultHeader(const api::TensorSpec& spec, const v1::ResultHead
   return absl::OkStatus();
 }
 
+// A slice of memory that `owner` keeps alive; the slice holds a reference until gRPC drops it.
+grpc::Slice BorrowedSlice(const std::shared_ptr<const void>& owner, const void* data, size_t n) {
+  using Holder = std::shared_ptr<const void>;
+  return grpc::Slice(
+      const_cast<void*>(data), n, [](void* holder) { delete static_cast<Holder*>(holder); },
+      new Holder(owner));
+}
+
 }  // namespace
 
 absl::StatusOr<std::string> ChannelTarget(const std::string& servers) {
@@ -143,6 +151,21 @@ absl::StatusOr<QuantizedTensor> QuantizerClient::QuantizeTensor(
     const TensorView& input, const ImportanceView& importance, const QuantizeOptions& options,
     const std::string& name, const ProgressFn& progress, std::string* job_id,
     const std::string& request_id) {
+  return Quantize(nullptr, input, importance, options, name, progress, job_id, request_id);
+}
+
+absl::StatusOr<QuantizedTensor> QuantizerClient::QuantizeTensor(
+    std::shared_ptr<const void> owner, const TensorView& input, const ImportanceView& importance,
+    const QuantizeOptions& options, const std::string& name, const ProgressFn& progress,
+    std::string* job_id, const std::string& request_id) {
+  if (owner == nullptr) return absl::InvalidArgumentError("no owner for the tensor's memory");
+  return Quantize(owner, input, importance, options, name, progress, job_id, request_id);
+}
+
+absl::StatusOr<QuantizedTensor> QuantizerClient::Quantize(
+    const std::shared_ptr<const void>& input_owner, const TensorView& input,
+    const ImportanceView& importance, const QuantizeOptions& options, const std::string& name,
+    const ProgressFn& progress, std::string* job_id, const std::string& request_id) {
   api::TensorSpec spec;
   spec.name = name;
   spec.request_id = request_id;
@@ -195,22 +218,26 @@ absl::StatusOr<QuantizedTensor> QuantizerClient::QuantizeTensor(
   const int64_t total_upload = importance_bytes + static_cast<int64_t>(input.bytes());
   int64_t uploaded = 0;
   bool write_ok = stream.Write(message);
-  // Chunks go out as slices of pooled buffers: one copy, no protobuf serialisation.
-  auto send = [&](const void* base, int64_t bytes, uint32_t field) {
+  // Chunks go out as slices of pooled buffers (one copy, no protobuf serialisation), or of the
+  // caller's tensor itself when its owner was given (each slice holds a reference to it).
+  auto send = [&](const void* base, int64_t bytes, uint32_t field,
+                  const std::shared_ptr<const void>& owner) {
     for (int64_t offset = 0; write_ok && offset < bytes; offset += options_.chunk_bytes) {
       const int64_t n = std::min(options_.chunk_bytes, bytes - offset);
+      const char* from = static_cast<const char*>(base) + offset;
       write_ok = stream.Write(api::SingleBytesFieldMessage(
-          field,
-          upload_pool_->Copy(static_cast<const char*>(base) + offset, static_cast<size_t>(n))));
+          field, owner ? BorrowedSlice(owner, from, static_cast<size_t>(n))
+                       : upload_pool_->Copy(from, static_cast<size_t>(n))));
       uploaded += n;
       if (progress) progress(uploaded, total_upload, "upload");
     }
   };
   if (importance_bytes > 0) {
-    send(importance.data, importance_bytes, v1::QuantizeTensorRequest::kImportanceFieldNumber);
+    send(importance.data, importance_bytes, v1::QuantizeTensorRequest::kImportanceFieldNumber,
+         nullptr);
   }
-  send(input.data, static_cast<int64_t>(input.bytes()),
-       v1::QuantizeTensorRequest::kDataFieldNumber);
+  send(input.data, static_cast<int64_t>(input.bytes()), v1::QuantizeTensorRequest::kDataFieldNumber,
+       input_owner);
   if (write_ok) write_ok = stream.WritesDone();
   if (!write_ok) {
     // Drain whatever the server sent before closing so Finish returns its status at once.

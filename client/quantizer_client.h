@@ -62,6 +62,14 @@ class QuantizerClient {
       const TensorView& input, const ImportanceView& importance, const QuantizeOptions& options,
       const std::string& name = "", const ProgressFn& progress = {}, std::string* job_id = nullptr,
       const std::string& request_id = "");
+  // The same without copying the tensor into upload buffers: data chunks are sent straight
+  // from input.data, which `owner` must keep alive and unchanged. gRPC can hold a sent chunk
+  // after the call has returned (until its connection writes or drops it), so the chunks hold
+  // references to `owner` rather than the call waiting for them.
+  absl::StatusOr<QuantizedTensor> QuantizeTensor(
+      std::shared_ptr<const void> owner, const TensorView& input, const ImportanceView& importance,
+      const QuantizeOptions& options, const std::string& name = "", const ProgressFn& progress = {},
+      std::string* job_id = nullptr, const std::string& request_id = "");
 
   // True once CancelInFlight was called: later calls are cancelled at once.
   bool cancelled();
@@ -83,7 +91,18 @@ class QuantizerClient {
 
   void CancelInFlight();
 
+  // Upload buffers kept for the copying calls (diagnostics: a zero-copy call uses none).
+  size_t idle_upload_buffers() const { return upload_pool_->idle(); }
+
  private:
+  // input_owner: null to copy the data chunks, else what keeps input.data alive.
+  absl::StatusOr<QuantizedTensor> Quantize(const std::shared_ptr<const void>& input_owner,
+                                           const TensorView& input,
+                                           const ImportanceView& importance,
+                                           const QuantizeOptions& options, const std::string& name,
+                                           const ProgressFn& progress, std::string* job_id,
+                                           const std::string& request_id);
+
   explicit QuantizerClient(const ClientOptions& options, std::shared_ptr<grpc::Channel> channel);
   void Prepare(grpc::ClientContext* context);
   void Forget(grpc::ClientContext* context);

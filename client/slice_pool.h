@@ -1,10 +1,11 @@
 // SlicePool: reusable fixed-size buffers handed to gRPC as slices.
 //
-// The client copies each upload chunk once, into a pooled buffer that gRPC then sends without
-// another copy (proto/chunk_wire.h). A buffer comes back to the pool when gRPC drops its last
-// reference to the slice, which may be after the call (or the client) is gone, so the pool is
-// shared-owned by its slices. Reusing buffers also saves the page faults of fresh 4 MiB
-// allocations. Thread-safe.
+// The copying QuantizeTensor call copies each upload chunk once, into a pooled buffer that
+// gRPC then sends without another copy (proto/chunk_wire.h); the zero-copy call, given the
+// tensor's owner, sends slices of the tensor instead. A buffer comes back to the pool when
+// gRPC drops its last reference to the slice, which may be after the call (or the client) is
+// gone, so the pool is shared-owned by its slices. Reusing buffers also saves the page faults
+// of fresh 4 MiB allocations. Thread-safe.
 #ifndef NVFP4_CLIENT_SLICE_POOL_H_
 #define NVFP4_CLIENT_SLICE_POOL_H_
 

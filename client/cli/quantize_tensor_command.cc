@@ -57,7 +57,10 @@ absl::Status WriteModelOptTensor(const std::string& path, const QuantizeOptions&
 }
 
 absl::StatusOr<int> Run(const QuantizeTensorFlags& flags) {
-  ASSIGN_OR_RETURN(LoadedTensor tensor, LoadTensor(flags.input, flags.dtype, flags.shape));
+  ASSIGN_OR_RETURN(LoadedTensor loaded, LoadTensor(flags.input, flags.dtype, flags.shape));
+  // Shared, so a remote upload can send the chunks straight from it (no copy).
+  const auto shared_tensor = std::make_shared<const LoadedTensor>(std::move(loaded));
+  const LoadedTensor& tensor = *shared_tensor;
   LoadedImportance importance;
   if (flags.importance.has_value()) {
     ASSIGN_OR_RETURN(importance, LoadImportance(*flags.importance, tensor.rows, tensor.cols));
@@ -75,7 +78,7 @@ absl::StatusOr<int> Run(const QuantizeTensorFlags& flags) {
     InterruptCancels interrupt(client.get());
     ProgressBar bar("nvfp4q");
     ASSIGN_OR_RETURN(q, client->QuantizeTensor(
-                            tensor.view(), importance.view(), options, flags.input,
+                            shared_tensor, tensor.view(), importance.view(), options, flags.input,
                             [&bar](int64_t done, int64_t total, std::string_view phase) {
                               bar.Update(done, total, phase);
                             },

@@ -86,6 +86,7 @@ int main(int argc, char** argv) {
   int repeat = 3;
   int chunk_kib = 4096;
   bool json = false;
+  bool copy_upload = false;
   std::string socket = "tcp";
   std::string only;
   int threads = 0;
@@ -102,6 +103,9 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_flag("--json", json, "print JSON");
+  app.add_flag("--copy-upload", copy_upload,
+               "upload through the client's copying call (upload buffers) instead of sending "
+               "the chunks straight from the tensor");
   app.add_option("--only", only, "run just this mode (0, 1 or 2: for profiling)");
   app.add_option("--socket", socket, "tcp (127.0.0.1) or unix (a unix-domain socket)")
       ->check(CLI::IsMember({"tcp", "unix"}))
@@ -116,7 +120,10 @@ int main(int argc, char** argv) {
 
   const int64_t cols = 8192;
   const int64_t rows = static_cast<int64_t>(gib * (1 << 30) / 2 / cols);
-  std::vector<uint16_t> data(static_cast<size_t>(rows * cols));
+  // Shared: the remote modes upload straight from it (QuantizeTensor with an owner) unless
+  // --copy-upload asks for the copying call.
+  auto owned = std::make_shared<std::vector<uint16_t>>(static_cast<size_t>(rows * cols));
+  std::vector<uint16_t>& data = *owned;
   uint64_t state = 12345;
   for (auto& v : data) {  // cheap deterministic pseudo-Gaussian (sum of uniforms)
     double s = 0;
@@ -177,7 +184,8 @@ int main(int argc, char** argv) {
   Remote quantizing = start_remote(make_engine());
   Remote transport_only = start_remote(std::make_unique<TransportOnlyEngine>());
   auto remote_job = [&](Remote& remote) {
-    auto q = remote.client->QuantizeTensor(input, {}, options, "bench");
+    auto q = copy_upload ? remote.client->QuantizeTensor(input, {}, options, "bench")
+                         : remote.client->QuantizeTensor(owned, input, {}, options, "bench");
     if (!q.ok()) std::fprintf(stderr, "%s\n", std::string(q.status().message()).c_str());
     return q.ok();
   };
@@ -223,6 +231,7 @@ int main(int argc, char** argv) {
                           {"rows", rows},
                           {"cols", cols},
                           {"socket", socket},
+                          {"upload", copy_upload ? "copy" : "borrowed"},
                           {"rounds", repeat},
                           {"engine_threads", embedded_engine->threads()},
                           {"embedded_seconds", embedded},
@@ -237,10 +246,10 @@ int main(int argc, char** argv) {
     std::printf("%s\n", out.dump().c_str());
   } else {
     std::printf(
-        "%.2f GiB bf16 [%lld, %lld], method %s, %d engine threads, %d interleaved rounds, best "
-        "kept\n",
+        "%.2f GiB bf16 [%lld, %lld], method %s, %d engine threads, %s upload, %d interleaved "
+        "rounds, best kept\n",
         gib, static_cast<long long>(rows), static_cast<long long>(cols), method_name.c_str(),
-        embedded_engine->threads(), repeat);
+        embedded_engine->threads(), copy_upload ? "copying" : "zero-copy", repeat);
     std::printf("%-40s %8s %8s %8s %12s\n", "mode", "seconds", "CPU s", "GB/s in", "vs embedded");
     for (const Mode& mode : modes) {
       if (std::isinf(mode.seconds)) continue;  // not run (--only)

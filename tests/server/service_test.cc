@@ -705,6 +705,30 @@ TEST(Service, StreamedResponseOrderAndBf16Outputs) {
   }
 }
 
+// The zero-copy upload: chunks are slices of the caller's tensor, which the owner keeps alive
+// (the library holds references while gRPC holds chunks, and lets go of all of them later);
+// the result equals the copying call's.
+TEST(Service, ZeroCopyUploadSendsFromTheOwnersMemory) {
+  Harness h = StartServer(false);
+  const int64_t rows = 256, cols = 512;  // 512 KiB: 8 chunks of 64 KiB
+  auto owned = std::make_shared<std::vector<float>>(Gaussian(rows * cols, 41));
+  const TensorView view{DType::kF32, rows, cols, owned->data()};
+  auto borrowed = h.client->QuantizeTensor(owned, view, {}, {}, "zero-copy");
+  ASSERT_TRUE(borrowed.ok()) << borrowed.status();
+  // A fresh client: only a copying call fills (and keeps) upload buffers.
+  EXPECT_EQ(h.client->idle_upload_buffers(), 0u) << "the zero-copy call copied its chunks";
+  auto copied = h.client->QuantizeTensor(view, {}, {}, "copied");
+  ASSERT_TRUE(copied.ok()) << copied.status();
+  WaitFor([&] { return h.client->idle_upload_buffers() > 0; });
+  EXPECT_EQ(borrowed->packed, copied->packed);
+  EXPECT_EQ(borrowed->scales, copied->scales);
+  EXPECT_EQ(borrowed->global_scale, copied->global_scale);
+  // Once gRPC has dropped the sent chunks, only the caller holds the tensor.
+  WaitFor([&] { return owned.use_count() == 1; });
+  EXPECT_EQ(h.client->QuantizeTensor(nullptr, view, {}, {}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(Service, StartFailuresAreStatusesNotCrashes) {
   server::ServerOptions taken;
   taken.listen = "127.0.0.1:0";
