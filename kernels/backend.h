@@ -50,6 +50,11 @@ class QuantizerBackend {
   virtual absl::StatusOr<QuantizedSummary> QuantizeInto(
       const TensorView& input, const ImportanceView& importance, const QuantizeOptions& options,
       const QuantizedBuffers& out, const RowsReadyFn* rows_ready, const RowsDoneFn* rows_done);
+
+ protected:
+  // QuantizeInto's streaming precondition (g known up front), for every implementation.
+  static absl::Status CheckStreamable(const QuantizeOptions& options,
+                                      const RowsReadyFn* rows_ready);
 };
 
 }  // namespace nvfp4

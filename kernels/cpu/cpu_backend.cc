@@ -144,9 +144,7 @@ absl::StatusOr<QuantizedTensor> CpuBackend::Quantize(const TensorView& input,
 absl::StatusOr<QuantizedSummary> CpuBackend::QuantizeInto(
     const TensorView& input, const ImportanceView& importance, const QuantizeOptions& options,
     const QuantizedBuffers& out, const RowsReadyFn* rows_ready, const RowsDoneFn* rows_done) {
-  if (rows_ready != nullptr && !KnownGlobalScale(options).has_value()) {
-    return absl::InvalidArgumentError("streaming quantisation needs amax or global_scale");
-  }
+  RETURN_IF_ERROR(CheckStreamable(options, rows_ready));
   RETURN_IF_ERROR(ValidateQuantizeRequest(input, importance, options));
   return QuantizeChecked(input, importance, options, out, rows_ready, rows_done);
 }
@@ -173,9 +171,9 @@ absl::StatusOr<QuantizedSummary> CpuBackend::QuantizeUnchecked(
 
   QuantizedSummary summary;
   summary.amax = options.amax.value_or(tensor_amax);
-  summary.global_scale = options.global_scale.has_value()
-                             ? *options.global_scale
-                             : GlobalScaleFromAmax(summary.amax, options.scale_max);
+  // The g a caller can announce before the run (KnownGlobalScale), else the tensor's own.
+  summary.global_scale =
+      KnownGlobalScale(options).value_or(GlobalScaleFromAmax(tensor_amax, options.scale_max));
   auto table = std::make_unique<ScaleTable>();
   BuildScaleTable(summary.global_scale, table.get());
   const ScaleSearchParams params =

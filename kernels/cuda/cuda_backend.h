@@ -55,15 +55,10 @@ int CudaDeviceCount();
 // without a driver or device.
 absl::StatusOr<int64_t> CudaMemoryUsedBytes(int device);
 
-// Caller-owned device buffers for QuantizeDeviceToDevice. packed: rows * padded_cols / 2 bytes;
-// scales: rows * padded_cols / 16 bytes; dequantized: rows * cols floats, required when
-// options.want_dequantized, ignored otherwise. 16-byte aligned pointers (cudaMalloc's) enable
-// the vectorised path when cols % 16 == 0.
-struct DeviceOutputs {
-  uint8_t* packed = nullptr;
-  uint8_t* scales = nullptr;
-  float* dequantized = nullptr;
-};
+// Caller-owned device buffers for QuantizeDeviceToDevice: the QuantizedBuffers layout and sizes
+// (dequantized required when options.want_dequantized, ignored otherwise), in device memory.
+// 16-byte aligned pointers (cudaMalloc's) enable the vectorised path when cols % 16 == 0.
+using DeviceOutputs = QuantizedBuffers;
 
 struct DeviceQuantizeResult {
   int64_t rows = 0;

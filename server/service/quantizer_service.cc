@@ -400,7 +400,6 @@ class TensorStreamReactor final
                          ? absl::CancelledError("the call was cancelled")
                          : status);
     } else if (!final_status_ && output_) {
-      results_ready_ = true;
       RecordSuccess(*service_, input_.spec, *output_, *job_);
       SetFinalLocked(absl::OkStatus());
     }
@@ -445,11 +444,16 @@ class TensorStreamReactor final
     }
   }
 
+  // The job succeeded: the only way the call's outcome becomes OK.
+  bool JobSucceededLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return final_status_.has_value() && final_status_->ok();
+  }
+
   // Bytes of a section that are final: all once the job succeeded; before that, with early
   // results, the packed bytes of the rows the engine reported done.
   size_t FinalBytesLocked(Section section, size_t section_bytes) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (results_ready_) return section_bytes;
+    if (JobSucceededLocked()) return section_bytes;
     if (!announced_ || section != Section::kPacked) return 0;
     return static_cast<size_t>(rows_done_.load() * (PaddedCols(input_.spec.cols) / 2));
   }
@@ -486,14 +490,14 @@ class TensorStreamReactor final
       return true;
     }
     if (!output_ || (final_status_ && !final_status_->ok())) return false;
-    if (!results_ready_ && !announced_) return false;
+    if (!JobSucceededLocked() && !announced_) return false;
     const api::TensorSpec& spec = input_.spec;
     const int64_t packed_row_bytes = PaddedCols(spec.cols) / 2;
     for (;;) {
       switch (section_) {
         case Section::kResult: {
-          if (!results_ready_ && rows_done_.load() == 0 && !WakeAtRowsLocked(1)) return false;
-          const QuantizedSummary& scales = results_ready_ ? output_->summary : *announced_;
+          if (!JobSucceededLocked() && rows_done_.load() == 0 && !WakeAtRowsLocked(1)) return false;
+          const QuantizedSummary& scales = JobSucceededLocked() ? output_->summary : *announced_;
           StreamResponse message;
           FillResultHeader(spec, scales.global_scale, scales.amax, message.mutable_result());
           *out = SerializeResponse(message);
@@ -532,7 +536,7 @@ class TensorStreamReactor final
           continue;
         }
         case Section::kMetrics: {
-          if (!results_ready_) return false;
+          if (!JobSucceededLocked()) return false;
           StreamResponse message;
           FillMetrics(*output_, *job_, message.mutable_metrics());
           *out = SerializeResponse(message);
@@ -613,7 +617,6 @@ class TensorStreamReactor final
   // job a null output.
   std::shared_ptr<TensorJobOutput> output_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<TensorJobOutput> engine_output_ ABSL_GUARDED_BY(mu_);
-  bool results_ready_ ABSL_GUARDED_BY(mu_) = false;  // the job succeeded
   // Early results: g and amax the header announces before the job is done (set with the
   // header, before submission).
   std::optional<QuantizedSummary> announced_;
