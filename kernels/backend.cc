@@ -1,14 +1,17 @@
 #include "kernels/backend.h"
 
 #include <cstring>
+#include <new>
+#include <utility>
+#include <vector>
 
 #include "common/status_macros.h"
 
 namespace nvfp4 {
 
 absl::Status QuantizerBackend::CheckStreamable(const QuantizeOptions& options,
-                                               const RowsReadyFn* rows_ready) {
-  if (rows_ready != nullptr && !KnownGlobalScale(options).has_value()) {
+                                               const RowSource* streamed) {
+  if (streamed != nullptr && !KnownGlobalScale(options).has_value()) {
     return absl::InvalidArgumentError("streaming quantisation needs amax or global_scale");
   }
   return absl::OkStatus();
@@ -16,12 +19,30 @@ absl::Status QuantizerBackend::CheckStreamable(const QuantizeOptions& options,
 
 absl::StatusOr<QuantizedSummary> QuantizerBackend::QuantizeInto(
     const TensorView& input, const ImportanceView& importance, const QuantizeOptions& options,
-    const QuantizedBuffers& out, const RowsReadyFn* rows_ready, const RowsDoneFn* rows_done) {
-  RETURN_IF_ERROR(CheckStreamable(options, rows_ready));
-  if (rows_ready != nullptr && !(*rows_ready)(input.rows)) {
-    return absl::CancelledError("the input never completed");
+    const QuantizedBuffers& out, RowSource* streamed, const RowsDoneFn* rows_done) {
+  RETURN_IF_ERROR(CheckStreamable(options, streamed));
+  TensorView complete = input;
+  std::vector<uint8_t> gathered;
+  if (streamed != nullptr) {
+    try {
+      gathered.resize(input.bytes());
+    } catch (const std::bad_alloc&) {
+      return absl::ResourceExhaustedError("out of memory gathering a streamed input");
+    }
+    std::vector<std::pair<const uint8_t*, size_t>> pieces;
+    if (!streamed->ReadRows(0, input.rows, [&pieces](const uint8_t* data, size_t n) {
+          pieces.emplace_back(data, n);
+        })) {
+      return absl::CancelledError("the input never completed");
+    }
+    uint8_t* dst = gathered.data();
+    for (const auto& [data, n] : pieces) {
+      std::memcpy(dst, data, n);
+      dst += n;
+    }
+    complete.data = gathered.data();
   }
-  absl::StatusOr<QuantizedTensor> result = Quantize(input, importance, options);
+  absl::StatusOr<QuantizedTensor> result = Quantize(complete, importance, options);
   if (!result.ok()) return result.status();
   std::memcpy(out.packed, result->packed.data(), result->packed.size());
   std::memcpy(out.scales, result->scales.data(), result->scales.size());

@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "kernels/quantize_options.h"
 #include "kernels/quantized_tensor.h"
+#include "kernels/row_source.h"
 #include "kernels/tensor.h"
 
 namespace nvfp4 {
@@ -31,30 +32,31 @@ class QuantizerBackend {
   // service can recycle its output memory and send finished rows while later ones are still
   // being quantised. Same bytes and metrics as Quantize.
   //
-  // rows_ready: nullptr when input.data is complete. Otherwise the input arrives row by row (a
-  // network upload): rows_ready(n) blocks until the first n rows are present and returns false
-  // if they never will (the call then returns Cancelled). Streaming needs g known up front
-  // (options.amax or options.global_scale: KnownGlobalScale) and a complete importance.
-  // rows_done: nullptr, or told n once the outputs of the first n rows are final. Calls may
-  // come from several engine threads at once and out of order (each n is a valid prefix; use
-  // the largest seen); one has n = input.rows, before an OK return. It must not block.
+  // streamed: nullptr when input.data is complete. Otherwise the input arrives row by row (a
+  // network upload) and is read through `streamed` (kernels/row_source.h), not input.data
+  // (which may be null; input still gives dtype and shape). Streaming needs g known up front
+  // (options.amax or options.global_scale: KnownGlobalScale) and a complete importance. If the
+  // rows never arrive the call returns Cancelled.
+  // rows_done: nullptr, or told n once the outputs of the first n rows are final (and the
+  // engine no longer reads those rows of `streamed`). Calls may come from several engine
+  // threads at once and out of order (each n is a valid prefix; use the largest seen); one has
+  // n = input.rows, before an OK return. It must not block.
   // On error the buffers hold unspecified bytes.
   //
-  // The default waits for every row, runs Quantize and copies its result (engines override it
-  // to write in place and to overlap the arrival with the work).
-  using RowsReadyFn = std::function<bool(int64_t rows)>;
+  // The default gathers a streamed input into one buffer, runs Quantize and copies its result
+  // (engines override it to write in place and to overlap the arrival with the work).
   using RowsDoneFn = std::function<void(int64_t rows)>;
-  // True when QuantizeInto writes straight into the caller's buffers; false for the default,
-  // which holds a second copy of the outputs while it runs (a server reserves memory for it).
+  // True when QuantizeInto writes straight into the caller's buffers and reads a streamed input
+  // where it lies; false for the default, which holds a second copy of the outputs and of a
+  // streamed input while it runs (a server reserves memory for them).
   virtual bool quantizes_in_place() const { return false; }
   virtual absl::StatusOr<QuantizedSummary> QuantizeInto(
       const TensorView& input, const ImportanceView& importance, const QuantizeOptions& options,
-      const QuantizedBuffers& out, const RowsReadyFn* rows_ready, const RowsDoneFn* rows_done);
+      const QuantizedBuffers& out, RowSource* streamed, const RowsDoneFn* rows_done);
 
  protected:
   // QuantizeInto's streaming precondition (g known up front), for every implementation.
-  static absl::Status CheckStreamable(const QuantizeOptions& options,
-                                      const RowsReadyFn* rows_ready);
+  static absl::Status CheckStreamable(const QuantizeOptions& options, const RowSource* streamed);
 };
 
 }  // namespace nvfp4

@@ -8,7 +8,7 @@
 namespace nvfp4 {
 
 absl::Status ValidateQuantizeRequest(const TensorView& input, const ImportanceView& importance,
-                                     const QuantizeOptions& options) {
+                                     const QuantizeOptions& options, bool data_streamed) {
   if (input.rows <= 0 || input.cols <= 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "tensor shape must be [rows > 0, cols > 0], got [", input.rows, ", ", input.cols, "]"));
@@ -17,7 +17,8 @@ absl::Status ValidateQuantizeRequest(const TensorView& input, const ImportanceVi
     return absl::InvalidArgumentError(
         absl::StrCat("tensor [", input.rows, ", ", input.cols, "] exceeds 2^40 elements"));
   }
-  if (input.data == nullptr) return absl::InvalidArgumentError("tensor data is null");
+  if (!data_streamed && input.data == nullptr)
+    return absl::InvalidArgumentError("tensor data is null");
   if (!IsSupportedScaleMax(options.scale_max)) {
     return absl::InvalidArgumentError(
         absl::StrCat("scale_max must be 448 or 256, got ", options.scale_max));

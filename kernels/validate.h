@@ -12,8 +12,9 @@ namespace nvfp4 {
 // Largest accepted dimension product: 2^40 elements.
 inline constexpr int64_t kMaxElements = int64_t{1} << 40;
 
+// data_streamed: the data comes through a RowSource, so input.data is not read (may be null).
 absl::Status ValidateQuantizeRequest(const TensorView& input, const ImportanceView& importance,
-                                     const QuantizeOptions& options);
+                                     const QuantizeOptions& options, bool data_streamed = false);
 
 }  // namespace nvfp4
 

@@ -1,5 +1,6 @@
 #include "proto/chunk_wire.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace nvfp4::api {
@@ -83,11 +84,30 @@ std::optional<BytesFieldView> AsSingleBytesField(const grpc::ByteBuffer& buffer)
   return view;
 }
 
+BytesFieldView BytesFieldView::Copying(uint32_t field_number, const std::string& payload) {
+  BytesFieldView view;
+  view.field_number_ = field_number;
+  view.size_ = payload.size();
+  if (!payload.empty()) view.slices_.emplace_back(payload.data(), payload.size());
+  return view;
+}
+
 void BytesFieldView::ForEachPiece(absl::FunctionRef<void(const uint8_t*, size_t)> piece) const {
-  size_t offset = offset_;
+  ForEachPieceIn(0, size_, piece);
+}
+
+void BytesFieldView::ForEachPieceIn(size_t begin, size_t end,
+                                    absl::FunctionRef<void(const uint8_t*, size_t)> piece) const {
+  // at: the payload offset where the current slice's bytes (after offset_ in the first) start.
+  size_t at = 0;
+  size_t skip = offset_;
   for (const grpc::Slice& slice : slices_) {
-    if (slice.size() > offset) piece(slice.begin() + offset, slice.size() - offset);
-    offset = 0;
+    if (at >= end) return;
+    const size_t available = slice.size() - skip;
+    const size_t from = std::max(at, begin), to = std::min(at + available, end);
+    if (from < to) piece(slice.begin() + skip + (from - at), to - from);
+    at += available;
+    skip = 0;
   }
 }
 

@@ -15,6 +15,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "absl/functional/function_ref.h"
@@ -31,10 +32,17 @@ grpc::ByteBuffer SingleBytesFieldMessage(uint32_t field_number, grpc::Slice payl
 // slices (it keeps them alive).
 class BytesFieldView {
  public:
+  // A view holding a copy of `payload` (for chunks that arrived in a form the generated parser
+  // had to read).
+  static BytesFieldView Copying(uint32_t field_number, const std::string& payload);
+
   uint32_t field_number() const { return field_number_; }
   size_t size() const { return size_; }
   // Calls `piece` for the payload's pieces, in order (their sizes add up to size()).
   void ForEachPiece(absl::FunctionRef<void(const uint8_t*, size_t)> piece) const;
+  // The same for the payload bytes [begin, end) (end <= size()).
+  void ForEachPieceIn(size_t begin, size_t end,
+                      absl::FunctionRef<void(const uint8_t*, size_t)> piece) const;
   // Copies the payload to dst[0, size()).
   void CopyTo(uint8_t* dst) const;
 

@@ -53,6 +53,7 @@ class Nvfp4Server {
   int port() const { return port_; }
   int metrics_port() const { return metrics_ ? metrics_->exposer_port() : 0; }
   Scheduler& scheduler() { return *scheduler_; }
+  QuantizerService& service() { return *service_; }
   ServerMetrics* metrics() { return metrics_.get(); }
   // Human-readable effective configuration (printed by nvfp4d at start).
   std::string Describe() const;

@@ -67,6 +67,12 @@ int main(int argc, char** argv) {
                  "seconds a started job waits for more tensor data before failing")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  int64_t stream_window_mib = options.service.stream_window_bytes >> 20;
+  app.add_option("--stream-window-mib", stream_window_mib,
+                 "received data a streaming job may hold ahead of its engine (MiB); beyond, "
+                 "flow control holds the client back")
+      ->check(CLI::Range(1, 65536))
+      ->capture_default_str();
   app.add_option("--job-history", options.job_history, "finished jobs kept for GetJob/ListJobs")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
@@ -83,6 +89,7 @@ int main(int argc, char** argv) {
   options.service.max_message_bytes = max_message_mib << 20;
   options.service.upload_idle_timeout = absl::Seconds(upload_idle_seconds);
   options.service.buffer_idle_release = absl::Seconds(buffer_idle_seconds);
+  options.service.stream_window_bytes = stream_window_mib << 20;
 
   // Signals are taken synchronously by one thread: block them before any thread starts.
   sigset_t signals;

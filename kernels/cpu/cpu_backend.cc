@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <mutex>
 #include <new>
 #include <thread>
@@ -66,6 +67,62 @@ std::vector<float>& ThreadScratch(int which) {
   thread_local std::vector<float> scratch[3];
   return scratch[which];
 }
+
+struct PieceView {
+  const uint8_t* data;
+  size_t size;
+};
+
+std::vector<PieceView>& ThreadPieces() {
+  thread_local std::vector<PieceView> pieces;
+  return pieces;
+}
+
+std::vector<uint8_t>& ThreadBytes() {
+  thread_local std::vector<uint8_t> bytes;
+  return bytes;
+}
+
+// Reads consecutive byte runs from a RowSource's pieces: in place when a run lies inside one
+// piece, gathered into `scratch` when it crosses pieces. Runs never exceed what remains.
+class PieceReader {
+ public:
+  explicit PieceReader(const std::vector<PieceView>& pieces) : pieces_(pieces) { SkipEmpty(); }
+
+  // Bytes readable in place from here.
+  size_t contiguous() const { return index_ < pieces_.size() ? pieces_[index_].size - offset_ : 0; }
+
+  // The next n <= contiguous() bytes, in place.
+  const uint8_t* Take(size_t n) {
+    const uint8_t* data = pieces_[index_].data + offset_;
+    offset_ += n;
+    SkipEmpty();
+    return data;
+  }
+
+  // The next n bytes, copied into scratch (resized as needed).
+  const uint8_t* Gather(size_t n, std::vector<uint8_t>& scratch) {
+    scratch.resize(n);
+    for (size_t done = 0; done < n;) {
+      const size_t part = std::min(n - done, contiguous());
+      std::memcpy(scratch.data() + done, Take(part), part);
+      done += part;
+    }
+    return scratch.data();
+  }
+
+ private:
+  void SkipEmpty() {
+    while (index_ < pieces_.size() && offset_ == pieces_[index_].size) {
+      ++index_;
+      offset_ = 0;
+    }
+  }
+
+  const std::vector<PieceView>& pieces_;
+  size_t index_ = 0;
+  size_t offset_ = 0;
+};
 
 }  // namespace
 
@@ -143,17 +200,17 @@ absl::StatusOr<QuantizedTensor> CpuBackend::Quantize(const TensorView& input,
 
 absl::StatusOr<QuantizedSummary> CpuBackend::QuantizeInto(
     const TensorView& input, const ImportanceView& importance, const QuantizeOptions& options,
-    const QuantizedBuffers& out, const RowsReadyFn* rows_ready, const RowsDoneFn* rows_done) {
-  RETURN_IF_ERROR(CheckStreamable(options, rows_ready));
-  RETURN_IF_ERROR(ValidateQuantizeRequest(input, importance, options));
-  return QuantizeChecked(input, importance, options, out, rows_ready, rows_done);
+    const QuantizedBuffers& out, RowSource* streamed, const RowsDoneFn* rows_done) {
+  RETURN_IF_ERROR(CheckStreamable(options, streamed));
+  RETURN_IF_ERROR(ValidateQuantizeRequest(input, importance, options, streamed != nullptr));
+  return QuantizeChecked(input, importance, options, out, streamed, rows_done);
 }
 
 absl::StatusOr<QuantizedSummary> CpuBackend::QuantizeChecked(
     const TensorView& input, const ImportanceView& importance, const QuantizeOptions& options,
-    const QuantizedBuffers& out, const RowsReadyFn* rows_ready, const RowsDoneFn* rows_done) {
+    const QuantizedBuffers& out, RowSource* streamed, const RowsDoneFn* rows_done) {
   try {
-    return QuantizeUnchecked(input, importance, options, out, rows_ready, rows_done);
+    return QuantizeUnchecked(input, importance, options, out, streamed, rows_done);
   } catch (const std::bad_alloc&) {
     return OutOfMemory(input);
   }
@@ -161,11 +218,11 @@ absl::StatusOr<QuantizedSummary> CpuBackend::QuantizeChecked(
 
 absl::StatusOr<QuantizedSummary> CpuBackend::QuantizeUnchecked(
     const TensorView& input, const ImportanceView& importance, const QuantizeOptions& options,
-    const QuantizedBuffers& out, const RowsReadyFn* rows_ready, const RowsDoneFn* rows_done) {
+    const QuantizedBuffers& out, RowSource* streamed, const RowsDoneFn* rows_done) {
   const auto start = std::chrono::steady_clock::now();
   const IsaKernels kernels = KernelsFor(isa_);
   float tensor_amax = 0.0f;
-  if (rows_ready == nullptr) {
+  if (streamed == nullptr) {
     ASSIGN_OR_RETURN(tensor_amax, ComputeAmax(input));
   }
 
@@ -199,9 +256,15 @@ absl::StatusOr<QuantizedSummary> CpuBackend::QuantizeUnchecked(
   const size_t element_size = DTypeSize(input.dtype);
   const bool direct = input.dtype == DType::kF32 && pc == input.cols;
   std::atomic<bool> stopped{false};
-  // Streaming: the first non-finite element of each chunk (-1: none).
-  std::vector<int64_t> first_bad(rows_ready ? static_cast<size_t>(chunks) : 0, -1);
-  std::vector<float> chunk_amax(rows_ready ? static_cast<size_t>(chunks) : 0, 0.0f);
+  // Streaming: the first non-finite element of each chunk, and the first chunk that
+  // has one (later chunks are skipped: the call fails anyway).
+  struct BadElement {
+    int64_t index = -1;  // -1: none
+    float value = 0.0f;
+  };
+  std::vector<BadElement> first_bad(streamed ? static_cast<size_t>(chunks) : 0);
+  std::atomic<int64_t> first_bad_chunk{chunks};
+  std::vector<float> chunk_amax(streamed ? static_cast<size_t>(chunks) : 0, 0.0f);
   // rows_done: chunks finish out of order; report the finished prefix when it grows.
   std::vector<uint8_t> chunk_done(rows_done ? static_cast<size_t>(chunks) : 0, 0);
   std::mutex prefix_mutex;
@@ -217,37 +280,66 @@ absl::StatusOr<QuantizedSummary> CpuBackend::QuantizeUnchecked(
     }
     (*rows_done)(rows);
   };
+  // Streaming: checks rows [r0, r0 + rows) of `streamed` for NaN/Inf (the whole-tensor pass
+  // cannot run before the data is there) and converts them to f32 rows of `x` (stride pc).
+  // Rows are read where they lie in the source's pieces; only a row split between two pieces
+  // is gathered first. False when the chunk has a non-finite element (recorded).
+  auto read_streamed = [&](int64_t chunk, int64_t r0, int64_t rows, float* x) {
+    std::vector<PieceView>& pieces = ThreadPieces();
+    pieces.clear();
+    if (!streamed->ReadRows(r0, r0 + rows, [&pieces](const uint8_t* data, size_t n) {
+          pieces.push_back({data, n});
+        })) {
+      stopped.store(true, std::memory_order_relaxed);
+      return false;
+    }
+    const size_t row_bytes = static_cast<size_t>(input.cols) * element_size;
+    PieceReader reader(pieces);
+    float amax = 0.0f;
+    for (int64_t r = 0; r < rows;) {
+      const int64_t whole_rows = std::min<int64_t>(rows - r, reader.contiguous() / row_bytes);
+      const int64_t n = std::max<int64_t>(whole_rows, 1);
+      const uint8_t* src = whole_rows > 0 ? reader.Take(whole_rows * row_bytes)
+                                          : reader.Gather(row_bytes, ThreadBytes());
+      const ScanResult scanned = kernels.Scan(input.dtype, src, n * input.cols);
+      if (scanned.non_finite > 0) {
+        std::vector<float>& values = ThreadScratch(2);
+        values.resize(static_cast<size_t>(n * input.cols));
+        ConvertToF32Scalar(input.dtype, src, n * input.cols, values.data());
+        const int64_t i =
+            std::find_if(values.begin(), values.end(), [](float v) { return !std::isfinite(v); }) -
+            values.begin();
+        first_bad[chunk] = {(r0 + r) * input.cols + i, values[i]};
+        int64_t seen = first_bad_chunk.load();
+        while (chunk < seen && !first_bad_chunk.compare_exchange_weak(seen, chunk)) {
+        }
+        return false;
+      }
+      amax = std::max(amax, scanned.max_abs);
+      for (int64_t k = 0; k < n; ++k) {
+        kernels.convert(input.dtype, src + k * row_bytes, input.cols, x + (r + k) * pc);
+      }
+      r += n;
+    }
+    chunk_amax[chunk] = amax;
+    return true;
+  };
   pool_.ParallelFor(chunks, [&](int64_t chunk) {
     if (options.cancelled && options.cancelled->load(std::memory_order_relaxed)) {
       stopped.store(true, std::memory_order_relaxed);
       return;
     }
+    if (stopped.load(std::memory_order_relaxed)) return;
+    if (chunk > first_bad_chunk.load(std::memory_order_relaxed)) return;
     const int64_t r0 = chunk * rows_per_chunk;
     const int64_t rows = std::min(rows_per_chunk, input.rows - r0);
-    if (rows_ready) {
-      if (stopped.load(std::memory_order_relaxed) || !(*rows_ready)(r0 + rows)) {
-        stopped.store(true, std::memory_order_relaxed);
-        return;
-      }
-      // The whole-tensor NaN pass cannot run before the data is there: check this chunk.
-      const void* src = static_cast<const uint8_t*>(input.data) + r0 * input.cols * element_size;
-      const ScanResult scanned = kernels.Scan(input.dtype, src, rows * input.cols);
-      chunk_amax[chunk] = scanned.max_abs;
-      if (scanned.non_finite > 0) {
-        std::vector<float>& values = ThreadScratch(2);
-        values.resize(static_cast<size_t>(rows * input.cols));
-        ConvertToF32Scalar(input.dtype, src, rows * input.cols, values.data());
-        for (int64_t i = 0; i < rows * input.cols; ++i) {
-          if (!std::isfinite(values[i])) {
-            first_bad[chunk] = r0 * input.cols + i;
-            break;
-          }
-        }
-        return;
-      }
-    }
     RowKernelArgs args;
-    if (direct) {
+    if (streamed) {
+      std::vector<float>& x = ThreadScratch(0);
+      x.assign(static_cast<size_t>(rows * pc), 0.0f);
+      if (!read_streamed(chunk, r0, rows, x.data())) return;
+      args.x = x.data();
+    } else if (direct) {
       args.x = static_cast<const float*>(input.data) + r0 * pc;
     } else {
       std::vector<float>& x = ThreadScratch(0);
@@ -289,18 +381,15 @@ absl::StatusOr<QuantizedSummary> CpuBackend::QuantizeUnchecked(
   });
 
   if (stopped.load()) return absl::CancelledError("quantisation cancelled");
-  if (rows_ready && !options.amax.has_value()) {
+  if (streamed && !options.amax.has_value()) {
     // Report the tensor's amax like the one-shot call does.
     for (float a : chunk_amax) summary.amax = std::max(summary.amax, a);
   }
-  for (int64_t bad : first_bad) {
-    if (bad >= 0) {
-      float value;
-      ConvertToF32Scalar(input.dtype, static_cast<const uint8_t*>(input.data) + bad * element_size,
-                         1, &value);
-      return absl::InvalidArgumentError(absl::StrCat("input ", DescribeElement(bad, input.cols),
-                                                     " is ", DescribeValue(value),
-                                                     "; NVFP4 needs finite values"));
+  for (const BadElement& bad : first_bad) {
+    if (bad.index >= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("input ", DescribeElement(bad.index, input.cols), " is ",
+                       DescribeValue(bad.value), "; NVFP4 needs finite values"));
     }
   }
   ErrorAccumulator total;

@@ -37,14 +37,14 @@ class CpuBackend final : public QuantizerBackend {
   absl::StatusOr<QuantizedTensor> Quantize(const TensorView& input,
                                            const ImportanceView& importance,
                                            const QuantizeOptions& options) override;
-  // Streaming (rows_ready): chunks are quantised as their rows arrive (in chunk order, one per
-  // pool thread), each checked for NaN/Inf first; the first bad element of the tensor is
-  // reported. rows_done is told after every chunk that extends the finished prefix.
+  // Streaming (streamed): chunks are quantised as their rows arrive (in chunk order, one per
+  // pool thread), read in place from the source's pieces and checked for NaN/Inf first; the
+  // first bad element of the tensor is reported (chunks after a bad one are skipped). rows_done
+  // is told after every chunk that extends the finished prefix.
   absl::StatusOr<QuantizedSummary> QuantizeInto(const TensorView& input,
                                                 const ImportanceView& importance,
                                                 const QuantizeOptions& options,
-                                                const QuantizedBuffers& out,
-                                                const RowsReadyFn* rows_ready,
+                                                const QuantizedBuffers& out, RowSource* streamed,
                                                 const RowsDoneFn* rows_done) override;
   bool quantizes_in_place() const override { return true; }
 
@@ -54,13 +54,15 @@ class CpuBackend final : public QuantizerBackend {
  private:
   CpuBackend(int threads, CpuIsa isa);
   // Out-of-memory mapping around QuantizeUnchecked (the request is validated).
-  absl::StatusOr<QuantizedSummary> QuantizeChecked(
-      const TensorView& input, const ImportanceView& importance, const QuantizeOptions& options,
-      const QuantizedBuffers& out, const RowsReadyFn* rows_ready, const RowsDoneFn* rows_done);
-  // rows_ready: nullptr for a complete input (whole-tensor NaN/amax pass first).
+  absl::StatusOr<QuantizedSummary> QuantizeChecked(const TensorView& input,
+                                                   const ImportanceView& importance,
+                                                   const QuantizeOptions& options,
+                                                   const QuantizedBuffers& out, RowSource* streamed,
+                                                   const RowsDoneFn* rows_done);
+  // streamed: nullptr for a complete input (whole-tensor NaN/amax pass first).
   absl::StatusOr<QuantizedSummary> QuantizeUnchecked(
       const TensorView& input, const ImportanceView& importance, const QuantizeOptions& options,
-      const QuantizedBuffers& out, const RowsReadyFn* rows_ready, const RowsDoneFn* rows_done);
+      const QuantizedBuffers& out, RowSource* streamed, const RowsDoneFn* rows_done);
 
   ThreadPool pool_;
   CpuIsa isa_;

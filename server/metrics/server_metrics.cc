@@ -110,6 +110,12 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(
              .Help("Host memory of finished jobs' buffers kept for reuse (freed after idling)")
              .Register(r)
              .Add({});
+    m->stream_held_bytes_ =
+        &BuildGauge()
+             .Name("nvfp4_stream_held_bytes")
+             .Help("Received tensor data held by streaming jobs until their engine has read it")
+             .Register(r)
+             .Add({});
     m->gpu_memory_ = &BuildGauge()
                           .Name("nvfp4_gpu_memory_used_bytes")
                           .Help("Device memory in use per GPU (total - free)")
@@ -201,6 +207,8 @@ void ServerMetrics::SetReservedBytes(double bytes) { reserved_bytes_->Set(bytes)
 void ServerMetrics::SetMemoryBudget(double bytes) { memory_budget_bytes_->Set(bytes); }
 
 void ServerMetrics::SetBufferPoolIdleBytes(double bytes) { buffer_pool_idle_bytes_->Set(bytes); }
+
+void ServerMetrics::SetStreamHeldBytes(double bytes) { stream_held_bytes_->Set(bytes); }
 
 void ServerMetrics::SetGpuMemoryUsed(int gpu, double bytes) {
   gpu_memory_->Add({{"gpu", absl::StrCat(gpu)}}).Set(bytes);

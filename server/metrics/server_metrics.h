@@ -47,6 +47,8 @@ class ServerMetrics {
   void SetMemoryBudget(double bytes);
   // Idle job buffers kept for reuse (server/engine/buffer_pool.h).
   void SetBufferPoolIdleBytes(double bytes);
+  // Received tensor data that streaming jobs hold until their engine has read it.
+  void SetStreamHeldBytes(double bytes);
   void WorkerBusy(int worker, bool busy);
   // Device memory in use on GPU `gpu` (refreshed periodically by the server when it has GPUs).
   void SetGpuMemoryUsed(int gpu, double bytes);
@@ -73,6 +75,7 @@ class ServerMetrics {
   prometheus::Gauge* reserved_bytes_ = nullptr;
   prometheus::Gauge* memory_budget_bytes_ = nullptr;
   prometheus::Gauge* buffer_pool_idle_bytes_ = nullptr;
+  prometheus::Gauge* stream_held_bytes_ = nullptr;
   prometheus::Family<prometheus::Gauge>* gpu_memory_ = nullptr;
   std::vector<prometheus::Gauge*> worker_busy_;
   std::vector<prometheus::Counter*> worker_busy_seconds_;

@@ -34,14 +34,15 @@ absl::Status CheckDeadline(const grpc::CallbackServerContext& context) {
   return absl::OkStatus();
 }
 
-// Admits a tensor job and allocates its (uninitialised) input and output buffers.
-absl::Status AdmitTensorJob(QuantizerService& service, const api::TensorSpec& spec,
+// Admits a tensor job and allocates its (uninitialised) input and output buffers; no data
+// buffer when the data is streamed (the reactor holds the received chunks).
+absl::Status AdmitTensorJob(QuantizerService& service, const api::TensorSpec& spec, bool streamed,
                             std::shared_ptr<Job>* job,
                             std::shared_ptr<Scheduler::Admission>* admission, TensorJobInput* input,
                             std::shared_ptr<TensorJobOutput>* output) {
   *job = service.jobs()->Create(v1::JOB_KIND_TENSOR, spec.name, spec.elements(), spec.request_id);
   absl::StatusOr<std::shared_ptr<Scheduler::Admission>> admitted =
-      service.scheduler()->Admit(*job, service.ReservedBytes(spec));
+      service.scheduler()->Admit(*job, service.ReservedBytes(spec, streamed));
   if (!admitted.ok()) {
     (*job)->MarkFinished(admitted.status(), std::nullopt, "");
     return admitted.status();
@@ -49,7 +50,9 @@ absl::Status AdmitTensorJob(QuantizerService& service, const api::TensorSpec& sp
   *admission = std::move(*admitted);
   input->spec = spec;
   try {
-    input->data = service.buffer_pool()->Acquire(static_cast<size_t>(spec.input_bytes()));
+    if (!streamed) {
+      input->data = service.buffer_pool()->Acquire(static_cast<size_t>(spec.input_bytes()));
+    }
     input->importance =
         service.buffer_pool()->Acquire(static_cast<size_t>(spec.importance_values()) * 4);
     *output =
@@ -128,6 +131,12 @@ class TensorStreamReactor final
         const absl::Status status = HandleMessageLocked(&submit);
         if (!status.ok()) {
           SetFinalLocked(status);
+        } else if (phase_ == Phase::kData && streaming_ &&
+                   held_bytes_ > service_->options().stream_window_bytes &&
+                   requested_data_ <= received_data_) {
+          // Flow control: enough data is waiting for the engine, which is not waiting for
+          // more. gRPC stops the client once its window fills; ResumeReadLocked restarts.
+          read_paused_ = true;
         } else if (phase_ != Phase::kDone) {
           read_again = true;
           read_in_flight_ = true;
@@ -170,7 +179,13 @@ class TensorStreamReactor final
     PumpAndUnlock();
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    {
+      absl::MutexLock lock(&mu_);
+      ReleaseHeldLocked(std::numeric_limits<int64_t>::max());  // a job that never ran
+    }
+    delete this;
+  }
 
  private:
   // Reading progress. A job is submitted when its data is complete, or, when its global scale
@@ -229,18 +244,21 @@ class TensorStreamReactor final
         if (!spec.ok()) return spec.status();
         const absl::Status deadline = CheckDeadline(*context_);
         if (!deadline.ok()) return deadline;
+        streaming_ = KnownGlobalScale(spec->options).has_value();
         const absl::Status admitted =
-            AdmitTensorJob(*service_, *spec, &job_, &admission_, &input_, &output_);
+            AdmitTensorJob(*service_, *spec, streaming_, &job_, &admission_, &input_, &output_);
         if (!admitted.ok()) return admitted;
         engine_output_ = output_;
+        row_bytes_ = spec->cols * static_cast<int64_t>(DTypeSize(spec->dtype));
         StreamResponse accepted;
         accepted.mutable_accepted()->set_job_id(job_->id());
         accepted.mutable_accepted()->set_queue_position(
             static_cast<uint32_t>(admission_->queue_position()));
         outbox_.push_back(SerializeResponse(accepted));
         phase_ = input_.spec.importance_values() > 0 ? Phase::kImportance : Phase::kData;
-        streaming_ = KnownGlobalScale(input_.spec.options).has_value();
         if (streaming_ && input_.spec.want_packed) announced_ = AnnouncedScales(input_.spec);
+        // Without early results, row reports only release held chunks (release_rows_).
+        if (!announced_) wake_rows_.store(std::numeric_limits<int64_t>::max());
         if (streaming_ && phase_ == Phase::kData) *submit = SubmitOnceLocked();
         return absl::OkStatus();
       }
@@ -267,7 +285,17 @@ class TensorStreamReactor final
         }
         const int64_t total = input_.spec.input_bytes();
         RETURN_IF_ERROR(CheckChunk("data", chunk_size, received_data_, total));
-        copy_chunk(input_.data.data() + received_data_);
+        if (streaming_) {
+          // Kept as received; the engine reads it in place (ReadRows).
+          if (held_.empty()) release_rows_.store(RowsCovering(received_data_ + chunk_size));
+          held_.push_back(
+              {received_data_,
+               chunk ? std::move(*chunk) : api::BytesFieldView::Copying(field, *parsed_bytes)});
+          held_bytes_ += static_cast<int64_t>(chunk_size);
+          service_->StreamHeld(static_cast<int64_t>(chunk_size));
+        } else {
+          copy_chunk(input_.data.data() + received_data_);
+        }
         received_data_ += static_cast<int64_t>(chunk_size);
         if (received_data_ == total) {
           phase_ = Phase::kDone;
@@ -301,14 +329,35 @@ class TensorStreamReactor final
     return true;
   }
 
-  // For streaming jobs: blocks the worker until `rows` rows are in. Returns false (the job is
-  // then cancelled) when the call failed, the job was cancelled (CancelJob), or no data came
-  // for options().upload_idle_timeout, which also ends the call with DEADLINE_EXCEEDED: a
-  // stalled client must not hold a worker.
-  bool RowsReady(int64_t rows) {
-    const int64_t needed =
-        rows * input_.spec.cols * static_cast<int64_t>(DTypeSize(input_.spec.dtype));
+  // Bytes of rows [0, n).
+  int64_t RowBytes(int64_t n) const { return n * row_bytes_; }
+  // Rows that must be done before the data byte `end` is no longer needed.
+  int64_t RowsCovering(int64_t end) const { return (end + row_bytes_ - 1) / row_bytes_; }
+
+  // Restarts a read paused by flow control, unless the call is failing. True if the caller
+  // must StartRead (after releasing the lock; the reactor cannot finish meanwhile: a read is
+  // in flight).
+  bool ResumeReadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!read_paused_ || final_status_) return false;
+    read_paused_ = false;
+    read_in_flight_ = true;
+    return true;
+  }
+
+  // RowSource of a streaming job (engine threads): blocks until rows [0, end) are in, then hands
+  // out the held chunks' pieces of rows [begin, end). Returns false (the job is then
+  // cancelled) when the call failed, the job was cancelled (CancelJob), or no data came for
+  // options().upload_idle_timeout, which also ends the call with DEADLINE_EXCEEDED: a stalled
+  // client must not hold a worker.
+  bool ReadRows(int64_t begin, int64_t end, RowSource::PieceFn piece) {
+    const int64_t needed = RowBytes(end);
     mu_.Lock();
+    requested_data_ = std::max(requested_data_, needed);
+    if (needed > received_data_ && ResumeReadLocked()) {
+      mu_.Unlock();
+      StartRead(&request_);
+      mu_.Lock();
+    }
     auto ready = [this, needed]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return received_data_ >= needed || final_status_.has_value();
     };
@@ -329,6 +378,19 @@ class TensorStreamReactor final
       }
     }
     const bool complete = received_data_ >= needed && !job_->cancel_requested();
+    if (complete) {
+      // Held chunks are in byte order; rows the engine reads were never released (it reports
+      // rows done only after reading them).
+      const int64_t from = RowBytes(begin);
+      auto chunk = std::partition_point(held_.begin(), held_.end(),
+                                        [from](const HeldChunk& c) { return HeldEnd(c) <= from; });
+      for (; chunk != held_.end() && chunk->begin < needed; ++chunk) {
+        const int64_t size = static_cast<int64_t>(chunk->bytes.size());
+        chunk->bytes.ForEachPieceIn(static_cast<size_t>(std::max<int64_t>(from - chunk->begin, 0)),
+                                    static_cast<size_t>(std::min(needed - chunk->begin, size)),
+                                    piece);
+      }
+    }
     mu_.Unlock();
     // Ends the pending read (OnCancel), so the call can finish once the job reports. The
     // reactor stays alive: it cannot finish before this job has reported.
@@ -336,15 +398,34 @@ class TensorStreamReactor final
     return complete;
   }
 
-  // From an engine thread: rows [0, rows) of the output are final. Takes the lock only when
-  // that completes the next packed chunk (wake_rows_), not for every engine chunk.
+  // Drops the held chunks that end at or before data byte `done`.
+  void ReleaseHeldLocked(int64_t done) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const int64_t before = held_bytes_;
+    while (!held_.empty() && HeldEnd(held_.front()) <= done) {
+      held_bytes_ -= static_cast<int64_t>(held_.front().bytes.size());
+      held_.pop_front();
+    }
+    release_rows_.store(held_.empty() ? std::numeric_limits<int64_t>::max()
+                                      : RowsCovering(HeldEnd(held_.front())));
+    if (held_bytes_ != before) service_->StreamHeld(held_bytes_ - before);
+  }
+
+  // From an engine thread: rows [0, rows) of the output are final (and their input was read).
+  // Takes the lock only when that completes the next packed chunk (wake_rows_) or lets a held
+  // chunk go (release_rows_), not for every engine chunk.
   void OnRowsDone(int64_t rows) {
     int64_t seen = rows_done_.load();
     while (rows > seen && !rows_done_.compare_exchange_weak(seen, rows)) {
     }
-    if (rows < wake_rows_.load()) return;
+    if (rows < wake_rows_.load() && rows < release_rows_.load()) return;
     mu_.Lock();
+    bool resume = false;
+    if (rows_done_.load() >= release_rows_.load()) {
+      ReleaseHeldLocked(RowBytes(rows_done_.load()));
+      if (held_bytes_ <= service_->options().stream_window_bytes) resume = ResumeReadLocked();
+    }
     PumpAndUnlock();  // cannot finish the call: the job has not reported yet
+    if (resume) StartRead(&request_);
   }
 
   void Submit() {
@@ -362,12 +443,18 @@ class TensorStreamReactor final
         OnJobDone(RunTensorJob(input_, *output, *job_, engine));
         return;
       }
-      const QuantizerBackend::RowsReadyFn rows_ready = [this](int64_t rows) {
-        return RowsReady(rows);
-      };
-      const QuantizerBackend::RowsDoneFn rows_done = [this](int64_t rows) { OnRowsDone(rows); };
-      OnJobDone(RunTensorJob(input_, *output, *job_, engine, &rows_ready,
-                             announced_ ? &rows_done : nullptr));
+      class Rows final : public RowSource {
+       public:
+        explicit Rows(TensorStreamReactor* reactor) : reactor_(reactor) {}
+        bool ReadRows(int64_t begin, int64_t end, PieceFn piece) override {
+          return reactor_->ReadRows(begin, end, piece);
+        }
+
+       private:
+        TensorStreamReactor* const reactor_;
+      } rows(this);
+      const QuantizerBackend::RowsDoneFn rows_done = [this](int64_t n) { OnRowsDone(n); };
+      OnJobDone(RunTensorJob(input_, *output, *job_, engine, &rows, &rows_done));
     };
     task.abandon = [this](const absl::Status& status) { OnJobDone(status); };
     service_->scheduler()->Submit(std::move(admission), std::move(task));
@@ -384,6 +471,7 @@ class TensorStreamReactor final
     // the pool now, not when the call winds down, so the client's next tensor can reuse it.
     input_.data = {};
     input_.importance = {};
+    ReleaseHeldLocked(std::numeric_limits<int64_t>::max());
     if (status.ok() && output_ && announced_ &&
         (absl::bit_cast<uint32_t>(output_->summary.global_scale) !=
              absl::bit_cast<uint32_t>(announced_->global_scale) ||
@@ -620,6 +708,24 @@ class TensorStreamReactor final
   // Early results: g and amax the header announces before the job is done (set with the
   // header, before submission).
   std::optional<QuantizedSummary> announced_;
+  // Streaming jobs: the data chunks received and not yet released, kept as gRPC delivered them
+  // (no copy), in byte order. A chunk goes once the engine reports all its rows done; reading
+  // pauses (flow control) while more than options().stream_window_bytes are held and the engine
+  // waits for nothing (requested_data_).
+  struct HeldChunk {
+    int64_t begin;  // byte offset of the chunk in the tensor's data
+    api::BytesFieldView bytes;
+  };
+  static int64_t HeldEnd(const HeldChunk& chunk) {
+    return chunk.begin + static_cast<int64_t>(chunk.bytes.size());
+  }
+  std::deque<HeldChunk> held_ ABSL_GUARDED_BY(mu_);
+  int64_t held_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t requested_data_ ABSL_GUARDED_BY(mu_) = 0;  // bytes an engine thread has asked for
+  bool read_paused_ ABSL_GUARDED_BY(mu_) = false;
+  int64_t row_bytes_ = 1;  // set with the header, before submission
+  // OnRowsDone takes the lock from this many rows on to release held_.front().
+  std::atomic<int64_t> release_rows_{std::numeric_limits<int64_t>::max()};
   std::atomic<int64_t> rows_done_{0};  // rows the engine reported final
   // OnRowsDone pumps from this many rows on (re-armed by NextMessageLocked when it waits).
   std::atomic<int64_t> wake_rows_{0};
@@ -673,7 +779,8 @@ class TensorUnaryReactor final : public grpc::ServerUnaryReactor {
                                                      spec.importance_values() * 4));
     }
     RETURN_IF_ERROR(CheckDeadline(*context_));
-    RETURN_IF_ERROR(AdmitTensorJob(*service_, spec, &job_, &admission_, &input_, &output_));
+    RETURN_IF_ERROR(
+        AdmitTensorJob(*service_, spec, /*streamed=*/false, &job_, &admission_, &input_, &output_));
     std::memcpy(input_.data.data(), request.data().data(), request.data().size());
     if (!request.importance().empty()) {
       std::memcpy(input_.importance.data(), request.importance().data(),
@@ -739,8 +846,28 @@ QuantizerService::QuantizerService(const ServiceOptions& options, Scheduler* sch
           std::any_of(scheduler->engines().begin(), scheduler->engines().end(),
                       [](const auto& engine) { return !engine->quantizes_in_place(); })) {}
 
-int64_t QuantizerService::ReservedBytes(const api::TensorSpec& spec) const {
-  return spec.job_bytes() + (engines_copy_outputs_ ? spec.output_bytes() : 0);
+int64_t QuantizerService::ReservedBytes(const api::TensorSpec& spec, bool streamed) const {
+  if (engines_copy_outputs_) {
+    // Such an engine gathers a streamed input into one buffer (and the received chunks stay
+    // until it is done), and holds a second copy of the outputs.
+    return spec.job_bytes() + spec.output_bytes() + (streamed ? spec.input_bytes() : 0);
+  }
+  if (!streamed) return spec.job_bytes();
+  // Held chunks: the flow-control window, the message that crosses it, and the rows the
+  // engine's threads read at once (up to 64 threads, each reading whole rows of >= 256 KiB).
+  const int64_t row_bytes = spec.cols * static_cast<int64_t>(DTypeSize(spec.dtype));
+  const int64_t held =
+      std::min(spec.input_bytes(), options_.stream_window_bytes + options_.max_chunk_bytes +
+                                       64 * std::max<int64_t>(row_bytes, int64_t{256} << 10));
+  return spec.job_bytes() - spec.input_bytes() + held;
+}
+
+void QuantizerService::StreamHeld(int64_t delta) {
+  const int64_t now = stream_held_bytes_.fetch_add(delta) + delta;
+  int64_t peak = stream_held_peak_bytes_.load();
+  while (now > peak && !stream_held_peak_bytes_.compare_exchange_weak(peak, now)) {
+  }
+  if (metrics_ != nullptr) metrics_->SetStreamHeldBytes(static_cast<double>(now));
 }
 
 absl::Status QuantizerService::Authenticate(const grpc::CallbackServerContext& context) const {

@@ -41,6 +41,10 @@ struct ServiceOptions {
   // Input and output buffers of finished tensor jobs are reused by later jobs, and freed after
   // idling this long (server/engine/buffer_pool.h).
   absl::Duration buffer_idle_release = absl::Seconds(10);
+  // A streaming job (header gives amax or global_scale) keeps its received data chunks until
+  // the engine has read them; beyond this many bytes held, the server stops reading and gRPC
+  // flow control holds the client back.
+  int64_t stream_window_bytes = int64_t{64} << 20;
 };
 
 // QuantizeTensor is a raw method (grpc::ByteBuffer messages, see the reactor); the others use
@@ -89,9 +93,17 @@ class QuantizerService final : public QuantizerServiceBase {
   JobRegistry* jobs() const { return jobs_; }
   ServerMetrics* metrics() const { return metrics_; }
   JobBufferPool* buffer_pool() { return &buffer_pool_; }
-  // What admission reserves for a tensor job: its buffers, plus a second copy of the outputs
-  // when some engine does not quantise in place (QuantizerBackend::quantizes_in_place).
-  int64_t ReservedBytes(const api::TensorSpec& spec) const;
+  // What admission reserves for a tensor job: its buffers, where a streamed input (`streamed`:
+  // the header gives g) counts only the received chunks held at once (the flow-control window
+  // and what the engine reads at a time); plus, when some engine does not quantise in place
+  // (QuantizerBackend::quantizes_in_place), a second copy of the outputs and of a streamed input.
+  int64_t ReservedBytes(const api::TensorSpec& spec, bool streamed) const;
+
+  // Received data chunks held by streaming calls (all of them), now and at most since start;
+  // kept by the calls through StreamHeld and exported as nvfp4_stream_held_bytes.
+  void StreamHeld(int64_t delta);
+  int64_t stream_held_bytes() const { return stream_held_bytes_.load(); }
+  int64_t stream_held_peak_bytes() const { return stream_held_peak_bytes_.load(); }
 
   // Tensor and checkpoint calls in progress: a member of their reactors counts one from the
   // reactor's construction to its deletion (after OnDone), so a draining server can wait for
@@ -117,6 +129,8 @@ class QuantizerService final : public QuantizerServiceBase {
   ServerMetrics* const metrics_;
   JobBufferPool buffer_pool_;
   const bool engines_copy_outputs_;
+  std::atomic<int64_t> stream_held_bytes_{0};
+  std::atomic<int64_t> stream_held_peak_bytes_{0};
   std::atomic<int> active_calls_{0};
 };
 

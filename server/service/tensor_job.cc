@@ -17,7 +17,7 @@ TensorJobOutput AcquireTensorJobOutput(JobBufferPool& pool, const api::TensorSpe
 }
 
 absl::Status RunTensorJob(const TensorJobInput& input, TensorJobOutput& output, const Job& job,
-                          QuantizerBackend& engine, const QuantizerBackend::RowsReadyFn* rows_ready,
+                          QuantizerBackend& engine, RowSource* streamed,
                           const QuantizerBackend::RowsDoneFn* rows_done) {
   if (job.cancel_requested()) return absl::CancelledError("job cancelled before it started");
   const api::TensorSpec& spec = input.spec;
@@ -30,7 +30,7 @@ absl::Status RunTensorJob(const TensorJobInput& input, TensorJobOutput& output, 
   const QuantizedBuffers buffers{output.packed.data(), output.scales.data(),
                                  output.dequantized.as<float>()};
   absl::StatusOr<QuantizedSummary> summary =
-      engine.QuantizeInto(view, importance, options, buffers, rows_ready, rows_done);
+      engine.QuantizeInto(view, importance, options, buffers, streamed, rows_done);
   if (!summary.ok()) return summary.status();
   output.summary = *summary;
   output.backend = std::string(engine.name());

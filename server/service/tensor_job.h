@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "kernels/backend.h"
 #include "kernels/quantized_tensor.h"
+#include "kernels/row_source.h"
 #include "proto/convert.h"
 #include "server/engine/buffer_pool.h"
 #include "server/engine/job.h"
@@ -19,7 +20,7 @@ namespace nvfp4::server {
 // Input buffers of a tensor job, filled by the RPC (uninitialised until written).
 struct TensorJobInput {
   api::TensorSpec spec;
-  JobBufferPool::Buffer data;        // spec.input_bytes()
+  JobBufferPool::Buffer data;        // spec.input_bytes(); empty when the data is streamed
   JobBufferPool::Buffer importance;  // spec.importance_values() floats
 };
 
@@ -38,12 +39,11 @@ struct TensorJobOutput {
 // Acquires the output buffers of a job described by `spec`. Throws std::bad_alloc.
 TensorJobOutput AcquireTensorJobOutput(JobBufferPool& pool, const api::TensorSpec& spec);
 
-// Runs the job (honouring its cancel flag) into `output`. rows_ready: nullptr when the input
-// is complete, else the streaming contract of QuantizerBackend::QuantizeInto, as is rows_done
-// (may be nullptr). Never throws.
+// Runs the job (honouring its cancel flag) into `output`. streamed: nullptr when input.data
+// holds the complete input, else the source of the rows (QuantizerBackend::QuantizeInto's
+// streaming contract), as is rows_done (may be nullptr). Never throws.
 absl::Status RunTensorJob(const TensorJobInput& input, TensorJobOutput& output, const Job& job,
-                          QuantizerBackend& engine,
-                          const QuantizerBackend::RowsReadyFn* rows_ready = nullptr,
+                          QuantizerBackend& engine, RowSource* streamed = nullptr,
                           const QuantizerBackend::RowsDoneFn* rows_done = nullptr);
 
 // The global scale and amax the job will report, when the header fixes them before it runs

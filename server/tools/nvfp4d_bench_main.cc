@@ -34,7 +34,9 @@ namespace {
 using nvfp4::QuantizedTensor;
 
 // Quantises nothing: nvfp4d sends its (pooled) output buffers as they are, so what is left is
-// transport. Quantize (never called by nvfp4d) returns all-zero outputs.
+// transport. A streamed input is taken as fast as it arrives, a few rows at a time like the
+// CPU engine takes it (so nvfp4d releases the received chunks as it goes). Quantize (never
+// called by nvfp4d) returns all-zero outputs.
 class TransportOnlyEngine final : public nvfp4::QuantizerBackend {
  public:
   std::string_view name() const override { return "transport-only"; }
@@ -43,10 +45,15 @@ class TransportOnlyEngine final : public nvfp4::QuantizerBackend {
                                                        const nvfp4::ImportanceView&,
                                                        const nvfp4::QuantizeOptions& options,
                                                        const nvfp4::QuantizedBuffers&,
-                                                       const RowsReadyFn* rows_ready,
+                                                       nvfp4::RowSource* streamed,
                                                        const RowsDoneFn* rows_done) override {
-    if (rows_ready != nullptr && !(*rows_ready)(input.rows)) {
-      return absl::CancelledError("the input never completed");
+    const int64_t step = std::max<int64_t>(1, (int64_t{1} << 16) / input.cols);
+    for (int64_t r = 0; streamed != nullptr && r < input.rows; r += step) {
+      const int64_t end = std::min(input.rows, r + step);
+      if (!streamed->ReadRows(r, end, [](const uint8_t*, size_t) {})) {
+        return absl::CancelledError("the input never completed");
+      }
+      if (rows_done != nullptr) (*rows_done)(end);
     }
     if (rows_done != nullptr) (*rows_done)(input.rows);
     nvfp4::QuantizedSummary summary;

@@ -12,12 +12,14 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/row_kernel.h"
 #include "kernels/dequantize.h"
 #include "kernels/numerics/half.h"
+#include "kernels/row_source.h"
 #include "tests/kernels/distributions.h"
 
 namespace nvfp4 {
@@ -207,12 +209,60 @@ TEST(CpuBackend, CancellationStopsBetweenChunks) {
   EXPECT_TRUE(backend->Quantize({DType::kF32, 512, 1024, x.data()}, {}, options).ok());
 }
 
+// A RowSource over a buffer, cut into pieces of pseudo-random sizes (1 byte to a few rows, odd
+// sizes included, so pieces split elements as received network messages can). Rows are served
+// once `arrived` covers them; `never` makes every read fail. Records what the engine asked for.
+class PiecewiseRowSource final : public RowSource {
+ public:
+  PiecewiseRowSource(const void* data, int64_t rows, size_t row_bytes, uint32_t seed)
+      : data_(static_cast<const uint8_t*>(data)), row_bytes_(row_bytes) {
+    arrived = rows;
+    const size_t total = static_cast<size_t>(rows) * row_bytes;
+    uint32_t state = seed * 2654435761u + 1;
+    for (size_t at = 0; at < total;) {
+      state = state * 1664525u + 1013904223u;
+      at = std::min(total, at + 1 + (state >> 8) % (3 * row_bytes));
+      cuts_.push_back(at);
+    }
+  }
+
+  bool ReadRows(int64_t begin, int64_t end, PieceFn piece) override {
+    int64_t seen = max_requested.load();
+    while (end > seen && !max_requested.compare_exchange_weak(seen, end)) {
+    }
+    if (never) return false;
+    while (arrived.load() < end) std::this_thread::yield();
+    if (begin < released.load()) reads_of_released.fetch_add(1);
+    size_t at = static_cast<size_t>(begin) * row_bytes_;
+    const size_t stop = static_cast<size_t>(end) * row_bytes_;
+    for (auto cut = std::upper_bound(cuts_.begin(), cuts_.end(), at); at < stop; ++cut) {
+      const size_t next = std::min(*cut, stop);
+      piece(data_ + at, next - at);
+      pieces.fetch_add(1);
+      at = next;
+    }
+    return true;
+  }
+
+  std::atomic<int64_t> arrived{0};
+  bool never = false;
+  std::atomic<int64_t> max_requested{0};
+  std::atomic<int64_t> released{0};  // rows the engine reported done (set by the test)
+  std::atomic<int64_t> reads_of_released{0};
+  std::atomic<int64_t> pieces{0};
+
+ private:
+  const uint8_t* const data_;
+  const size_t row_bytes_;
+  std::vector<size_t> cuts_;  // piece ends, increasing
+};
+
 // QuantizeInto into buffers pre-filled with garbage (every output byte must be written),
 // assembled as a QuantizedTensor.
 absl::StatusOr<QuantizedTensor> QuantizeIntoFresh(QuantizerBackend& backend,
                                                   const TensorView& input,
                                                   const QuantizeOptions& options,
-                                                  const QuantizerBackend::RowsReadyFn* rows_ready,
+                                                  RowSource* streamed,
                                                   const QuantizerBackend::RowsDoneFn* rows_done) {
   QuantizedTensor out;
   out.rows = input.rows;
@@ -223,7 +273,7 @@ absl::StatusOr<QuantizedTensor> QuantizeIntoFresh(QuantizerBackend& backend,
   std::fill(out.scales.begin(), out.scales.end(), 0xCD);
   std::fill(out.dequantized.begin(), out.dequantized.end(), -1234.5f);
   absl::StatusOr<QuantizedSummary> summary =
-      backend.QuantizeInto(input, {}, options, BuffersOf(out), rows_ready, rows_done);
+      backend.QuantizeInto(input, {}, options, BuffersOf(out), streamed, rows_done);
   if (!summary.ok()) return summary.status();
   out.amax = summary->amax;
   out.global_scale = summary->global_scale;
@@ -231,9 +281,10 @@ absl::StatusOr<QuantizedTensor> QuantizeIntoFresh(QuantizerBackend& backend,
   return out;
 }
 
-// Rows "arrive" from another thread; the engine must wait for them and produce exactly the
-// bytes and metrics of the one-shot call with the same amax, and report finished rows only
-// once their bytes are final.
+// Rows "arrive" from another thread, in pieces that split rows and elements anywhere; the
+// engine must wait for them, read them where they lie (input.data is null) and produce exactly
+// the bytes and metrics of the one-shot call with the same amax, report finished rows only once
+// their bytes are final, and never read rows it reported done.
 TEST(CpuBackend, StreamingMatchesOneShotAndWaitsForRows) {
   const int64_t rows = 700, cols = 300;
   std::vector<float> x = testing::Sample(testing::Distribution::kLaplace, rows * cols, 21);
@@ -241,6 +292,8 @@ TEST(CpuBackend, StreamingMatchesOneShotAndWaitsForRows) {
   std::vector<uint16_t> arriving(bf16.size(), 0x7FC0);  // NaN until a row has "arrived"
   auto backend = MakeBackend(cpu::CpuIsa::kAuto, 2);
   const TensorView complete{DType::kBF16, rows, cols, bf16.data()};
+  const TensorView shape_only{DType::kBF16, rows, cols, nullptr};
+  const size_t row_bytes = cols * sizeof(uint16_t);
   auto amax = backend->ComputeAmax(complete);
   ASSERT_TRUE(amax.ok());
   QuantizeOptions options;
@@ -250,32 +303,25 @@ TEST(CpuBackend, StreamingMatchesOneShotAndWaitsForRows) {
   ASSERT_TRUE(reference.ok());
   EXPECT_EQ(Bits(reference->global_scale), Bits(*KnownGlobalScale(options)));
 
-  std::atomic<int64_t> arrived{0};
+  PiecewiseRowSource source(arriving.data(), rows, row_bytes, 1);
+  source.arrived = 0;
   std::thread feeder([&] {
     for (int64_t r = 0; r < rows; r += 37) {
       const int64_t end = std::min(rows, r + 37);
       std::copy(bf16.begin() + r * cols, bf16.begin() + end * cols, arriving.begin() + r * cols);
-      arrived.store(end);
+      source.arrived.store(end);
       std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
   });
-  std::atomic<int64_t> max_wait{0};
-  const QuantizerBackend::RowsReadyFn rows_ready = [&](int64_t needed) {
-    int64_t seen = max_wait.load();
-    while (needed > seen && !max_wait.compare_exchange_weak(seen, needed)) {
-    }
-    while (arrived.load() < needed) std::this_thread::yield();
-    return true;
-  };
   // Each report: the reported rows' packed values and scales already equal the reference.
   const int64_t packed_row = PaddedCols(cols) / 2, scale_row = PaddedCols(cols) / 16;
-  std::atomic<int64_t> largest_report{0}, bad_reports{0};
+  std::atomic<int64_t> bad_reports{0};
   std::atomic<uint8_t*> packed_out{nullptr}, scales_out{nullptr};
   const QuantizerBackend::RowsDoneFn rows_done = [&](int64_t done) {
-    int64_t seen = largest_report.load();
-    while (done > seen && !largest_report.compare_exchange_weak(seen, done)) {
+    int64_t seen = source.released.load();
+    while (done > seen && !source.released.compare_exchange_weak(seen, done)) {
     }
-    if (done < 0 || done > rows || done > arrived.load() ||
+    if (done < 0 || done > rows || done > source.arrived.load() ||
         std::memcmp(packed_out.load(), reference->packed.data(), done * packed_row) != 0 ||
         std::memcmp(scales_out.load(), reference->scales.data(), done * scale_row) != 0) {
       bad_reports.fetch_add(1);
@@ -292,12 +338,14 @@ TEST(CpuBackend, StreamingMatchesOneShotAndWaitsForRows) {
                                              const QuantizeOptions& o) override {
       return inner_.Quantize(input, imp, o);
     }
-    absl::StatusOr<QuantizedSummary> QuantizeInto(
-        const TensorView& input, const ImportanceView& imp, const QuantizeOptions& o,
-        const QuantizedBuffers& out, const RowsReadyFn* ready, const RowsDoneFn* done) override {
+    absl::StatusOr<QuantizedSummary> QuantizeInto(const TensorView& input,
+                                                  const ImportanceView& imp,
+                                                  const QuantizeOptions& o,
+                                                  const QuantizedBuffers& out, RowSource* streamed,
+                                                  const RowsDoneFn* done) override {
       packed_.store(out.packed);
       scales_.store(out.scales);
-      return inner_.QuantizeInto(input, imp, o, out, ready, done);
+      return inner_.QuantizeInto(input, imp, o, out, streamed, done);
     }
 
    private:
@@ -305,14 +353,32 @@ TEST(CpuBackend, StreamingMatchesOneShotAndWaitsForRows) {
     std::atomic<uint8_t*>& packed_;
     std::atomic<uint8_t*>& scales_;
   } publishing(*backend, packed_out, scales_out);
-  auto streamed = QuantizeIntoFresh(publishing, {DType::kBF16, rows, cols, arriving.data()},
-                                    options, &rows_ready, &rows_done);
+  auto streamed = QuantizeIntoFresh(publishing, shape_only, options, &source, &rows_done);
   feeder.join();
   ASSERT_TRUE(streamed.ok()) << streamed.status();
   ExpectIdentical(*reference, *streamed, "streaming");
-  EXPECT_EQ(max_wait.load(), rows);
-  EXPECT_EQ(largest_report.load(), rows);
+  EXPECT_EQ(source.max_requested.load(), rows);
+  EXPECT_EQ(source.released.load(), rows);
   EXPECT_EQ(bad_reports.load(), 0) << "rows reported done before their bytes were final";
+  EXPECT_EQ(source.reads_of_released.load(), 0) << "rows read after they were reported done";
+  EXPECT_GT(source.pieces.load(), rows / 3);  // the pieces did split the rows
+
+  // Other piece cuts, f32 and f16 (f32 rows are never read in place by the one-shot call).
+  for (DType dtype : {DType::kF32, DType::kF16}) {
+    for (uint32_t seed : {2u, 3u}) {
+      std::vector<uint16_t> half = ToBits(x, DType::kF16);
+      const void* data = dtype == DType::kF32 ? static_cast<const void*>(x.data()) : half.data();
+      const TensorView view{dtype, rows, cols, data};
+      auto one_shot = backend->Quantize(view, {}, options);
+      ASSERT_TRUE(one_shot.ok());
+      PiecewiseRowSource cut(data, rows, cols * DTypeSize(dtype), seed);
+      auto pieces =
+          QuantizeIntoFresh(*backend, {dtype, rows, cols, nullptr}, options, &cut, nullptr);
+      ASSERT_TRUE(pieces.ok()) << pieces.status();
+      ExpectIdentical(*one_shot, *pieces,
+                      absl::StrCat(std::string(DTypeName(dtype)), " seed ", seed));
+    }
+  }
 
   // One engine thread finishes the row chunks in order: every chunk is reported as it
   // finishes (not only the whole tensor at the end), in increasing order.
@@ -333,10 +399,10 @@ TEST(CpuBackend, StreamingMatchesOneShotAndWaitsForRows) {
   ExpectIdentical(*reference, *into, "into caller buffers");
 
   // With only g given, the streamed result still reports the tensor's amax.
-  const QuantizerBackend::RowsReadyFn all_there = [](int64_t) { return true; };
+  PiecewiseRowSource all_there(bf16.data(), rows, row_bytes, 4);
   QuantizeOptions by_g;
   by_g.global_scale = reference->global_scale;
-  auto streamed_g = QuantizeIntoFresh(*backend, complete, by_g, &all_there, nullptr);
+  auto streamed_g = QuantizeIntoFresh(*backend, shape_only, by_g, &all_there, nullptr);
   ASSERT_TRUE(streamed_g.ok()) << streamed_g.status();
   EXPECT_EQ(streamed_g->amax, *amax);
   EXPECT_EQ(streamed_g->packed, reference->packed);
@@ -345,24 +411,37 @@ TEST(CpuBackend, StreamingMatchesOneShotAndWaitsForRows) {
   // bad chunk are never reported done.
   bf16[650 * cols + 7] = 0x7FC0;
   auto one_shot = backend->Quantize(complete, {}, options);
-  largest_report = 0;
-  auto late = QuantizeIntoFresh(*backend, complete, options, &all_there, &rows_done);
+  source.released = 0;
+  PiecewiseRowSource late_source(bf16.data(), rows, row_bytes, 5);
+  auto late = QuantizeIntoFresh(*backend, shape_only, options, &late_source, &rows_done);
   ASSERT_FALSE(one_shot.ok());
   ASSERT_FALSE(late.ok());
   EXPECT_EQ(late.status(), one_shot.status());
   EXPECT_THAT(std::string(late.status().message()), HasSubstr("row 650, column 7"));
-  EXPECT_LE(largest_report.load(), 650);
+  EXPECT_LE(source.released.load(), 650);
+
+  // An early NaN: the first one is named, and one engine thread reads no chunk after it (the
+  // call fails anyway; an upload need not be waited for).
+  bf16[20 * cols + 3] = 0x7F80;  // +Inf
+  PiecewiseRowSource early_source(bf16.data(), rows, row_bytes, 6);
+  auto early = QuantizeIntoFresh(*MakeBackend(cpu::CpuIsa::kAuto, 1), shape_only, options,
+                                 &early_source, nullptr);
+  ASSERT_FALSE(early.ok());
+  EXPECT_THAT(std::string(early.status().message()), HasSubstr("(row 20, column 3) is +Inf"));
+  EXPECT_LT(early_source.max_requested.load(), rows);
 
   // Rows that never come: cancelled. Without a known scale: refused.
-  const QuantizerBackend::RowsReadyFn none = [](int64_t) { return false; };
-  EXPECT_EQ(QuantizeIntoFresh(*backend, complete, options, &none, nullptr).status().code(),
+  PiecewiseRowSource none(bf16.data(), rows, row_bytes, 7);
+  none.never = true;
+  EXPECT_EQ(QuantizeIntoFresh(*backend, shape_only, options, &none, nullptr).status().code(),
             absl::StatusCode::kCancelled);
-  EXPECT_EQ(QuantizeIntoFresh(*backend, complete, {}, &all_there, nullptr).status().code(),
+  EXPECT_EQ(QuantizeIntoFresh(*backend, shape_only, {}, &all_there, nullptr).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 
 // Engines that only implement Quantize get QuantizeInto from the interface: the same bytes,
-// one final rows_done report, and the streaming preconditions.
+// one final rows_done report, a streamed input gathered from its pieces, and the streaming
+// preconditions.
 TEST(QuantizerBackend, DefaultQuantizeIntoCopiesQuantize) {
   class OneShotOnly final : public QuantizerBackend {
    public:
@@ -383,6 +462,7 @@ TEST(QuantizerBackend, DefaultQuantizeIntoCopiesQuantize) {
   const int64_t rows = 40, cols = 50;
   std::vector<float> x = testing::Sample(testing::Distribution::kGaussian, rows * cols, 5);
   const TensorView view{DType::kF32, rows, cols, x.data()};
+  const TensorView shape_only{DType::kF32, rows, cols, nullptr};
   QuantizeOptions options;
   options.want_dequantized = true;
   auto reference = backend->Quantize(view, {}, options);
@@ -395,18 +475,17 @@ TEST(QuantizerBackend, DefaultQuantizeIntoCopiesQuantize) {
   EXPECT_EQ(into->amax, reference->amax);
   EXPECT_EQ(reports, std::vector<int64_t>{rows});
 
-  int64_t waited_for = 0;
-  const QuantizerBackend::RowsReadyFn rows_ready = [&](int64_t n) {
-    waited_for = n;
-    return true;
-  };
+  PiecewiseRowSource source(x.data(), rows, cols * sizeof(float), 8);
   options.amax = reference->amax;
-  ASSERT_TRUE(QuantizeIntoFresh(one_shot, view, options, &rows_ready, nullptr).ok());
-  EXPECT_EQ(waited_for, rows);
-  const QuantizerBackend::RowsReadyFn never = [](int64_t) { return false; };
-  EXPECT_EQ(QuantizeIntoFresh(one_shot, view, options, &never, nullptr).status().code(),
+  auto gathered = QuantizeIntoFresh(one_shot, shape_only, options, &source, nullptr);
+  ASSERT_TRUE(gathered.ok()) << gathered.status();
+  ExpectIdentical(*reference, *gathered, "default QuantizeInto, streamed");
+  EXPECT_EQ(source.max_requested.load(), rows);
+  PiecewiseRowSource never(x.data(), rows, cols * sizeof(float), 9);
+  never.never = true;
+  EXPECT_EQ(QuantizeIntoFresh(one_shot, shape_only, options, &never, nullptr).status().code(),
             absl::StatusCode::kCancelled);
-  EXPECT_EQ(QuantizeIntoFresh(one_shot, view, {}, &rows_ready, nullptr).status().code(),
+  EXPECT_EQ(QuantizeIntoFresh(one_shot, shape_only, {}, &source, nullptr).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(one_shot.calls, 2);
 }

@@ -85,6 +85,39 @@ TEST(ChunkWire, DecodesGeneratedMessagesAcrossAnySlicing) {
   EXPECT_EQ(view->size(), 0u);
 }
 
+// Sub-ranges of the payload, as the server hands received chunks to the engine: every range of
+// every slicing yields exactly those bytes.
+TEST(ChunkWire, PiecesOfARangeAreThoseBytes) {
+  const std::string payload = Payload(1000);
+  v1::QuantizeTensorRequest request;
+  request.set_data(payload);
+  const std::string wire = request.SerializeAsString();
+  auto range = [](const BytesFieldView& view, size_t begin, size_t end) {
+    std::string out;
+    view.ForEachPieceIn(begin, end, [&out](const uint8_t* data, size_t n) {
+      EXPECT_GT(n, 0u);
+      out.append(reinterpret_cast<const char*>(data), n);
+    });
+    return out;
+  };
+  for (size_t piece : {size_t{1}, size_t{7}, size_t{64}, wire.size()}) {
+    const std::optional<BytesFieldView> view = AsSingleBytesField(Sliced(wire, piece));
+    ASSERT_TRUE(view.has_value());
+    for (size_t begin : {size_t{0}, size_t{1}, size_t{63}, size_t{500}, size_t{999}}) {
+      for (size_t end : {begin, begin + 1, size_t{640}, size_t{1000}}) {
+        if (end < begin || end > payload.size()) continue;
+        EXPECT_EQ(range(*view, begin, end), payload.substr(begin, end - begin))
+            << piece << " " << begin << " " << end;
+      }
+    }
+  }
+  const BytesFieldView copy =
+      BytesFieldView::Copying(v1::QuantizeTensorRequest::kDataFieldNumber, payload);
+  EXPECT_EQ(copy.field_number(), v1::QuantizeTensorRequest::kDataFieldNumber);
+  EXPECT_EQ(ViewBytes(copy), payload);
+  EXPECT_EQ(range(copy, 10, 20), payload.substr(10, 10));
+}
+
 TEST(ChunkWire, AnythingButOneLengthDelimitedFieldIsLeftToTheParser) {
   auto decode = [](const std::string& wire) { return AsSingleBytesField(Sliced(wire, 3)); };
   v1::QuantizeTensorRequest data;

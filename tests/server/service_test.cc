@@ -290,10 +290,10 @@ TEST(Service, CancelWhileQueuedAndWhileRunningReleasesResources) {
   std::thread b(
       [&] { queued_status = h.client->QuantizeTensor(input, {}, {}, "queued").status(); });
   WaitFor([&] { return h.server->scheduler().queue_depth() == 1; });
-  // The gated engine only implements Quantize (its QuantizeInto holds a second copy of the
-  // outputs), so each job reserves its input and its outputs twice.
+  // The gated engine only implements Quantize (its QuantizeInto gathers the streamed input and
+  // holds a second copy of the outputs), so each job reserves its input and outputs twice.
   const int64_t outputs = PackedBytes(16, 64) + ScaleBytes(16, 64);
-  EXPECT_EQ(h.server->scheduler().reserved_bytes(), 2 * (16 * 64 * 4 + 2 * outputs));
+  EXPECT_EQ(h.server->scheduler().reserved_bytes(), 2 * (2 * 16 * 64 * 4 + 2 * outputs));
   auto jobs = h.client->ListJobs();
   ASSERT_TRUE(jobs.ok());
   ASSERT_EQ(jobs->size(), 2u);
@@ -576,11 +576,10 @@ class HalfwayEngine final : public QuantizerBackend {
   }
   absl::StatusOr<QuantizedSummary> QuantizeInto(const TensorView& input, const ImportanceView& imp,
                                                 const QuantizeOptions& options,
-                                                const QuantizedBuffers& out,
-                                                const RowsReadyFn* rows_ready,
+                                                const QuantizedBuffers& out, RowSource* streamed,
                                                 const RowsDoneFn* rows_done) override {
     absl::StatusOr<QuantizedSummary> summary =
-        inner_->QuantizeInto(input, imp, options, out, rows_ready, nullptr);
+        inner_->QuantizeInto(input, imp, options, out, streamed, nullptr);
     if (!summary.ok()) return summary;
     if (rows_done != nullptr) (*rows_done)(input.rows / 2);
     if (!seen_early_bytes.WaitForNotificationWithTimeout(absl::Seconds(5))) {
@@ -637,6 +636,94 @@ TEST(Service, StreamedJobsSendFinishedRowsBeforeTheJobEnds) {
   EXPECT_EQ(remote->scales, local->scales);
   EXPECT_EQ(remote->global_scale, local->global_scale);
   EXPECT_EQ(remote->metrics.mse, local->metrics.mse);
+}
+
+// Wraps a CPU engine and slows its reading of a streamed input (5 ms per row chunk), so the
+// upload outruns it.
+class SlowReadingEngine final : public QuantizerBackend {
+ public:
+  std::string_view name() const override { return "slow-reading-cpu"; }
+  bool quantizes_in_place() const override { return true; }
+  absl::StatusOr<QuantizedTensor> Quantize(const TensorView& input, const ImportanceView& imp,
+                                           const QuantizeOptions& options) override {
+    return inner_->Quantize(input, imp, options);
+  }
+  absl::StatusOr<QuantizedSummary> QuantizeInto(const TensorView& input, const ImportanceView& imp,
+                                                const QuantizeOptions& options,
+                                                const QuantizedBuffers& out, RowSource* streamed,
+                                                const RowsDoneFn* rows_done) override {
+    class Slow final : public RowSource {
+     public:
+      explicit Slow(RowSource* source) : source_(source) {}
+      bool ReadRows(int64_t begin, int64_t end, PieceFn piece) override {
+        absl::SleepFor(absl::Milliseconds(5));
+        return source_->ReadRows(begin, end, piece);
+      }
+
+     private:
+      RowSource* const source_;
+    } slow(streamed);
+    return inner_->QuantizeInto(input, imp, options, out, streamed ? &slow : nullptr, rows_done);
+  }
+
+ private:
+  std::unique_ptr<QuantizerBackend> inner_ = Cpu();
+};
+
+// A streaming job holds only a window of its received data: the server stops reading while the
+// engine is behind (gRPC flow control holds the client back) and lets chunks go once their rows
+// are done, so a tensor far larger than the window passes with the window's memory; admission
+// reserves accordingly. The result is the embedded engine's; an early NaN still ends the call.
+TEST(Service, StreamedUploadIsHeldToTheFlowControlWindow) {
+  server::ServerOptions options;
+  options.listen = "127.0.0.1:0";
+  options.metrics_listen = "";
+  options.service.max_chunk_bytes = 64 << 10;
+  options.service.stream_window_bytes = 256 << 10;
+  std::vector<std::unique_ptr<QuantizerBackend>> engines;
+  engines.push_back(std::make_unique<SlowReadingEngine>());
+  auto server = server::Nvfp4Server::Start(options, std::move(engines));
+  ASSERT_TRUE(server.ok()) << server.status();
+  client::ClientOptions client_options;
+  client_options.target = "127.0.0.1:" + std::to_string((*server)->port());
+  client_options.chunk_bytes = 64 << 10;
+  auto client = std::move(*client::QuantizerClient::Connect(client_options));
+  server::QuantizerService& service = (*server)->service();
+
+  const int64_t rows = 2048, cols = 1024;  // 8 MiB of f32; the engine reads 256 KiB at a time
+  std::vector<float> x = Gaussian(rows * cols, 41);
+  const TensorView view{DType::kF32, rows, cols, x.data()};
+  auto remote = client->QuantizeTensor(view, {}, {}, "windowed");  // client sends amax
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  auto local = Cpu()->Quantize(view, {}, {});
+  ASSERT_TRUE(local.ok());
+  EXPECT_EQ(remote->packed, local->packed);
+  EXPECT_EQ(remote->scales, local->scales);
+  EXPECT_EQ(remote->metrics.mse, local->metrics.mse);
+  // Window + the message crossing it + what two engine threads read at once.
+  EXPECT_GT(service.stream_held_peak_bytes(), 0);
+  EXPECT_LE(service.stream_held_peak_bytes(), (256 + 64 + 2 * 256) << 10);
+  WaitFor([&] { return service.stream_held_bytes() == 0; });
+
+  // Admission: a streamed 1 GiB bf16 tensor reserves the held chunks' bound, not the tensor.
+  api::TensorSpec big;
+  big.dtype = DType::kBF16;
+  big.rows = 65536;
+  big.cols = 8192;
+  EXPECT_EQ(service.ReservedBytes(big, /*streamed=*/false), big.job_bytes());
+  EXPECT_EQ(service.ReservedBytes(big, /*streamed=*/true),
+            big.job_bytes() - big.input_bytes() + ((256 + 64) << 10) + 64 * (256 << 10));
+
+  // An early NaN: INVALID_ARGUMENT naming it, although most of the upload was never read.
+  x[5 * cols + 3] = std::nanf("");
+  QuantizeOptions given;
+  given.amax = 5.0f;
+  auto bad = client->QuantizeTensor(view, {}, given, "nan");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << bad.status();
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("row 5, column 3"));
+  WaitFor([&] { return service.stream_held_bytes() == 0; });
+  WaitFor([&] { return (*server)->scheduler().reserved_bytes() == 0; });
 }
 
 // A streamed job whose late rows hold a NaN: early packed chunks may already be out, but the
