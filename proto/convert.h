@@ -33,7 +33,8 @@ struct TensorSpec {
   bool dequantized_bf16 = false;
 
   int64_t elements() const { return rows * cols; }
-  int64_t input_bytes() const { return elements() * static_cast<int64_t>(DTypeSize(dtype)); }
+  int64_t row_bytes() const { return cols * static_cast<int64_t>(DTypeSize(dtype)); }
+  int64_t input_bytes() const { return rows * row_bytes(); }
   int64_t importance_values() const {
     return importance_layout == ImportanceLayout::kPerColumn    ? cols
            : importance_layout == ImportanceLayout::kPerElement ? elements()

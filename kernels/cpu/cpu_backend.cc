@@ -68,6 +68,30 @@ std::vector<float>& ThreadScratch(int which) {
   return scratch[which];
 }
 
+// A non-finite input element: its index in the tensor (-1: none) and value.
+struct BadElement {
+  int64_t index = -1;
+  float value = 0.0f;
+};
+
+// The first non-finite of the n values of `dtype` at src (a scan found one); first_index is
+// the tensor index of src's first value.
+BadElement FirstNonFinite(DType dtype, const void* src, int64_t n, int64_t first_index) {
+  std::vector<float>& values = ThreadScratch(2);
+  values.resize(static_cast<size_t>(n));
+  ConvertToF32Scalar(dtype, src, n, values.data());
+  const auto bad =
+      std::find_if(values.begin(), values.end(), [](float v) { return !std::isfinite(v); });
+  if (bad == values.end()) return {};
+  return {first_index + (bad - values.begin()), *bad};
+}
+
+absl::Status NonFiniteError(const BadElement& bad, int64_t cols) {
+  return absl::InvalidArgumentError(absl::StrCat("input ", DescribeElement(bad.index, cols), " is ",
+                                                 DescribeValue(bad.value),
+                                                 "; NVFP4 needs finite values"));
+}
+
 struct PieceView {
   const uint8_t* data;
   size_t size;
@@ -160,17 +184,11 @@ absl::StatusOr<float> CpuBackend::ComputeAmax(const TensorView& input) {
     if (results[chunk].non_finite > 0) {
       const int64_t begin = chunk * kChunkElements;
       const int64_t count = std::min(kChunkElements, n - begin);
-      std::vector<float> values(static_cast<size_t>(count));
-      ConvertToF32Scalar(input.dtype,
+      return NonFiniteError(
+          FirstNonFinite(input.dtype,
                          static_cast<const uint8_t*>(input.data) + begin * element_size, count,
-                         values.data());
-      for (int64_t i = 0; i < count; ++i) {
-        if (!std::isfinite(values[i])) {
-          return absl::InvalidArgumentError(
-              absl::StrCat("input ", DescribeElement(begin + i, input.cols), " is ",
-                           DescribeValue(values[i]), "; NVFP4 needs finite values"));
-        }
-      }
+                         begin),
+          input.cols);
     }
     amax = std::max(amax, results[chunk].max_abs);
   }
@@ -258,10 +276,6 @@ absl::StatusOr<QuantizedSummary> CpuBackend::QuantizeUnchecked(
   std::atomic<bool> stopped{false};
   // Streaming: the first non-finite element of each chunk, and the first chunk that
   // has one (later chunks are skipped: the call fails anyway).
-  struct BadElement {
-    int64_t index = -1;  // -1: none
-    float value = 0.0f;
-  };
   std::vector<BadElement> first_bad(streamed ? static_cast<size_t>(chunks) : 0);
   std::atomic<int64_t> first_bad_chunk{chunks};
   std::vector<float> chunk_amax(streamed ? static_cast<size_t>(chunks) : 0, 0.0f);
@@ -303,13 +317,7 @@ absl::StatusOr<QuantizedSummary> CpuBackend::QuantizeUnchecked(
                                           : reader.Gather(row_bytes, ThreadBytes());
       const ScanResult scanned = kernels.Scan(input.dtype, src, n * input.cols);
       if (scanned.non_finite > 0) {
-        std::vector<float>& values = ThreadScratch(2);
-        values.resize(static_cast<size_t>(n * input.cols));
-        ConvertToF32Scalar(input.dtype, src, n * input.cols, values.data());
-        const int64_t i =
-            std::find_if(values.begin(), values.end(), [](float v) { return !std::isfinite(v); }) -
-            values.begin();
-        first_bad[chunk] = {(r0 + r) * input.cols + i, values[i]};
+        first_bad[chunk] = FirstNonFinite(input.dtype, src, n * input.cols, (r0 + r) * input.cols);
         int64_t seen = first_bad_chunk.load();
         while (chunk < seen && !first_bad_chunk.compare_exchange_weak(seen, chunk)) {
         }
@@ -387,9 +395,7 @@ absl::StatusOr<QuantizedSummary> CpuBackend::QuantizeUnchecked(
   }
   for (const BadElement& bad : first_bad) {
     if (bad.index >= 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("input ", DescribeElement(bad.index, input.cols), " is ",
-                       DescribeValue(bad.value), "; NVFP4 needs finite values"));
+      return NonFiniteError(bad, input.cols);
     }
   }
   ErrorAccumulator total;

@@ -249,7 +249,7 @@ class TensorStreamReactor final
             AdmitTensorJob(*service_, *spec, streaming_, &job_, &admission_, &input_, &output_);
         if (!admitted.ok()) return admitted;
         engine_output_ = output_;
-        row_bytes_ = spec->cols * static_cast<int64_t>(DTypeSize(spec->dtype));
+        row_bytes_ = spec->row_bytes();
         StreamResponse accepted;
         accepted.mutable_accepted()->set_job_id(job_->id());
         accepted.mutable_accepted()->set_queue_position(
@@ -855,10 +855,9 @@ int64_t QuantizerService::ReservedBytes(const api::TensorSpec& spec, bool stream
   if (!streamed) return spec.job_bytes();
   // Held chunks: the flow-control window, the message that crosses it, and the rows the
   // engine's threads read at once (up to 64 threads, each reading whole rows of >= 256 KiB).
-  const int64_t row_bytes = spec.cols * static_cast<int64_t>(DTypeSize(spec.dtype));
-  const int64_t held =
-      std::min(spec.input_bytes(), options_.stream_window_bytes + options_.max_chunk_bytes +
-                                       64 * std::max<int64_t>(row_bytes, int64_t{256} << 10));
+  const int64_t held = std::min(spec.input_bytes(),
+                                options_.stream_window_bytes + options_.max_chunk_bytes +
+                                    64 * std::max<int64_t>(spec.row_bytes(), int64_t{256} << 10));
   return spec.job_bytes() - spec.input_bytes() + held;
 }
 

@@ -87,28 +87,38 @@ struct Harness {
   std::string target;
 };
 
-// with_metrics: also serve /metrics (its HTTP server takes ~2 s to stop, so only the tests
-// that scrape it pay for it).
-Harness StartServer(bool gated, server::ServerOptions options = {}, bool with_metrics = false) {
+// A server with one engine and a client sending 64 KiB chunks (many chunks even for small
+// tensors). with_metrics: also serve /metrics (its HTTP server takes ~2 s to stop, so only the
+// tests that scrape it pay for it).
+Harness StartServerWith(std::unique_ptr<QuantizerBackend> engine, server::ServerOptions options,
+                        bool with_metrics = false) {
   Harness h;
   options.listen = "127.0.0.1:0";
   options.metrics_listen = with_metrics ? "127.0.0.1:0" : "";
   std::vector<std::unique_ptr<QuantizerBackend>> engines;
-  if (gated) {
-    auto gate = std::make_unique<GatedEngine>(Cpu());
-    h.gate = gate.get();
-    engines.push_back(std::move(gate));
-  } else {
-    engines.push_back(Cpu());
-  }
+  engines.push_back(std::move(engine));
   auto server = server::Nvfp4Server::Start(options, std::move(engines));
   EXPECT_TRUE(server.ok()) << server.status();
   h.server = std::move(*server);
   h.target = "127.0.0.1:" + std::to_string(h.server->port());
   client::ClientOptions client_options;
   client_options.target = h.target;
-  client_options.chunk_bytes = 64 << 10;  // many chunks even for small tensors
+  client_options.chunk_bytes = 64 << 10;
   h.client = std::move(*client::QuantizerClient::Connect(client_options));
+  return h;
+}
+
+// gated: the engine waits for GatedEngine::Open (Harness::gate); otherwise a CPU engine.
+Harness StartServer(bool gated, server::ServerOptions options = {}, bool with_metrics = false) {
+  std::unique_ptr<QuantizerBackend> engine = Cpu();
+  GatedEngine* gate = nullptr;
+  if (gated) {
+    auto gated_engine = std::make_unique<GatedEngine>(std::move(engine));
+    gate = gated_engine.get();
+    engine = std::move(gated_engine);
+  }
+  Harness h = StartServerWith(std::move(engine), std::move(options), with_metrics);
+  h.gate = gate;
   return h;
 }
 
@@ -598,19 +608,11 @@ class HalfwayEngine final : public QuantizerBackend {
 // client while the job still runs; the assembled result equals the embedded engine's.
 TEST(Service, StreamedJobsSendFinishedRowsBeforeTheJobEnds) {
   server::ServerOptions options;
-  options.listen = "127.0.0.1:0";
-  options.metrics_listen = "";
   options.service.max_chunk_bytes = 64 << 10;
   auto engine = std::make_unique<HalfwayEngine>();
   HalfwayEngine* halfway = engine.get();
-  std::vector<std::unique_ptr<QuantizerBackend>> engines;
-  engines.push_back(std::move(engine));
-  auto server = server::Nvfp4Server::Start(options, std::move(engines));
-  ASSERT_TRUE(server.ok()) << server.status();
-  client::ClientOptions client_options;
-  client_options.target = "127.0.0.1:" + std::to_string((*server)->port());
-  client_options.chunk_bytes = 64 << 10;
-  auto client = std::move(*client::QuantizerClient::Connect(client_options));
+  Harness h = StartServerWith(std::move(engine), options);
+  ASSERT_NE(h.server, nullptr);
 
   const int64_t rows = 512, cols = 1024;  // packed: 256 KiB, 4 chunks; half: 2 chunks
   std::vector<float> x = Gaussian(rows * cols, 31);
@@ -619,11 +621,11 @@ TEST(Service, StreamedJobsSendFinishedRowsBeforeTheJobEnds) {
   auto progress = [&](int64_t done, int64_t, std::string_view phase) {
     if (phase == "download" && !halfway->seen_early_bytes.HasBeenNotified()) {
       downloaded_while_running = done;
-      reserved_while_running = (*server)->scheduler().reserved_bytes();
+      reserved_while_running = h.server->scheduler().reserved_bytes();
       halfway->seen_early_bytes.Notify();
     }
   };
-  auto remote = client->QuantizeTensor(view, {}, {}, "early", progress);  // client sends amax
+  auto remote = h.client->QuantizeTensor(view, {}, {}, "early", progress);  // client sends amax
   ASSERT_TRUE(remote.ok()) << remote.status();
   EXPECT_GT(downloaded_while_running, 0);
   EXPECT_LE(downloaded_while_running, rows / 2 * (cols / 2));  // only rows reported done
@@ -676,24 +678,16 @@ class SlowReadingEngine final : public QuantizerBackend {
 // reserves accordingly. The result is the embedded engine's; an early NaN still ends the call.
 TEST(Service, StreamedUploadIsHeldToTheFlowControlWindow) {
   server::ServerOptions options;
-  options.listen = "127.0.0.1:0";
-  options.metrics_listen = "";
   options.service.max_chunk_bytes = 64 << 10;
   options.service.stream_window_bytes = 256 << 10;
-  std::vector<std::unique_ptr<QuantizerBackend>> engines;
-  engines.push_back(std::make_unique<SlowReadingEngine>());
-  auto server = server::Nvfp4Server::Start(options, std::move(engines));
-  ASSERT_TRUE(server.ok()) << server.status();
-  client::ClientOptions client_options;
-  client_options.target = "127.0.0.1:" + std::to_string((*server)->port());
-  client_options.chunk_bytes = 64 << 10;
-  auto client = std::move(*client::QuantizerClient::Connect(client_options));
-  server::QuantizerService& service = (*server)->service();
+  Harness h = StartServerWith(std::make_unique<SlowReadingEngine>(), options);
+  ASSERT_NE(h.server, nullptr);
+  server::QuantizerService& service = h.server->service();
 
   const int64_t rows = 2048, cols = 1024;  // 8 MiB of f32; the engine reads 256 KiB at a time
   std::vector<float> x = Gaussian(rows * cols, 41);
   const TensorView view{DType::kF32, rows, cols, x.data()};
-  auto remote = client->QuantizeTensor(view, {}, {}, "windowed");  // client sends amax
+  auto remote = h.client->QuantizeTensor(view, {}, {}, "windowed");  // client sends amax
   ASSERT_TRUE(remote.ok()) << remote.status();
   auto local = Cpu()->Quantize(view, {}, {});
   ASSERT_TRUE(local.ok());
@@ -718,12 +712,12 @@ TEST(Service, StreamedUploadIsHeldToTheFlowControlWindow) {
   x[5 * cols + 3] = std::nanf("");
   QuantizeOptions given;
   given.amax = 5.0f;
-  auto bad = client->QuantizeTensor(view, {}, given, "nan");
+  auto bad = h.client->QuantizeTensor(view, {}, given, "nan");
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << bad.status();
   EXPECT_THAT(std::string(bad.status().message()), HasSubstr("row 5, column 3"));
   WaitFor([&] { return service.stream_held_bytes() == 0; });
-  WaitFor([&] { return (*server)->scheduler().reserved_bytes() == 0; });
+  WaitFor([&] { return h.server->scheduler().reserved_bytes() == 0; });
 }
 
 // A streamed job whose late rows hold a NaN: early packed chunks may already be out, but the
