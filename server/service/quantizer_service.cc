@@ -179,13 +179,9 @@ class TensorStreamReactor final
     PumpAndUnlock();
   }
 
-  void OnDone() override {
-    {
-      absl::MutexLock lock(&mu_);
-      ReleaseHeldLocked(std::numeric_limits<int64_t>::max());  // a job that never ran
-    }
-    delete this;
-  }
+  // Nothing is held any more: chunks are only held once the job is submitted, and every
+  // submitted job reports (OnJobDone releases them) before the call can finish.
+  void OnDone() override { delete this; }
 
  private:
   // Reading progress. A job is submitted when its data is complete, or, when its global scale
