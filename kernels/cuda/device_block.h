@@ -2,12 +2,15 @@
 // the shared numerics (kernels/numerics/), so that the host can run, and the tests can check,
 // exactly the code the quantize kernel runs.
 //
-// ProcessBlock: load a block (widen bf16/f16 with the shared converters, zero-pad past the last
-// column), record non-finite inputs and bad importance values, then the CPU reference's block
-// steps unchanged: PrepareScalarBlock -> ChooseBlockScale -> EncodeBlock, DequantizeNibble for
-// the fake-quant output, and the error terms of AccumulateBlockMetrics. The only device-specific
-// piece is DeviceBlock, a ScalarBlock whose loss() passes a compile-time weights pointer to the
-// same CandidateLoss (a run-time pointer select would force the block into local memory).
+// ProcessBlock: load a block (widen bf16/f16 exactly, zero-pad past the last column), record
+// non-finite inputs and bad importance values, then the CPU reference's block steps unchanged:
+// PrepareScalarBlock -> ChooseBlockScale, one E2M1RoundByThreshold per element under the chosen
+// code for the nibbles (what EncodeBlock packs), DequantizeNibble for the fake-quant output, and
+// the error terms of AccumulateBlockMetrics. The only device-specific piece is DeviceBlock, a
+// ScalarBlock whose loss() passes a compile-time weights pointer to the same CandidateLoss (a
+// run-time pointer select would force the block into local memory). Loops over a block run over
+// all 16 elements: a run-time bound would index the arrays at run time, i.e. on the stack
+// (tests/gpu/kernel_resources_test.py checks the compiled kernels for it).
 // Metric terms are summed per block with the shared TreeSum16 in fp32 and then in fp64 per
 // thread; the CPU folds per element position instead, so metrics agree to ~1e-7 relative and
 // bytes (packed, scales, dequantized) are identical.
@@ -34,6 +37,10 @@
 #include "kernels/numerics/scale_search.h"
 #include "kernels/numerics/scale_table.h"
 #include "kernels/tensor.h"
+
+#if defined(__CUDACC__)
+#include <cuda_fp16.h>
+#endif
 
 namespace nvfp4::cuda {
 
@@ -177,13 +184,19 @@ NVFP4_HD void Store8Bytes(void* dst, const uint8_t* bytes) {
 #endif
 }
 
-// Widening of one 16-bit value (the CPU's ConvertToF32Scalar).
+// Widening of one 16-bit value (the CPU's ConvertToF32Scalar). fp16 -> fp32 is exact, so on
+// the device the hardware conversion (one instruction) gives HalfBitsToFloat's value for every
+// non-NaN input (cuda_host_conversions_test checks all 65536 patterns; NaN inputs are errors).
 template <DType kDtype>
 NVFP4_HD float Widen16(uint32_t bits) {
   if constexpr (kDtype == DType::kBF16) {
     return Bf16BitsToFloat(static_cast<uint16_t>(bits));
   } else {
+#if defined(__CUDA_ARCH__)
+    return __half2float(__ushort_as_half(static_cast<unsigned short>(bits)));
+#else
     return HalfBitsToFloat(static_cast<uint16_t>(bits));
+#endif
   }
 }
 
@@ -224,42 +237,16 @@ NVFP4_HD void LoadBlock(const void* base, int64_t e0, int n, bool vector, float*
   for (int i = 0; i < kBlockSize; ++i) x[i] = i < n ? LoadValue<kDtype>(base, e0 + i) : 0.0f;
 }
 
-// Sums of the metric terms of one block quantised with code c, in the order of MetricSum; the
-// terms are those of AccumulateBlockMetrics (absmax_code -1: c is the AbsMax code itself).
-template <bool kWeights>
-NVFP4_HD void BlockMetricSums(const float* x, const float* weights, const ScaleTable& table, int c,
-                              int absmax_code, float* sums, float* max_abs_error) {
-  if (absmax_code < 0) absmax_code = c;
-  const float s = table.effective_scale[c];
-  const float s_absmax = table.effective_scale[absmax_code];
-  float squared_error[kBlockSize], weighted[kBlockSize], weight[kBlockSize];
-  float signal[kBlockSize], absmax_error[kBlockSize];
-  float max_error = 0.0f;
-  for (int i = 0; i < kBlockSize; ++i) {
-    const float a = x[i] < 0.0f ? -x[i] : x[i];
-    const float d = a - E2M1Magnitude(E2M1IndexByThreshold(a, table.threshold[c])) * s;
-    const float e = d * d;
-    squared_error[i] = e;
-    weighted[i] = kWeights ? weights[i] * e : 0.0f;
-    weight[i] = kWeights ? weights[i] : 0.0f;
-    signal[i] = x[i] * x[i];
-    const float d_absmax =
-        c == absmax_code
-            ? d
-            : a - E2M1Magnitude(E2M1IndexByThreshold(a, table.threshold[absmax_code])) * s_absmax;
-    absmax_error[i] = d_absmax * d_absmax;
-    max_error = MaxF(max_error, d < 0.0f ? -d : d);
-  }
-  sums[kSquaredError] = TreeSum16(squared_error);
-  sums[kWeightedSquaredError] = TreeSum16(weighted);
-  sums[kWeightSum] = TreeSum16(weight);
-  sums[kSquaredSignal] = TreeSum16(signal);
-  sums[kAbsMaxSquaredError] = TreeSum16(absmax_error);
-  *max_abs_error = max_error;
+// The error d = |x| - q S of AccumulateBlockMetrics for every element, given its grid
+// magnitude q under the effective scale S = s.
+NVFP4_HD void BlockErrors(const float* ax, const float* magnitude, float s, float* d) {
+  for (int i = 0; i < kBlockSize; ++i) d[i] = ax[i] - magnitude[i] * s;
 }
 
 // The whole per-block step for block b (row-major block index within the job). kWeights:
 // importance present (metrics are weighted); kSearchWeighted: objective WMSE (implies kWeights).
+// Each element is rounded once under the chosen code; its nibble, dequantised value and error
+// all come from that rounding (the CPU rounds the same way: EncodeElement, AccumulateBlockMetrics).
 template <DType kDtype, bool kWeights, bool kSearchWeighted>
 NVFP4_HD void ProcessBlock(const BlockJob& job, const ScaleTable& table,
                            const ScaleSearchParams& params, int64_t b, ThreadTotals* totals) {
@@ -274,18 +261,32 @@ NVFP4_HD void ProcessBlock(const BlockJob& job, const ScaleTable& table,
 
   float x[kBlockSize];
   LoadBlock<kDtype>(job.x, e0, n, job.vector_access, x);
-  for (int i = 0; i < n; ++i) {
-    ScanInput(x[i], tensor_e0 + i, &totals->amax, &totals->first_bad_input);
+  // NaN/Inf: one comparison per element; the smallest bad index is searched for only in a bad
+  // block (padding is 0.0, never bad). Loops run over all 16 elements so that x stays in
+  // registers (a loop bounded by n would index it at run time, i.e. from local memory).
+  bool bad_input = false;
+  for (int i = 0; i < kBlockSize; ++i) bad_input |= !(AbsF(x[i]) <= kMaxFiniteFloat);
+  const float m = BlockMaxAbs(x);
+  if (!bad_input) {
+    totals->amax = MaxF(totals->amax, m);
+  } else {
+    for (int i = 0; i < kBlockSize; ++i) {
+      if (i < n) ScanInput(x[i], tensor_e0 + i, &totals->amax, &totals->first_bad_input);
+    }
   }
 
   float w[kBlockSize];
   if constexpr (kWeights) {
     const bool per_column = job.layout == ImportanceLayout::kPerColumn;
     LoadBlock<DType::kF32>(job.weights, per_column ? col0 : e0, n, job.vector_access, w);
-    const uint64_t w0 = per_column ? static_cast<uint64_t>(col0) : tensor_e0;
-    for (int i = 0; i < n; ++i) {
-      if (!IsValidWeight(w[i])) {
-        totals->first_bad_weight = MinIndex(totals->first_bad_weight, w0 + i);
+    bool bad_weight = false;
+    for (int i = 0; i < kBlockSize; ++i) bad_weight |= !IsValidWeight(w[i]);
+    if (bad_weight) {
+      const uint64_t w0 = per_column ? static_cast<uint64_t>(col0) : tensor_e0;
+      for (int i = 0; i < kBlockSize; ++i) {
+        if (i < n && !IsValidWeight(w[i])) {
+          totals->first_bad_weight = MinIndex(totals->first_bad_weight, w0 + i);
+        }
       }
     }
   } else {
@@ -294,12 +295,25 @@ NVFP4_HD void ProcessBlock(const BlockJob& job, const ScaleTable& table,
 
   // The CPU reference's block steps (row_kernel_scalar.cc / row_driver.h).
   DeviceBlock<kSearchWeighted> block;
-  PrepareScalarBlock(x, kSearchWeighted ? w : nullptr, table, params, &block.block);
+  PrepareScalarBlock(x, kSearchWeighted ? w : nullptr, table, m, AbsMaxScaleCode(m, params.six_g),
+                     &block.block);
   const BlockChoice choice = ChooseBlockScale(block, params);
   const int code = choice.code;
   job.scales[b] = choice.code;
+
+  const float* ax = block.block.ax;
+  float row[8];
+  LoadThresholdRow(table, code, row);
+  const float s = table.effective_scale[code];
+  uint8_t nibbles[kBlockSize];
+  float magnitude[kBlockSize];
+  for (int i = 0; i < kBlockSize; ++i) {
+    const E2M1Rounding rounding = E2M1RoundByThreshold(ax[i], row);
+    nibbles[i] = E2M1Nibble(rounding.index, x[i]);
+    magnitude[i] = rounding.magnitude;
+  }
   uint8_t packed[kBlockSize / 2];
-  EncodeBlock(x, table, code, packed);
+  PackNibbles(nibbles, packed);
   if (job.vector_access) {
     Store8Bytes(job.packed + b * (kBlockSize / 2), packed);
   } else {
@@ -307,13 +321,8 @@ NVFP4_HD void ProcessBlock(const BlockJob& job, const ScaleTable& table,
   }
 
   if (job.dequantized != nullptr) {
-    // EncodeBlock's nibble i is EncodeElement(x[i], table, code), which the CPU dequantises.
-    const float s = table.effective_scale[code];
     float out[kBlockSize];
-    for (int i = 0; i < kBlockSize; ++i) {
-      const uint8_t nibble = static_cast<uint8_t>((packed[i / 2] >> (4 * (i & 1))) & 0xFu);
-      out[i] = DequantizeNibble(nibble, s);
-    }
+    for (int i = 0; i < kBlockSize; ++i) out[i] = DequantizeNibble(nibbles[i], s);
     float* dst = job.dequantized + e0;
     if (job.vector_access) {
       for (int q = 0; q < 4; ++q) {
@@ -322,16 +331,41 @@ NVFP4_HD void ProcessBlock(const BlockJob& job, const ScaleTable& table,
         Store16Bytes(dst + 4 * q, words);
       }
     } else {
-      for (int i = 0; i < n; ++i) dst[i] = out[i];
+      for (int i = 0; i < kBlockSize; ++i) {
+        if (i < n) dst[i] = out[i];
+      }
     }
   }
 
-  float sums[kMetricSums];
-  float max_abs_error;
-  BlockMetricSums<kWeights>(x, w, table, code, job.method == Method::kAbsMax ? -1 : choice.absmax,
-                            sums, &max_abs_error);
-  for (int k = 0; k < kMetricSums; ++k) totals->sum[k] += static_cast<double>(sums[k]);
-  totals->max_abs_error = MaxF(totals->max_abs_error, max_abs_error);
+  // Metric terms (those of AccumulateBlockMetrics), summed per block with TreeSum16 in fp32.
+  float d[kBlockSize];
+  BlockErrors(ax, magnitude, s, d);
+  float absmax_d[kBlockSize];
+  if (choice.absmax == code) {  // always for AbsMax and all-zero blocks
+    for (int i = 0; i < kBlockSize; ++i) absmax_d[i] = d[i];
+  } else {
+    LoadThresholdRow(table, choice.absmax, row);
+    for (int i = 0; i < kBlockSize; ++i) magnitude[i] = E2M1RoundByThreshold(ax[i], row).magnitude;
+    BlockErrors(ax, magnitude, table.effective_scale[choice.absmax], absmax_d);
+  }
+  float squared_error[kBlockSize], weighted[kBlockSize], signal[kBlockSize];
+  float absmax_error[kBlockSize];
+  float max_error = 0.0f;
+  for (int i = 0; i < kBlockSize; ++i) {
+    squared_error[i] = d[i] * d[i];
+    weighted[i] = kWeights ? w[i] * squared_error[i] : 0.0f;
+    signal[i] = x[i] * x[i];
+    absmax_error[i] = absmax_d[i] * absmax_d[i];
+    max_error = MaxF(max_error, AbsF(d[i]));
+  }
+  totals->sum[kSquaredError] += static_cast<double>(TreeSum16(squared_error));
+  if constexpr (kWeights) {
+    totals->sum[kWeightedSquaredError] += static_cast<double>(TreeSum16(weighted));
+    totals->sum[kWeightSum] += static_cast<double>(TreeSum16(w));
+  }
+  totals->sum[kSquaredSignal] += static_cast<double>(TreeSum16(signal));
+  totals->sum[kAbsMaxSquaredError] += static_cast<double>(TreeSum16(absmax_error));
+  totals->max_abs_error = MaxF(totals->max_abs_error, max_error);
   totals->candidates += choice.candidates;
 }
 

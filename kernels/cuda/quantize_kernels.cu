@@ -20,6 +20,9 @@ namespace nvfp4::cuda::internal {
 namespace {
 
 constexpr int kWarps = kThreadsPerCta / 32;
+// At least two resident CTAs (16 warps) per SM, i.e. at most 128 registers per thread: one CTA
+// of 8 warps cannot keep enough loads in flight to approach the HBM rate.
+constexpr int kQuantizeMinCtasPerSm = 2;
 constexpr unsigned kFullMask = 0xFFFFFFFFu;
 static_assert(sizeof(ScaleTable) % 16 == 0, "the table is copied in 16-byte words");
 
@@ -167,7 +170,7 @@ __global__ void BuildScaleTableKernel(GlobalScaleSource source, DeviceResult* re
 }
 
 template <DType kDtype, bool kWeights, bool kSearchWeighted>
-__global__ void __launch_bounds__(kThreadsPerCta)
+__global__ void __launch_bounds__(kThreadsPerCta, kQuantizeMinCtasPerSm)
     QuantizeKernel(BlockJob job, const ScaleTable* __restrict__ global_table, DeviceResult* result,
                    MetricPartial* partials) {
   // Every thread reads thresholds of data-dependent codes: shared memory, loaded once per CTA.

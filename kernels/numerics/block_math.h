@@ -121,14 +121,21 @@ NVFP4_HD float WmseLowerBound(const float* axp, const float* w, float total_weig
   return bound * inv_p;
 }
 
+// Copies threshold row c into row[8]: the rounding selects among the row's values per element,
+// which on the GPU must be registers, not data-dependent shared-memory addresses.
+NVFP4_HD void LoadThresholdRow(const ScaleTable& table, int c, float* row) {
+  for (int k = 0; k < 8; ++k) row[k] = table.threshold[c][k];
+}
+
 // The defined loss (header comment) of scale code c. w == nullptr means MSE.
 NVFP4_HD float CandidateLoss(const float* ax, const float* axp, const float* w,
                              const ScaleTable& table, int c, float p) {
   const float scale_p = table.effective_scale[c] * p;
-  const float* thresholds = table.threshold[c];
+  float row[8];
+  LoadThresholdRow(table, c, row);
   float terms[kBlockSize];
   for (int i = 0; i < kBlockSize; ++i) {
-    const float q = E2M1Magnitude(E2M1IndexByThreshold(ax[i], thresholds));
+    const float q = E2M1RoundByThreshold(ax[i], row).magnitude;
     const float d = fmaf(-q, scale_p, axp[i]);
     const float e = d * d;
     terms[i] = w ? w[i] * e : e;
@@ -136,18 +143,30 @@ NVFP4_HD float CandidateLoss(const float* ax, const float* axp, const float* w,
   return TreeSum16(terms);
 }
 
+// E2M1 nibble of an element x whose magnitude has grid index `index`: the sign bit is x < 0, so
+// -0.0 and NaN encode as positive.
+NVFP4_HD uint8_t E2M1Nibble(uint32_t index, float x) {
+  return static_cast<uint8_t>(index | (x < 0.0f ? 8u : 0u));
+}
+
 // E2M1 nibble of x under scale code c.
 NVFP4_HD uint8_t EncodeElement(float x, const ScaleTable& table, int c) {
   const float a = x < 0.0f ? -x : x;
-  return static_cast<uint8_t>(E2M1IndexByThreshold(a, table.threshold[c]) | (x < 0.0f ? 8u : 0u));
+  return E2M1Nibble(E2M1IndexByThreshold(a, table.threshold[c]), x);
 }
 
 // Packs a block's 16 nibbles into 8 bytes: element 2j in the low nibble of byte j.
-NVFP4_HD void EncodeBlock(const float* x, const ScaleTable& table, int c, uint8_t* packed) {
+NVFP4_HD void PackNibbles(const uint8_t* nibbles, uint8_t* packed) {
   for (int j = 0; j < kBlockSize / 2; ++j) {
-    packed[j] = static_cast<uint8_t>(EncodeElement(x[2 * j], table, c) |
-                                     (EncodeElement(x[2 * j + 1], table, c) << 4));
+    packed[j] = static_cast<uint8_t>(nibbles[2 * j] | (nibbles[2 * j + 1] << 4));
   }
+}
+
+// The packed E2M1 bytes of block x under scale code c.
+NVFP4_HD void EncodeBlock(const float* x, const ScaleTable& table, int c, uint8_t* packed) {
+  uint8_t nibbles[kBlockSize];
+  for (int i = 0; i < kBlockSize; ++i) nibbles[i] = EncodeElement(x[i], table, c);
+  PackNibbles(nibbles, packed);
 }
 
 // Dequantised value of a nibble under effective scale s: fl32(e2m1 * s).

@@ -15,12 +15,14 @@ namespace nvfp4 {
 inline constexpr float kE2M1Max = 6.0f;
 inline constexpr int kE2M1Levels = 8;
 
-// Magnitude of grid index i: {0, 0.5, 1, 1.5, 2, 3, 4, 6}. Arithmetic rather than a table:
-// nvcc places a run-time-indexed local table in local memory.
+// Magnitude of grid index i: {0, 0.5, 1, 1.5, 2, 3, 4, 6}. Arithmetic rather than a table
+// (nvcc places a run-time-indexed local table in local memory): indices 2..7 are the normal
+// E2M1 values 2^(e-1) (1 + m/2) of their bits `e e m`, i.e. the float with exponent field
+// 126 + e and mantissa m << 22, which is (i << 22) + (126 << 23).
 NVFP4_HD float E2M1Magnitude(uint32_t index) {
   index &= 7u;
-  return index < 4u ? 0.5f * static_cast<float>(index)
-                    : (index == 7u ? 6.0f : static_cast<float>(index - 2u));
+  if (index < 2u) return index == 0u ? 0.0f : 0.5f;
+  return BitsToFloat((index << 22) + 0x3F000000u);
 }
 
 // Rounding boundaries between grid index k and k+1, and whether the boundary value itself

@@ -46,6 +46,7 @@ NVFP4_HD float NextUpNonNegative(float a) { return BitsToFloat(FloatToBits(a) + 
 NVFP4_HD float NextDownPositive(float a) { return BitsToFloat(FloatToBits(a) - 1u); }
 
 NVFP4_HD float MaxF(float a, float b) { return a > b ? a : b; }
+NVFP4_HD float AbsF(float a) { return a < 0.0f ? -a : a; }  // -0.0 stays -0.0
 NVFP4_HD float MinF(float a, float b) { return a < b ? a : b; }
 
 }  // namespace nvfp4

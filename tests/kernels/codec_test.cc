@@ -85,6 +85,11 @@ TEST(E2M1, TieTableAndSaturation) {
   }
 }
 
+TEST(E2M1, MagnitudesOfTheGrid) {
+  const float grid[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+  for (uint32_t i = 0; i < 16; ++i) EXPECT_EQ(Bits(E2M1Magnitude(i)), Bits(grid[i & 7])) << i;
+}
+
 TEST(GlobalScale, Rules) {
   EXPECT_EQ(Bits(GlobalScaleFromAmax(6.0f, 448)), 0x3B124925u);
   EXPECT_EQ(GlobalScaleFromAmax(0.0f, 448), 1.0f);
@@ -114,8 +119,11 @@ void ExpectTableMatchesDivision(float g, std::mt19937& rng) {
     const float s = table->effective_scale[c];
     ASSERT_EQ(Bits(s), Bits(DecodeE4M3(static_cast<uint8_t>(c)) * g));
     auto check = [&](float a) {
-      ASSERT_EQ(E2M1IndexByThreshold(a, table->threshold[c]), E2M1MagnitudeIndex(a / s))
-          << "g=" << g << " code=" << c << " a=" << a;
+      const uint32_t index = E2M1MagnitudeIndex(a / s);
+      const E2M1Rounding rounding = E2M1RoundByThreshold(a, table->threshold[c]);
+      ASSERT_EQ(rounding.index, index) << "g=" << g << " code=" << c << " a=" << a;
+      ASSERT_EQ(Bits(rounding.magnitude), Bits(E2M1Magnitude(index))) << "index " << index;
+      ASSERT_EQ(E2M1IndexByThreshold(a, table->threshold[c]), index);
     };
     for (int k = 0; k < 7; ++k) {
       float a = table->threshold[c][k];

@@ -10,8 +10,10 @@
 #include "gtest/gtest.h"
 #include "kernels/numerics/e2m1.h"
 #include "kernels/numerics/e4m3.h"
+#include "kernels/numerics/half.h"
 
 #if NVFP4_HAVE_CUDA_HEADERS
+#include <cuda_fp16.h>
 #include <cuda_fp4.h>
 #include <cuda_fp8.h>
 #endif
@@ -70,8 +72,30 @@ TEST(CudaHostConversions, E2M1MatchesCudaFp4) {
   }
 }
 
+// The CUDA kernels widen fp16 with the hardware conversion (device_block.h Widen16); it must
+// equal HalfBitsToFloat, the CPU's widening, for every pattern (NaN: both NaN).
+TEST(CudaHostConversions, HalfWideningMatchesCudaFp16) {
+  for (uint32_t h = 0; h < 0x10000u; ++h) {
+    __half_raw raw;
+    raw.x = static_cast<unsigned short>(h);
+    const float cuda = __half2float(__half(raw));
+    const float ours = HalfBitsToFloat(static_cast<uint16_t>(h));
+    if (std::isnan(ours)) {
+      ASSERT_TRUE(std::isnan(cuda)) << std::hex << h;
+      continue;
+    }
+    uint32_t cuda_bits, our_bits;
+    std::memcpy(&cuda_bits, &cuda, 4);
+    std::memcpy(&our_bits, &ours, 4);
+    ASSERT_EQ(our_bits, cuda_bits) << std::hex << "half 0x" << h;
+  }
+}
+
 #else
 
+TEST(CudaHostConversions, HalfWideningMatchesCudaFp16) {
+  GTEST_SKIP() << "CUDA toolkit headers (cuda_fp16.h) not found: comparison skipped";
+}
 TEST(CudaHostConversions, E4M3MatchesCudaFp8) {
   GTEST_SKIP() << "CUDA toolkit headers (cuda_fp8.h) not found: comparison skipped";
 }
