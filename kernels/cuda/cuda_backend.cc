@@ -12,6 +12,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -23,6 +24,7 @@
 #include "kernels/cuda/quantize_kernels.h"
 #include "kernels/numerics/half.h"
 #include "kernels/numerics/hd.h"
+#include "kernels/row_source.h"
 #include "kernels/validate.h"
 
 namespace nvfp4::cuda {
@@ -84,15 +86,23 @@ absl::StatusOr<float> ReadValue(DType dtype, const void* data, int64_t index, bo
   return ValueFromBytes(dtype, bytes);
 }
 
+// The CPU backend's InvalidArgument for a NaN/Inf input element.
+absl::Status NonFiniteInputError(int64_t index, int64_t cols, float v) {
+  return absl::InvalidArgumentError(absl::StrCat("input ", DescribeElement(index, cols), " is ",
+                                                 DescribeValue(v), "; NVFP4 needs finite values"));
+}
+
 // Turns the kernels' first-bad indices into the CPU backend's InvalidArgument messages.
 absl::Status CheckValues(const DeviceResult& result, const TensorView& input,
                          const ImportanceView& importance, bool on_device) {
   if (result.first_bad_input != kNoBadElement) {
     const int64_t index = static_cast<int64_t>(result.first_bad_input);
+    if (input.data == nullptr) {  // streamed: the host path names bad chunks as it drains them
+      return absl::InvalidArgumentError(absl::StrCat("input ", DescribeElement(index, input.cols),
+                                                     " is not finite; NVFP4 needs finite values"));
+    }
     ASSIGN_OR_RETURN(const float v, ReadValue(input.dtype, input.data, index, on_device));
-    return absl::InvalidArgumentError(absl::StrCat("input ", DescribeElement(index, input.cols),
-                                                   " is ", DescribeValue(v),
-                                                   "; NVFP4 needs finite values"));
+    return NonFiniteInputError(index, input.cols, v);
   }
   if (result.first_bad_weight != kNoBadElement) {
     const int64_t index = static_cast<int64_t>(result.first_bad_weight);
@@ -294,9 +304,16 @@ struct CudaBackend::State {
                                                    const ImportanceView& importance,
                                                    const QuantizeOptions& options,
                                                    const DeviceOutputs& outputs);
-  absl::StatusOr<QuantizedTensor> RunFromHost(const TensorView& input,
-                                              const ImportanceView& importance,
-                                              const QuantizeOptions& options);
+  // The host path: input from host memory (input.data) or from `streamed` (input.data unused),
+  // outputs into the caller's host buffers `out`; rows_done (may be null) hears of every chunk
+  // whose outputs are final.
+  absl::StatusOr<QuantizedSummary> RunFromHost(const TensorView& input,
+                                               const ImportanceView& importance,
+                                               const QuantizeOptions& options,
+                                               const QuantizedBuffers& out, RowSource* streamed,
+                                               const RowsDoneFn* rows_done);
+
+  std::vector<std::pair<const uint8_t*, size_t>> pieces;  // of a streamed chunk (host path)
 };
 
 absl::StatusOr<DeviceQuantizeResult> CudaBackend::State::RunOnDevice(
@@ -357,9 +374,9 @@ absl::StatusOr<DeviceQuantizeResult> CudaBackend::State::RunOnDevice(
   return out;
 }
 
-absl::StatusOr<QuantizedTensor> CudaBackend::State::RunFromHost(const TensorView& input,
-                                                                const ImportanceView& importance,
-                                                                const QuantizeOptions& options) {
+absl::StatusOr<QuantizedSummary> CudaBackend::State::RunFromHost(
+    const TensorView& input, const ImportanceView& importance, const QuantizeOptions& options,
+    const QuantizedBuffers& out, RowSource* streamed, const RowsDoneFn* rows_done) {
   const auto start_time = std::chrono::steady_clock::now();
   const int64_t rows = input.rows;
   const int64_t cols = input.cols;
@@ -368,12 +385,6 @@ absl::StatusOr<QuantizedTensor> CudaBackend::State::RunFromHost(const TensorView
   const bool per_column = importance.layout == ImportanceLayout::kPerColumn;
   const bool per_element = importance.layout == ImportanceLayout::kPerElement;
   const bool want_dequantized = options.want_dequantized;
-
-  QuantizedTensor out;
-  out.rows = rows;
-  out.cols = cols;
-  out.padded_cols = pc;
-  ResizeOutputs(out, want_dequantized);
 
   // Chunk geometry and buffers (grown on demand, kept for later calls).
   const int64_t rows_per_chunk = std::max<int64_t>(1, kHostChunkElements / pc);
@@ -386,10 +397,13 @@ absl::StatusOr<QuantizedTensor> CudaBackend::State::RunFromHost(const TensorView
       want_dequantized ? static_cast<size_t>(rows_per_chunk * cols) * 4 : 0;
   const size_t scales_offset = AlignUp(packed_bytes, 256);
   const size_t dequantized_offset = AlignUp(scales_offset + scale_bytes, 256);
+  // The first bad input index as of the chunk's kernel, so a bad value is found while its
+  // chunk is still in the pinned input slot (a streamed input's rows may be gone by the end).
+  const size_t bad_index_offset = AlignUp(dequantized_offset + dequantized_bytes, 8);
   for (int slot = 0; slot < 2; ++slot) {
     RETURN_IF_ERROR(pinned_input[slot].Reserve(input_bytes));
     RETURN_IF_ERROR(pinned_weights[slot].Reserve(weight_bytes));
-    RETURN_IF_ERROR(pinned_output[slot].Reserve(dequantized_offset + dequantized_bytes));
+    RETURN_IF_ERROR(pinned_output[slot].Reserve(bad_index_offset + sizeof(uint64_t)));
     RETURN_IF_ERROR(chunk_weights[slot].Reserve(weight_bytes));
     RETURN_IF_ERROR(chunk_packed[slot].Reserve(packed_bytes));
     RETURN_IF_ERROR(chunk_scales[slot].Reserve(scale_bytes));
@@ -425,17 +439,33 @@ absl::StatusOr<QuantizedTensor> CudaBackend::State::RunFromHost(const TensorView
            static_cast<size_t>(chunk * rows_per_chunk * cols) * element_size;
   };
   // Copies the chunk's input (to input_dst, when not null) and per-element weights through the
-  // slot's pinned buffers and enqueues the uploads on the slot's stream.
+  // slot's pinned buffers and enqueues the uploads on the slot's stream. A streamed chunk waits
+  // for its rows and is gathered from the received pieces.
   const auto stage = [&](int64_t chunk, void* input_dst, bool weights) -> absl::Status {
     const int slot = static_cast<int>(chunk % 2);
     const int64_t r0 = chunk * rows_per_chunk;
     const size_t count = static_cast<size_t>(chunk_rows(chunk) * cols);
     NVFP4_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(staged[slot].get()), "cudaEventSynchronize");
-    if (input_dst != nullptr) {
+    if (input_dst != nullptr && streamed != nullptr) {
+      pieces.clear();
+      // The source's lock may be held while the callback runs: note the pieces, copy after.
+      if (!streamed->ReadRows(r0, r0 + chunk_rows(chunk), [this](const uint8_t* data, size_t n) {
+            pieces.emplace_back(data, n);
+          })) {
+        return absl::CancelledError("the input never completed");
+      }
+      uint8_t* dst = pinned_input[slot].as<uint8_t>();
+      for (const auto& [data, n] : pieces) {
+        std::memcpy(dst, data, n);
+        dst += n;
+      }
+    } else if (input_dst != nullptr) {
       std::memcpy(
           pinned_input[slot].get(),
           static_cast<const uint8_t*>(input.data) + static_cast<size_t>(r0 * cols) * element_size,
           count * element_size);
+    }
+    if (input_dst != nullptr) {
       NVFP4_CUDA_RETURN_IF_ERROR(
           cudaMemcpyAsync(input_dst, pinned_input[slot].get(), count * element_size,
                           cudaMemcpyHostToDevice, stream[slot]),
@@ -452,20 +482,35 @@ absl::StatusOr<QuantizedTensor> CudaBackend::State::RunFromHost(const TensorView
                                "cudaEventRecord");
     return absl::OkStatus();
   };
-  // Waits for the chunk's outputs in its pinned slot and copies them into `out`.
+  // Waits for the chunk's outputs in its pinned slot, fails on a NaN/Inf input in the chunk
+  // (naming it, as the CPU does; later chunks are not quantised), copies the outputs into `out`
+  // and reports the chunk's rows done.
   const auto drain = [&](int64_t chunk) -> absl::Status {
     const int slot = static_cast<int>(chunk % 2);
     const int64_t r0 = chunk * rows_per_chunk;
     const int64_t n = chunk_rows(chunk);
     NVFP4_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(done[slot].get()), "cudaEventSynchronize");
     const uint8_t* pinned = pinned_output[slot].as<uint8_t>();
-    std::memcpy(out.packed.data() + r0 * (pc / 2), pinned, static_cast<size_t>(n * pc / 2));
-    std::memcpy(out.scales.data() + r0 * (pc / kBlockSize), pinned + scales_offset,
+    if (!use_resident) {
+      uint64_t bad;
+      std::memcpy(&bad, pinned + bad_index_offset, sizeof(bad));
+      // Earlier chunks' bad elements were reported at their drain: a smaller index is ours.
+      if (bad < static_cast<uint64_t>((r0 + n) * cols)) {
+        const int64_t index = static_cast<int64_t>(bad);
+        const float v =
+            ValueFromBytes(input.dtype, pinned_input[slot].as<uint8_t>() +
+                                            static_cast<size_t>(index - r0 * cols) * element_size);
+        return NonFiniteInputError(index, cols, v);
+      }
+    }
+    std::memcpy(out.packed + r0 * (pc / 2), pinned, static_cast<size_t>(n * pc / 2));
+    std::memcpy(out.scales + r0 * (pc / kBlockSize), pinned + scales_offset,
                 static_cast<size_t>(n * pc / kBlockSize));
     if (want_dequantized) {
-      std::memcpy(out.dequantized.data() + r0 * cols, pinned + dequantized_offset,
+      std::memcpy(out.dequantized + r0 * cols, pinned + dequantized_offset,
                   static_cast<size_t>(n * cols) * 4);
     }
+    if (rows_done != nullptr) (*rows_done)(r0 + n);
     return absl::OkStatus();
   };
 
@@ -551,6 +596,14 @@ absl::StatusOr<QuantizedTensor> CudaBackend::State::RunFromHost(const TensorView
                           static_cast<size_t>(n * cols) * 4, cudaMemcpyDeviceToHost, stream[slot]),
           "cudaMemcpyAsync (dequantized chunk)");
     }
+    if (!use_resident) {
+      NVFP4_CUDA_RETURN_IF_ERROR(
+          cudaMemcpyAsync(
+              pinned + bad_index_offset,
+              reinterpret_cast<uint8_t*>(device_result()) + offsetof(DeviceResult, first_bad_input),
+              sizeof(uint64_t), cudaMemcpyDeviceToHost, stream[slot]),
+          "cudaMemcpyAsync (first bad index)");
+    }
     NVFP4_CUDA_RETURN_IF_ERROR(cudaEventRecord(done[slot].get(), stream[slot]), "cudaEventRecord");
   }
   for (int64_t chunk = std::max<int64_t>(0, chunks - 2); chunk < chunks; ++chunk) {
@@ -564,11 +617,13 @@ absl::StatusOr<QuantizedTensor> CudaBackend::State::RunFromHost(const TensorView
   const DeviceResult& r = result_on_host();
   RETURN_IF_ERROR(CheckValues(r, input, importance, /*on_device=*/false));
 
-  out.amax = options.amax.value_or(BitsToFloat(r.amax_bits));
-  out.global_scale = r.global_scale;
-  out.metrics = FinalizeMetrics(ToAccumulator(r.metrics, rows * (pc / kBlockSize)),
-                                input.elements(), importance.present(), SecondsSince(start_time));
-  return out;
+  QuantizedSummary summary;
+  summary.amax = options.amax.value_or(BitsToFloat(r.amax_bits));
+  summary.global_scale = r.global_scale;
+  summary.metrics =
+      FinalizeMetrics(ToAccumulator(r.metrics, rows * (pc / kBlockSize)), input.elements(),
+                      importance.present(), SecondsSince(start_time));
+  return summary;
 }
 
 CudaBackend::CudaBackend(int device, std::string name, std::unique_ptr<State> state)
@@ -634,7 +689,47 @@ absl::StatusOr<QuantizedTensor> CudaBackend::Quantize(const TensorView& input,
         CheckPointer(importance.data, /*want_device=*/false, device_, "importance.data"));
   }
   try {
-    return state_->RunFromHost(input, importance, options);
+    QuantizedTensor out;
+    out.rows = input.rows;
+    out.cols = input.cols;
+    out.padded_cols = PaddedCols(input.cols);
+    ResizeOutputs(out, options.want_dequantized);
+    ASSIGN_OR_RETURN(const QuantizedSummary summary,
+                     state_->RunFromHost(input, importance, options, BuffersOf(out),
+                                         /*streamed=*/nullptr, /*rows_done=*/nullptr));
+    out.amax = summary.amax;
+    out.global_scale = summary.global_scale;
+    out.metrics = summary.metrics;
+    return out;
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat("out of host memory quantising a [",
+                                                     input.rows, ", ", input.cols, "] tensor"));
+  }
+}
+
+absl::StatusOr<QuantizedSummary> CudaBackend::QuantizeInto(
+    const TensorView& input, const ImportanceView& importance, const QuantizeOptions& options,
+    const QuantizedBuffers& out, RowSource* streamed, const RowsDoneFn* rows_done) {
+  RETURN_IF_ERROR(ValidateQuantizeRequest(input, importance, options, streamed != nullptr));
+  RETURN_IF_ERROR(CheckStreamable(options, streamed));
+  if (out.packed == nullptr || out.scales == nullptr ||
+      (options.want_dequantized && out.dequantized == nullptr)) {
+    return absl::InvalidArgumentError("QuantizeInto: an output buffer is null");
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  ScopedDevice scoped(device_);
+  RETURN_IF_ERROR(scoped.status());
+  cudaGetLastError();
+  if (streamed == nullptr) {
+    RETURN_IF_ERROR(CheckPointer(input.data, /*want_device=*/false, device_, "input.data"));
+  }
+  if (importance.present()) {
+    RETURN_IF_ERROR(
+        CheckPointer(importance.data, /*want_device=*/false, device_, "importance.data"));
+  }
+  RETURN_IF_ERROR(CheckPointer(out.packed, /*want_device=*/false, device_, "out.packed"));
+  try {
+    return state_->RunFromHost(input, importance, options, out, streamed, rows_done);
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(absl::StrCat("out of host memory quantising a [",
                                                      input.rows, ", ", input.cols, "] tensor"));

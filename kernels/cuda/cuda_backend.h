@@ -9,6 +9,8 @@
 //  - Quantize: host input, host output. Rows are streamed in chunks through pinned staging
 //    buffers on two streams (copy in, kernel, copy out overlap); options.cancelled is polled
 //    before every chunk (~2M elements).
+//  - QuantizeInto: the same path into caller-owned host buffers, from a host tensor or from a
+//    RowSource whose rows arrive while it runs (a network upload), reporting finished rows.
 //  - QuantizeDevice: device-resident input and importance (pointers from cudaMalloc on this
 //    backend's device), host output.
 //  - QuantizeDeviceToDevice: device input, device output buffers owned by the caller; returns
@@ -87,6 +89,18 @@ class CudaBackend final : public QuantizerBackend {
   absl::StatusOr<QuantizedTensor> Quantize(const TensorView& input,
                                            const ImportanceView& importance,
                                            const QuantizeOptions& options) override;
+
+  // The host path into the caller's host buffers (what nvfp4d calls). A streamed input (g must
+  // be known: options.amax or global_scale) is read chunk by chunk as its rows arrive, each
+  // chunk gathered from the received pieces into pinned staging; rows_done hears of every
+  // chunk whose outputs are in `out`, in order. A NaN/Inf input fails the call at the end of
+  // its chunk, naming the element; later chunks are not quantised.
+  bool quantizes_in_place() const override { return true; }
+  absl::StatusOr<QuantizedSummary> QuantizeInto(const TensorView& input,
+                                                const ImportanceView& importance,
+                                                const QuantizeOptions& options,
+                                                const QuantizedBuffers& out, RowSource* streamed,
+                                                const RowsDoneFn* rows_done) override;
 
   // Device-resident input and importance, host output.
   absl::StatusOr<QuantizedTensor> QuantizeDevice(const TensorView& device_input,

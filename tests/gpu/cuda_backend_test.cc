@@ -1,10 +1,12 @@
 // GPU tests of cuda::CudaBackend against cpu::CpuBackend: identical bytes (packed, scales,
 // global scale, dequantised values) for every method x objective x dtype x importance layout x
 // padded/unpadded shape, adversarial blocks, both input paths (host and device-resident),
-// multi-chunk pipelining, NaN/Inf and bad-importance messages, cancellation, bad requests, the
-// device-built scale table, determinism and concurrent callers. NVFP4_GPU_LARGE=1 adds tensors
+// multi-chunk pipelining, QuantizeInto from a streamed input, NaN/Inf and bad-importance
+// messages, cancellation, bad requests, the device-built scale table, determinism and
+// concurrent callers. NVFP4_GPU_LARGE=1 adds tensors
 // of 64M+ elements. Every test skips with "no CUDA device: GPU test skipped" where
 // CudaDeviceCount() is 0 (after checking that Create then fails cleanly).
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -24,6 +26,7 @@
 #include "kernels/cuda/quantize_kernels.h"
 #include "kernels/numerics/scale_table.h"
 #include "tests/gpu/gpu_test_cases.h"
+#include "tests/testing/row_sources.h"
 
 namespace nvfp4 {
 namespace {
@@ -189,6 +192,88 @@ TEST_F(CudaBackendTest, MultiChunkHostPathInEveryScaleMode) {
       CheckAgainstCpu(t, gpu_testing::MakeOptions(c, t), c.Name());
     }
   }
+}
+
+// QuantizeInto as nvfp4d calls it: rows arrive in pieces that split rows and elements (input.data
+// is null), outputs go into the caller's buffers, finished rows are reported chunk by chunk.
+// Same bytes as the CPU engine; rows reported done are final and never read again.
+TEST_F(CudaBackendTest, StreamedQuantizeIntoMatchesTheCpu) {
+  // 2,500 rows of 2,047 columns: three host chunks of 1,024 rows, padded blocks.
+  const int64_t rows = 2500, cols = 2047;
+  for (DType dtype : {DType::kBF16, DType::kF16, DType::kF32}) {
+    const HostTensor t = gpu_testing::MakeTensor(dtype, rows, cols, ImportanceLayout::kNone, 31);
+    QuantizeOptions options;
+    options.amax = gpu_testing::MaxAbs(t);  // streaming needs g up front
+    options.want_dequantized = dtype == DType::kF32;
+    auto expected = cpu_->Quantize(t.view(), {}, options);
+    ASSERT_TRUE(expected.ok()) << expected.status();
+
+    QuantizedTensor out;
+    out.rows = rows;
+    out.cols = cols;
+    out.padded_cols = PaddedCols(cols);
+    ResizeOutputs(out, options.want_dequantized);
+    std::fill(out.packed.begin(), out.packed.end(), 0xAB);
+    std::fill(out.scales.begin(), out.scales.end(), 0xCD);
+    testing_rows::PiecewiseRowSource source(t.data(), rows, cols * DTypeSize(dtype), 17);
+    std::vector<int64_t> reports;
+    int not_final = 0;
+    const int64_t packed_row = out.padded_cols / 2;
+    const QuantizerBackend::RowsDoneFn rows_done = [&](int64_t done) {
+      reports.push_back(done);
+      if (std::memcmp(out.packed.data(), expected->packed.data(),
+                      static_cast<size_t>(done * packed_row)) != 0) {
+        ++not_final;
+      }
+      source.released = done;
+    };
+    auto summary = gpu_->QuantizeInto({dtype, rows, cols, nullptr}, {}, options, BuffersOf(out),
+                                      &source, &rows_done);
+    ASSERT_TRUE(summary.ok()) << summary.status();
+    out.amax = summary->amax;
+    out.global_scale = summary->global_scale;
+    out.metrics = summary->metrics;
+    const std::string what = std::string(DTypeName(dtype)) + " streamed";
+    gpu_testing::ExpectSameQuantization(*expected, out, what);
+    EXPECT_EQ(reports, (std::vector<int64_t>{1024, 2048, 2500})) << what;
+    EXPECT_EQ(not_final, 0) << what << ": rows reported done before their bytes were final";
+    EXPECT_EQ(source.reads_of_released.load(), 0) << what;
+    EXPECT_GT(source.pieces.load(), rows / 3) << what;
+
+    // The whole tensor in host memory, into caller buffers.
+    auto into = testing_rows::QuantizeIntoFresh(*gpu_, t.view(), options, nullptr, nullptr);
+    ASSERT_TRUE(into.ok()) << into.status();
+    gpu_testing::ExpectSameQuantization(*expected, *into, what + " (host tensor)");
+  }
+
+  // A NaN in the second chunk: the CPU's message, and no rows reported past the first chunk.
+  HostTensor bad = gpu_testing::MakeTensor(DType::kBF16, rows, cols, ImportanceLayout::kNone, 32);
+  QuantizeOptions options;
+  options.amax = gpu_testing::MaxAbs(bad);
+  bad.bits16[1500 * cols + 3] = 0x7FC0;
+  const std::string expected = CpuError(bad, options);
+  testing_rows::PiecewiseRowSource source(bad.data(), rows, cols * 2, 18);
+  int64_t last_report = 0;
+  const QuantizerBackend::RowsDoneFn rows_done = [&](int64_t done) { last_report = done; };
+  auto failed = testing_rows::QuantizeIntoFresh(*gpu_, {DType::kBF16, rows, cols, nullptr}, options,
+                                                &source, &rows_done);
+  ASSERT_FALSE(failed.ok());
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(std::string(failed.status().message()), expected);
+  EXPECT_LE(last_report, 1024);
+
+  // An upload that never completes; streaming without a known g.
+  testing_rows::PiecewiseRowSource never(bad.data(), rows, cols * 2, 19);
+  never.never = true;
+  auto cancelled = testing_rows::QuantizeIntoFresh(*gpu_, {DType::kBF16, rows, cols, nullptr},
+                                                   options, &never, nullptr);
+  EXPECT_EQ(cancelled.status().code(), absl::StatusCode::kCancelled) << cancelled.status();
+  auto no_g = testing_rows::QuantizeIntoFresh(*gpu_, {DType::kBF16, rows, cols, nullptr}, {},
+                                              &source, nullptr);
+  EXPECT_EQ(no_g.status().code(), absl::StatusCode::kInvalidArgument) << no_g.status();
+  // The backend stays usable.
+  CheckAgainstCpu(gpu_testing::MakeTensor(DType::kF32, 4, 64, ImportanceLayout::kNone, 5), {},
+                  "after streaming errors");
 }
 
 TEST_F(CudaBackendTest, RejectsNonFiniteInputsNamingTheFirstBadElement) {
