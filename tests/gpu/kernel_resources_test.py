@@ -49,11 +49,15 @@ def variant_name(function):
     return f'{DTYPES[dtype]}/{kind}', weights == '1'
 
 
+def dump_lines(cuobjdump, what, library):
+    """The lines of `cuobjdump what library` (what: -res-usage or -sass)."""
+    return subprocess.run([cuobjdump, what, library], check=True, capture_output=True,
+                          text=True).stdout.splitlines()
+
+
 def check_resources(cuobjdump, library, failures):
-    out = subprocess.run([cuobjdump, '-res-usage', library], check=True, capture_output=True,
-                         text=True).stdout
     arch, function, seen = None, None, 0
-    for line in out.splitlines():
+    for line in dump_lines(cuobjdump, '-res-usage', library):
         m = re.match(r'arch = (sm_\d+)', line)
         if m:
             arch = m.group(1)
@@ -105,10 +109,8 @@ def candidate_loops(instructions):
 
 
 def check_candidate_loops(cuobjdump, library, failures):
-    out = subprocess.run([cuobjdump, '-sass', library], check=True, capture_output=True,
-                         text=True).stdout
     kernels, function, arch = {}, None, None
-    for line in out.splitlines():
+    for line in dump_lines(cuobjdump, '-sass', library):
         m = re.search(r'code for (sm_\d+)', line)
         if m:
             arch = m.group(1)
