@@ -12,6 +12,9 @@
 // reported, timed with CUDA events around the backend's kernels (device_seconds) and, for
 // reference, the host wall time of the whole call. Roofline fraction = (bytes the quantiser
 // must move: input read once, packed values and scales written) / copy bandwidth / time.
+// Host path: the pinned host-to-device copy bandwidth of the input, then CudaBackend::Quantize
+// of the same tensor in ordinary (pageable) host memory, best wall time of N, as a fraction of
+// that bandwidth (the host path's promise: large host tensors at PCIe/NVLink speed).
 // Without a CUDA device it prints "no CUDA device" and exits 0.
 #include <cuda_runtime.h>
 
@@ -190,6 +193,50 @@ int Run(const Flags& flags) {
       {"scalesweep-wmse", Method::kScaleSweep, Objective::kWmse, true},
       {"exhaustive", Method::kExhaustive, Objective::kMse, false},
   };
+  // Host path: pinned host-to-device bandwidth of the input, then the host-memory entry point.
+  auto pinned = PinnedBuffer::Create(input_bytes);
+  if (!pinned.ok()) return Fail(pinned.status());
+  std::memcpy(pinned->get(), host.data(), input_bytes);
+  double h2d_seconds = std::numeric_limits<double>::infinity();
+  for (int i = 0; i < flags.warmup + flags.iters; ++i) {
+    cudaEventRecord(begin->get(), stream->get());
+    cudaMemcpyAsync(copy->get(), pinned->get(), input_bytes, cudaMemcpyHostToDevice, stream->get());
+    cudaEventRecord(end->get(), stream->get());
+    if (auto s = CudaStatus(cudaEventSynchronize(end->get()), "h2d copy"); !s.ok()) return Fail(s);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, begin->get(), end->get());
+    if (i >= flags.warmup) h2d_seconds = std::min(h2d_seconds, ms * 1e-3);
+  }
+  const double h2d_bandwidth = static_cast<double>(input_bytes) / h2d_seconds;
+  struct HostConfig {
+    const char* label;
+    Method method;
+    bool given_amax;  // one pass (as a streaming nvfp4d job); else g from the tensor, two passes
+  };
+  const HostConfig host_configs[] = {
+      {"absmax", Method::kAbsMax, false},
+      {"absmax amax", Method::kAbsMax, true},
+      {"scalesweep amax", Method::kScaleSweep, true},
+  };
+  float tensor_amax = 0.0f;
+  for (uint16_t bits : host) tensor_amax = std::max(tensor_amax, std::fabs(Bf16BitsToFloat(bits)));
+  std::vector<Row> host_results;
+  for (const HostConfig& config : host_configs) {
+    QuantizeOptions options;
+    options.method = config.method;
+    if (config.given_amax) options.amax = tensor_amax;
+    Row row;
+    row.label = config.label;
+    row.wall_seconds = std::numeric_limits<double>::infinity();
+    for (int i = 0; i < flags.warmup + flags.iters; ++i) {
+      auto result = backend.Quantize({DType::kBF16, rows, cols, host.data()}, {}, options);
+      if (!result.ok()) return Fail(result.status());
+      if (i >= flags.warmup) row.wall_seconds = std::min(row.wall_seconds, result->metrics.seconds);
+      row.gain = result->metrics.gain;
+    }
+    host_results.push_back(row);
+  }
+
   std::vector<Row> results;
   for (const Config& config : configs) {
     QuantizeOptions options;
@@ -239,6 +286,17 @@ int Run(const Flags& flags) {
         static_cast<double>(elements) / r.device_seconds / 1e9, roofline_seconds / r.device_seconds,
         r.device_seconds / absmax_seconds, r.candidates_per_block, r.gain);
   }
+  absl::StrAppendFormat(&json, "], \"h2d_bandwidth_gbs\": %.3f, \"host_path\": [",
+                        h2d_bandwidth / 1e9);
+  for (size_t i = 0; i < host_results.size(); ++i) {
+    const Row& r = host_results[i];
+    absl::StrAppendFormat(&json,
+                          "%s{\"method\": \"%s\", \"wall_ms\": %.6f, \"input_gbs\": %.3f, "
+                          "\"h2d_fraction\": %.4f}",
+                          i == 0 ? "" : ", ", r.label, r.wall_seconds * 1e3,
+                          static_cast<double>(input_bytes) / r.wall_seconds / 1e9,
+                          h2d_seconds / r.wall_seconds);
+  }
   json += "]}\n";
   if (!flags.json_file.empty()) {
     std::FILE* file = std::fopen(flags.json_file.c_str(), "w");
@@ -263,6 +321,14 @@ int Run(const Flags& flags) {
                 static_cast<double>(elements) / r.device_seconds / 1e9,
                 100.0 * roofline_seconds / r.device_seconds, r.device_seconds / absmax_seconds,
                 r.candidates_per_block, r.gain);
+  }
+  std::printf("\nhost path (pageable host bf16 in, host out): pinned H2D %.1f GB/s\n",
+              h2d_bandwidth / 1e9);
+  std::printf("%-16s %10s %12s %9s\n", "method", "wall ms", "input GB/s", "x H2D");
+  for (const Row& r : host_results) {
+    std::printf("%-16s %10.3f %12.2f %8.1f%%\n", r.label.c_str(), r.wall_seconds * 1e3,
+                static_cast<double>(input_bytes) / r.wall_seconds / 1e9,
+                100.0 * h2d_seconds / r.wall_seconds);
   }
   return 0;
 }
