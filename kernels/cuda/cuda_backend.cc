@@ -11,6 +11,7 @@
 #include <new>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -19,6 +20,8 @@
 #include "absl/strings/string_view.h"
 #include "common/large_buffer.h"
 #include "common/status_macros.h"
+#include "kernels/cpu/parallel_copy.h"
+#include "kernels/cpu/thread_pool.h"
 #include "kernels/cuda/cuda_raii.h"
 #include "kernels/cuda/device_block.h"
 #include "kernels/cuda/quantize_kernels.h"
@@ -36,6 +39,8 @@ using internal::MetricPartial;
 // Host path work unit: about 2M elements per chunk (8 MiB of f32 input in each of two pinned
 // staging slots), large enough to hide the launch and copy latencies.
 constexpr int64_t kHostChunkElements = int64_t{1} << 21;
+// Threads for the host path's staging copies (~4 memcpy streams saturate a PCIe 5 x16 link).
+constexpr unsigned kHostCopyThreads = 4;
 
 size_t AlignUp(size_t bytes, size_t alignment) {
   return (bytes + alignment - 1) / alignment * alignment;
@@ -253,6 +258,10 @@ struct CudaBackend::State {
   PinnedBuffer pinned_input[2];
   PinnedBuffer pinned_weights[2];
   PinnedBuffer pinned_output[2];  // [packed | scales | dequantized], 256-byte aligned parts
+  // Host-side staging copies (into pinned input, out of pinned output) on a few threads: one
+  // thread's memcpy is slower than the PCIe link.
+  std::unique_ptr<cpu::ThreadPool> copy_pool;
+  std::vector<cpu::CopyRange> copy_ranges, copy_pieces;
 
   ~State() { SynchronizeAll(); }
 
@@ -312,8 +321,6 @@ struct CudaBackend::State {
                                                const QuantizeOptions& options,
                                                const QuantizedBuffers& out, RowSource* streamed,
                                                const RowsDoneFn* rows_done);
-
-  std::vector<std::pair<const uint8_t*, size_t>> pieces;  // of a streamed chunk (host path)
 };
 
 absl::StatusOr<DeviceQuantizeResult> CudaBackend::State::RunOnDevice(
@@ -446,25 +453,28 @@ absl::StatusOr<QuantizedSummary> CudaBackend::State::RunFromHost(
     const int64_t r0 = chunk * rows_per_chunk;
     const size_t count = static_cast<size_t>(chunk_rows(chunk) * cols);
     NVFP4_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(staged[slot].get()), "cudaEventSynchronize");
+    copy_ranges.clear();
     if (input_dst != nullptr && streamed != nullptr) {
-      pieces.clear();
       // The source's lock may be held while the callback runs: note the pieces, copy after.
-      if (!streamed->ReadRows(r0, r0 + chunk_rows(chunk), [this](const uint8_t* data, size_t n) {
-            pieces.emplace_back(data, n);
+      uint8_t* dst = pinned_input[slot].as<uint8_t>();
+      if (!streamed->ReadRows(r0, r0 + chunk_rows(chunk), [&](const uint8_t* data, size_t n) {
+            copy_ranges.push_back({dst, data, n});
+            dst += n;
           })) {
         return absl::CancelledError("the input never completed");
       }
-      uint8_t* dst = pinned_input[slot].as<uint8_t>();
-      for (const auto& [data, n] : pieces) {
-        std::memcpy(dst, data, n);
-        dst += n;
-      }
     } else if (input_dst != nullptr) {
-      std::memcpy(
-          pinned_input[slot].get(),
-          static_cast<const uint8_t*>(input.data) + static_cast<size_t>(r0 * cols) * element_size,
-          count * element_size);
+      copy_ranges.push_back(
+          {pinned_input[slot].as<uint8_t>(),
+           static_cast<const uint8_t*>(input.data) + static_cast<size_t>(r0 * cols) * element_size,
+           count * element_size});
     }
+    if (weights) {
+      copy_ranges.push_back({pinned_weights[slot].as<uint8_t>(),
+                             reinterpret_cast<const uint8_t*>(importance.data + r0 * cols),
+                             count * 4});
+    }
+    cpu::ParallelCopy(*copy_pool, copy_ranges, &copy_pieces);
     if (input_dst != nullptr) {
       NVFP4_CUDA_RETURN_IF_ERROR(
           cudaMemcpyAsync(input_dst, pinned_input[slot].get(), count * element_size,
@@ -472,7 +482,6 @@ absl::StatusOr<QuantizedSummary> CudaBackend::State::RunFromHost(
           "cudaMemcpyAsync (input chunk)");
     }
     if (weights) {
-      std::memcpy(pinned_weights[slot].get(), importance.data + r0 * cols, count * 4);
       NVFP4_CUDA_RETURN_IF_ERROR(
           cudaMemcpyAsync(chunk_weights[slot].get(), pinned_weights[slot].get(), count * 4,
                           cudaMemcpyHostToDevice, stream[slot]),
@@ -503,13 +512,15 @@ absl::StatusOr<QuantizedSummary> CudaBackend::State::RunFromHost(
         return NonFiniteInputError(index, cols, v);
       }
     }
-    std::memcpy(out.packed + r0 * (pc / 2), pinned, static_cast<size_t>(n * pc / 2));
-    std::memcpy(out.scales + r0 * (pc / kBlockSize), pinned + scales_offset,
-                static_cast<size_t>(n * pc / kBlockSize));
+    copy_ranges.clear();
+    copy_ranges.push_back({out.packed + r0 * (pc / 2), pinned, static_cast<size_t>(n * pc / 2)});
+    copy_ranges.push_back({out.scales + r0 * (pc / kBlockSize), pinned + scales_offset,
+                           static_cast<size_t>(n * pc / kBlockSize)});
     if (want_dequantized) {
-      std::memcpy(out.dequantized + r0 * cols, pinned + dequantized_offset,
-                  static_cast<size_t>(n * cols) * 4);
+      copy_ranges.push_back({reinterpret_cast<uint8_t*>(out.dequantized + r0 * cols),
+                             pinned + dequantized_offset, static_cast<size_t>(n * cols) * 4});
     }
+    cpu::ParallelCopy(*copy_pool, copy_ranges, &copy_pieces);
     if (rows_done != nullptr) (*rows_done)(r0 + n);
     return absl::OkStatus();
   };
@@ -655,6 +666,8 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device) {
                              "cudaGetDeviceProperties");
   auto state = std::make_unique<State>();
   state->device = device;
+  state->copy_pool = std::make_unique<cpu::ThreadPool>(
+      static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, kHostCopyThreads)));
   state->sm_count = std::max(1, properties.multiProcessorCount);
   for (int slot = 0; slot < 2; ++slot) {
     ASSIGN_OR_RETURN(state->streams[slot], Stream::Create());
