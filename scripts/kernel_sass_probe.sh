@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Static per-method SASS figures of the quantize kernel's per-block code (docs/cuda.md,
+# "Machine code"). Compiles a probe kernel per method (bf16; the method and the vector path
+# fixed, so nvcc drops the other methods' code) with the backend's flags for sm_90, then prints
+# the size of each loop body (between a backward branch and its target): the grid-stride loop
+# is one block, an inner loop with 16 FFMA is one sweep candidate.
+#   scripts/kernel_sass_probe.sh        (needs nvcc, and the test venv's cuobjdump/nvdisasm)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia/cu13/bin
+[[ -x $bin/cuobjdump ]] || { echo "cuobjdump not found in .venv (make deps)"; exit 1; }
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cat >"$tmp/probe.cu" <<'CU'
+#include "kernels/cuda/device_block.h"
+using namespace nvfp4;
+using namespace nvfp4::cuda;
+template <Method kMethod, bool kWmse>
+__global__ void __launch_bounds__(256, 2)
+    Probe(BlockJob job, const ScaleTable* global_table, ThreadTotals* out) {
+  __shared__ ScaleTable table;
+  for (int i = threadIdx.x; i < static_cast<int>(sizeof(ScaleTable) / 4); i += blockDim.x)
+    reinterpret_cast<float*>(&table)[i] = reinterpret_cast<const float*>(global_table)[i];
+  __syncthreads();
+  job.method = kMethod;
+  job.objective = kWmse ? Objective::kWmse : Objective::kMse;
+  job.vector_access = true;
+  job.dequantized = nullptr;
+  job.cols = job.padded_cols;
+  const ScaleSearchParams params =
+      MakeScaleSearchParams(job.method, job.objective, table.global_scale);
+  ThreadTotals totals;
+  ClearThreadTotals(&totals);
+  const int64_t blocks = job.rows * (job.padded_cols / kBlockSize);
+  for (int64_t b = blockIdx.x * 256 + threadIdx.x; b < blocks; b += gridDim.x * 256)
+    ProcessBlock<DType::kBF16, kWmse, kWmse>(job, table, params, b, &totals);
+  out[blockIdx.x * 256 + threadIdx.x] = totals;
+}
+template __global__ void Probe<Method::kAbsMax, false>(BlockJob, const ScaleTable*, ThreadTotals*);
+template __global__ void Probe<Method::kFourOverSix, false>(BlockJob, const ScaleTable*,
+                                                            ThreadTotals*);
+template __global__ void Probe<Method::kScaleSweep, false>(BlockJob, const ScaleTable*,
+                                                           ThreadTotals*);
+template __global__ void Probe<Method::kScaleSweep, true>(BlockJob, const ScaleTable*,
+                                                          ThreadTotals*);
+template __global__ void Probe<Method::kExhaustive, false>(BlockJob, const ScaleTable*,
+                                                           ThreadTotals*);
+CU
+nvcc=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+"$nvcc" -std=c++17 -I. -arch=sm_90 --fmad=false -prec-div=true -prec-sqrt=true -O3 -cubin \
+  "$tmp/probe.cu" -o "$tmp/probe.cubin"
+PATH=$bin:$PATH "$bin/cuobjdump" -sass "$tmp/probe.cubin" >"$tmp/probe.sass"
+python3 - "$tmp/probe.sass" <<'PY'
+import re, sys
+methods = {'0': 'absmax', '1': 'four-over-six', '2': 'exhaustive', '3': 'scalesweep'}
+kernels, name = {}, None
+for line in open(sys.argv[1]):
+    m = re.search(r'Function : \S*ProbeILN5nvfp46MethodE(\d)ELb([01])E', line)
+    if m:
+        name = methods[m.group(1)] + ('-wmse' if m.group(2) == '1' else '-mse')
+        kernels[name] = []
+        continue
+    m = re.match(r'\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;', line)
+    if m and name:
+        kernels[name].append((int(m.group(1), 16), m.group(2)))
+for name, ins in sorted(kernels.items()):
+    loops = []
+    for pc, text in ins:
+        m = re.search(r'\bBRA (?:!?U?P\d, )?(?:`\(\.L_x_\d+\) )?0x([0-9a-f]+)', text)
+        if m and int(m.group(1), 16) < pc:
+            loops.append((int(m.group(1), 16), pc))
+    parts = []
+    for begin, end in loops:
+        body = [t for pc, t in ins if begin <= pc <= end]
+        if len(body) < 20:
+            continue
+        ffma = sum(1 for t in body if re.match(r'(@!?U?P\w+\s+)?FFMA\b', t))
+        kind = 'candidate' if ffma == 16 else 'loop'
+        parts.append(f'{kind} {len(body)}')
+    print(f'{name:18s} {len(ins):5d} instructions; loop bodies: {", ".join(parts)}')
+PY
