@@ -50,32 +50,17 @@ nvcc=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
 "$nvcc" -std=c++17 -I. -arch=sm_90 --fmad=false -prec-div=true -prec-sqrt=true -O3 -cubin \
   "$tmp/probe.cu" -o "$tmp/probe.cubin"
 PATH=$bin:$PATH "$bin/cuobjdump" -sass "$tmp/probe.cubin" >"$tmp/probe.sass"
-python3 - "$tmp/probe.sass" <<'PY'
+.venv/bin/python - "$tmp/probe.sass" <<'PY'
 import re, sys
+sys.path.insert(0, 'tests/gpu')
+from kernel_resources_test import loop_bodies, sass_functions
 methods = {'0': 'absmax', '1': 'four-over-six', '2': 'exhaustive', '3': 'scalesweep'}
-kernels, name = {}, None
-for line in open(sys.argv[1]):
-    m = re.search(r'Function : \S*ProbeILN5nvfp46MethodE(\d)ELb([01])E', line)
-    if m:
-        name = methods[m.group(1)] + ('-wmse' if m.group(2) == '1' else '-mse')
-        kernels[name] = []
+for (_, function), ins in sorted(sass_functions(open(sys.argv[1])).items()):
+    m = re.search(r'ProbeILN5nvfp46MethodE(\d)ELb([01])E', function)
+    if not m:
         continue
-    m = re.match(r'\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;', line)
-    if m and name:
-        kernels[name].append((int(m.group(1), 16), m.group(2)))
-for name, ins in sorted(kernels.items()):
-    loops = []
-    for pc, text in ins:
-        m = re.search(r'\bBRA (?:!?U?P\d, )?(?:`\(\.L_x_\d+\) )?0x([0-9a-f]+)', text)
-        if m and int(m.group(1), 16) < pc:
-            loops.append((int(m.group(1), 16), pc))
-    parts = []
-    for begin, end in loops:
-        body = [t for pc, t in ins if begin <= pc <= end]
-        if len(body) < 20:
-            continue
-        ffma = sum(1 for t in body if re.match(r'(@!?U?P\w+\s+)?FFMA\b', t))
-        kind = 'candidate' if ffma == 16 else 'loop'
-        parts.append(f'{kind} {len(body)}')
+    name = methods[m.group(1)] + ('-wmse' if m.group(2) == '1' else '-mse')
+    parts = [f"{'candidate' if ffma == 16 else 'loop'} {len(body)}"
+             for _, _, body, _, ffma in loop_bodies(ins) if len(body) >= 20]
     print(f'{name:18s} {len(ins):5d} instructions; loop bodies: {", ".join(parts)}')
 PY

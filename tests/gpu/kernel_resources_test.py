@@ -89,28 +89,10 @@ def check_resources(cuobjdump, library, failures):
         failures.append('no QuantizeKernel found in ' + library)
 
 
-def candidate_loops(instructions):
-    """Innermost backward-branch loops holding exactly 16 FFMA: one sweep candidate each (the
-    numerics' only fmaf per element is the loss's; --fmad=false adds none)."""
-    loops = []
-    for pc, text in instructions:
-        m = re.search(r'\bBRA (?:!?U?P\d, )?(?:`\(\.L_x_\d+\) )?0x([0-9a-f]+)', text)
-        if m and int(m.group(1), 16) < pc:
-            loops.append((int(m.group(1), 16), pc))
-    result = []
-    for begin, end in loops:
-        if any(begin < b and e <= end and (b, e) != (begin, end) for b, e in loops):
-            continue  # not innermost
-        body = [t for pc, t in instructions if begin <= pc <= end]
-        ffma = sum(1 for t in body if re.match(r'(@!?U?P\w+\s+)?FFMA\b', t))
-        if ffma == 16:
-            result.append(len(body))
-    return result
-
-
-def check_candidate_loops(cuobjdump, library, failures):
+def sass_functions(lines):
+    """{(arch, function): [(pc, instruction text)]} from `cuobjdump -sass` output lines."""
     kernels, function, arch = {}, None, None
-    for line in dump_lines(cuobjdump, '-sass', library):
+    for line in lines:
         m = re.search(r'code for (sm_\d+)', line)
         if m:
             arch = m.group(1)
@@ -122,6 +104,34 @@ def check_candidate_loops(cuobjdump, library, failures):
         m = re.match(r'\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;', line)
         if m and function:
             kernels[function].append((int(m.group(1), 16), m.group(2)))
+    return kernels
+
+
+def loop_bodies(instructions):
+    """[(begin, end, body, innermost, FFMA count)] for every backward branch (a loop)."""
+    loops = []
+    for pc, text in instructions:
+        m = re.search(r'\bBRA (?:!?U?P\d, )?(?:`\(\.L_x_\d+\) )?0x([0-9a-f]+)', text)
+        if m and int(m.group(1), 16) < pc:
+            loops.append((int(m.group(1), 16), pc))
+    result = []
+    for begin, end in loops:
+        innermost = not any(begin <= b and e <= end and (b, e) != (begin, end) for b, e in loops)
+        body = [t for pc, t in instructions if begin <= pc <= end]
+        ffma = sum(1 for t in body if re.match(r'(@!?U?P\w+\s+)?FFMA\b', t))
+        result.append((begin, end, body, innermost, ffma))
+    return result
+
+
+def candidate_loops(instructions):
+    """Sizes of the innermost loops holding exactly 16 FFMA: one sweep candidate each (the
+    numerics' only fmaf per element is the loss's; --fmad=false adds none)."""
+    return [len(body) for _, _, body, innermost, ffma in loop_bodies(instructions)
+            if innermost and ffma == 16]
+
+
+def check_candidate_loops(cuobjdump, library, failures):
+    kernels = sass_functions(dump_lines(cuobjdump, '-sass', library))
     for (arch, function), instructions in sorted(kernels.items()):
         name = variant_name(function)
         if name is None:
