@@ -21,19 +21,26 @@ __global__ void __launch_bounds__(256, 2)
   __shared__ ScaleTable table;
   for (int i = threadIdx.x; i < static_cast<int>(sizeof(ScaleTable) / 4); i += blockDim.x)
     reinterpret_cast<float*>(&table)[i] = reinterpret_cast<const float*>(global_table)[i];
-  __syncthreads();
   job.method = kMethod;
   job.objective = kWmse ? Objective::kWmse : Objective::kMse;
   job.vector_access = true;
   job.dequantized = nullptr;
   job.cols = job.padded_cols;
-  const ScaleSearchParams params =
-      MakeScaleSearchParams(job.method, job.objective, table.global_scale);
+  __shared__ ScaleSearchParams shared_params;  // as QuantizeKernel
+  if (threadIdx.x == 0) {
+    shared_params = MakeScaleSearchParams(job.method, job.objective, table.global_scale);
+  }
+  __syncthreads();
   ThreadTotals totals;
   ClearThreadTotals(&totals);
   const int64_t blocks = job.rows * (job.padded_cols / kBlockSize);
   for (int64_t b = blockIdx.x * 256 + threadIdx.x; b < blocks; b += gridDim.x * 256)
+  {
+    ScaleSearchParams params = shared_params;
+    params.method = kMethod;  // a constant here, so nvcc drops the other methods' code
+    params.objective = job.objective;
     ProcessBlock<DType::kBF16, kWmse, kWmse>(job, table, params, b, &totals);
+  }
   out[blockIdx.x * 256 + threadIdx.x] = totals;
 }
 template __global__ void Probe<Method::kAbsMax, false>(BlockJob, const ScaleTable*, ThreadTotals*);

@@ -138,7 +138,7 @@ NVFP4_HD uint64_t MinIndex(uint64_t a, uint64_t b) { return a < b ? a : b; }
 
 // Scan step of one input value (the CPU's ScanF32: NaN and +-Inf are "not <= FLT_MAX").
 NVFP4_HD void ScanInput(float v, uint64_t index, float* amax, uint64_t* first_bad) {
-  const float a = v < 0.0f ? -v : v;
+  const float a = AbsF(v);
   if (!(a <= kMaxFiniteFloat)) {
     *first_bad = MinIndex(*first_bad, index);
   } else {
@@ -340,31 +340,34 @@ NVFP4_HD void ProcessBlock(const BlockJob& job, const ScaleTable& table,
   // Metric terms (those of AccumulateBlockMetrics), summed per block with TreeSum16 in fp32.
   float d[kBlockSize];
   BlockErrors(ax, magnitude, s, d);
-  float absmax_d[kBlockSize];
-  if (choice.absmax == code) {  // always for AbsMax and all-zero blocks
-    for (int i = 0; i < kBlockSize; ++i) absmax_d[i] = d[i];
-  } else {
-    LoadThresholdRow(table, choice.absmax, row);
-    for (int i = 0; i < kBlockSize; ++i) magnitude[i] = E2M1RoundByThreshold(ax[i], row).magnitude;
-    BlockErrors(ax, magnitude, table.effective_scale[choice.absmax], absmax_d);
-  }
   float squared_error[kBlockSize], weighted[kBlockSize], signal[kBlockSize];
-  float absmax_error[kBlockSize];
   float max_error = 0.0f;
   for (int i = 0; i < kBlockSize; ++i) {
     squared_error[i] = d[i] * d[i];
     weighted[i] = kWeights ? w[i] * squared_error[i] : 0.0f;
     signal[i] = x[i] * x[i];
-    absmax_error[i] = absmax_d[i] * absmax_d[i];
-    max_error = MaxF(max_error, AbsF(d[i]));
+    max_error = MaxMagnitude(max_error, AbsF(d[i]));
   }
-  totals->sum[kSquaredError] += static_cast<double>(TreeSum16(squared_error));
+  const float squared_error_sum = TreeSum16(squared_error);
+  // The AbsMax baseline's error: the same terms, hence the same sum, when the chosen code is the
+  // AbsMax code (always for AbsMax and all-zero blocks).
+  float absmax_error_sum = squared_error_sum;
+  if (choice.absmax != code) {
+    LoadThresholdRow(table, choice.absmax, row);
+    for (int i = 0; i < kBlockSize; ++i) magnitude[i] = E2M1RoundByThreshold(ax[i], row).magnitude;
+    float absmax_d[kBlockSize];
+    BlockErrors(ax, magnitude, table.effective_scale[choice.absmax], absmax_d);
+    float absmax_error[kBlockSize];
+    for (int i = 0; i < kBlockSize; ++i) absmax_error[i] = absmax_d[i] * absmax_d[i];
+    absmax_error_sum = TreeSum16(absmax_error);
+  }
+  totals->sum[kSquaredError] += static_cast<double>(squared_error_sum);
   if constexpr (kWeights) {
     totals->sum[kWeightedSquaredError] += static_cast<double>(TreeSum16(weighted));
     totals->sum[kWeightSum] += static_cast<double>(TreeSum16(w));
   }
   totals->sum[kSquaredSignal] += static_cast<double>(TreeSum16(signal));
-  totals->sum[kAbsMaxSquaredError] += static_cast<double>(TreeSum16(absmax_error));
+  totals->sum[kAbsMaxSquaredError] += static_cast<double>(absmax_error_sum);
   totals->max_abs_error = MaxF(totals->max_abs_error, max_error);
   totals->candidates += choice.candidates;
 }

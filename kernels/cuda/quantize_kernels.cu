@@ -182,15 +182,21 @@ __global__ void __launch_bounds__(kThreadsPerCta, kQuantizeMinCtasPerSm)
       dst[i] = src[i];
     }
   }
+  // The search constants once per CTA, in shared memory, read per block: kept as locals under
+  // the register cap, they made nvcc recompute fl(1 / g) (an IEEE division) for every block.
+  __shared__ ScaleSearchParams shared_params;
   __syncthreads();
-  const ScaleSearchParams params =
-      MakeScaleSearchParams(job.method, job.objective, table.global_scale);
+  if (threadIdx.x == 0) {
+    shared_params = MakeScaleSearchParams(job.method, job.objective, table.global_scale);
+  }
+  __syncthreads();
   ThreadTotals totals;
   ClearThreadTotals(&totals);
   const int64_t blocks = job.rows * (job.padded_cols / kBlockSize);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; b < blocks;
        b += stride) {
+    const ScaleSearchParams params = shared_params;
     ProcessBlock<kDtype, kWeights, kSearchWeighted>(job, table, params, b, &totals);
   }
   PublishScan(totals.amax, totals.first_bad_input, totals.first_bad_weight, result);

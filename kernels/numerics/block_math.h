@@ -151,7 +151,7 @@ NVFP4_HD uint8_t E2M1Nibble(uint32_t index, float x) {
 
 // E2M1 nibble of x under scale code c.
 NVFP4_HD uint8_t EncodeElement(float x, const ScaleTable& table, int c) {
-  const float a = x < 0.0f ? -x : x;
+  const float a = AbsF(x);
   return E2M1Nibble(E2M1IndexByThreshold(a, table.threshold[c]), x);
 }
 
@@ -225,7 +225,7 @@ NVFP4_HD void AccumulateBlockMetrics(const float* x, const float* weights, const
   const float s = table.effective_scale[c];
   const float s_absmax = table.effective_scale[absmax_code];
   for (int i = 0; i < kBlockSize; ++i) {
-    const float a = x[i] < 0.0f ? -x[i] : x[i];
+    const float a = AbsF(x[i]);
     const float d = a - E2M1Magnitude(E2M1IndexByThreshold(a, table.threshold[c])) * s;
     lanes->partial[kSquaredError][i] = fmaf(d, d, lanes->partial[kSquaredError][i]);
     if (weights) {
@@ -240,7 +240,7 @@ NVFP4_HD void AccumulateBlockMetrics(const float* x, const float* weights, const
             : a - E2M1Magnitude(E2M1IndexByThreshold(a, table.threshold[absmax_code])) * s_absmax;
     lanes->partial[kAbsMaxSquaredError][i] =
         fmaf(d_absmax, d_absmax, lanes->partial[kAbsMaxSquaredError][i]);
-    lanes->max_abs_error[i] = MaxF(lanes->max_abs_error[i], d < 0.0f ? -d : d);
+    lanes->max_abs_error[i] = MaxF(lanes->max_abs_error[i], AbsF(d));
   }
 }
 

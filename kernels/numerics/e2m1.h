@@ -39,7 +39,7 @@ NVFP4_HD uint32_t E2M1MagnitudeIndex(float a) {
 }
 
 NVFP4_HD uint8_t EncodeE2M1(float y) {
-  const float a = y < 0.0f ? -y : y;
+  const float a = AbsF(y);
   return static_cast<uint8_t>(E2M1MagnitudeIndex(a) | (y < 0.0f ? 8u : 0u));
 }
 

@@ -46,8 +46,21 @@ NVFP4_HD float NextUpNonNegative(float a) { return BitsToFloat(FloatToBits(a) + 
 NVFP4_HD float NextDownPositive(float a) { return BitsToFloat(FloatToBits(a) - 1u); }
 
 NVFP4_HD float MaxF(float a, float b) { return a > b ? a : b; }
-NVFP4_HD float AbsF(float a) { return a < 0.0f ? -a : a; }  // -0.0 stays -0.0
+// |a| by clearing the sign bit (as fabsf and the SIMD engines' and-not): -0.0 -> +0.0, NaN stays
+// NaN. On the GPU it folds into the consuming instruction as an operand modifier.
+NVFP4_HD float AbsF(float a) { return BitsToFloat(FloatToBits(a) & 0x7FFFFFFFu); }
 NVFP4_HD float MinF(float a, float b) { return a < b ? a : b; }
+
+// max of two magnitudes (>= 0, not NaN): MaxF's value, in one instruction on the GPU (fmaxf;
+// MaxF's NaN order costs a compare and a select there). With a NaN the two may differ; callers
+// only pass NaN for inputs that fail the call anyway.
+NVFP4_HD float MaxMagnitude(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return fmaxf(a, b);
+#else
+  return MaxF(a, b);
+#endif
+}
 
 }  // namespace nvfp4
 

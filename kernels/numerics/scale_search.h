@@ -115,9 +115,10 @@ struct ScalarBlock {
   }
 };
 
+// max |x_i|; with a NaN among x the result is unspecified (such inputs fail the call).
 NVFP4_HD float BlockMaxAbs(const float* x) {
   float m = 0.0f;
-  for (int i = 0; i < kBlockSize; ++i) m = MaxF(m, x[i] < 0.0f ? -x[i] : x[i]);
+  for (int i = 0; i < kBlockSize; ++i) m = MaxMagnitude(m, AbsF(x[i]));
   return m;
 }
 
@@ -127,7 +128,7 @@ NVFP4_HD float BlockMaxAbs(const float* x) {
 // and w * d^2 cannot overflow whatever the importance range.
 NVFP4_HD void PrepareScalarBlock(const float* x, const float* weights, const ScaleTable& table,
                                  float m, uint8_t absmax, ScalarBlock* block) {
-  for (int i = 0; i < kBlockSize; ++i) block->ax[i] = x[i] < 0.0f ? -x[i] : x[i];
+  for (int i = 0; i < kBlockSize; ++i) block->ax[i] = AbsF(x[i]);
   block->m = m;
   block->absmax = absmax;
   block->p = BlockNormalizer(m);

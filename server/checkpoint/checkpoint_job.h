@@ -56,13 +56,13 @@ struct CheckpointJobOptions {
 
 // Progress, reported from the calling thread.
 struct CheckpointEvent {
-  std::string phase;  // "plan", "amax", "quantize", "finalize", "done"
-  int64_t done = 0;   // tensors finished (of `total`) in this phase
+  std::string phase = {};  // "plan", "amax", "quantize", "finalize", "done"
+  int64_t done = 0;        // tensors finished (of `total`) in this phase
   int64_t total = 0;
   uint64_t bytes_done = 0;  // input bytes finished in the quantize phase
   uint64_t bytes_total = 0;
   const TensorReport* tensor = nullptr;  // the tensor just finished (quantize phase)
-  std::string message;                   // e.g. "resumed shard model-00001-of-00003.safetensors"
+  std::string message = {};              // e.g. "resumed shard model-00001-of-00003.safetensors"
 };
 using CheckpointProgressFn = std::function<void(const CheckpointEvent&)>;
 
