@@ -7,6 +7,19 @@
 
 namespace nvfp4 {
 
+absl::Status ImportanceValueError(int64_t index, float value) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("importance value ", index, " is ", value, "; weights must be finite and >= 0"));
+}
+
+absl::Status CheckImportanceValues(const ImportanceView& importance) {
+  for (int64_t i = 0; i < importance.size; ++i) {
+    const float w = importance.data[i];
+    if (!std::isfinite(w) || w < 0.0f) return ImportanceValueError(i, w);
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateQuantizeRequest(const TensorView& input, const ImportanceView& importance,
                                      const QuantizeOptions& options, bool data_streamed) {
   if (input.rows <= 0 || input.cols <= 0) {

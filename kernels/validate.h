@@ -16,6 +16,11 @@ inline constexpr int64_t kMaxElements = int64_t{1} << 40;
 absl::Status ValidateQuantizeRequest(const TensorView& input, const ImportanceView& importance,
                                      const QuantizeOptions& options, bool data_streamed = false);
 
+// Importance values must be finite and >= 0 (-0.0 passes): InvalidArgument naming the first
+// bad one. Every backend's wording (the CUDA kernels find the index, the host words it).
+absl::Status ImportanceValueError(int64_t index, float value);
+absl::Status CheckImportanceValues(const ImportanceView& importance);
+
 }  // namespace nvfp4
 
 #endif  // NVFP4_KERNELS_VALIDATE_H_

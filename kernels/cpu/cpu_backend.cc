@@ -254,13 +254,7 @@ absl::StatusOr<QuantizedSummary> CpuBackend::QuantizeUnchecked(
   const ScaleSearchParams params =
       MakeScaleSearchParams(options.method, options.objective, summary.global_scale);
 
-  for (int64_t i = 0; i < importance.size; ++i) {
-    const float w = importance.data[i];
-    if (!std::isfinite(w) || w < 0.0f) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("importance value ", i, " is ", w, "; weights must be finite and >= 0"));
-    }
-  }
+  RETURN_IF_ERROR(CheckImportanceValues(importance));
   std::vector<float> column_weights;
   const int64_t pc = PaddedCols(input.cols);
   if (importance.layout == ImportanceLayout::kPerColumn) {

@@ -112,8 +112,7 @@ absl::Status CheckValues(const DeviceResult& result, const TensorView& input,
   if (result.first_bad_weight != kNoBadElement) {
     const int64_t index = static_cast<int64_t>(result.first_bad_weight);
     ASSIGN_OR_RETURN(const float w, ReadValue(DType::kF32, importance.data, index, on_device));
-    return absl::InvalidArgumentError(
-        absl::StrCat("importance value ", index, " is ", w, "; weights must be finite and >= 0"));
+    return ImportanceValueError(index, w);
   }
   return absl::OkStatus();
 }
@@ -741,6 +740,12 @@ absl::StatusOr<QuantizedSummary> CudaBackend::QuantizeInto(
         CheckPointer(importance.data, /*want_device=*/false, device_, "importance.data"));
   }
   RETURN_IF_ERROR(CheckPointer(out.packed, /*want_device=*/false, device_, "out.packed"));
+  // When rows are reported (a caller may send them on) or arrive while the call runs, bad
+  // importance must fail the call before any work, as on the CPU; the kernels would only find it
+  // after every row was reported.
+  if (streamed != nullptr || rows_done != nullptr) {
+    RETURN_IF_ERROR(CheckImportanceValues(importance));
+  }
   try {
     return state_->RunFromHost(input, importance, options, out, streamed, rows_done);
   } catch (const std::bad_alloc&) {

@@ -262,6 +262,31 @@ TEST_F(CudaBackendTest, StreamedQuantizeIntoMatchesTheCpu) {
   EXPECT_EQ(std::string(failed.status().message()), expected);
   EXPECT_LE(last_report, 1024);
 
+  // Bad importance fails before any row is reported, with the CPU's message.
+  HostTensor weighted =
+      gpu_testing::MakeTensor(DType::kBF16, rows, cols, ImportanceLayout::kPerElement, 33);
+  weighted.importance[2400 * cols + 5] = std::nanf("");
+  QuantizeOptions wmse;
+  wmse.objective = Objective::kWmse;
+  wmse.amax = gpu_testing::MaxAbs(weighted);
+  auto cpu_weighted = cpu_->Quantize(weighted.view(), weighted.importance_view(), wmse);
+  ASSERT_FALSE(cpu_weighted.ok());
+  testing_rows::PiecewiseRowSource weighted_source(weighted.data(), rows, cols * 2, 20);
+  int reports = 0;
+  const QuantizerBackend::RowsDoneFn count_reports = [&](int64_t) { ++reports; };
+  QuantizedTensor sink;
+  sink.rows = rows;
+  sink.cols = cols;
+  sink.padded_cols = PaddedCols(cols);
+  ResizeOutputs(sink, false);
+  auto bad_weights =
+      gpu_->QuantizeInto({DType::kBF16, rows, cols, nullptr}, weighted.importance_view(), wmse,
+                         BuffersOf(sink), &weighted_source, &count_reports);
+  ASSERT_FALSE(bad_weights.ok());
+  EXPECT_EQ(std::string(bad_weights.status().message()),
+            std::string(cpu_weighted.status().message()));
+  EXPECT_EQ(reports, 0);
+
   // An upload that never completes; streaming without a known g.
   testing_rows::PiecewiseRowSource never(bad.data(), rows, cols * 2, 19);
   never.never = true;
