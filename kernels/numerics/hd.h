@@ -48,7 +48,13 @@ NVFP4_HD float NextDownPositive(float a) { return BitsToFloat(FloatToBits(a) - 1
 NVFP4_HD float MaxF(float a, float b) { return a > b ? a : b; }
 // |a| by clearing the sign bit (as fabsf and the SIMD engines' and-not): -0.0 -> +0.0, NaN stays
 // NaN. On the GPU it folds into the consuming instruction as an operand modifier.
-NVFP4_HD float AbsF(float a) { return BitsToFloat(FloatToBits(a) & 0x7FFFFFFFu); }
+NVFP4_HD float AbsF(float a) {
+#if defined(__CUDA_ARCH__)
+  return fabsf(a);  // the same bits; nvcc folds it into the consumer as an |operand| modifier
+#else
+  return BitsToFloat(FloatToBits(a) & 0x7FFFFFFFu);
+#endif
+}
 NVFP4_HD float MinF(float a, float b) { return a < b ? a : b; }
 
 // max of two magnitudes (>= 0, not NaN): MaxF's value, in one instruction on the GPU (fmaxf;

@@ -77,7 +77,7 @@ NVFP4_HD E2M1Rounding E2M1RoundByThreshold(float a, const float* t) {
   const bool b1 = a >= (b2 ? t[5] : t[1]);
   const bool b0 = a >= (b2 ? (b1 ? t[6] : t[4]) : (b1 ? t[2] : t[0]));
   E2M1Rounding rounding;
-  rounding.index = (b2 ? 4u : 0u) | (b1 ? 2u : 0u) | (b0 ? 1u : 0u);
+  rounding.index = (b2 ? (b1 ? 6u : 4u) : (b1 ? 2u : 0u)) + (b0 ? 1u : 0u);
   // E2M1Magnitude(index), selected from the three outcomes (no integer round trip): base is
   // the magnitude of index & 6, step the grid spacing there.
   const float base = b2 ? (b1 ? 4.0f : 2.0f) : (b1 ? 1.0f : 0.0f);
