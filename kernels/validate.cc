@@ -7,6 +7,16 @@
 
 namespace nvfp4 {
 
+std::string DescribeElement(int64_t index, int64_t cols) {
+  return absl::StrCat("element ", index, " (row ", index / cols, ", column ", index % cols, ")");
+}
+
+absl::Status NonFiniteInputError(int64_t index, int64_t cols, float value) {
+  const char* what = std::isnan(value) ? "NaN" : (value > 0 ? "+Inf" : "-Inf");
+  return absl::InvalidArgumentError(absl::StrCat("input ", DescribeElement(index, cols), " is ",
+                                                 what, "; NVFP4 needs finite values"));
+}
+
 absl::Status ImportanceValueError(int64_t index, float value) {
   return absl::InvalidArgumentError(
       absl::StrCat("importance value ", index, " is ", value, "; weights must be finite and >= 0"));

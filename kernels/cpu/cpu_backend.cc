@@ -48,15 +48,6 @@ IsaKernels KernelsFor(CpuIsa isa) {
 // Work unit size: about 64k elements (256 KiB of fp32), so a chunk's buffers stay in L2.
 constexpr int64_t kChunkElements = int64_t{1} << 16;
 
-std::string DescribeElement(int64_t index, int64_t cols) {
-  return absl::StrCat("element ", index, " (row ", index / cols, ", column ", index % cols, ")");
-}
-
-std::string DescribeValue(float v) {
-  if (std::isnan(v)) return "NaN";
-  return v > 0 ? "+Inf" : "-Inf";
-}
-
 absl::Status OutOfMemory(const TensorView& input) {
   return absl::ResourceExhaustedError(
       absl::StrCat("out of memory quantising a [", input.rows, ", ", input.cols, "] tensor"));
@@ -84,12 +75,6 @@ BadElement FirstNonFinite(DType dtype, const void* src, int64_t n, int64_t first
       std::find_if(values.begin(), values.end(), [](float v) { return !std::isfinite(v); });
   if (bad == values.end()) return {};
   return {first_index + (bad - values.begin()), *bad};
-}
-
-absl::Status NonFiniteError(const BadElement& bad, int64_t cols) {
-  return absl::InvalidArgumentError(absl::StrCat("input ", DescribeElement(bad.index, cols), " is ",
-                                                 DescribeValue(bad.value),
-                                                 "; NVFP4 needs finite values"));
 }
 
 struct PieceView {
@@ -184,11 +169,10 @@ absl::StatusOr<float> CpuBackend::ComputeAmax(const TensorView& input) {
     if (results[chunk].non_finite > 0) {
       const int64_t begin = chunk * kChunkElements;
       const int64_t count = std::min(kChunkElements, n - begin);
-      return NonFiniteError(
-          FirstNonFinite(input.dtype,
-                         static_cast<const uint8_t*>(input.data) + begin * element_size, count,
-                         begin),
-          input.cols);
+      const BadElement bad = FirstNonFinite(
+          input.dtype, static_cast<const uint8_t*>(input.data) + begin * element_size, count,
+          begin);
+      return NonFiniteInputError(bad.index, input.cols, bad.value);
     }
     amax = std::max(amax, results[chunk].max_abs);
   }
@@ -389,7 +373,7 @@ absl::StatusOr<QuantizedSummary> CpuBackend::QuantizeUnchecked(
   }
   for (const BadElement& bad : first_bad) {
     if (bad.index >= 0) {
-      return NonFiniteError(bad, input.cols);
+      return NonFiniteInputError(bad.index, input.cols, bad.value);
     }
   }
   ErrorAccumulator total;

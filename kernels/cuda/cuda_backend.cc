@@ -56,16 +56,6 @@ bool Cancelled(const QuantizeOptions& options) {
 
 absl::Status CancelledStatus() { return absl::CancelledError("quantisation cancelled"); }
 
-// The CPU backend's wording for the first bad element.
-std::string DescribeElement(int64_t index, int64_t cols) {
-  return absl::StrCat("element ", index, " (row ", index / cols, ", column ", index % cols, ")");
-}
-
-std::string DescribeValue(float v) {
-  if (std::isnan(v)) return "NaN";
-  return v > 0 ? "+Inf" : "-Inf";
-}
-
 float ValueFromBytes(DType dtype, const uint8_t* bytes) {
   if (dtype == DType::kF32) {
     float v;
@@ -89,12 +79,6 @@ absl::StatusOr<float> ReadValue(DType dtype, const void* data, int64_t index, bo
     std::memcpy(bytes, src, size);
   }
   return ValueFromBytes(dtype, bytes);
-}
-
-// The CPU backend's InvalidArgument for a NaN/Inf input element.
-absl::Status NonFiniteInputError(int64_t index, int64_t cols, float v) {
-  return absl::InvalidArgumentError(absl::StrCat("input ", DescribeElement(index, cols), " is ",
-                                                 DescribeValue(v), "; NVFP4 needs finite values"));
 }
 
 // Turns the kernels' first-bad indices into the CPU backend's InvalidArgument messages.

@@ -80,6 +80,20 @@ std::unique_ptr<QuantizerBackend> Cpu() {
   return std::move(*cpu::CpuBackend::Create({2, cpu::CpuIsa::kAuto}));
 }
 
+// Base of the test engines that wrap a CPU engine writing in place: Quantize passes through;
+// each subclass changes QuantizeInto.
+class InPlaceCpuWrapper : public QuantizerBackend {
+ public:
+  bool quantizes_in_place() const override { return true; }
+  absl::StatusOr<QuantizedTensor> Quantize(const TensorView& input, const ImportanceView& imp,
+                                           const QuantizeOptions& options) override {
+    return inner_->Quantize(input, imp, options);
+  }
+
+ protected:
+  std::unique_ptr<QuantizerBackend> inner_ = Cpu();
+};
+
 struct Harness {
   std::unique_ptr<server::Nvfp4Server> server;
   std::unique_ptr<client::QuantizerClient> client;
@@ -576,14 +590,9 @@ TEST(Service, ABadChunkAfterAStreamingStartCancelsTheJob) {
 // Wraps a CPU engine: quantises everything, reports only the first half of the rows done and
 // then waits (up to 5 s) until the test saw result bytes arrive before reporting the rest.
 // With early results the wait ends at once; without, the job fails with DEADLINE_EXCEEDED.
-class HalfwayEngine final : public QuantizerBackend {
+class HalfwayEngine final : public InPlaceCpuWrapper {
  public:
   std::string_view name() const override { return "halfway-cpu"; }
-  bool quantizes_in_place() const override { return true; }
-  absl::StatusOr<QuantizedTensor> Quantize(const TensorView& input, const ImportanceView& imp,
-                                           const QuantizeOptions& options) override {
-    return inner_->Quantize(input, imp, options);
-  }
   absl::StatusOr<QuantizedSummary> QuantizeInto(const TensorView& input, const ImportanceView& imp,
                                                 const QuantizeOptions& options,
                                                 const QuantizedBuffers& out, RowSource* streamed,
@@ -599,9 +608,6 @@ class HalfwayEngine final : public QuantizerBackend {
     return summary;
   }
   absl::Notification seen_early_bytes;
-
- private:
-  std::unique_ptr<QuantizerBackend> inner_ = Cpu();
 };
 
 // With amax known up front, the result header and the packed chunks of finished rows reach the
@@ -642,14 +648,9 @@ TEST(Service, StreamedJobsSendFinishedRowsBeforeTheJobEnds) {
 
 // Wraps a CPU engine and slows its reading of a streamed input (5 ms per row chunk), so the
 // upload outruns it.
-class SlowReadingEngine final : public QuantizerBackend {
+class SlowReadingEngine final : public InPlaceCpuWrapper {
  public:
   std::string_view name() const override { return "slow-reading-cpu"; }
-  bool quantizes_in_place() const override { return true; }
-  absl::StatusOr<QuantizedTensor> Quantize(const TensorView& input, const ImportanceView& imp,
-                                           const QuantizeOptions& options) override {
-    return inner_->Quantize(input, imp, options);
-  }
   absl::StatusOr<QuantizedSummary> QuantizeInto(const TensorView& input, const ImportanceView& imp,
                                                 const QuantizeOptions& options,
                                                 const QuantizedBuffers& out, RowSource* streamed,
@@ -667,9 +668,6 @@ class SlowReadingEngine final : public QuantizerBackend {
     } slow(streamed);
     return inner_->QuantizeInto(input, imp, options, out, streamed ? &slow : nullptr, rows_done);
   }
-
- private:
-  std::unique_ptr<QuantizerBackend> inner_ = Cpu();
 };
 
 // A streaming job holds only a window of its received data: the server stops reading while the
