@@ -17,7 +17,7 @@ using namespace nvfp4;
 using namespace nvfp4::cuda;
 template <Method kMethod, bool kWmse>
 __global__ void __launch_bounds__(256, 2)
-    Probe(BlockJob job, const ScaleTable* global_table, ThreadTotals* out) {
+    Probe(BlockJob job, GridStride stride, const ScaleTable* global_table, ThreadTotals* out) {
   __shared__ ScaleTable table;
   for (int i = threadIdx.x; i < static_cast<int>(sizeof(ScaleTable) / 4); i += blockDim.x)
     reinterpret_cast<float*>(&table)[i] = reinterpret_cast<const float*>(global_table)[i];
@@ -33,24 +33,30 @@ __global__ void __launch_bounds__(256, 2)
   __syncthreads();
   ThreadTotals totals;
   ClearThreadTotals(&totals);
-  const int64_t blocks = job.rows * (job.padded_cols / kBlockSize);
-  for (int64_t b = blockIdx.x * 256 + threadIdx.x; b < blocks; b += gridDim.x * 256)
-  {
+  // QuantizeThreadBlocks' loop, with the method fixed at compile time.
+  BlockWalk walk = StartBlockWalk(job, blockIdx.x * 256 + threadIdx.x);
+  RawBlock<DType::kBF16> next;
+  LoadRawBlock<DType::kBF16>(job.x, walk.e0, 16, true, &next);
+  for (; !walk.done(job); walk.Advance(job, stride)) {
+    const BlockSite site = walk.site(job);
+    const RawBlock<DType::kBF16> raw = next;
+    BlockWalk ahead = walk;
+    ahead.Advance(job, stride);
+    if (!ahead.done(job)) LoadRawBlock<DType::kBF16>(job.x, ahead.e0, 16, true, &next);
     ScaleSearchParams params = shared_params;
     params.method = kMethod;  // a constant here, so nvcc drops the other methods' code
-    params.objective = job.objective;
-    ProcessBlock<DType::kBF16, kWmse, kWmse>(job, table, params, b, &totals);
+    ProcessBlock<DType::kBF16, kWmse, kWmse>(job, table, params, site, raw, &totals);
   }
   out[blockIdx.x * 256 + threadIdx.x] = totals;
 }
-template __global__ void Probe<Method::kAbsMax, false>(BlockJob, const ScaleTable*, ThreadTotals*);
-template __global__ void Probe<Method::kFourOverSix, false>(BlockJob, const ScaleTable*,
+template __global__ void Probe<Method::kAbsMax, false>(BlockJob, GridStride, const ScaleTable*, ThreadTotals*);
+template __global__ void Probe<Method::kFourOverSix, false>(BlockJob, GridStride, const ScaleTable*,
                                                             ThreadTotals*);
-template __global__ void Probe<Method::kScaleSweep, false>(BlockJob, const ScaleTable*,
+template __global__ void Probe<Method::kScaleSweep, false>(BlockJob, GridStride, const ScaleTable*,
                                                            ThreadTotals*);
-template __global__ void Probe<Method::kScaleSweep, true>(BlockJob, const ScaleTable*,
+template __global__ void Probe<Method::kScaleSweep, true>(BlockJob, GridStride, const ScaleTable*,
                                                           ThreadTotals*);
-template __global__ void Probe<Method::kExhaustive, false>(BlockJob, const ScaleTable*,
+template __global__ void Probe<Method::kExhaustive, false>(BlockJob, GridStride, const ScaleTable*,
                                                            ThreadTotals*);
 CU
 nvcc=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <new>
 #include <optional>
 #include <string>
@@ -52,6 +53,19 @@ bool Aligned(const void* ptr, size_t alignment) {
 
 bool Cancelled(const QuantizeOptions& options) {
   return options.cancelled != nullptr && options.cancelled->load(std::memory_order_relaxed);
+}
+
+// The shared request checks, plus the kernels' one limit: a row holds at most 2^35 - 16
+// elements, so that its block count fits the 32-bit column-block index of BlockWalk.
+absl::Status ValidateCudaRequest(const TensorView& input, const ImportanceView& importance,
+                                 const QuantizeOptions& options, bool data_streamed = false) {
+  RETURN_IF_ERROR(ValidateQuantizeRequest(input, importance, options, data_streamed));
+  if (PaddedCols(input.cols) / kBlockSize > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor [", input.rows, ", ", input.cols,
+                     "]: the CUDA engine takes rows of at most 2^35 - 16 elements"));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status CancelledStatus() { return absl::CancelledError("quantisation cancelled"); }
@@ -674,7 +688,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device) {
 absl::StatusOr<QuantizedTensor> CudaBackend::Quantize(const TensorView& input,
                                                       const ImportanceView& importance,
                                                       const QuantizeOptions& options) {
-  RETURN_IF_ERROR(ValidateQuantizeRequest(input, importance, options));
+  RETURN_IF_ERROR(ValidateCudaRequest(input, importance, options));
   std::lock_guard<std::mutex> lock(mu_);
   ScopedDevice scoped(device_);
   RETURN_IF_ERROR(scoped.status());
@@ -706,7 +720,7 @@ absl::StatusOr<QuantizedTensor> CudaBackend::Quantize(const TensorView& input,
 absl::StatusOr<QuantizedSummary> CudaBackend::QuantizeInto(
     const TensorView& input, const ImportanceView& importance, const QuantizeOptions& options,
     const QuantizedBuffers& out, RowSource* streamed, const RowsDoneFn* rows_done) {
-  RETURN_IF_ERROR(ValidateQuantizeRequest(input, importance, options, streamed != nullptr));
+  RETURN_IF_ERROR(ValidateCudaRequest(input, importance, options, streamed != nullptr));
   RETURN_IF_ERROR(CheckStreamable(options, streamed));
   if (out.packed == nullptr || out.scales == nullptr ||
       (options.want_dequantized && out.dequantized == nullptr)) {
@@ -741,7 +755,7 @@ absl::StatusOr<QuantizedSummary> CudaBackend::QuantizeInto(
 absl::StatusOr<DeviceQuantizeResult> CudaBackend::QuantizeDeviceToDevice(
     const TensorView& device_input, const ImportanceView& device_importance,
     const QuantizeOptions& options, const DeviceOutputs& outputs) {
-  RETURN_IF_ERROR(ValidateQuantizeRequest(device_input, device_importance, options));
+  RETURN_IF_ERROR(ValidateCudaRequest(device_input, device_importance, options));
   if (outputs.packed == nullptr || outputs.scales == nullptr) {
     return absl::InvalidArgumentError("device outputs: packed and scales must not be null");
   }
@@ -770,7 +784,7 @@ absl::StatusOr<DeviceQuantizeResult> CudaBackend::QuantizeDeviceToDevice(
 absl::StatusOr<QuantizedTensor> CudaBackend::QuantizeDevice(const TensorView& device_input,
                                                             const ImportanceView& device_importance,
                                                             const QuantizeOptions& options) {
-  RETURN_IF_ERROR(ValidateQuantizeRequest(device_input, device_importance, options));
+  RETURN_IF_ERROR(ValidateCudaRequest(device_input, device_importance, options));
   const int64_t pc = PaddedCols(device_input.cols);
   const size_t packed_bytes = static_cast<size_t>(device_input.rows * pc / 2);
   const size_t scale_bytes = static_cast<size_t>(device_input.rows * pc / kBlockSize);

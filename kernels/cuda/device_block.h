@@ -1,8 +1,10 @@
-// What one CUDA thread does for one 16-element block, written as __host__ __device__ code over
+// What one CUDA thread of the quantize kernel does, written as __host__ __device__ code over
 // the shared numerics (kernels/numerics/), so that the host can run, and the tests can check,
 // exactly the code the quantize kernel runs.
 //
-// ProcessBlock: load a block (widen bf16/f16 exactly, zero-pad past the last column), record
+// QuantizeThreadBlocks: the thread's blocks (BlockWalk, no division per block), each block's
+// bits loaded (LoadRawBlock: 16-byte loads where aligned, zeros past the last column) one block
+// ahead where registers allow, then ProcessBlock: widen them (bf16/f16 exactly), record
 // non-finite inputs and bad importance values, then the CPU reference's block steps unchanged:
 // PrepareScalarBlock -> ChooseBlockScale, one E2M1RoundByThreshold per element under the chosen
 // code for the nibbles (what EncodeBlock packs), DequantizeNibble for the fake-quant output, and
@@ -209,32 +211,129 @@ NVFP4_HD float LoadValue(const void* base, int64_t index) {
   }
 }
 
-// x[0..16) = elements [e0, e0 + n) of base, widened to fp32, zeros for i >= n. vector: n == 16
-// and base + e0 is 16-byte aligned.
+// The bits of one block's 16 input values as loaded (fp32: one word each; bf16/f16: element 2j
+// in the low half of word j), zeros past the last column. Loading is separate from widening so
+// that the kernel can fetch the next block before it works on the current one.
 template <DType kDtype>
-NVFP4_HD void LoadBlock(const void* base, int64_t e0, int n, bool vector, float* x) {
+struct RawBlock {
+  static constexpr int kWords = kDtype == DType::kF32 ? kBlockSize : kBlockSize / 2;
+  uint32_t words[kWords];
+};
+
+// Elements [e0, e0 + n) of base. vector: n == 16 and base + e0 is 16-byte aligned.
+template <DType kDtype>
+NVFP4_HD void LoadRawBlock(const void* base, int64_t e0, int n, bool vector,
+                           RawBlock<kDtype>* raw) {
+  constexpr int kWords = RawBlock<kDtype>::kWords;
   if (vector) {
-    if constexpr (kDtype == DType::kF32) {
-      const float* p = static_cast<const float*>(base) + e0;
-      for (int q = 0; q < 4; ++q) {
-        uint32_t w[4];
-        Load16Bytes(p + 4 * q, w);
-        for (int j = 0; j < 4; ++j) x[4 * q + j] = BitsToFloat(w[j]);
-      }
-    } else {
-      const uint16_t* p = static_cast<const uint16_t*>(base) + e0;
-      for (int q = 0; q < 2; ++q) {
-        uint32_t w[4];
-        Load16Bytes(p + 8 * q, w);
-        for (int j = 0; j < 4; ++j) {
-          x[8 * q + 2 * j] = Widen16<kDtype>(w[j] & 0xFFFFu);
-          x[8 * q + 2 * j + 1] = Widen16<kDtype>(w[j] >> 16);
-        }
-      }
-    }
+    const char* p = static_cast<const char*>(base) + e0 * (kDtype == DType::kF32 ? 4 : 2);
+    for (int q = 0; q < kWords / 4; ++q) Load16Bytes(p + 16 * q, raw->words + 4 * q);
     return;
   }
-  for (int i = 0; i < kBlockSize; ++i) x[i] = i < n ? LoadValue<kDtype>(base, e0 + i) : 0.0f;
+  if constexpr (kDtype == DType::kF32) {
+    const float* p = static_cast<const float*>(base) + e0;
+    for (int i = 0; i < kBlockSize; ++i) raw->words[i] = i < n ? FloatToBits(p[i]) : 0u;
+  } else {
+    const uint16_t* p = static_cast<const uint16_t*>(base) + e0;
+    for (int j = 0; j < kWords; ++j) {
+      const uint32_t lo = 2 * j < n ? p[2 * j] : 0u;
+      const uint32_t hi = 2 * j + 1 < n ? p[2 * j + 1] : 0u;
+      raw->words[j] = lo | (hi << 16);
+    }
+  }
+}
+
+// x[0..16) = the raw block widened to fp32 (the CPU's ConvertToF32Scalar; padding is +0.0).
+template <DType kDtype>
+NVFP4_HD void WidenRawBlock(const RawBlock<kDtype>& raw, float* x) {
+  if constexpr (kDtype == DType::kF32) {
+    for (int i = 0; i < kBlockSize; ++i) x[i] = BitsToFloat(raw.words[i]);
+  } else {
+    for (int j = 0; j < kBlockSize / 2; ++j) {
+      x[2 * j] = Widen16<kDtype>(raw.words[j] & 0xFFFFu);
+      x[2 * j + 1] = Widen16<kDtype>(raw.words[j] >> 16);
+    }
+  }
+}
+
+// x[0..16) = elements [e0, e0 + n) of base, widened to fp32, zeros for i >= n.
+template <DType kDtype>
+NVFP4_HD void LoadBlock(const void* base, int64_t e0, int n, bool vector, float* x) {
+  RawBlock<kDtype> raw;
+  LoadRawBlock<kDtype>(base, e0, n, vector, &raw);
+  WidenRawBlock<kDtype>(raw, x);
+}
+
+// Where a block lies in its job. Blocks are numbered row-major: b = r * blocks_per_row +
+// col_block.
+struct BlockSite {
+  int64_t b;     // the block's index: its scale byte, its 8 packed bytes
+  int64_t col0;  // its first column
+  int64_t e0;    // job-relative index of its first element
+  int n;         // real elements (>= 1); the rest is zero padding
+};
+
+// The step of a thread's walk over a job's blocks: with T threads in the launch, each moves
+// T blocks on, i.e. `col_blocks` column blocks and `elements` elements, then wraps to the next
+// row if it passed the row's end. Computed once per launch (on the GPU a kernel parameter, so
+// the walk keeps no step in registers).
+struct GridStride {
+  int64_t blocks = 1;
+  int64_t elements = 0;
+  int32_t col_blocks = 0;
+};
+
+// A row's block count must fit 31 bits (the CUDA backend checks).
+NVFP4_HD GridStride MakeGridStride(const BlockJob& job, int64_t threads) {
+  const int64_t blocks_per_row = job.padded_cols / kBlockSize;
+  const int64_t rows = threads / blocks_per_row;
+  GridStride stride;
+  stride.blocks = threads;
+  stride.col_blocks = static_cast<int32_t>(threads - rows * blocks_per_row);
+  stride.elements = rows * job.cols + static_cast<int64_t>(stride.col_blocks) * kBlockSize;
+  return stride;
+}
+
+// A thread's walk over blocks first, first + T, ... of a job. It carries the block's column
+// block and first element along instead of dividing b by the blocks per row for each block
+// (the GPU has no integer divide: a 64-bit one is a ~70-instruction call, and even the 32-bit
+// fast path took ~20 instructions per block).
+struct BlockWalk {
+  int64_t b = 0;          // the current block
+  int64_t e0 = 0;         // its first element
+  int32_t col_block = 0;  // its column block
+
+  NVFP4_HD_METHOD bool done(const BlockJob& job) const {
+    return b >= job.rows * (job.padded_cols / kBlockSize);
+  }
+  NVFP4_HD_METHOD void Advance(const BlockJob& job, const GridStride& stride) {
+    b += stride.blocks;
+    e0 += stride.elements;
+    col_block += stride.col_blocks;
+    if (col_block >= static_cast<int32_t>(job.padded_cols / kBlockSize)) {
+      col_block -= static_cast<int32_t>(job.padded_cols / kBlockSize);
+      e0 += job.cols - job.padded_cols;  // from column padded_cols of row r to column 0 of r + 1
+    }
+  }
+  NVFP4_HD_METHOD BlockSite site(const BlockJob& job) const {
+    BlockSite site;
+    site.b = b;
+    site.col0 = static_cast<int64_t>(col_block) * kBlockSize;
+    site.e0 = e0;
+    const int64_t left = job.cols - site.col0;
+    site.n = left < kBlockSize ? static_cast<int>(left) : kBlockSize;
+    return site;
+  }
+};
+
+NVFP4_HD BlockWalk StartBlockWalk(const BlockJob& job, int64_t first) {
+  const int64_t blocks_per_row = job.padded_cols / kBlockSize;
+  BlockWalk walk;
+  walk.b = first;
+  const int64_t r = first / blocks_per_row;
+  walk.col_block = static_cast<int32_t>(first - r * blocks_per_row);
+  walk.e0 = r * job.cols + static_cast<int64_t>(walk.col_block) * kBlockSize;
+  return walk;
 }
 
 // The error d = |x| - q S of AccumulateBlockMetrics for every element, given its grid
@@ -243,24 +342,23 @@ NVFP4_HD void BlockErrors(const float* ax, const float* magnitude, float s, floa
   for (int i = 0; i < kBlockSize; ++i) d[i] = ax[i] - magnitude[i] * s;
 }
 
-// The whole per-block step for block b (row-major block index within the job). kWeights:
+// The whole per-block step for the block at `site`, whose input bits are `raw`. kWeights:
 // importance present (metrics are weighted); kSearchWeighted: objective WMSE (implies kWeights).
 // Each element is rounded once under the chosen code; its nibble, dequantised value and error
 // all come from that rounding (the CPU rounds the same way: EncodeElement, AccumulateBlockMetrics).
 template <DType kDtype, bool kWeights, bool kSearchWeighted>
 NVFP4_HD void ProcessBlock(const BlockJob& job, const ScaleTable& table,
-                           const ScaleSearchParams& params, int64_t b, ThreadTotals* totals) {
+                           const ScaleSearchParams& params, const BlockSite& site,
+                           const RawBlock<kDtype>& raw, ThreadTotals* totals) {
   static_assert(kWeights || !kSearchWeighted, "a weighted search needs weights");
-  const int64_t blocks_per_row = job.padded_cols / kBlockSize;
-  const int64_t r = b / blocks_per_row;
-  const int64_t col0 = (b - r * blocks_per_row) * kBlockSize;
-  const int64_t left = job.cols - col0;
-  const int n = left < kBlockSize ? static_cast<int>(left) : kBlockSize;  // real elements, >= 1
-  const int64_t e0 = r * job.cols + col0;  // job-relative element index
-  const uint64_t tensor_e0 = static_cast<uint64_t>((job.row0 + r) * job.cols + col0);
+  const int64_t b = site.b;
+  const int64_t col0 = site.col0;
+  const int64_t e0 = site.e0;
+  const int n = site.n;
+  const uint64_t tensor_e0 = static_cast<uint64_t>(job.row0 * job.cols + e0);
 
   float x[kBlockSize];
-  LoadBlock<kDtype>(job.x, e0, n, job.vector_access, x);
+  WidenRawBlock<kDtype>(raw, x);
   // NaN/Inf: one comparison per element; the smallest bad index is searched for only in a bad
   // block (padding is 0.0, never bad). Loops run over all 16 elements so that x stays in
   // registers (a loop bounded by n would index it at run time, i.e. from local memory).
@@ -372,10 +470,50 @@ NVFP4_HD void ProcessBlock(const BlockJob& job, const ScaleTable& table,
   totals->candidates += choice.candidates;
 }
 
+// What one thread of the quantize kernel does: blocks first, first + stride, ... of the job.
+// Without importance, each block's input is loaded one step ahead, so that its loads are in
+// flight while the thread works on the block before (the kernel is issue-bound; this keeps
+// the memory system busy without more resident warps). The variants with importance hold the
+// weights as well and have no registers to spare: ptxas would spill the block loaded ahead
+// (tests/gpu/kernel_resources_test.py), so they load each block when they reach it.
+// `search` is read once per block: the kernel keeps it in shared memory (held in registers
+// under the register cap, nvcc recomputed fl(1 / g), an IEEE division, for every block).
+template <DType kDtype, bool kWeights, bool kSearchWeighted>
+NVFP4_HD void QuantizeThreadBlocks(const BlockJob& job, const ScaleTable& table,
+                                   const ScaleSearchParams& search, int64_t first,
+                                   const GridStride& stride, ThreadTotals* totals) {
+  constexpr bool kLoadAhead = !kWeights;
+  BlockWalk walk = StartBlockWalk(job, first);
+  RawBlock<kDtype> next;
+  if (kLoadAhead && !walk.done(job)) {
+    const BlockSite site = walk.site(job);
+    LoadRawBlock<kDtype>(job.x, site.e0, site.n, job.vector_access, &next);
+  }
+  for (; !walk.done(job); walk.Advance(job, stride)) {
+    const BlockSite site = walk.site(job);
+    RawBlock<kDtype> raw;
+    if constexpr (kLoadAhead) {
+      raw = next;
+      BlockWalk ahead = walk;
+      ahead.Advance(job, stride);
+      if (!ahead.done(job)) {
+        const BlockSite next_site = ahead.site(job);
+        LoadRawBlock<kDtype>(job.x, next_site.e0, next_site.n, job.vector_access, &next);
+      }
+    } else {
+      LoadRawBlock<kDtype>(job.x, site.e0, site.n, job.vector_access, &raw);
+    }
+    const ScaleSearchParams params = search;
+    ProcessBlock<kDtype, kWeights, kSearchWeighted>(job, table, params, site, raw, totals);
+  }
+}
+
 // Calls fn(dtype_tag, weights_tag, search_weighted_tag) with std::integral_constant tags for
-// the run-time choice: the one place that maps a request to a ProcessBlock instantiation.
+// the job's variant: the one place that maps a request to a QuantizeThreadBlocks instantiation.
 template <typename Fn>
-void DispatchBlockVariant(DType dtype, bool weights, bool search_weighted, Fn&& fn) {
+void DispatchBlockVariant(const BlockJob& job, Fn&& fn) {
+  const bool weights = job.layout != ImportanceLayout::kNone;
+  const bool search_weighted = weights && job.objective == Objective::kWmse;
   auto with_dtype = [&](auto dtype_tag) {
     if (search_weighted) {
       fn(dtype_tag, std::true_type{}, std::true_type{});
@@ -385,7 +523,7 @@ void DispatchBlockVariant(DType dtype, bool weights, bool search_weighted, Fn&& 
       fn(dtype_tag, std::false_type{}, std::false_type{});
     }
   };
-  switch (dtype) {
+  switch (job.dtype) {
     case DType::kF32:
       with_dtype(std::integral_constant<DType, DType::kF32>{});
       break;

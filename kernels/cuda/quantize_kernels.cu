@@ -171,8 +171,8 @@ __global__ void BuildScaleTableKernel(GlobalScaleSource source, DeviceResult* re
 
 template <DType kDtype, bool kWeights, bool kSearchWeighted>
 __global__ void __launch_bounds__(kThreadsPerCta, kQuantizeMinCtasPerSm)
-    QuantizeKernel(BlockJob job, const ScaleTable* __restrict__ global_table, DeviceResult* result,
-                   MetricPartial* partials) {
+    QuantizeKernel(BlockJob job, GridStride stride, const ScaleTable* __restrict__ global_table,
+                   DeviceResult* result, MetricPartial* partials) {
   // Every thread reads thresholds of data-dependent codes: shared memory, loaded once per CTA.
   __shared__ ScaleTable table;
   {
@@ -182,8 +182,7 @@ __global__ void __launch_bounds__(kThreadsPerCta, kQuantizeMinCtasPerSm)
       dst[i] = src[i];
     }
   }
-  // The search constants once per CTA, in shared memory, read per block: kept as locals under
-  // the register cap, they made nvcc recompute fl(1 / g) (an IEEE division) for every block.
+  // The search constants once per CTA, in shared memory (see QuantizeThreadBlocks).
   __shared__ ScaleSearchParams shared_params;
   __syncthreads();
   if (threadIdx.x == 0) {
@@ -192,13 +191,9 @@ __global__ void __launch_bounds__(kThreadsPerCta, kQuantizeMinCtasPerSm)
   __syncthreads();
   ThreadTotals totals;
   ClearThreadTotals(&totals);
-  const int64_t blocks = job.rows * (job.padded_cols / kBlockSize);
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; b < blocks;
-       b += stride) {
-    const ScaleSearchParams params = shared_params;
-    ProcessBlock<kDtype, kWeights, kSearchWeighted>(job, table, params, b, &totals);
-  }
+  QuantizeThreadBlocks<kDtype, kWeights, kSearchWeighted>(
+      job, table, shared_params, static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x,
+      stride, &totals);
   PublishScan(totals.amax, totals.first_bad_input, totals.first_bad_weight, result);
   ReduceMetrics(totals.sum, totals.max_abs_error, totals.candidates, &partials[blockIdx.x]);
 }
@@ -277,22 +272,20 @@ cudaError_t LaunchQuantize(const BlockJob& job, const ScaleTable* table, DeviceR
   const int64_t blocks = job.rows * (job.padded_cols / kBlockSize);
   *grid = 0;
   if (blocks <= 0) return cudaSuccess;
-  const bool weights = job.layout != ImportanceLayout::kNone;
-  const bool search_weighted = weights && job.objective == Objective::kWmse;
   cudaError_t status = cudaSuccess;
-  DispatchBlockVariant(
-      job.dtype, weights, search_weighted, [&](auto dtype_tag, auto weights_tag, auto search_tag) {
-        constexpr DType kDtype = decltype(dtype_tag)::value;
-        constexpr bool kWeights = decltype(weights_tag)::value;
-        constexpr bool kSearch = decltype(search_tag)::value;
-        const int64_t wanted = (blocks + kThreadsPerCta - 1) / kThreadsPerCta;
-        const int64_t cap =
-            static_cast<int64_t>(sm_count) * QuantizeCtasPerSm<kDtype, kWeights, kSearch>();
-        *grid = static_cast<int>(wanted < cap ? wanted : cap);
-        QuantizeKernel<kDtype, kWeights, kSearch>
-            <<<*grid, kThreadsPerCta, 0, stream>>>(job, table, result, partials);
-        status = cudaGetLastError();
-      });
+  DispatchBlockVariant(job, [&](auto dtype_tag, auto weights_tag, auto search_tag) {
+    constexpr DType kDtype = decltype(dtype_tag)::value;
+    constexpr bool kWeights = decltype(weights_tag)::value;
+    constexpr bool kSearch = decltype(search_tag)::value;
+    const int64_t wanted = (blocks + kThreadsPerCta - 1) / kThreadsPerCta;
+    const int64_t cap =
+        static_cast<int64_t>(sm_count) * QuantizeCtasPerSm<kDtype, kWeights, kSearch>();
+    *grid = static_cast<int>(wanted < cap ? wanted : cap);
+    QuantizeKernel<kDtype, kWeights, kSearch><<<*grid, kThreadsPerCta, 0, stream>>>(
+        job, MakeGridStride(job, static_cast<int64_t>(*grid) * kThreadsPerCta), table, result,
+        partials);
+    status = cudaGetLastError();
+  });
   return status;
 }
 

@@ -408,6 +408,13 @@ TEST_F(CudaBackendTest, RejectsBadRequestsWithClearMessages) {
   EXPECT_EQ(device_on_host_path.status().code(), absl::StatusCode::kInvalidArgument);
   auto no_outputs = gpu_->QuantizeDeviceToDevice(d->view, {}, {}, {});
   EXPECT_EQ(no_outputs.status().code(), absl::StatusCode::kInvalidArgument);
+
+  // The kernels' one limit (a row's blocks fit 31 bits), checked before any memory is read.
+  const int64_t too_long = (int64_t{1} << 35) - 15;
+  auto long_row = gpu_->QuantizeDevice({DType::kBF16, 1, too_long, d->view.data}, {}, {});
+  EXPECT_EQ(long_row.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(long_row.status().message().find("at most 2^35 - 16"), absl::string_view::npos)
+      << long_row.status();
 }
 
 TEST_F(CudaBackendTest, DeviceOutputsArePoisonFreeAndAlignmentIndependent) {

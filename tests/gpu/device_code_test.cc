@@ -1,8 +1,10 @@
 // Runs the CUDA backend's per-thread code (kernels/cuda/device_block.h: the scan step, the
-// table-entry build, ProcessBlock with its loads, stores and metric terms) on the host, mapped
+// table-entry build, QuantizeThreadBlocks with its block walk, loads one block ahead, stores and
+// metric terms, in the variant DispatchBlockVariant picks) on the host, mapped
 // onto "threads" and row-chunk launches the way quantize_kernels.cu maps it onto the GPU, and
 // checks the result against cpu::CpuBackend: identical bytes, close metrics, the same first bad
 // element. Needs no GPU, so it runs in CI; the GPU itself is covered by gpu_test.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -109,7 +111,6 @@ Emulated Emulate(const HostTensor& t, const QuantizeOptions& options, const Mapp
   cuda::ClearThreadTotals(&totals);
   const size_t element_size = DTypeSize(t.dtype);
   const bool weights = t.layout != ImportanceLayout::kNone;
-  const bool search_weighted = weights && options.objective == Objective::kWmse;
   for (int64_t r0 = 0; r0 < t.rows; r0 += mapping.rows_per_launch) {
     BlockJob job;
     job.dtype = t.dtype;
@@ -131,18 +132,14 @@ Emulated Emulate(const HostTensor& t, const QuantizeOptions& options, const Mapp
                         (job.weights == nullptr || Aligned(job.weights, 16)) &&
                         (job.dequantized == nullptr || Aligned(job.dequantized, 16)) &&
                         Aligned(job.packed, 8);
-    const int64_t blocks = job.rows * (pc / 16);
     for (int thread = 0; thread < mapping.threads; ++thread) {
       ThreadTotals mine;
       cuda::ClearThreadTotals(&mine);
-      for (int64_t b = thread; b < blocks; b += mapping.threads) {
-        cuda::DispatchBlockVariant(
-            t.dtype, weights, search_weighted,
-            [&](auto dtype_tag, auto weights_tag, auto search_tag) {
-              cuda::ProcessBlock<decltype(dtype_tag)::value, decltype(weights_tag)::value,
-                                 decltype(search_tag)::value>(job, *table, params, b, &mine);
-            });
-      }
+      cuda::DispatchBlockVariant(job, [&](auto dtype_tag, auto weights_tag, auto search_tag) {
+        cuda::QuantizeThreadBlocks<decltype(dtype_tag)::value, decltype(weights_tag)::value,
+                                   decltype(search_tag)::value>(
+            job, *table, params, thread, cuda::MakeGridStride(job, mapping.threads), &mine);
+      });
       MergeTotals(mine, &totals);
     }
   }
@@ -169,6 +166,44 @@ void CheckCase(cpu::CpuBackend& reference, const Case& c, uint64_t seed, const M
                                       c.Name() + " (threads " + std::to_string(mapping.threads) +
                                           ", rows/launch " +
                                           std::to_string(mapping.rows_per_launch) + ")");
+}
+
+// The kernel's walk visits exactly the blocks first, first + stride, ... below rows *
+// blocks_per_row, in that order, at the right (row, column block) and element offset.
+TEST(DeviceCode, BlockWalkVisitsTheGridStrideBlocks) {
+  for (int64_t cols : {1, 16, 17, 48, 1000}) {
+    for (int64_t rows : {1, 3, 37}) {
+      BlockJob job;
+      job.rows = rows;
+      job.cols = cols;
+      job.padded_cols = (cols + 15) / 16 * 16;
+      const int64_t per_row = job.padded_cols / 16;
+      const int64_t blocks = rows * per_row;
+      for (int64_t stride :
+           {int64_t{1}, int64_t{2}, per_row, per_row + 1, 3 * per_row - 1, blocks, blocks + 5}) {
+        for (int64_t first : {int64_t{0}, int64_t{1}, stride - 1, blocks - 1, blocks}) {
+          if (first < 0 || first >= stride) continue;
+          std::vector<int64_t> visited;
+          const cuda::GridStride step = cuda::MakeGridStride(job, stride);
+          for (cuda::BlockWalk walk = cuda::StartBlockWalk(job, first); !walk.done(job);
+               walk.Advance(job, step)) {
+            const cuda::BlockSite site = walk.site(job);
+            const int64_t r = site.b / per_row;
+            const int64_t col0 = (site.b % per_row) * 16;
+            ASSERT_EQ(site.col0, col0);
+            ASSERT_EQ(site.e0, r * cols + col0);
+            ASSERT_EQ(site.n, std::min<int64_t>(16, cols - col0));
+            visited.push_back(site.b);
+            ASSERT_LE(visited.size(), static_cast<size_t>(blocks));
+          }
+          std::vector<int64_t> expected;
+          for (int64_t b = first; b < blocks; b += stride) expected.push_back(b);
+          EXPECT_EQ(visited, expected)
+              << "cols " << cols << " rows " << rows << " stride " << stride << " first " << first;
+        }
+      }
+    }
+  }
 }
 
 TEST(DeviceCode, TableEntriesEqualBuildScaleTable) {
