@@ -33,16 +33,22 @@ __global__ void __launch_bounds__(256, 2)
   __syncthreads();
   ThreadTotals totals;
   ClearThreadTotals(&totals);
-  // QuantizeThreadBlocks' loop, with the method fixed at compile time.
+  // QuantizeThreadBlocks' loop (load-ahead without importance), the method fixed at compile
+  // time.
   BlockWalk walk = StartBlockWalk(job, blockIdx.x * 256 + threadIdx.x);
   RawBlock<DType::kBF16> next;
-  LoadRawBlock<DType::kBF16>(job.x, walk.e0, 16, true, &next);
+  if (!kWmse && !walk.done(job)) LoadRawBlock<DType::kBF16>(job.x, walk.e0, 16, true, &next);
   for (; !walk.done(job); walk.Advance(job, stride)) {
     const BlockSite site = walk.site(job);
-    const RawBlock<DType::kBF16> raw = next;
-    BlockWalk ahead = walk;
-    ahead.Advance(job, stride);
-    if (!ahead.done(job)) LoadRawBlock<DType::kBF16>(job.x, ahead.e0, 16, true, &next);
+    RawBlock<DType::kBF16> raw;
+    if constexpr (!kWmse) {
+      raw = next;
+      BlockWalk ahead = walk;
+      ahead.Advance(job, stride);
+      if (!ahead.done(job)) LoadRawBlock<DType::kBF16>(job.x, ahead.e0, 16, true, &next);
+    } else {
+      LoadRawBlock<DType::kBF16>(job.x, site.e0, 16, true, &raw);
+    }
     ScaleSearchParams params = shared_params;
     params.method = kMethod;  // a constant here, so nvcc drops the other methods' code
     ProcessBlock<DType::kBF16, kWmse, kWmse>(job, table, params, site, raw, &totals);

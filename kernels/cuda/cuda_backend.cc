@@ -56,7 +56,8 @@ bool Cancelled(const QuantizeOptions& options) {
 }
 
 // The shared request checks, plus the kernels' one limit: a row holds at most 2^35 - 16
-// elements, so that its block count fits the 32-bit column-block index of BlockWalk.
+// elements (2^31 - 1 blocks), so that BlockWalk's 32-bit unsigned column index plus a step
+// cannot wrap.
 absl::Status ValidateCudaRequest(const TensorView& input, const ImportanceView& importance,
                                  const QuantizeOptions& options, bool data_streamed = false) {
   RETURN_IF_ERROR(ValidateQuantizeRequest(input, importance, options, data_streamed));

@@ -280,16 +280,17 @@ struct BlockSite {
 struct GridStride {
   int64_t blocks = 1;
   int64_t elements = 0;
-  int32_t col_blocks = 0;
+  uint32_t col_blocks = 0;
 };
 
-// A row's block count must fit 31 bits (the CUDA backend checks).
+// A row's block count must fit 31 bits (the CUDA backend checks): column blocks are 32-bit
+// unsigned, and a column block plus a step (each below the row's block count) stays below 2^32.
 NVFP4_HD GridStride MakeGridStride(const BlockJob& job, int64_t threads) {
   const int64_t blocks_per_row = job.padded_cols / kBlockSize;
   const int64_t rows = threads / blocks_per_row;
   GridStride stride;
   stride.blocks = threads;
-  stride.col_blocks = static_cast<int32_t>(threads - rows * blocks_per_row);
+  stride.col_blocks = static_cast<uint32_t>(threads - rows * blocks_per_row);
   stride.elements = rows * job.cols + static_cast<int64_t>(stride.col_blocks) * kBlockSize;
   return stride;
 }
@@ -299,9 +300,9 @@ NVFP4_HD GridStride MakeGridStride(const BlockJob& job, int64_t threads) {
 // (the GPU has no integer divide: a 64-bit one is a ~70-instruction call, and even the 32-bit
 // fast path took ~20 instructions per block).
 struct BlockWalk {
-  int64_t b = 0;          // the current block
-  int64_t e0 = 0;         // its first element
-  int32_t col_block = 0;  // its column block
+  int64_t b = 0;           // the current block
+  int64_t e0 = 0;          // its first element
+  uint32_t col_block = 0;  // its column block
 
   NVFP4_HD_METHOD bool done(const BlockJob& job) const {
     return b >= job.rows * (job.padded_cols / kBlockSize);
@@ -310,8 +311,8 @@ struct BlockWalk {
     b += stride.blocks;
     e0 += stride.elements;
     col_block += stride.col_blocks;
-    if (col_block >= static_cast<int32_t>(job.padded_cols / kBlockSize)) {
-      col_block -= static_cast<int32_t>(job.padded_cols / kBlockSize);
+    if (col_block >= static_cast<uint32_t>(job.padded_cols / kBlockSize)) {
+      col_block -= static_cast<uint32_t>(job.padded_cols / kBlockSize);
       e0 += job.cols - job.padded_cols;  // from column padded_cols of row r to column 0 of r + 1
     }
   }
@@ -331,7 +332,7 @@ NVFP4_HD BlockWalk StartBlockWalk(const BlockJob& job, int64_t first) {
   BlockWalk walk;
   walk.b = first;
   const int64_t r = first / blocks_per_row;
-  walk.col_block = static_cast<int32_t>(first - r * blocks_per_row);
+  walk.col_block = static_cast<uint32_t>(first - r * blocks_per_row);
   walk.e0 = r * job.cols + static_cast<int64_t>(walk.col_block) * kBlockSize;
   return walk;
 }

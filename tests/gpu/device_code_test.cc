@@ -206,6 +206,34 @@ TEST(DeviceCode, BlockWalkVisitsTheGridStrideBlocks) {
   }
 }
 
+// At the CUDA backend's row limit (2^31 - 1 blocks per row) a column block plus a step exceeds
+// INT32_MAX; the walk must still wrap to the next row. Only positions are computed: no memory.
+TEST(DeviceCode, BlockWalkWrapsRowsAtTheRowLimit) {
+  BlockJob job;
+  job.rows = 3;
+  job.padded_cols = int64_t{16} * ((int64_t{1} << 31) - 1);
+  const int64_t per_row = job.padded_cols / 16;
+  for (int64_t cols : {job.padded_cols, job.padded_cols - 5}) {
+    job.cols = cols;
+    for (int64_t stride : {int64_t{67584}, per_row - 1, per_row + 67584}) {
+      const cuda::GridStride step = cuda::MakeGridStride(job, stride);
+      const int64_t first = per_row - 3;  // near the end of row 0: the next step wraps
+      cuda::BlockWalk walk = cuda::StartBlockWalk(job, first);
+      for (int64_t b = first; b < job.rows * per_row; b += stride) {
+        ASSERT_FALSE(walk.done(job));
+        const cuda::BlockSite site = walk.site(job);
+        const int64_t col0 = (b % per_row) * 16;
+        ASSERT_EQ(site.b, b) << "stride " << stride;
+        ASSERT_EQ(site.col0, col0) << "block " << b << " stride " << stride;
+        ASSERT_EQ(site.e0, b / per_row * cols + col0) << "block " << b << " stride " << stride;
+        ASSERT_EQ(site.n, std::min<int64_t>(16, cols - col0));
+        walk.Advance(job, step);
+      }
+      EXPECT_TRUE(walk.done(job));
+    }
+  }
+}
+
 TEST(DeviceCode, TableEntriesEqualBuildScaleTable) {
   for (float g :
        {6.018531076210112e-36f, 1e-30f, 1e-3f, 1.0f / 2688.0f, 0.37f, 1.0f, 3.7f, 1e20f, 2.2e35f}) {
