@@ -17,7 +17,7 @@ using namespace nvfp4;
 using namespace nvfp4::cuda;
 template <Method kMethod, bool kWmse>
 __global__ void __launch_bounds__(256, 2)
-    Probe(BlockJob job, GridStride stride, const ScaleTable* global_table, ThreadTotals* out) {
+    Probe(BlockJob job, BlockSpan stride, const ScaleTable* global_table, ThreadTotals* out) {
   __shared__ ScaleTable table;
   for (int i = threadIdx.x; i < static_cast<int>(sizeof(ScaleTable) / 4); i += blockDim.x)
     reinterpret_cast<float*>(&table)[i] = reinterpret_cast<const float*>(global_table)[i];
@@ -55,14 +55,14 @@ __global__ void __launch_bounds__(256, 2)
   }
   out[blockIdx.x * 256 + threadIdx.x] = totals;
 }
-template __global__ void Probe<Method::kAbsMax, false>(BlockJob, GridStride, const ScaleTable*, ThreadTotals*);
-template __global__ void Probe<Method::kFourOverSix, false>(BlockJob, GridStride, const ScaleTable*,
+template __global__ void Probe<Method::kAbsMax, false>(BlockJob, BlockSpan, const ScaleTable*, ThreadTotals*);
+template __global__ void Probe<Method::kFourOverSix, false>(BlockJob, BlockSpan, const ScaleTable*,
                                                             ThreadTotals*);
-template __global__ void Probe<Method::kScaleSweep, false>(BlockJob, GridStride, const ScaleTable*,
+template __global__ void Probe<Method::kScaleSweep, false>(BlockJob, BlockSpan, const ScaleTable*,
                                                            ThreadTotals*);
-template __global__ void Probe<Method::kScaleSweep, true>(BlockJob, GridStride, const ScaleTable*,
+template __global__ void Probe<Method::kScaleSweep, true>(BlockJob, BlockSpan, const ScaleTable*,
                                                           ThreadTotals*);
-template __global__ void Probe<Method::kExhaustive, false>(BlockJob, GridStride, const ScaleTable*,
+template __global__ void Probe<Method::kExhaustive, false>(BlockJob, BlockSpan, const ScaleTable*,
                                                            ThreadTotals*);
 CU
 nvcc=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)

@@ -273,11 +273,12 @@ struct BlockSite {
   int n;         // real elements (>= 1); the rest is zero padding
 };
 
-// The step of a thread's walk over a job's blocks: with T threads in the launch, each moves
-// T blocks on, i.e. `col_blocks` column blocks and `elements` elements, then wraps to the next
-// row if it passed the row's end. Computed once per launch (on the GPU a kernel parameter, so
-// the walk keeps no step in registers).
-struct GridStride {
+// k blocks as a move through a job's row-major blocks: `col_blocks` column blocks and
+// `elements` elements on, then a wrap to the next row if that passes a row's end. From block 0
+// (column 0) no wrap is needed: it is where block k lies. As the step of a thread's walk (k = the
+// launch's thread count) it is computed once per launch, a kernel parameter on the GPU, so the
+// walk keeps no step in registers.
+struct BlockSpan {
   int64_t blocks = 1;
   int64_t elements = 0;
   uint32_t col_blocks = 0;
@@ -285,14 +286,14 @@ struct GridStride {
 
 // A row's block count must fit 31 bits (the CUDA backend checks): column blocks are 32-bit
 // unsigned, and a column block plus a step (each below the row's block count) stays below 2^32.
-NVFP4_HD GridStride MakeGridStride(const BlockJob& job, int64_t threads) {
+NVFP4_HD BlockSpan MakeBlockSpan(const BlockJob& job, int64_t k) {
   const int64_t blocks_per_row = job.padded_cols / kBlockSize;
-  const int64_t rows = threads / blocks_per_row;
-  GridStride stride;
-  stride.blocks = threads;
-  stride.col_blocks = static_cast<uint32_t>(threads - rows * blocks_per_row);
-  stride.elements = rows * job.cols + static_cast<int64_t>(stride.col_blocks) * kBlockSize;
-  return stride;
+  const int64_t rows = k / blocks_per_row;
+  BlockSpan span;
+  span.blocks = k;
+  span.col_blocks = static_cast<uint32_t>(k - rows * blocks_per_row);
+  span.elements = rows * job.cols + static_cast<int64_t>(span.col_blocks) * kBlockSize;
+  return span;
 }
 
 // A thread's walk over blocks first, first + T, ... of a job. It carries the block's column
@@ -307,7 +308,7 @@ struct BlockWalk {
   NVFP4_HD_METHOD bool done(const BlockJob& job) const {
     return b >= job.rows * (job.padded_cols / kBlockSize);
   }
-  NVFP4_HD_METHOD void Advance(const BlockJob& job, const GridStride& stride) {
+  NVFP4_HD_METHOD void Advance(const BlockJob& job, const BlockSpan& stride) {
     b += stride.blocks;
     e0 += stride.elements;
     col_block += stride.col_blocks;
@@ -328,12 +329,11 @@ struct BlockWalk {
 };
 
 NVFP4_HD BlockWalk StartBlockWalk(const BlockJob& job, int64_t first) {
-  const int64_t blocks_per_row = job.padded_cols / kBlockSize;
+  const BlockSpan from_block0 = MakeBlockSpan(job, first);
   BlockWalk walk;
   walk.b = first;
-  const int64_t r = first / blocks_per_row;
-  walk.col_block = static_cast<uint32_t>(first - r * blocks_per_row);
-  walk.e0 = r * job.cols + static_cast<int64_t>(walk.col_block) * kBlockSize;
+  walk.e0 = from_block0.elements;
+  walk.col_block = from_block0.col_blocks;
   return walk;
 }
 
@@ -482,7 +482,7 @@ NVFP4_HD void ProcessBlock(const BlockJob& job, const ScaleTable& table,
 template <DType kDtype, bool kWeights, bool kSearchWeighted>
 NVFP4_HD void QuantizeThreadBlocks(const BlockJob& job, const ScaleTable& table,
                                    const ScaleSearchParams& search, int64_t first,
-                                   const GridStride& stride, ThreadTotals* totals) {
+                                   const BlockSpan& stride, ThreadTotals* totals) {
   constexpr bool kLoadAhead = !kWeights;
   BlockWalk walk = StartBlockWalk(job, first);
   RawBlock<kDtype> next;

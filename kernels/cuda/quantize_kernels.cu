@@ -171,7 +171,7 @@ __global__ void BuildScaleTableKernel(GlobalScaleSource source, DeviceResult* re
 
 template <DType kDtype, bool kWeights, bool kSearchWeighted>
 __global__ void __launch_bounds__(kThreadsPerCta, kQuantizeMinCtasPerSm)
-    QuantizeKernel(BlockJob job, GridStride stride, const ScaleTable* __restrict__ global_table,
+    QuantizeKernel(BlockJob job, BlockSpan stride, const ScaleTable* __restrict__ global_table,
                    DeviceResult* result, MetricPartial* partials) {
   // Every thread reads thresholds of data-dependent codes: shared memory, loaded once per CTA.
   __shared__ ScaleTable table;
@@ -282,7 +282,7 @@ cudaError_t LaunchQuantize(const BlockJob& job, const ScaleTable* table, DeviceR
         static_cast<int64_t>(sm_count) * QuantizeCtasPerSm<kDtype, kWeights, kSearch>();
     *grid = static_cast<int>(wanted < cap ? wanted : cap);
     QuantizeKernel<kDtype, kWeights, kSearch><<<*grid, kThreadsPerCta, 0, stream>>>(
-        job, MakeGridStride(job, static_cast<int64_t>(*grid) * kThreadsPerCta), table, result,
+        job, MakeBlockSpan(job, static_cast<int64_t>(*grid) * kThreadsPerCta), table, result,
         partials);
     status = cudaGetLastError();
   });

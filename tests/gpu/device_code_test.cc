@@ -138,7 +138,7 @@ Emulated Emulate(const HostTensor& t, const QuantizeOptions& options, const Mapp
       cuda::DispatchBlockVariant(job, [&](auto dtype_tag, auto weights_tag, auto search_tag) {
         cuda::QuantizeThreadBlocks<decltype(dtype_tag)::value, decltype(weights_tag)::value,
                                    decltype(search_tag)::value>(
-            job, *table, params, thread, cuda::MakeGridStride(job, mapping.threads), &mine);
+            job, *table, params, thread, cuda::MakeBlockSpan(job, mapping.threads), &mine);
       });
       MergeTotals(mine, &totals);
     }
@@ -184,7 +184,7 @@ TEST(DeviceCode, BlockWalkVisitsTheGridStrideBlocks) {
         for (int64_t first : {int64_t{0}, int64_t{1}, stride - 1, blocks - 1, blocks}) {
           if (first < 0 || first >= stride) continue;
           std::vector<int64_t> visited;
-          const cuda::GridStride step = cuda::MakeGridStride(job, stride);
+          const cuda::BlockSpan step = cuda::MakeBlockSpan(job, stride);
           for (cuda::BlockWalk walk = cuda::StartBlockWalk(job, first); !walk.done(job);
                walk.Advance(job, step)) {
             const cuda::BlockSite site = walk.site(job);
@@ -216,7 +216,7 @@ TEST(DeviceCode, BlockWalkWrapsRowsAtTheRowLimit) {
   for (int64_t cols : {job.padded_cols, job.padded_cols - 5}) {
     job.cols = cols;
     for (int64_t stride : {int64_t{67584}, per_row - 1, per_row + 67584}) {
-      const cuda::GridStride step = cuda::MakeGridStride(job, stride);
+      const cuda::BlockSpan step = cuda::MakeBlockSpan(job, stride);
       const int64_t first = per_row - 3;  // near the end of row 0: the next step wraps
       cuda::BlockWalk walk = cuda::StartBlockWalk(job, first);
       for (int64_t b = first; b < job.rows * per_row; b += stride) {
