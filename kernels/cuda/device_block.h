@@ -5,17 +5,19 @@
 // QuantizeThreadBlocks: the thread's blocks (BlockWalk, no division per block), each block's
 // bits loaded (LoadRawBlock: 16-byte loads where aligned, zeros past the last column) one block
 // ahead where registers allow, then ProcessBlock: widen them (bf16/f16 exactly), record
-// non-finite inputs and bad importance values, then the CPU reference's block steps unchanged:
-// PrepareScalarBlock -> ChooseBlockScale, one E2M1RoundByThreshold per element under the chosen
-// code for the nibbles (what EncodeBlock packs), DequantizeNibble for the fake-quant output, and
-// the error terms of AccumulateBlockMetrics. The only device-specific piece is DeviceBlock, a
+// non-finite inputs (one test of the block maximum taken with NaN propagated) and bad importance
+// values, then the CPU reference's block steps unchanged: PrepareScalarBlock -> ChooseBlockScale,
+// one E2M1RoundByThreshold per element under the chosen code for the nibbles (what EncodeBlock
+// packs), DequantizeNibble for the fake-quant output, and the error terms of
+// AccumulateBlockMetrics (their magnitudes by E2M1MagnitudeFromBits, the same values in two
+// instructions). The only device-specific piece is DeviceBlock, a
 // ScalarBlock whose loss() passes a compile-time weights pointer to the same CandidateLoss (a
 // run-time pointer select would force the block into local memory). Loops over a block run over
 // all 16 elements: a run-time bound would index the arrays at run time, i.e. on the stack
 // (tests/gpu/kernel_resources_test.py checks the compiled kernels for it).
-// Metric terms are summed per block with the shared TreeSum16 in fp32 and then in fp64 per
-// thread; the CPU folds per element position instead, so metrics agree to ~1e-7 relative and
-// bytes (packed, scales, dequantized) are identical.
+// Metric terms are summed per block in fp32 by fmaf chains (DotProduct16: one instruction per
+// term) and then in fp64 per thread; the CPU folds per element position instead, so metrics
+// agree to ~1e-7 relative and bytes (packed, scales, dequantized) are identical.
 //
 // BuildScaleTableEntry is one (code, column) entry of BuildScaleTable; ResolveGlobalScale is
 // the CPU backend's choice of g. Everything here is pure and thread-safe; callers own all memory.
@@ -343,6 +345,15 @@ NVFP4_HD void BlockErrors(const float* ax, const float* magnitude, float s, floa
   for (int i = 0; i < kBlockSize; ++i) d[i] = ax[i] - magnitude[i] * s;
 }
 
+// sum a[i] b[i] as one fmaf chain: one instruction per term (a product and a tree sum take two).
+// The metrics' per-block sums, which are checked against the CPU's within a tolerance (their
+// order of summation differs anyway); never used for a loss, whose sum order is defined.
+NVFP4_HD float DotProduct16(const float* a, const float* b) {
+  float sum = 0.0f;
+  for (int i = 0; i < kBlockSize; ++i) sum = fmaf(a[i], b[i], sum);
+  return sum;
+}
+
 // The whole per-block step for the block at `site`, whose input bits are `raw`. kWeights:
 // importance present (metrics are weighted); kSearchWeighted: objective WMSE (implies kWeights).
 // Each element is rounded once under the chosen code; its nibble, dequantised value and error
@@ -360,15 +371,17 @@ NVFP4_HD void ProcessBlock(const BlockJob& job, const ScaleTable& table,
 
   float x[kBlockSize];
   WidenRawBlock<kDtype>(raw, x);
-  // NaN/Inf: one comparison per element; the smallest bad index is searched for only in a bad
-  // block (padding is 0.0, never bad). Loops run over all 16 elements so that x stays in
-  // registers (a loop bounded by n would index it at run time, i.e. from local memory).
-  bool bad_input = false;
-  for (int i = 0; i < kBlockSize; ++i) bad_input |= !(AbsF(x[i]) <= kMaxFiniteFloat);
-  const float m = BlockMaxAbs(x);
-  if (!bad_input) {
+  // NaN/Inf: the block's maximum magnitude with NaN propagated is not <= FLT_MAX; the smallest
+  // bad index is searched for only in a bad block (padding is 0.0, never bad), whose maximum is
+  // then taken as 0 (the cheap all-zero path; a failed call's outputs are unspecified). Loops
+  // run over all 16 elements so that x stays in registers (a loop bounded by n would index it
+  // at run time, i.e. from local memory).
+  float m = 0.0f;
+  for (int i = 0; i < kBlockSize; ++i) m = MaxMagnitudeOrNaN(m, AbsF(x[i]));
+  if (m <= kMaxFiniteFloat) {
     totals->amax = MaxF(totals->amax, m);
   } else {
+    m = 0.0f;
     for (int i = 0; i < kBlockSize; ++i) {
       if (i < n) ScanInput(x[i], tensor_e0 + i, &totals->amax, &totals->first_bad_input);
     }
@@ -409,7 +422,7 @@ NVFP4_HD void ProcessBlock(const BlockJob& job, const ScaleTable& table,
   for (int i = 0; i < kBlockSize; ++i) {
     const E2M1Rounding rounding = E2M1RoundByThreshold(ax[i], row);
     nibbles[i] = E2M1Nibble(rounding.index, x[i]);
-    magnitude[i] = rounding.magnitude;
+    magnitude[i] = E2M1MagnitudeFromBits(rounding.index);
   }
   uint8_t packed[kBlockSize / 2];
   PackNibbles(nibbles, packed);
@@ -436,18 +449,16 @@ NVFP4_HD void ProcessBlock(const BlockJob& job, const ScaleTable& table,
     }
   }
 
-  // Metric terms (those of AccumulateBlockMetrics), summed per block with TreeSum16 in fp32.
+  // Metric terms (those of AccumulateBlockMetrics), summed per block in fp32 by fmaf chains.
   float d[kBlockSize];
   BlockErrors(ax, magnitude, s, d);
-  float squared_error[kBlockSize], weighted[kBlockSize], signal[kBlockSize];
+  float squared_error[kBlockSize];
   float max_error = 0.0f;
   for (int i = 0; i < kBlockSize; ++i) {
     squared_error[i] = d[i] * d[i];
-    weighted[i] = kWeights ? w[i] * squared_error[i] : 0.0f;
-    signal[i] = x[i] * x[i];
     max_error = MaxMagnitude(max_error, AbsF(d[i]));
   }
-  const float squared_error_sum = TreeSum16(squared_error);
+  const float squared_error_sum = DotProduct16(d, d);
   // The AbsMax baseline's error: the same terms, hence the same sum, when the chosen code is the
   // AbsMax code (always for AbsMax and all-zero blocks).
   float absmax_error_sum = squared_error_sum;
@@ -456,16 +467,14 @@ NVFP4_HD void ProcessBlock(const BlockJob& job, const ScaleTable& table,
     for (int i = 0; i < kBlockSize; ++i) magnitude[i] = E2M1RoundByThreshold(ax[i], row).magnitude;
     float absmax_d[kBlockSize];
     BlockErrors(ax, magnitude, table.effective_scale[choice.absmax], absmax_d);
-    float absmax_error[kBlockSize];
-    for (int i = 0; i < kBlockSize; ++i) absmax_error[i] = absmax_d[i] * absmax_d[i];
-    absmax_error_sum = TreeSum16(absmax_error);
+    absmax_error_sum = DotProduct16(absmax_d, absmax_d);
   }
   totals->sum[kSquaredError] += static_cast<double>(squared_error_sum);
   if constexpr (kWeights) {
-    totals->sum[kWeightedSquaredError] += static_cast<double>(TreeSum16(weighted));
+    totals->sum[kWeightedSquaredError] += static_cast<double>(DotProduct16(w, squared_error));
     totals->sum[kWeightSum] += static_cast<double>(TreeSum16(w));
   }
-  totals->sum[kSquaredSignal] += static_cast<double>(TreeSum16(signal));
+  totals->sum[kSquaredSignal] += static_cast<double>(DotProduct16(x, x));
   totals->sum[kAbsMaxSquaredError] += static_cast<double>(absmax_error_sum);
   totals->max_abs_error = MaxF(totals->max_abs_error, max_error);
   totals->candidates += choice.candidates;

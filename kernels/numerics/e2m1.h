@@ -25,6 +25,15 @@ NVFP4_HD float E2M1Magnitude(uint32_t index) {
   return BitsToFloat((index << 22) + 0x3F000000u);
 }
 
+// E2M1Magnitude(index) in two instructions: the float whose bits are index << 22 has the index's
+// two exponent bits as its low exponent bits and its mantissa bit as its top mantissa bit, so it
+// is the E2M1 value times 2^-126 exactly (index 1 is a subnormal in both formats, 0.5 * 2^-126);
+// the multiply by 2^126 is exact. Needs IEEE subnormals (no flush to zero); on x86 without DAZ a
+// subnormal operand is slow, so the CPU engines keep E2M1Magnitude.
+NVFP4_HD float E2M1MagnitudeFromBits(uint32_t index) {
+  return BitsToFloat((index & 7u) << 22) * 8.5070591730234616e37f;  // 2^126
+}
+
 // Rounding boundaries between grid index k and k+1, and whether the boundary value itself
 // rounds up (ties to even: the even neighbour wins).
 inline constexpr float kE2M1Boundary[7] = {0.25f, 0.75f, 1.25f, 1.75f, 2.5f, 3.5f, 5.0f};

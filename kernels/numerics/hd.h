@@ -68,6 +68,18 @@ NVFP4_HD float MaxMagnitude(float a, float b) {
 #endif
 }
 
+// max of two magnitudes (>= 0) where a NaN operand makes the result NaN: one instruction on the
+// GPU (max.NaN, sm_80+), so that a single test of a block's maximum finds NaN anywhere in it.
+NVFP4_HD float MaxMagnitudeOrNaN(float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  float result;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(result) : "f"(a), "f"(b));
+  return result;
+#else
+  return (a > b || a != a) ? a : b;
+#endif
+}
+
 }  // namespace nvfp4
 
 #endif  // NVFP4_KERNELS_NUMERICS_HD_H_

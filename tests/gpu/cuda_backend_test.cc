@@ -327,6 +327,17 @@ TEST_F(CudaBackendTest, RejectsNonFiniteInputsNamingTheFirstBadElement) {
   HostTensor big = gpu_testing::MakeTensor(DType::kF16, 3000, 1024, ImportanceLayout::kNone, 4);
   big.bits16[2999 * 1024 + 1000] = 0xFC00;  // -Inf
   EXPECT_EQ(std::string(gpu_->Quantize(big.view(), {}, {}).status().message()), CpuError(big, {}));
+  // A NaN alone, at every position of a block, found by the quantize kernel's one test of the
+  // block maximum (max.NaN).
+  QuantizeOptions single_pass;
+  single_pass.global_scale = 0.01f;
+  for (int position = 0; position < 16; ++position) {
+    HostTensor n = gpu_testing::MakeTensor(DType::kBF16, 4, 64, ImportanceLayout::kNone, 5);
+    n.bits16[2 * 64 + 32 + position] = 0x7FC1;
+    const std::string expected = CpuError(n, single_pass);
+    EXPECT_EQ(std::string(gpu_->Quantize(n.view(), {}, single_pass).status().message()), expected)
+        << "position " << position;
+  }
   // The backend stays usable.
   CheckAgainstCpu(gpu_testing::MakeTensor(DType::kF32, 4, 64, ImportanceLayout::kNone, 5), {},
                   "after errors");

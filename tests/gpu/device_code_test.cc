@@ -338,5 +338,31 @@ TEST(DeviceCode, FindsTheFirstBadInputAndWeight) {
   EXPECT_EQ(ec.first_bad_weight, uint64_t{37});
 }
 
+// A block's NaN/Inf test is one test of its maximum, taken with NaN propagated: a NaN must be
+// found wherever it lies in a block, and whatever the other elements hold.
+TEST(DeviceCode, FindsANaNAtEveryPositionOfABlock) {
+  EXPECT_TRUE(std::isnan(MaxMagnitudeOrNaN(std::nanf(""), 1.0f)));
+  EXPECT_TRUE(std::isnan(MaxMagnitudeOrNaN(1.0f, std::nanf(""))));
+  EXPECT_EQ(MaxMagnitudeOrNaN(2.0f, 3.0f), 3.0f);
+  EXPECT_EQ(MaxMagnitudeOrNaN(3.0f, 2.0f), 3.0f);
+  QuantizeOptions options;
+  options.global_scale = 0.01f;  // the single-pass path: the quantize pass finds it
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    for (int position = 0; position < kBlockSize; ++position) {
+      HostTensor t = gpu_testing::MakeTensor(dtype, 4, 64, ImportanceLayout::kNone, 5);
+      const int64_t bad = 2 * 64 + 32 + position;
+      if (dtype == DType::kF32) {
+        t.f32[bad] = std::nanf("");
+        t.f32[bad + 1 - 2 * (position & 1)] = 1e30f;  // a large finite neighbour
+      } else {
+        t.bits16[bad] = 0x7FC1;
+      }
+      const Emulated e = Emulate(t, options, {4, 3, true});
+      EXPECT_EQ(e.first_bad_input, static_cast<uint64_t>(bad))
+          << DTypeName(dtype) << " position " << position;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace nvfp4
