@@ -434,7 +434,11 @@ NVFP4_HD void ProcessBlock(const BlockJob& job, const ScaleTable& table,
 
   if (job.dequantized != nullptr) {
     float out[kBlockSize];
-    for (int i = 0; i < kBlockSize; ++i) out[i] = DequantizeNibble(nibbles[i], s);
+    // DequantizeNibble(nibbles[i], s), i.e. fl(DecodeE2M1(nibble) * s), from the magnitude at
+    // hand: the nibble's sign bit negates it (-0.0 included, as DecodeE2M1 does).
+    for (int i = 0; i < kBlockSize; ++i) {
+      out[i] = ((nibbles[i] & 8u) != 0 ? -magnitude[i] : magnitude[i]) * s;
+    }
     float* dst = job.dequantized + e0;
     if (job.vector_access) {
       for (int q = 0; q < 4; ++q) {
