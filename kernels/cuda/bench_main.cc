@@ -21,7 +21,8 @@
 // Host path: the pinned host-to-device copy bandwidth of the input, then CudaBackend::Quantize
 // of the same tensor in ordinary (pageable) host memory, best wall time of N, as a fraction of
 // that bandwidth (the host path's promise: large host tensors at PCIe/NVLink speed).
-// Without a CUDA device it prints "no CUDA device" and exits 0.
+// Without a CUDA device it prints "no CUDA device" and exits 0 (1, with the CUDA runtime's
+// reason, when NVFP4_REQUIRE_GPU is set).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -145,6 +146,12 @@ int Fail(const absl::Status& status) {
 
 int Run(const Flags& flags) {
   if (CudaDeviceCount() == 0) {
+    // NVFP4_REQUIRE_GPU (device_check.sh, on a machine that lists a GPU): not seeing it is an
+    // error, with the runtime's reason.
+    const char* require = std::getenv("NVFP4_REQUIRE_GPU");
+    if (require != nullptr && *require != '\0' && std::string_view(require) != "0") {
+      return Fail(CudaBackend::Create(flags.device).status());
+    }
     std::printf("no CUDA device\n");
     return 0;
   }

@@ -206,6 +206,20 @@ class ScopedDevice {
   absl::Status status_;
 };
 
+// Whether `bytes` more of device memory (current device) would leave kResidentHeadroomBytes
+// free: what a kernel's first launch (lazy module loading), a larger stack or another caller
+// may still need. The resident copy of a host input is an optimisation; it must not take the
+// last of the memory.
+constexpr size_t kResidentHeadroomBytes = size_t{256} << 20;
+bool HasHeadroomFor(size_t bytes) {
+  size_t free_bytes = 0, total_bytes = 0;
+  if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return free_bytes > bytes && free_bytes - bytes >= kResidentHeadroomBytes;
+}
+
 }  // namespace
 
 int CudaDeviceCount() {
@@ -307,6 +321,17 @@ struct CudaBackend::State {
     return absl::OkStatus();
   }
 
+  // Makes `waiter` wait for the caller's work on the default streams: everything enqueued before
+  // the call on the legacy default stream (which itself follows all earlier work on blocking
+  // streams: cudaMemcpy, cudaMemset, kernels launched without a stream, PyTorch's default
+  // stream) and on the calling thread's per-thread default stream. The backend's own streams
+  // are non-blocking, so without this a kernel could read a device input that a cudaMemcpy from
+  // pageable memory has not finished writing.
+  absl::Status FollowCallerStreams(cudaStream_t waiter) {
+    RETURN_IF_ERROR(Join(cudaStreamLegacy, waiter));
+    return Join(cudaStreamPerThread, waiter);
+  }
+
   absl::StatusOr<DeviceQuantizeResult> RunOnDevice(const TensorView& input,
                                                    const ImportanceView& importance,
                                                    const QuantizeOptions& options,
@@ -328,6 +353,7 @@ absl::StatusOr<DeviceQuantizeResult> CudaBackend::State::RunOnDevice(
   IdleOnExit idle(this);
   cudaStream_t stream = streams[0].get();
   const GlobalScaleSource source = MakeGlobalScaleSource(options);
+  RETURN_IF_ERROR(FollowCallerStreams(stream));
   NVFP4_CUDA_RETURN_IF_ERROR(cudaEventRecord(start.get(), stream), "cudaEventRecord");
   NVFP4_CUDA_RETURN_IF_ERROR(internal::LaunchInitResult(device_result(), stream), "init kernel");
   if (NeedsAmaxPass(options)) {
@@ -421,7 +447,7 @@ absl::StatusOr<QuantizedSummary> CudaBackend::State::RunFromHost(
   // device between the passes when it fits; otherwise each chunk is uploaded twice.
   const bool amax_pass = NeedsAmaxPass(options);
   DeviceBuffer resident;
-  if (amax_pass) {
+  if (amax_pass && HasHeadroomFor(input.bytes())) {
     absl::StatusOr<DeviceBuffer> full = DeviceBuffer::Create(input.bytes());
     if (full.ok()) {
       resident = std::move(*full);
@@ -681,6 +707,10 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device) {
   ASSIGN_OR_RETURN(state->stop, Event::Create(/*timing=*/true));
   ASSIGN_OR_RETURN(state->result, DeviceBuffer::Create(sizeof(DeviceResult)));
   ASSIGN_OR_RETURN(state->table, DeviceBuffer::Create(sizeof(ScaleTable)));
+  // The table build writes every field but not the struct's alignment padding, which the
+  // kernels' 16-byte copy into shared memory reads: zero it once (compute-sanitizer initcheck).
+  NVFP4_CUDA_RETURN_IF_ERROR(cudaMemset(state->table.get(), 0, sizeof(ScaleTable)),
+                             "cudaMemset (scale table)");
   ASSIGN_OR_RETURN(state->host_result, PinnedBuffer::Create(sizeof(DeviceResult)));
   return std::unique_ptr<CudaBackend>(new CudaBackend(
       device, absl::StrCat("cuda:", device, " ", properties.name), std::move(state)));
@@ -739,6 +769,11 @@ absl::StatusOr<QuantizedSummary> CudaBackend::QuantizeInto(
         CheckPointer(importance.data, /*want_device=*/false, device_, "importance.data"));
   }
   RETURN_IF_ERROR(CheckPointer(out.packed, /*want_device=*/false, device_, "out.packed"));
+  RETURN_IF_ERROR(CheckPointer(out.scales, /*want_device=*/false, device_, "out.scales"));
+  if (options.want_dequantized) {
+    RETURN_IF_ERROR(
+        CheckPointer(out.dequantized, /*want_device=*/false, device_, "out.dequantized"));
+  }
   // When rows are reported (a caller may send them on) or arrive while the call runs, bad
   // importance must fail the call before any work, as on the CPU; the kernels would only find it
   // after every row was reported.
@@ -791,14 +826,13 @@ absl::StatusOr<QuantizedTensor> CudaBackend::QuantizeDevice(const TensorView& de
   const size_t scale_bytes = static_cast<size_t>(device_input.rows * pc / kBlockSize);
   const size_t dequantized_bytes =
       options.want_dequantized ? static_cast<size_t>(device_input.elements()) * 4 : 0;
+  // Declared before the buffers, so that they are freed while the backend's device is current.
+  ScopedDevice scoped(device_);
+  RETURN_IF_ERROR(scoped.status());
   DeviceBuffer packed, scales, dequantized;
-  {
-    ScopedDevice scoped(device_);
-    RETURN_IF_ERROR(scoped.status());
-    ASSIGN_OR_RETURN(packed, DeviceBuffer::Create(packed_bytes));
-    ASSIGN_OR_RETURN(scales, DeviceBuffer::Create(scale_bytes));
-    ASSIGN_OR_RETURN(dequantized, DeviceBuffer::Create(dequantized_bytes));
-  }
+  ASSIGN_OR_RETURN(packed, DeviceBuffer::Create(packed_bytes));
+  ASSIGN_OR_RETURN(scales, DeviceBuffer::Create(scale_bytes));
+  ASSIGN_OR_RETURN(dequantized, DeviceBuffer::Create(dequantized_bytes));
   DeviceOutputs outputs;
   outputs.packed = packed.as<uint8_t>();
   outputs.scales = scales.as<uint8_t>();
@@ -814,8 +848,6 @@ absl::StatusOr<QuantizedTensor> CudaBackend::QuantizeDevice(const TensorView& de
     out.global_scale = result.global_scale;
     out.metrics = result.metrics;
     ResizeOutputs(out, options.want_dequantized);
-    ScopedDevice scoped(device_);
-    RETURN_IF_ERROR(scoped.status());
     NVFP4_CUDA_RETURN_IF_ERROR(
         cudaMemcpy(out.packed.data(), packed.get(), packed_bytes, cudaMemcpyDeviceToHost),
         "cudaMemcpy (packed)");

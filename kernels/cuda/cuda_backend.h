@@ -17,7 +17,11 @@
 //    g, amax and metrics (one small copy back). This is the path that runs at device-memory
 //    speed; the benchmark (nvfp4_cuda_bench) measures it.
 // For the device paths the TensorView/ImportanceView `data` pointers are device pointers; they
-// are checked with cudaPointerGetAttributes (device or managed memory of this device).
+// are checked with cudaPointerGetAttributes (device or managed memory of this device). A device
+// call's work follows what the caller enqueued before it on the legacy default stream (so also
+// on every blocking stream) and on the calling thread's per-thread default stream; work on the
+// caller's own non-blocking streams must be finished (or synchronised) by the caller. Every
+// call has finished its device work when it returns.
 //
 // Ownership: views are borrowed for the duration of a call. The backend owns its streams and a
 // workspace (small device records, chunk buffers and pinned staging buffers, grown on demand and

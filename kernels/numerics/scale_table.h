@@ -77,7 +77,12 @@ NVFP4_HD E2M1Rounding E2M1RoundByThreshold(float a, const float* t) {
   const bool b1 = a >= (b2 ? t[5] : t[1]);
   const bool b0 = a >= (b2 ? (b1 ? t[6] : t[4]) : (b1 ? t[2] : t[0]));
   E2M1Rounding rounding;
-  rounding.index = (b2 ? (b1 ? 6u : 4u) : (b1 ? 2u : 0u)) + (b0 ? 1u : 0u);
+  // The index is formed as index << 22, the bits E2M1MagnitudeFromBits starts from, so that a
+  // caller that wants both (the GPU's encode) gets them from the same selects: nvcc drops the
+  // shift pair.
+  const uint32_t index_bits =
+      (b2 ? (b1 ? 6u << 22 : 4u << 22) : (b1 ? 2u << 22 : 0u)) + (b0 ? 1u << 22 : 0u);
+  rounding.index = index_bits >> 22;
   // E2M1Magnitude(index), selected from the three outcomes (no integer round trip): base is
   // the magnitude of index & 6, step the grid spacing there.
   const float base = b2 ? (b1 ? 4.0f : 2.0f) : (b1 ? 1.0f : 0.0f);

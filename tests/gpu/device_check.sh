@@ -92,7 +92,12 @@ step "build (ninja -j$jobs)"
 ninja -C "$build" -j"$jobs" gpu_test gpu_device_code_test nvfp4_cuda_bench \
   >>"$logs/build.log" 2>&1 || { tail -40 "$logs/build.log"; exit 1; }
 
-if command -v nvidia-smi >/dev/null; then nvidia-smi -L || true; fi
+# A machine that lists a GPU must run the GPU tests: a runtime that sees no device (say, a driver
+# older than the runtime) then fails gpu_test and the benchmark instead of skipping them.
+if command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+  nvidia-smi -L
+  export NVFP4_REQUIRE_GPU=1
+fi
 status=0
 summary=()
 run_gtest() {  # name, timeout, command...
