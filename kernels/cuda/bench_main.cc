@@ -221,18 +221,24 @@ int Run(const Flags& flags) {
   float tensor_amax = 0.0f;
   for (uint16_t bits : host) tensor_amax = std::max(tensor_amax, std::fabs(Bf16BitsToFloat(bits)));
   // Host path: pinned host-to-device bandwidth of the input, then the host-memory entry point.
-  auto pinned = PinnedBuffer::Create(input_bytes);
-  if (!pinned.ok()) return Fail(pinned.status());
-  std::memcpy(pinned->get(), host.data(), input_bytes);
+  // (--device-only: neither; h2d_bandwidth_gbs is then 0 and host_path empty.)
   double h2d_seconds = std::numeric_limits<double>::infinity();
-  for (int i = 0; i < flags.warmup + flags.iters; ++i) {
-    cudaEventRecord(begin->get(), stream->get());
-    cudaMemcpyAsync(copy->get(), pinned->get(), input_bytes, cudaMemcpyHostToDevice, stream->get());
-    cudaEventRecord(end->get(), stream->get());
-    if (auto s = CudaStatus(cudaEventSynchronize(end->get()), "h2d copy"); !s.ok()) return Fail(s);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, begin->get(), end->get());
-    if (i >= flags.warmup) h2d_seconds = std::min(h2d_seconds, ms * 1e-3);
+  if (!flags.device_only) {
+    auto pinned = PinnedBuffer::Create(input_bytes);
+    if (!pinned.ok()) return Fail(pinned.status());
+    std::memcpy(pinned->get(), host.data(), input_bytes);
+    for (int i = 0; i < flags.warmup + flags.iters; ++i) {
+      cudaEventRecord(begin->get(), stream->get());
+      cudaMemcpyAsync(copy->get(), pinned->get(), input_bytes, cudaMemcpyHostToDevice,
+                      stream->get());
+      cudaEventRecord(end->get(), stream->get());
+      if (auto s = CudaStatus(cudaEventSynchronize(end->get()), "h2d copy"); !s.ok()) {
+        return Fail(s);
+      }
+      float ms = 0;
+      cudaEventElapsedTime(&ms, begin->get(), end->get());
+      if (i >= flags.warmup) h2d_seconds = std::min(h2d_seconds, ms * 1e-3);
+    }
   }
   const double h2d_bandwidth = static_cast<double>(input_bytes) / h2d_seconds;
   struct HostConfig {

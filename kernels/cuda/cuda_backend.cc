@@ -709,8 +709,10 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device) {
   ASSIGN_OR_RETURN(state->table, DeviceBuffer::Create(sizeof(ScaleTable)));
   // The table build writes every field but not the struct's alignment padding, which the
   // kernels' 16-byte copy into shared memory reads: zero it once (compute-sanitizer initcheck).
-  NVFP4_CUDA_RETURN_IF_ERROR(cudaMemset(state->table.get(), 0, sizeof(ScaleTable)),
-                             "cudaMemset (scale table)");
+  // On streams[0], where every table build runs: ordered before the first one.
+  NVFP4_CUDA_RETURN_IF_ERROR(
+      cudaMemsetAsync(state->table.get(), 0, sizeof(ScaleTable), state->streams[0].get()),
+      "cudaMemsetAsync (scale table)");
   ASSIGN_OR_RETURN(state->host_result, PinnedBuffer::Create(sizeof(DeviceResult)));
   return std::unique_ptr<CudaBackend>(new CudaBackend(
       device, absl::StrCat("cuda:", device, " ", properties.name), std::move(state)));

@@ -20,8 +20,9 @@
 // are checked with cudaPointerGetAttributes (device or managed memory of this device). A device
 // call's work follows what the caller enqueued before it on the legacy default stream (so also
 // on every blocking stream) and on the calling thread's per-thread default stream; work on the
-// caller's own non-blocking streams must be finished (or synchronised) by the caller. Every
-// call has finished its device work when it returns.
+// caller's own non-blocking streams must be finished (or synchronised) by the caller, and no
+// device call may be made while the caller captures a stream into a CUDA graph. Every call has
+// finished its device work when it returns.
 //
 // Ownership: views are borrowed for the duration of a call. The backend owns its streams and a
 // workspace (small device records, chunk buffers and pinned staging buffers, grown on demand and

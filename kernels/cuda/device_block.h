@@ -8,9 +8,9 @@
 // non-finite inputs (one test of the block maximum taken with NaN propagated) and bad importance
 // values, then the CPU reference's block steps unchanged: PrepareScalarBlock -> ChooseBlockScale,
 // one E2M1RoundByThreshold per element under the chosen code for the nibbles (what EncodeBlock
-// packs), DequantizeNibble for the fake-quant output, and the error terms of
+// packs), DequantizeNibble's value for the fake-quant output, and the error terms of
 // AccumulateBlockMetrics (their magnitudes by E2M1MagnitudeFromBits, the same values in two
-// instructions). The only device-specific piece is DeviceBlock, a
+// instructions, which the fake-quant output reuses). The only device-specific piece is DeviceBlock, a
 // ScalarBlock whose loss() passes a compile-time weights pointer to the same CandidateLoss (a
 // run-time pointer select would force the block into local memory). Loops over a block run over
 // all 16 elements: a run-time bound would index the arrays at run time, i.e. on the stack

@@ -146,7 +146,7 @@ if [[ -n $ncu ]]; then
     >"$logs/ncu.txt" 2>&1 || ncu_rc=$?
   summary+=("ncu: exit $ncu_rc (not part of the verdict; full report in ncu.txt)")
   mapfile -t profile < <(grep -E '(Scan|Quantize)Kernel.*Context|Duration|DRAM Throughput|Memory Throughput|Compute \(SM\) Throughput|Issue Slots Busy|Executed Ipc Active|No Eligible|Achieved Occupancy' "$logs/ncu.txt" |
-    cut -c1-160 | head -60)
+    cut -c1-400 | head -60)
 else
   summary+=("ncu: not found, no profile")
 fi
