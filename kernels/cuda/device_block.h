@@ -10,8 +10,8 @@
 // one E2M1RoundByThreshold per element under the chosen code for the nibbles (what EncodeBlock
 // packs), DequantizeNibble's value for the fake-quant output, and the error terms of
 // AccumulateBlockMetrics (their magnitudes by E2M1MagnitudeFromBits, the same values in two
-// instructions, which the fake-quant output reuses). The only device-specific piece is DeviceBlock, a
-// ScalarBlock whose loss() passes a compile-time weights pointer to the same CandidateLoss (a
+// instructions, which the fake-quant output reuses). The only device-specific piece is DeviceBlock,
+// a ScalarBlock whose loss() passes a compile-time weights pointer to the same CandidateLoss (a
 // run-time pointer select would force the block into local memory). Loops over a block run over
 // all 16 elements: a run-time bound would index the arrays at run time, i.e. on the stack
 // (tests/gpu/kernel_resources_test.py checks the compiled kernels for it).
@@ -264,6 +264,50 @@ NVFP4_HD void LoadBlock(const void* base, int64_t e0, int n, bool vector, float*
   RawBlock<kDtype> raw;
   LoadRawBlock<kDtype>(base, e0, n, vector, &raw);
   WidenRawBlock<kDtype>(raw, x);
+}
+
+// What one thread of the scan kernel does: elements start, start + stride, ... of x[0, n) (as
+// 16-byte vectors when `vector`, i.e. x 16-byte aligned, then the elements past the last whole
+// vector one by one), folding their magnitudes into *amax and the smallest NaN/Inf index
+// (first_index + i) into *first_bad, exactly as ScanInput on every element would. A vector
+// is tested once, by its maximum magnitude taken with NaN propagated; only a vector holding
+// NaN/Inf goes element by element (the per-element test and 64-bit index arithmetic made the
+// bf16 loop ~90 instructions per 16 bytes, near the memory's pace).
+template <DType kDtype>
+NVFP4_HD void ScanThreadElements(const void* x, int64_t n, int64_t first_index, bool vector,
+                                 int64_t start, int64_t stride, float* amax, uint64_t* first_bad) {
+  constexpr int kPerVector = kDtype == DType::kF32 ? 4 : 8;
+  int64_t scalar_begin = 0;
+  if (vector) {
+    const int64_t vectors = n / kPerVector;
+    for (int64_t v = start; v < vectors; v += stride) {
+      const int64_t e = v * kPerVector;
+      uint32_t words[4];
+      Load16Bytes(static_cast<const char*>(x) + e * (kDtype == DType::kF32 ? 4 : 2), words);
+      float values[kPerVector];
+      if constexpr (kDtype == DType::kF32) {
+        for (int j = 0; j < 4; ++j) values[j] = BitsToFloat(words[j]);
+      } else {
+        for (int j = 0; j < 4; ++j) {
+          values[2 * j] = Widen16<kDtype>(words[j] & 0xFFFFu);
+          values[2 * j + 1] = Widen16<kDtype>(words[j] >> 16);
+        }
+      }
+      float m = 0.0f;
+      for (int j = 0; j < kPerVector; ++j) m = MaxMagnitudeOrNaN(m, AbsF(values[j]));
+      if (m <= kMaxFiniteFloat) {
+        *amax = MaxMagnitude(*amax, m);
+      } else {
+        for (int j = 0; j < kPerVector; ++j) {
+          ScanInput(values[j], static_cast<uint64_t>(first_index + e + j), amax, first_bad);
+        }
+      }
+    }
+    scalar_begin = vectors * kPerVector;
+  }
+  for (int64_t e = scalar_begin + start; e < n; e += stride) {
+    ScanInput(LoadValue<kDtype>(x, e), static_cast<uint64_t>(first_index + e), amax, first_bad);
+  }
 }
 
 // Where a block lies in its job. Blocks are numbered row-major: b = r * blocks_per_row +

@@ -128,35 +128,11 @@ __global__ void InitResultKernel(DeviceResult* result) {
 template <DType kDtype>
 __global__ void __launch_bounds__(kThreadsPerCta)
     ScanKernel(const void* x, int64_t n, int64_t first_index, bool vector, DeviceResult* result) {
-  constexpr int kPerVector = kDtype == DType::kF32 ? 4 : 8;
   float amax = 0.0f;
   uint64_t bad = kNoBadElement;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  const int64_t start = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  int64_t scalar_begin = 0;
-  if (vector) {
-    const int64_t vectors = n / kPerVector;
-    for (int64_t v = start; v < vectors; v += stride) {
-      const int64_t e = v * kPerVector;
-      uint32_t words[4];
-      if constexpr (kDtype == DType::kF32) {
-        Load16Bytes(static_cast<const float*>(x) + e, words);
-        for (int j = 0; j < 4; ++j) {
-          ScanInput(BitsToFloat(words[j]), first_index + e + j, &amax, &bad);
-        }
-      } else {
-        Load16Bytes(static_cast<const uint16_t*>(x) + e, words);
-        for (int j = 0; j < 4; ++j) {
-          ScanInput(Widen16<kDtype>(words[j] & 0xFFFFu), first_index + e + 2 * j, &amax, &bad);
-          ScanInput(Widen16<kDtype>(words[j] >> 16), first_index + e + 2 * j + 1, &amax, &bad);
-        }
-      }
-    }
-    scalar_begin = vectors * kPerVector;
-  }
-  for (int64_t e = scalar_begin + start; e < n; e += stride) {
-    ScanInput(LoadValue<kDtype>(x, e), first_index + e, &amax, &bad);
-  }
+  ScanThreadElements<kDtype>(x, n, first_index, vector,
+                             static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x,
+                             static_cast<int64_t>(gridDim.x) * blockDim.x, &amax, &bad);
   PublishScan(amax, bad, kNoBadElement, result);
 }
 

@@ -57,15 +57,18 @@ void MergeTotals(const ThreadTotals& t, ThreadTotals* into) {
   into->first_bad_weight = cuda::MinIndex(into->first_bad_weight, t.first_bad_weight);
 }
 
-// The scan kernel's load of element i (the device code's widening).
-float LoadAny(DType dtype, const void* data, int64_t i) {
+// One scan kernel thread (ScanThreadElements) for a run-time dtype.
+void ScanAny(DType dtype, const void* data, int64_t n, bool vector, int64_t thread, int64_t threads,
+             float* amax, uint64_t* first_bad) {
   switch (dtype) {
     case DType::kBF16:
-      return cuda::LoadValue<DType::kBF16>(data, i);
+      cuda::ScanThreadElements<DType::kBF16>(data, n, 0, vector, thread, threads, amax, first_bad);
+      break;
     case DType::kF16:
-      return cuda::LoadValue<DType::kF16>(data, i);
+      cuda::ScanThreadElements<DType::kF16>(data, n, 0, vector, thread, threads, amax, first_bad);
+      break;
     default:
-      return cuda::LoadValue<DType::kF32>(data, i);
+      cuda::ScanThreadElements<DType::kF32>(data, n, 0, vector, thread, threads, amax, first_bad);
   }
 }
 
@@ -85,11 +88,14 @@ Emulated Emulate(const HostTensor& t, const QuantizeOptions& options, const Mapp
                          std::numeric_limits<float>::quiet_NaN());
   }
 
-  // Scan kernel (elements in any order: max and min are order-free).
+  // Scan kernel: every thread's grid-stride share, as ScanKernel runs it (16-byte vectors when
+  // the data is aligned).
   float amax = 0.0f;
   uint64_t first_bad = cuda::kNoBadElement;
-  for (int64_t i = 0; i < t.rows * t.cols; ++i) {
-    cuda::ScanInput(LoadAny(t.dtype, t.data(), i), static_cast<uint64_t>(i), &amax, &first_bad);
+  const bool scan_vector = mapping.allow_vector && Aligned(t.data(), 16);
+  for (int thread = 0; thread < mapping.threads; ++thread) {
+    ScanAny(t.dtype, t.data(), t.rows * t.cols, scan_vector, thread, mapping.threads, &amax,
+            &first_bad);
   }
   // Table kernel: one entry per (code, column).
   cuda::GlobalScaleSource source;
@@ -338,28 +344,35 @@ TEST(DeviceCode, FindsTheFirstBadInputAndWeight) {
   EXPECT_EQ(ec.first_bad_weight, uint64_t{37});
 }
 
-// A block's NaN/Inf test is one test of its maximum, taken with NaN propagated: a NaN must be
-// found wherever it lies in a block, and whatever the other elements hold.
+// A block's (the quantize kernel) or a 16-byte vector's (the scan kernel) NaN/Inf test is one test
+// of its maximum, taken with NaN propagated: a NaN must be found wherever it lies, whatever the
+// other elements hold.
 TEST(DeviceCode, FindsANaNAtEveryPositionOfABlock) {
   EXPECT_TRUE(std::isnan(MaxMagnitudeOrNaN(std::nanf(""), 1.0f)));
   EXPECT_TRUE(std::isnan(MaxMagnitudeOrNaN(1.0f, std::nanf(""))));
   EXPECT_EQ(MaxMagnitudeOrNaN(2.0f, 3.0f), 3.0f);
   EXPECT_EQ(MaxMagnitudeOrNaN(3.0f, 2.0f), 3.0f);
-  QuantizeOptions options;
-  options.global_scale = 0.01f;  // the single-pass path: the quantize pass finds it
-  for (DType dtype : {DType::kF32, DType::kBF16}) {
-    for (int position = 0; position < kBlockSize; ++position) {
-      HostTensor t = gpu_testing::MakeTensor(dtype, 4, 64, ImportanceLayout::kNone, 5);
-      const int64_t bad = 2 * 64 + 32 + position;
-      if (dtype == DType::kF32) {
-        t.f32[bad] = std::nanf("");
-        t.f32[bad + 1 - 2 * (position & 1)] = 1e30f;  // a large finite neighbour
-      } else {
-        t.bits16[bad] = 0x7FC1;
+  QuantizeOptions single_pass;
+  single_pass.global_scale = 0.01f;  // the quantize kernel finds it
+  for (const QuantizeOptions& options : {single_pass, QuantizeOptions{}}) {  // {}: the scan does
+    for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
+      // [5, 63]: 315 elements, so the scan's 16-byte vectors end at element 312 and it takes
+      // the last three one by one; the positions run over columns 43..62 of the last row,
+      // vectors, tail and the quantize kernel's last (partial) block.
+      for (int position = 0; position < 20; ++position) {
+        HostTensor t = gpu_testing::MakeTensor(dtype, 5, 63, ImportanceLayout::kNone, 5);
+        const int64_t bad = 4 * 63 + 43 + position;
+        if (dtype == DType::kF32) {
+          t.f32[bad] = std::nanf("");
+          t.f32[bad - 1] = 1e30f;  // a large finite neighbour
+        } else {
+          t.bits16[bad] = dtype == DType::kBF16 ? 0x7FC1 : 0x7E01;
+        }
+        const Emulated e = Emulate(t, options, {4, 3, true});
+        EXPECT_EQ(e.first_bad_input, static_cast<uint64_t>(bad))
+            << DTypeName(dtype) << " position " << position
+            << (options.global_scale ? " (quantize pass)" : " (scan pass)");
       }
-      const Emulated e = Emulate(t, options, {4, 3, true});
-      EXPECT_EQ(e.first_bad_input, static_cast<uint64_t>(bad))
-          << DTypeName(dtype) << " position " << position;
     }
   }
 }
