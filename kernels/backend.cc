@@ -5,6 +5,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 
 namespace nvfp4 {
@@ -15,6 +16,27 @@ absl::Status QuantizerBackend::CheckStreamable(const QuantizeOptions& options,
     return absl::InvalidArgumentError("streaming quantisation needs amax or global_scale");
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<QuantizedTensor> QuantizerBackend::QuantizeIntoNewTensor(
+    const TensorView& input, const ImportanceView& importance, const QuantizeOptions& options) {
+  QuantizedTensor out;
+  out.rows = input.rows;
+  out.cols = input.cols;
+  out.padded_cols = PaddedCols(input.cols);
+  try {
+    ResizeOutputs(out, options.want_dequantized);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat("out of memory for the outputs of a [",
+                                                     input.rows, ", ", input.cols, "] tensor"));
+  }
+  ASSIGN_OR_RETURN(const QuantizedSummary summary,
+                   QuantizeInto(input, importance, options, BuffersOf(out), /*streamed=*/nullptr,
+                                /*rows_done=*/nullptr));
+  out.amax = summary.amax;
+  out.global_scale = summary.global_scale;
+  out.metrics = summary.metrics;
+  return out;
 }
 
 absl::StatusOr<QuantizedSummary> QuantizerBackend::QuantizeInto(

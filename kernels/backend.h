@@ -57,6 +57,12 @@ class QuantizerBackend {
  protected:
   // QuantizeInto's streaming precondition (g known up front), for every implementation.
   static absl::Status CheckStreamable(const QuantizeOptions& options, const RowSource* streamed);
+  // Quantize for an engine whose QuantizeInto writes in place: sizes a QuantizedTensor's
+  // outputs (ResourceExhausted when host memory runs out) and runs QuantizeInto into them. The
+  // caller checks the request first, so a bad shape never sizes outputs.
+  absl::StatusOr<QuantizedTensor> QuantizeIntoNewTensor(const TensorView& input,
+                                                        const ImportanceView& importance,
+                                                        const QuantizeOptions& options);
 };
 
 }  // namespace nvfp4

@@ -183,21 +183,7 @@ absl::StatusOr<QuantizedTensor> CpuBackend::Quantize(const TensorView& input,
                                                      const ImportanceView& importance,
                                                      const QuantizeOptions& options) {
   RETURN_IF_ERROR(ValidateQuantizeRequest(input, importance, options));
-  QuantizedTensor out;
-  out.rows = input.rows;
-  out.cols = input.cols;
-  out.padded_cols = PaddedCols(input.cols);
-  try {
-    ResizeOutputs(out, options.want_dequantized);
-  } catch (const std::bad_alloc&) {
-    return OutOfMemory(input);
-  }
-  ASSIGN_OR_RETURN(const QuantizedSummary summary,
-                   QuantizeChecked(input, importance, options, BuffersOf(out), nullptr, nullptr));
-  out.amax = summary.amax;
-  out.global_scale = summary.global_scale;
-  out.metrics = summary.metrics;
-  return out;
+  return QuantizeIntoNewTensor(input, importance, options);
 }
 
 absl::StatusOr<QuantizedSummary> CpuBackend::QuantizeInto(

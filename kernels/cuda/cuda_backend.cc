@@ -140,6 +140,15 @@ absl::Status CheckPointer(const void* ptr, bool want_device, int device, absl::s
   return absl::OkStatus();
 }
 
+// CheckPointer for each output buffer a call writes (`name` prefixes the field names).
+absl::Status CheckOutputPointers(const QuantizedBuffers& buffers, bool want_dequantized,
+                                 bool want_device, int device, absl::string_view name) {
+  RETURN_IF_ERROR(CheckPointer(buffers.packed, want_device, device, absl::StrCat(name, ".packed")));
+  RETURN_IF_ERROR(CheckPointer(buffers.scales, want_device, device, absl::StrCat(name, ".scales")));
+  if (!want_dequantized) return absl::OkStatus();
+  return CheckPointer(buffers.dequantized, want_device, device, absl::StrCat(name, ".dequantized"));
+}
+
 GlobalScaleSource MakeGlobalScaleSource(const QuantizeOptions& options) {
   GlobalScaleSource source;
   source.has_global_scale = options.global_scale.has_value();
@@ -722,32 +731,7 @@ absl::StatusOr<QuantizedTensor> CudaBackend::Quantize(const TensorView& input,
                                                       const ImportanceView& importance,
                                                       const QuantizeOptions& options) {
   RETURN_IF_ERROR(ValidateCudaRequest(input, importance, options));
-  std::lock_guard<std::mutex> lock(mu_);
-  ScopedDevice scoped(device_);
-  RETURN_IF_ERROR(scoped.status());
-  cudaGetLastError();  // do not report an earlier, unrelated failure as ours
-  RETURN_IF_ERROR(CheckPointer(input.data, /*want_device=*/false, device_, "input.data"));
-  if (importance.present()) {
-    RETURN_IF_ERROR(
-        CheckPointer(importance.data, /*want_device=*/false, device_, "importance.data"));
-  }
-  try {
-    QuantizedTensor out;
-    out.rows = input.rows;
-    out.cols = input.cols;
-    out.padded_cols = PaddedCols(input.cols);
-    ResizeOutputs(out, options.want_dequantized);
-    ASSIGN_OR_RETURN(const QuantizedSummary summary,
-                     state_->RunFromHost(input, importance, options, BuffersOf(out),
-                                         /*streamed=*/nullptr, /*rows_done=*/nullptr));
-    out.amax = summary.amax;
-    out.global_scale = summary.global_scale;
-    out.metrics = summary.metrics;
-    return out;
-  } catch (const std::bad_alloc&) {
-    return absl::ResourceExhaustedError(absl::StrCat("out of host memory quantising a [",
-                                                     input.rows, ", ", input.cols, "] tensor"));
-  }
+  return QuantizeIntoNewTensor(input, importance, options);
 }
 
 absl::StatusOr<QuantizedSummary> CudaBackend::QuantizeInto(
@@ -762,7 +746,7 @@ absl::StatusOr<QuantizedSummary> CudaBackend::QuantizeInto(
   std::lock_guard<std::mutex> lock(mu_);
   ScopedDevice scoped(device_);
   RETURN_IF_ERROR(scoped.status());
-  cudaGetLastError();
+  cudaGetLastError();  // do not report an earlier, unrelated failure as ours
   if (streamed == nullptr) {
     RETURN_IF_ERROR(CheckPointer(input.data, /*want_device=*/false, device_, "input.data"));
   }
@@ -770,12 +754,8 @@ absl::StatusOr<QuantizedSummary> CudaBackend::QuantizeInto(
     RETURN_IF_ERROR(
         CheckPointer(importance.data, /*want_device=*/false, device_, "importance.data"));
   }
-  RETURN_IF_ERROR(CheckPointer(out.packed, /*want_device=*/false, device_, "out.packed"));
-  RETURN_IF_ERROR(CheckPointer(out.scales, /*want_device=*/false, device_, "out.scales"));
-  if (options.want_dequantized) {
-    RETURN_IF_ERROR(
-        CheckPointer(out.dequantized, /*want_device=*/false, device_, "out.dequantized"));
-  }
+  RETURN_IF_ERROR(
+      CheckOutputPointers(out, options.want_dequantized, /*want_device=*/false, device_, "out"));
   // When rows are reported (a caller may send them on) or arrive while the call runs, bad
   // importance must fail the call before any work, as on the CPU; the kernels would only find it
   // after every row was reported.
@@ -810,12 +790,8 @@ absl::StatusOr<DeviceQuantizeResult> CudaBackend::QuantizeDeviceToDevice(
     RETURN_IF_ERROR(
         CheckPointer(device_importance.data, /*want_device=*/true, device_, "importance.data"));
   }
-  RETURN_IF_ERROR(CheckPointer(outputs.packed, /*want_device=*/true, device_, "outputs.packed"));
-  RETURN_IF_ERROR(CheckPointer(outputs.scales, /*want_device=*/true, device_, "outputs.scales"));
-  if (options.want_dequantized) {
-    RETURN_IF_ERROR(
-        CheckPointer(outputs.dequantized, /*want_device=*/true, device_, "outputs.dequantized"));
-  }
+  RETURN_IF_ERROR(CheckOutputPointers(outputs, options.want_dequantized, /*want_device=*/true,
+                                      device_, "outputs"));
   return state_->RunOnDevice(device_input, device_importance, options, outputs);
 }
 

@@ -150,6 +150,15 @@ NVFP4_HD void ScanInput(float v, uint64_t index, float* amax, uint64_t* first_ba
   }
 }
 
+// max |v[i]| over kCount values, NaN when any is NaN: NaN/Inf among them is one test of the result,
+// !(max <= FLT_MAX) (the scan's vectors, the quantize kernel's blocks).
+template <int kCount>
+NVFP4_HD float MaxAbsOrNaN(const float* v) {
+  float m = 0.0f;
+  for (int i = 0; i < kCount; ++i) m = MaxMagnitudeOrNaN(m, AbsF(v[i]));
+  return m;
+}
+
 // Importance values must be finite and >= 0 (-0.0 passes, like the CPU's check).
 NVFP4_HD bool IsValidWeight(float w) { return w >= 0.0f && w <= kMaxFiniteFloat; }
 
@@ -293,8 +302,7 @@ NVFP4_HD void ScanThreadElements(const void* x, int64_t n, int64_t first_index, 
           values[2 * j + 1] = Widen16<kDtype>(words[j] >> 16);
         }
       }
-      float m = 0.0f;
-      for (int j = 0; j < kPerVector; ++j) m = MaxMagnitudeOrNaN(m, AbsF(values[j]));
+      const float m = MaxAbsOrNaN<kPerVector>(values);
       if (m <= kMaxFiniteFloat) {
         *amax = MaxMagnitude(*amax, m);
       } else {
@@ -420,8 +428,7 @@ NVFP4_HD void ProcessBlock(const BlockJob& job, const ScaleTable& table,
   // then taken as 0 (the cheap all-zero path; a failed call's outputs are unspecified). Loops
   // run over all 16 elements so that x stays in registers (a loop bounded by n would index it
   // at run time, i.e. from local memory).
-  float m = 0.0f;
-  for (int i = 0; i < kBlockSize; ++i) m = MaxMagnitudeOrNaN(m, AbsF(x[i]));
+  float m = MaxAbsOrNaN<kBlockSize>(x);
   if (m <= kMaxFiniteFloat) {
     totals->amax = MaxF(totals->amax, m);
   } else {
