@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check of the CUDA backend on a lent H100 (16 cores), in well under 6 minutes:
-#   1. configure + build (sm_90, ninja -j16) nvfp4_cuda, gpu_test, gpu_device_code_test and
+#   1. configure + build (sm_90, -j16) nvfp4_cuda, gpu_test, gpu_device_code_test and
 #      nvfp4_cuda_bench into build-gpu/, from a generated minimal CMake project that needs only
 #      CUDA, Abseil and GoogleTest (the lent image has no Debian packages and no network);
 #   2. run gpu_device_code_test, gpu_test with NVFP4_GPU_LARGE=1 (64M-element tensors), a short
@@ -41,11 +41,13 @@ step() { echo "== [$(elapsed)] $*"; }
 # Abseil and GoogleTest: carried Debian packages when present, else the system's.
 prefix_args=()
 if compgen -G "$deb_dir/*.deb" >/dev/null; then
-  step "extracting carried packages from $deb_dir"
+  unpacker=dpkg-deb
+  command -v dpkg-deb >/dev/null || unpacker="ar + tar"
+  step "extracting carried packages from $deb_dir ($unpacker)"
   rm -rf "$build/deps"
   mkdir -p "$build/deps"
   for deb in "$deb_dir"/*.deb; do
-    if command -v dpkg-deb >/dev/null; then
+    if [[ $unpacker == dpkg-deb ]]; then
       dpkg-deb -x "$deb" "$build/deps"
     else  # not a Debian-based image: a .deb is an ar archive holding data.tar.xz
       (cd "$build/deps" && ar p "$deb" data.tar.xz | tar -xJf -)
@@ -57,6 +59,23 @@ fi
 
 # CUDA tools: on the PATH, else in the toolkit's bin directory.
 cuda_tool() { command -v "$1" 2>/dev/null || { [[ -x /usr/local/cuda/bin/$1 ]] && echo "/usr/local/cuda/bin/$1"; } || true; }
+# CMake and Ninja: on the PATH, else beside the Python that has them as packages (the lent image
+# installs both from PyPI); without Ninja, Makefiles.
+python_tool() {
+  command -v "$1" 2>/dev/null && return
+  local dir
+  dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null) || return 0
+  [[ -x $dir/$1 ]] && echo "$dir/$1"
+  return 0
+}
+cmake=$(python_tool cmake)
+[[ -n $cmake ]] || { echo "device_check: cmake not found" >&2; exit 1; }
+ninja=$(python_tool ninja)
+if [[ -n $ninja ]]; then
+  generator=(-G Ninja -DCMAKE_MAKE_PROGRAM="$ninja")
+else
+  generator=(-G "Unix Makefiles")
+fi
 nvcc=$(cuda_tool nvcc)
 nvcc=${nvcc:-/usr/local/cuda/bin/nvcc}
 cat >"$build/project/CMakeLists.txt" <<EOF
@@ -85,11 +104,11 @@ add_subdirectory("$repo/tests/gpu" gpu)
 EOF
 
 step "configure (sm_90)"
-cmake -S "$build/project" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+"$cmake" -S "$build/project" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CUDA_COMPILER="$nvcc" "${prefix_args[@]}" \
   >"$logs/build.log" 2>&1 || { tail -30 "$logs/build.log"; exit 1; }
-step "build (ninja -j$jobs)"
-ninja -C "$build" -j"$jobs" gpu_test gpu_device_code_test nvfp4_cuda_bench \
+step "build (${ninja:+ninja }-j$jobs)"
+"$cmake" --build "$build" -j "$jobs" --target gpu_test gpu_device_code_test nvfp4_cuda_bench \
   >>"$logs/build.log" 2>&1 || { tail -40 "$logs/build.log"; exit 1; }
 
 # A machine that lists a GPU must run the GPU tests: a runtime that sees no device (say, a driver
@@ -139,7 +158,10 @@ profile=()
 if [[ -n $ncu ]]; then
   step "ncu profile (absmax, scalesweep-mse)"
   ncu_rc=0
-  timeout 90 "$ncu" --kernel-name regex:'ScanKernel|QuantizeKernel' --launch-count 4 \
+  # --clock-control none: the lent card's clocks are left as found (the device tool's rule; ncu
+  # would otherwise lock them to base while it profiles).
+  timeout 90 "$ncu" --clock-control none --kernel-name regex:'ScanKernel|QuantizeKernel' \
+    --launch-count 4 \
     --section SpeedOfLight --section ComputeWorkloadAnalysis --section SchedulerStats \
     --section WarpStateStats --section Occupancy \
     "$build/bin/nvfp4_cuda_bench" --device-only --warmup 0 --iters 1 \
