@@ -42,7 +42,9 @@ if [[ ! -x $root/opt/py/bin/cmake ]]; then
 fi
 
 mounted=()
+# shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
+  local i
   for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do umount "${mounted[i]}" || true; done
   [[ -e $root/usr/bin/dpkg-deb.hidden ]] && mv "$root/usr/bin/dpkg-deb.hidden" "$root/usr/bin/dpkg-deb"
   return 0
