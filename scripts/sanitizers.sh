@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sanitizer builds of the unit and service tests (docs/testing.md), CPU only (NVFP4_CUDA=OFF):
 #   asan  build-asan: -fsanitize=address,undefined, RelWithDebInfo; kernels_test, checkpoint_test,
-#         client_io_test, client_test, proto_test, scheduler_test, server_test (every GoogleTest
-#         case; no Python tests).
+#         client_io_test, client_test, proto_test, scheduler_test, server_test and
+#         gpu_device_code_test (the CUDA kernels' per-thread code, run on the host) (every
+#         GoogleTest case; no Python tests).
 #   tsan  build-tsan: -fsanitize=thread, RelWithDebInfo; scheduler_test, repeated.
 # Usage: scripts/sanitizers.sh [asan] [tsan]   (both when none is named)
 # Env: JOBS (build/ctest parallelism, default nproc), SAN_CXX/SAN_CC (default g++/gcc: the
@@ -36,7 +37,7 @@ timed() {  # label command...
 run_asan() {
   configure "$ASAN_DIR" address,undefined
   timed "asan build" cmake --build "$ASAN_DIR" -j "$JOBS" --target common_test kernels_test checkpoint_test \
-    client_io_test client_test proto_test scheduler_test server_test
+    client_io_test client_test proto_test scheduler_test server_test gpu_device_code_test
   # Leak reports are on; tests/sanitizers/lsan.supp lists (and explains) each suppression.
   export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1:check_initialization_order=1"
   export LSAN_OPTIONS="suppressions=$root/tests/sanitizers/lsan.supp:print_suppressions=0"
