@@ -26,10 +26,10 @@ build: deps configure
 	cmake --build $(BUILD_DIR) -j $(JOBS)
 
 # Every CTest test of $(BUILD_DIR), then, in the CI's sanitizer build, the fuzzers' smoke runs
-# and the CUDA kernels' per-thread code on the host (label device_code).
+# and the GPU tests that run on the host (labels device_code and simulated: docs/testing.md).
 test: build build-fuzz
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
-	cd $(FUZZ_DIR) && ctest -L 'fuzz|device_code' --output-on-failure -j $(JOBS)
+	cd $(FUZZ_DIR) && ctest -L 'fuzz|device_code|simulated' --output-on-failure -j $(JOBS)
 
 # Fuzzing (tests/fuzz, docs/testing.md): only the fuzzers and the libraries they need.
 $(FUZZ_DIR)/build.ninja:
@@ -37,7 +37,7 @@ $(FUZZ_DIR)/build.ninja:
 	  -DNVFP4_CUDA=OFF -DNVFP4_FUZZ=ON
 
 build-fuzz: deps $(FUZZ_DIR)/build.ninja
-	cmake --build $(FUZZ_DIR) -j $(JOBS) --target nvfp4_fuzzers gpu_device_code_test
+	cmake --build $(FUZZ_DIR) -j $(JOBS) --target nvfp4_fuzzers gpu_host_tests
 
 fuzz-smoke: build-fuzz
 	cd $(FUZZ_DIR) && ctest -L fuzz --output-on-failure -j $(JOBS)

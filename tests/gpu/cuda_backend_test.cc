@@ -333,13 +333,17 @@ TEST_F(CudaBackendTest, RejectsNonFiniteInputsNamingTheFirstBadElement) {
   HostTensor b = gpu_testing::MakeTensor(DType::kBF16, 2, 32, ImportanceLayout::kNone, 3);
   b.bits16[40] = 0x7FC0;
   EXPECT_EQ(std::string(gpu_->Quantize(b.view(), {}, {}).status().message()), CpuError(b, {}));
+  QuantizeOptions single_pass;
+  single_pass.global_scale = 0.01f;
   HostTensor big = gpu_testing::MakeTensor(DType::kF16, 3000, 1024, ImportanceLayout::kNone, 4);
   big.bits16[2999 * 1024 + 1000] = 0xFC00;  // -Inf
   EXPECT_EQ(std::string(gpu_->Quantize(big.view(), {}, {}).status().message()), CpuError(big, {}));
+  // With g given there is no scan: the quantize pass of the last chunk finds it, and names it by
+  // its index in the tensor, not in the chunk.
+  EXPECT_EQ(std::string(gpu_->Quantize(big.view(), {}, single_pass).status().message()),
+            CpuError(big, single_pass));
   // A NaN alone, at every position of a block, found by the quantize kernel's one test of the
   // block maximum (max.NaN).
-  QuantizeOptions single_pass;
-  single_pass.global_scale = 0.01f;
   for (int position = 0; position < 16; ++position) {
     HostTensor n = gpu_testing::MakeTensor(DType::kBF16, 4, 64, ImportanceLayout::kNone, 5);
     n.bits16[2 * 64 + 32 + position] = 0x7FC1;
@@ -418,6 +422,58 @@ TEST_F(CudaBackendTest, RejectsBadImportanceLikeTheCpu) {
   e.importance[100] = std::numeric_limits<float>::infinity();
   EXPECT_EQ(std::string(gpu_->Quantize(e.view(), e.importance_view(), {}).status().message()),
             CpuError(e, {}));
+
+  // A bad per-element weight in the second of two host chunks, with and without the scan pass:
+  // named by its index in the tensor.
+  HostTensor chunked =
+      gpu_testing::MakeTensor(DType::kBF16, 3000, 1024, ImportanceLayout::kPerElement, 8);
+  chunked.importance[2500 * 1024 + 7] = -1.0f;
+  QuantizeOptions given_g = wmse;
+  given_g.global_scale = 0.01f;
+  for (const QuantizeOptions& options : {wmse, given_g}) {
+    const std::string chunk_expected = CpuError(chunked, options);
+    EXPECT_NE(chunk_expected.find("importance value 2560007"), std::string::npos) << chunk_expected;
+    EXPECT_EQ(
+        std::string(
+            gpu_->Quantize(chunked.view(), chunked.importance_view(), options).status().message()),
+        chunk_expected);
+  }
+}
+
+// Out of device memory is a clean ResourceExhausted from both paths, and the backend works
+// again once memory is free. The test takes all but ~1 MiB of the device's free memory (plain
+// cudaMalloc, never touched), so every call's first sizeable allocation fails before any launch.
+TEST_F(CudaBackendTest, OutOfDeviceMemoryIsResourceExhausted) {
+  const HostTensor t =
+      gpu_testing::MakeTensor(DType::kBF16, 2048, 4096, ImportanceLayout::kNone, 12);
+  auto d = Upload(t);
+  ASSERT_TRUE(d.ok()) << d.status();
+  constexpr size_t kLeaveFree = size_t{1} << 20;
+  std::vector<cuda::DeviceBuffer> filler;
+  for (size_t step = size_t{1} << 40; step >= kLeaveFree;) {
+    size_t free_bytes = 0, total_bytes = 0;
+    ASSERT_EQ(cudaMemGetInfo(&free_bytes, &total_bytes), cudaSuccess);
+    if (free_bytes <= 2 * kLeaveFree) break;
+    const size_t size = std::min(step, free_bytes - kLeaveFree);
+    auto block = cuda::DeviceBuffer::Create(size);
+    if (block.ok()) {
+      filler.push_back(std::move(*block));
+    } else {
+      ASSERT_EQ(block.status().code(), absl::StatusCode::kResourceExhausted) << block.status();
+      step = size / 2;
+    }
+  }
+  ASSERT_FALSE(filler.empty());
+  QuantizeOptions given_g;  // one pass: the host path needs no resident copy to fail
+  given_g.global_scale = 0.01f;
+  for (const QuantizeOptions& options : {QuantizeOptions{}, given_g}) {
+    auto host = gpu_->Quantize(t.view(), {}, options);
+    EXPECT_EQ(host.status().code(), absl::StatusCode::kResourceExhausted) << host.status();
+    auto device = gpu_->QuantizeDevice(d->view, {}, options);
+    EXPECT_EQ(device.status().code(), absl::StatusCode::kResourceExhausted) << device.status();
+  }
+  filler.clear();
+  CheckAgainstCpu(t, {}, "after running out of device memory");
 }
 
 TEST_F(CudaBackendTest, CancellationStopsAndLeavesTheBackendUsable) {

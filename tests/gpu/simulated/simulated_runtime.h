@@ -1,0 +1,18 @@
+// The part of the simulated CUDA runtime (simulated_cuda_runtime.cc) that the simulated kernels
+// (simulated_kernels.cc) use: enqueueing work on a stream. Test-only.
+#ifndef NVFP4_TESTS_GPU_SIMULATED_SIMULATED_RUNTIME_H_
+#define NVFP4_TESTS_GPU_SIMULATED_SIMULATED_RUNTIME_H_
+
+#include <cuda_runtime.h>
+
+#include <functional>
+
+namespace nvfp4::simulated {
+
+// Runs `work` on the stream's worker thread after everything enqueued on the stream before it,
+// as a kernel launch would run. Thread-safe.
+void Enqueue(cudaStream_t stream, std::function<void()> work);
+
+}  // namespace nvfp4::simulated
+
+#endif  // NVFP4_TESTS_GPU_SIMULATED_SIMULATED_RUNTIME_H_
