@@ -275,6 +275,10 @@ struct CudaBackend::State {
   DeviceBuffer chunk_packed[2];
   DeviceBuffer chunk_scales[2];
   DeviceBuffer chunk_dequantized[2];
+  // Host path, quantize pass: DeviceResult of the chunk on slot s (its amax and first bad
+  // indices; the metrics go to chunk_totals). Per slot, so that the copy of a chunk's record
+  // never reads memory the other stream's kernel is updating.
+  DeviceBuffer chunk_results[2];
   PinnedBuffer host_result;  // DeviceResult
   PinnedBuffer pinned_input[2];
   PinnedBuffer pinned_weights[2];
@@ -437,13 +441,13 @@ absl::StatusOr<QuantizedSummary> CudaBackend::State::RunFromHost(
       want_dequantized ? static_cast<size_t>(rows_per_chunk * cols) * 4 : 0;
   const size_t scales_offset = AlignUp(packed_bytes, 256);
   const size_t dequantized_offset = AlignUp(scales_offset + scale_bytes, 256);
-  // The first bad input index as of the chunk's kernel, so a bad value is found while its
-  // chunk is still in the pinned input slot (a streamed input's rows may be gone by the end).
-  const size_t bad_index_offset = AlignUp(dequantized_offset + dequantized_bytes, 8);
+  // The chunk's DeviceResult (amax, first bad indices), so a bad value is found while its chunk
+  // is still in the pinned input slot (a streamed input's rows may be gone by the end).
+  const size_t chunk_result_offset = AlignUp(dequantized_offset + dequantized_bytes, 16);
   for (int slot = 0; slot < 2; ++slot) {
     RETURN_IF_ERROR(pinned_input[slot].Reserve(input_bytes));
     RETURN_IF_ERROR(pinned_weights[slot].Reserve(weight_bytes));
-    RETURN_IF_ERROR(pinned_output[slot].Reserve(bad_index_offset + sizeof(uint64_t)));
+    RETURN_IF_ERROR(pinned_output[slot].Reserve(chunk_result_offset + sizeof(DeviceResult)));
     RETURN_IF_ERROR(chunk_weights[slot].Reserve(weight_bytes));
     RETURN_IF_ERROR(chunk_packed[slot].Reserve(packed_bytes));
     RETURN_IF_ERROR(chunk_scales[slot].Reserve(scale_bytes));
@@ -524,6 +528,9 @@ absl::StatusOr<QuantizedSummary> CudaBackend::State::RunFromHost(
                                "cudaEventRecord");
     return absl::OkStatus();
   };
+  // The quantize pass's amax and first bad weight, folded over the chunks' records.
+  uint32_t quantized_amax_bits = 0;
+  uint64_t quantized_bad_weight = kNoBadElement;
   // Waits for the chunk's outputs in its pinned slot, fails on a NaN/Inf input in the chunk
   // (naming it, as the CPU does; later chunks are not quantised), copies the outputs into `out`
   // and reports the chunk's rows done.
@@ -533,18 +540,18 @@ absl::StatusOr<QuantizedSummary> CudaBackend::State::RunFromHost(
     const int64_t n = chunk_rows(chunk);
     NVFP4_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(done[slot].get()), "cudaEventSynchronize");
     const uint8_t* pinned = pinned_output[slot].as<uint8_t>();
-    if (!use_resident) {
-      uint64_t bad;
-      std::memcpy(&bad, pinned + bad_index_offset, sizeof(bad));
-      // Earlier chunks' bad elements were reported at their drain: a smaller index is ours.
-      if (bad < static_cast<uint64_t>((r0 + n) * cols)) {
-        const int64_t index = static_cast<int64_t>(bad);
-        const float v =
-            ValueFromBytes(input.dtype, pinned_input[slot].as<uint8_t>() +
-                                            static_cast<size_t>(index - r0 * cols) * element_size);
-        return NonFiniteInputError(index, cols, v);
-      }
+    DeviceResult chunk_result;
+    std::memcpy(&chunk_result, pinned + chunk_result_offset, sizeof(chunk_result));
+    // With a resident input the scan pass has reported any bad input before this pass.
+    if (!use_resident && chunk_result.first_bad_input != kNoBadElement) {
+      const int64_t index = static_cast<int64_t>(chunk_result.first_bad_input);
+      const float v =
+          ValueFromBytes(input.dtype, pinned_input[slot].as<uint8_t>() +
+                                          static_cast<size_t>(index - r0 * cols) * element_size);
+      return NonFiniteInputError(index, cols, v);
     }
+    quantized_amax_bits = std::max(quantized_amax_bits, chunk_result.amax_bits);
+    quantized_bad_weight = MinIndex(quantized_bad_weight, chunk_result.first_bad_weight);
     copy_ranges.clear();
     copy_ranges.push_back({out.packed + r0 * (pc / 2), pinned, static_cast<size_t>(n * pc / 2)});
     copy_ranges.push_back({out.scales + r0 * (pc / kBlockSize), pinned + scales_offset,
@@ -618,8 +625,11 @@ absl::StatusOr<QuantizedSummary> CudaBackend::State::RunFromHost(
     job.rows = n;
     SetVectorAccess(&job);
     int grid = 0;
+    DeviceResult* chunk_result = chunk_results[slot].as<DeviceResult>();
+    NVFP4_CUDA_RETURN_IF_ERROR(internal::LaunchInitResult(chunk_result, stream[slot]),
+                               "init kernel");
     NVFP4_CUDA_RETURN_IF_ERROR(
-        internal::LaunchQuantize(job, table.as<ScaleTable>(), device_result(),
+        internal::LaunchQuantize(job, table.as<ScaleTable>(), chunk_result,
                                  partials[slot].as<MetricPartial>(), sm_count, &grid, stream[slot]),
         "quantize kernel");
     NVFP4_CUDA_RETURN_IF_ERROR(
@@ -640,14 +650,10 @@ absl::StatusOr<QuantizedSummary> CudaBackend::State::RunFromHost(
                           static_cast<size_t>(n * cols) * 4, cudaMemcpyDeviceToHost, stream[slot]),
           "cudaMemcpyAsync (dequantized chunk)");
     }
-    if (!use_resident) {
-      NVFP4_CUDA_RETURN_IF_ERROR(
-          cudaMemcpyAsync(
-              pinned + bad_index_offset,
-              reinterpret_cast<uint8_t*>(device_result()) + offsetof(DeviceResult, first_bad_input),
-              sizeof(uint64_t), cudaMemcpyDeviceToHost, stream[slot]),
-          "cudaMemcpyAsync (first bad index)");
-    }
+    NVFP4_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(pinned + chunk_result_offset, chunk_result, sizeof(DeviceResult),
+                        cudaMemcpyDeviceToHost, stream[slot]),
+        "cudaMemcpyAsync (chunk result)");
     NVFP4_CUDA_RETURN_IF_ERROR(cudaEventRecord(done[slot].get(), stream[slot]), "cudaEventRecord");
   }
   for (int64_t chunk = std::max<int64_t>(0, chunks - 2); chunk < chunks; ++chunk) {
@@ -658,7 +664,11 @@ absl::StatusOr<QuantizedSummary> CudaBackend::State::RunFromHost(
                                                             chunks, device_metrics(), stream[0]),
                              "metric reduction kernel");
   RETURN_IF_ERROR(CopyResultToHost(stream[0]));
-  const DeviceResult& r = result_on_host();
+  // The tensor's record: the scan pass (if any) and the metrics from the device, the quantize
+  // pass's amax and bad weight from the chunk records.
+  DeviceResult r = result_on_host();
+  r.amax_bits = std::max(r.amax_bits, quantized_amax_bits);
+  r.first_bad_weight = quantized_bad_weight;
   RETURN_IF_ERROR(CheckValues(r, input, importance, /*on_device=*/false));
 
   QuantizedSummary summary;
@@ -710,6 +720,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device) {
         state->partials[slot],
         DeviceBuffer::Create(static_cast<size_t>(internal::MaxQuantizeGrid(state->sm_count)) *
                              sizeof(MetricPartial)));
+    ASSIGN_OR_RETURN(state->chunk_results[slot], DeviceBuffer::Create(sizeof(DeviceResult)));
   }
   ASSIGN_OR_RETURN(state->joined, Event::Create(/*timing=*/false));
   ASSIGN_OR_RETURN(state->start, Event::Create(/*timing=*/true));
