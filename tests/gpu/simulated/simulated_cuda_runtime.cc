@@ -503,6 +503,10 @@ cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) 
   auto* a = reinterpret_cast<SimulatedEvent*>(start);
   auto* b = reinterpret_cast<SimulatedEvent*>(end);
   if (!a->timing || !b->timing) return Fail(cudaErrorInvalidResourceHandle);
+  if (a == b) {
+    *ms = 0.0f;
+    return cudaSuccess;
+  }
   std::scoped_lock lock(a->mu, b->mu);
   const auto from = a->done.find(a->recorded);
   const auto to = b->done.find(b->recorded);
