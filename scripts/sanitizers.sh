@@ -10,7 +10,7 @@
 # Usage: scripts/sanitizers.sh [asan] [tsan]   (both when none is named)
 # Env: JOBS (build/ctest parallelism, default nproc), SAN_CXX/SAN_CC (default g++/gcc: the
 #      compiler Debian's abseil/protobuf/gRPC were built with), TSAN_REPEAT (default 50),
-#      TSAN_SIMULATED_REPEAT (default 3; ~90 s each), ASAN_DIR/TSAN_DIR (build dirs).
+#      TSAN_SIMULATED_REPEAT (default 3; ~100 s each on 2 cores), ASAN_DIR/TSAN_DIR (build dirs).
 # Any sanitizer report fails the run (-fno-sanitize-recover=all, halt_on_error=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
