@@ -251,14 +251,12 @@ struct SimulatedEvent {
   }
 };
 
-Kind* KindOf(const void* ptr, Kind* storage) {
+// Whether ptr lies in device or pinned memory of the runtime (else it is pageable host memory).
+bool Tracked(const void* ptr) {
   SimulatedDevice& d = Device();
   std::lock_guard<std::mutex> lock(d.mu);
   uintptr_t start = 0;
-  const Allocation* a = Find(d, ptr, &start);
-  if (a == nullptr) return nullptr;
-  *storage = a->kind;
-  return storage;
+  return Find(d, ptr, &start) != nullptr;
 }
 
 // A range that starts in a tracked allocation must end in it: a real copy or memset past the
@@ -398,8 +396,7 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpy
   if (const cudaError_t e = CheckRange(dst, count); e != cudaSuccess) return e;
   if (const cudaError_t e = CheckRange(src, count); e != cudaSuccess) return e;
   SimulatedStream* s = Resolve(stream);
-  Kind src_kind, dst_kind;
-  if (KindOf(src, &src_kind) == nullptr && count != 0) {
+  if (!Tracked(src) && count != 0) {
     // From pageable memory: the runtime stages the source before returning.
     auto staged = std::make_shared<std::vector<uint8_t>>(static_cast<const uint8_t*>(src),
                                                          static_cast<const uint8_t*>(src) + count);
@@ -407,7 +404,7 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpy
     return cudaSuccess;
   }
   s->Enqueue([=] { std::memmove(dst, src, count); });
-  if (KindOf(dst, &dst_kind) == nullptr && count != 0) s->Synchronize();  // into pageable memory
+  if (!Tracked(dst) && count != 0) s->Synchronize();  // into pageable memory
   return cudaSuccess;
 }
 
