@@ -668,7 +668,7 @@ absl::StatusOr<QuantizedSummary> CudaBackend::State::RunFromHost(
   // pass's amax and bad weight from the chunk records.
   DeviceResult r = result_on_host();
   r.amax_bits = std::max(r.amax_bits, quantized_amax_bits);
-  r.first_bad_weight = quantized_bad_weight;
+  r.first_bad_weight = MinIndex(r.first_bad_weight, quantized_bad_weight);
   RETURN_IF_ERROR(CheckValues(r, input, importance, /*on_device=*/false));
 
   QuantizedSummary summary;

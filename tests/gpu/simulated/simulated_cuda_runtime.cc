@@ -118,17 +118,24 @@ cudaError_t Release(void* ptr, Kind kind) {
   return cudaSuccess;
 }
 
-// A stream: one worker thread running the operations in order. Destruction waits for them.
-class SimulatedStream {
+// A stream: one worker thread running the operations in order. The worker holds a reference
+// to its stream until it has run everything enqueued before Stop(), so that destroying a stream
+// returns at once, as cudaStreamDestroy does, while its work finishes.
+class SimulatedStream : public std::enable_shared_from_this<SimulatedStream> {
  public:
-  explicit SimulatedStream(uint32_t seed) : random_(seed), worker_([this] { Run(); }) {}
-  ~SimulatedStream() {
+  explicit SimulatedStream(uint32_t seed) : random_(seed) {}
+
+  void Start() {
+    std::thread([self = shared_from_this()] { self->Run(); }).detach();
+  }
+
+  // No more work will come; the worker ends after the queue is empty.
+  void Stop() {
     {
       std::lock_guard<std::mutex> lock(mu_);
       stopping_ = true;
     }
     cv_.notify_all();
-    worker_.join();
   }
 
   void Enqueue(std::function<void()> work) {
@@ -159,6 +166,7 @@ class SimulatedStream {
       lock.unlock();
       if (pause_us < 50) std::this_thread::sleep_for(std::chrono::microseconds(pause_us));
       work();
+      work = nullptr;  // its captures (events, buffers) are released before the stream counts it
       lock.lock();
       ++done_;
       cv_.notify_all();
@@ -172,7 +180,6 @@ class SimulatedStream {
   uint64_t done_ = 0;
   bool stopping_ = false;
   std::minstd_rand random_;
-  std::thread worker_;  // last: starts after the members it uses
 };
 
 // Every live stream, for cudaDeviceSynchronize, which holds a reference to each while it waits
@@ -191,12 +198,13 @@ StreamRegistry& Streams() {
 SimulatedStream* NewStream() {
   std::lock_guard<std::mutex> lock(Streams().mu);
   auto stream = std::make_shared<SimulatedStream>(Streams().next_seed++);
+  stream->Start();
   SimulatedStream* handle = stream.get();
   Streams().streams.emplace(handle, std::move(stream));
   return handle;
 }
 
-// Drops the registry's reference: the stream finishes its work and ends with the last one.
+// Forgets the stream and lets its worker end once the work enqueued so far has run.
 void DestroyStream(SimulatedStream* stream) {
   std::shared_ptr<SimulatedStream> last;
   {
@@ -206,6 +214,7 @@ void DestroyStream(SimulatedStream* stream) {
     last = std::move(it->second);
     Streams().streams.erase(it);
   }
+  last->Stop();
 }
 
 // The per-thread default stream of the calling thread, created on first use.
@@ -239,7 +248,7 @@ void SynchronizeDevice() {
 // the latest record at the time of the call, whatever records follow, and records on different
 // streams may complete in any order, so completion is kept per record.
 struct SimulatedEvent {
-  std::mutex mu;
+  std::mutex mu;  // guards the fields below
   std::condition_variable cv;
   uint64_t recorded = 0;                                           // records issued
   std::map<uint64_t, std::chrono::steady_clock::time_point> done;  // completed records
@@ -250,6 +259,24 @@ struct SimulatedEvent {
     cv.wait(lock, [&] { return record == 0 || done.count(record) != 0; });
   }
 };
+
+// Events are shared by their handle and by the stream operations that record or wait on them:
+// cudaEventDestroy returns at once and the event lives until the last of those has run.
+struct EventRegistry {
+  std::mutex mu;
+  std::map<SimulatedEvent*, std::shared_ptr<SimulatedEvent>> events;
+};
+
+EventRegistry& Events() {
+  static EventRegistry* registry = new EventRegistry;  // never destroyed: used until exit
+  return *registry;
+}
+
+std::shared_ptr<SimulatedEvent> FindEvent(cudaEvent_t event) {
+  std::lock_guard<std::mutex> lock(Events().mu);
+  auto it = Events().events.find(reinterpret_cast<SimulatedEvent*>(event));
+  return it == Events().events.end() ? nullptr : it->second;
+}
 
 // Whether ptr lies in device or pinned memory of the runtime (else it is pageable host memory).
 bool Tracked(const void* ptr) {
@@ -444,62 +471,67 @@ cudaError_t cudaLaunchHostFunc(cudaStream_t stream, cudaHostFn_t fn, void* user_
 }
 
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int flags) {
-  auto* e = new SimulatedEvent;
+  auto e = std::make_shared<SimulatedEvent>();
   e->timing = (flags & cudaEventDisableTiming) == 0;
-  *event = reinterpret_cast<cudaEvent_t>(e);
+  *event = reinterpret_cast<cudaEvent_t>(e.get());
+  std::lock_guard<std::mutex> lock(Events().mu);
+  Events().events.emplace(e.get(), std::move(e));
   return cudaSuccess;
 }
 
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
-  auto* e = reinterpret_cast<SimulatedEvent*>(event);
-  e->WaitFor(e->recorded);  // the runtime defers the release until the event completes
-  delete e;
-  return cudaSuccess;
+  std::lock_guard<std::mutex> lock(Events().mu);
+  return Events().events.erase(reinterpret_cast<SimulatedEvent*>(event)) == 1
+             ? cudaSuccess
+             : Fail(cudaErrorInvalidResourceHandle);
 }
 
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
-  auto* e = reinterpret_cast<SimulatedEvent*>(event);
+  std::shared_ptr<SimulatedEvent> e = FindEvent(event);
+  if (e == nullptr) return Fail(cudaErrorInvalidResourceHandle);
   uint64_t record;
   {
     std::lock_guard<std::mutex> lock(e->mu);
     record = ++e->recorded;
   }
   Resolve(stream)->Enqueue([e, record] {
-    {
-      std::lock_guard<std::mutex> lock(e->mu);
-      e->done[record] = std::chrono::steady_clock::now();
-    }
+    std::lock_guard<std::mutex> lock(e->mu);  // notified under the lock: e outlives the call
+    e->done[record] = std::chrono::steady_clock::now();
     e->cv.notify_all();
   });
   return cudaSuccess;
 }
 
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
-  auto* e = reinterpret_cast<SimulatedEvent*>(event);
-  uint64_t generation;
+  std::shared_ptr<SimulatedEvent> e = FindEvent(event);
+  if (e == nullptr) return Fail(cudaErrorInvalidResourceHandle);
+  uint64_t record;
   {
     std::lock_guard<std::mutex> lock(e->mu);
-    generation = e->recorded;
+    record = e->recorded;
   }
-  e->WaitFor(generation);
+  e->WaitFor(record);
   return cudaSuccess;
 }
 
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int) {
-  auto* e = reinterpret_cast<SimulatedEvent*>(event);
-  uint64_t generation;
+  std::shared_ptr<SimulatedEvent> e = FindEvent(event);
+  if (e == nullptr) return Fail(cudaErrorInvalidResourceHandle);
+  uint64_t record;
   {
     std::lock_guard<std::mutex> lock(e->mu);
-    generation = e->recorded;
+    record = e->recorded;
   }
-  Resolve(stream)->Enqueue([e, generation] { e->WaitFor(generation); });
+  Resolve(stream)->Enqueue([e, record] { e->WaitFor(record); });
   return cudaSuccess;
 }
 
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
-  auto* a = reinterpret_cast<SimulatedEvent*>(start);
-  auto* b = reinterpret_cast<SimulatedEvent*>(end);
-  if (!a->timing || !b->timing) return Fail(cudaErrorInvalidResourceHandle);
+  std::shared_ptr<SimulatedEvent> a = FindEvent(start);
+  std::shared_ptr<SimulatedEvent> b = FindEvent(end);
+  if (a == nullptr || b == nullptr || !a->timing || !b->timing) {
+    return Fail(cudaErrorInvalidResourceHandle);
+  }
   if (a == b) {
     *ms = 0.0f;
     return cudaSuccess;
@@ -518,6 +550,15 @@ namespace nvfp4::simulated {
 
 void Enqueue(cudaStream_t stream, std::function<void()> work) {
   Resolve(stream)->Enqueue(std::move(work));
+}
+
+bool DeviceAccessible(const void* ptr, size_t bytes) {
+  if (bytes == 0) return true;
+  SimulatedDevice& d = Device();
+  std::lock_guard<std::mutex> lock(d.mu);
+  uintptr_t start = 0;
+  const Allocation* a = Find(d, ptr, &start);
+  return a != nullptr && reinterpret_cast<uintptr_t>(ptr) - start + bytes <= a->size;
 }
 
 }  // namespace nvfp4::simulated

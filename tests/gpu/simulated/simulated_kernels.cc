@@ -4,9 +4,10 @@
 // CTA size, same grid sizing with 2 CTAs per SM), one after another, through the same
 // per-thread functions of kernels/cuda/device_block.h; per-thread results fold per CTA in
 // thread order (the GPU's warp-shuffle tree sums in another order: metrics agree within the
-// tolerance, bytes exactly), and into the DeviceResult with atomic max/min as on the GPU (two
-// streams' kernels share it). A launch whose buffers are not device-accessible memory fails at
-// once with cudaErrorIllegalAddress, where a real kernel would fault.
+// tolerance, bytes exactly), and into the DeviceResult with atomic max/min as on the GPU (the
+// scan kernels of both host-path streams share one). A launch whose buffers do not lie inside
+// device-accessible allocations fails at once with cudaErrorIllegalAddress, where a real
+// kernel would fault later and leave the context unusable (not modelled).
 #include <cuda_runtime.h>
 
 #include <atomic>
@@ -24,21 +25,8 @@ namespace {
 
 constexpr int kSimulatedCtasPerSm = 2;  // the quantize kernel's __launch_bounds__ minimum
 
-// Whether a kernel may touch the byte at ptr: simulated device memory, or pinned host memory
-// (mapped into the device's address space under unified addressing).
-bool DeviceAccessible(const void* ptr) {
-  cudaPointerAttributes attributes;
-  return cudaPointerGetAttributes(&attributes, ptr) == cudaSuccess &&
-         (attributes.type == cudaMemoryTypeDevice || attributes.type == cudaMemoryTypeHost);
-}
-
-// cudaSuccess when the first and last bytes of [ptr, ptr + bytes) are device-accessible (the
-// runtime's allocations are contiguous), or bytes == 0.
 cudaError_t DeviceRange(const void* ptr, size_t bytes) {
-  if (bytes == 0) return cudaSuccess;
-  return DeviceAccessible(ptr) && DeviceAccessible(static_cast<const uint8_t*>(ptr) + bytes - 1)
-             ? cudaSuccess
-             : cudaErrorIllegalAddress;
+  return simulated::DeviceAccessible(ptr, bytes) ? cudaSuccess : cudaErrorIllegalAddress;
 }
 
 int64_t GridFor(int64_t work_items_per_thread_group, int sm_count, int ctas_per_sm) {

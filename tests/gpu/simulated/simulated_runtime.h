@@ -1,10 +1,12 @@
 // The part of the simulated CUDA runtime (simulated_cuda_runtime.cc) that the simulated kernels
-// (simulated_kernels.cc) use: enqueueing work on a stream. Test-only.
+// (simulated_kernels.cc) use: enqueueing work on a stream and checking what a kernel may touch.
+// Test-only.
 #ifndef NVFP4_TESTS_GPU_SIMULATED_SIMULATED_RUNTIME_H_
 #define NVFP4_TESTS_GPU_SIMULATED_SIMULATED_RUNTIME_H_
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <functional>
 
 namespace nvfp4::simulated {
@@ -12,6 +14,11 @@ namespace nvfp4::simulated {
 // Runs `work` on the stream's worker thread after everything enqueued on the stream before it,
 // as a kernel launch would run. Thread-safe.
 void Enqueue(cudaStream_t stream, std::function<void()> work);
+
+// Whether a kernel may touch all of [ptr, ptr + bytes): it lies inside one allocation of device
+// memory or of pinned host memory (mapped into the device's address space under unified
+// addressing). True when bytes == 0. Thread-safe.
+bool DeviceAccessible(const void* ptr, size_t bytes);
 
 }  // namespace nvfp4::simulated
 
