@@ -575,6 +575,23 @@ NVFP4_HD void QuantizeThreadBlocks(const BlockJob& job, const ScaleTable& table,
 
 // Calls fn(dtype_tag, weights_tag, search_weighted_tag) with std::integral_constant tags for
 // the job's variant: the one place that maps a request to a QuantizeThreadBlocks instantiation.
+// Calls fn(std::integral_constant<DType, dtype>{}): host code picking the template instance of
+// a kernel or per-thread function for a run-time dtype.
+template <typename Fn>
+void DispatchDtype(DType dtype, Fn&& fn) {
+  switch (dtype) {
+    case DType::kF32:
+      fn(std::integral_constant<DType, DType::kF32>{});
+      break;
+    case DType::kBF16:
+      fn(std::integral_constant<DType, DType::kBF16>{});
+      break;
+    case DType::kF16:
+      fn(std::integral_constant<DType, DType::kF16>{});
+      break;
+  }
+}
+
 template <typename Fn>
 void DispatchBlockVariant(const BlockJob& job, Fn&& fn) {
   const bool weights = job.layout != ImportanceLayout::kNone;
@@ -588,17 +605,7 @@ void DispatchBlockVariant(const BlockJob& job, Fn&& fn) {
       fn(dtype_tag, std::false_type{}, std::false_type{});
     }
   };
-  switch (job.dtype) {
-    case DType::kF32:
-      with_dtype(std::integral_constant<DType, DType::kF32>{});
-      break;
-    case DType::kBF16:
-      with_dtype(std::integral_constant<DType, DType::kBF16>{});
-      break;
-    case DType::kF16:
-      with_dtype(std::integral_constant<DType, DType::kF16>{});
-      break;
-  }
+  DispatchDtype(job.dtype, with_dtype);
 }
 
 }  // namespace nvfp4::cuda

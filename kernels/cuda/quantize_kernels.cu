@@ -218,20 +218,10 @@ cudaError_t LaunchScan(DType dtype, const void* x, int64_t n, int64_t first_inde
   const int64_t wanted = (n / 4 + kThreadsPerCta - 1) / kThreadsPerCta;
   const int64_t cap = static_cast<int64_t>(sm_count) * kMaxCtasPerSm;
   const int grid = static_cast<int>(wanted < 1 ? 1 : (wanted > cap ? cap : wanted));
-  switch (dtype) {
-    case DType::kF32:
-      ScanKernel<DType::kF32>
-          <<<grid, kThreadsPerCta, 0, stream>>>(x, n, first_index, vector, result);
-      break;
-    case DType::kBF16:
-      ScanKernel<DType::kBF16>
-          <<<grid, kThreadsPerCta, 0, stream>>>(x, n, first_index, vector, result);
-      break;
-    case DType::kF16:
-      ScanKernel<DType::kF16>
-          <<<grid, kThreadsPerCta, 0, stream>>>(x, n, first_index, vector, result);
-      break;
-  }
+  DispatchDtype(dtype, [&](auto dtype_tag) {
+    ScanKernel<decltype(dtype_tag)::value>
+        <<<grid, kThreadsPerCta, 0, stream>>>(x, n, first_index, vector, result);
+  });
   return cudaGetLastError();
 }
 

@@ -60,16 +60,10 @@ void MergeTotals(const ThreadTotals& t, ThreadTotals* into) {
 // One scan kernel thread (ScanThreadElements) for a run-time dtype.
 void ScanAny(DType dtype, const void* data, int64_t n, bool vector, int64_t thread, int64_t threads,
              float* amax, uint64_t* first_bad) {
-  switch (dtype) {
-    case DType::kBF16:
-      cuda::ScanThreadElements<DType::kBF16>(data, n, 0, vector, thread, threads, amax, first_bad);
-      break;
-    case DType::kF16:
-      cuda::ScanThreadElements<DType::kF16>(data, n, 0, vector, thread, threads, amax, first_bad);
-      break;
-    default:
-      cuda::ScanThreadElements<DType::kF32>(data, n, 0, vector, thread, threads, amax, first_bad);
-  }
+  cuda::DispatchDtype(dtype, [&](auto dtype_tag) {
+    cuda::ScanThreadElements<decltype(dtype_tag)::value>(data, n, 0, vector, thread, threads, amax,
+                                                         first_bad);
+  });
 }
 
 bool Aligned(const void* p, size_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; }

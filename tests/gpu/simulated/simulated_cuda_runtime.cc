@@ -34,6 +34,7 @@
 #include <memory>
 #include <mutex>
 #include <new>
+#include <optional>
 #include <random>
 #include <set>
 #include <thread>
@@ -78,15 +79,22 @@ cudaError_t Fail(cudaError_t error) {
   return error;
 }
 
-// The allocation holding ptr, or nullptr. Caller holds mu.
-const Allocation* Find(SimulatedDevice& d, const void* ptr, uintptr_t* start) {
+// Where ptr lies in the runtime's allocations: its kind and how many bytes of the allocation
+// start at ptr. Empty for memory the runtime did not allocate (pageable host memory).
+struct Location {
+  Kind kind;
+  size_t bytes_to_end;
+};
+
+std::optional<Location> Locate(const void* ptr) {
+  SimulatedDevice& d = Device();
+  std::lock_guard<std::mutex> lock(d.mu);
   const uintptr_t p = reinterpret_cast<uintptr_t>(ptr);
   auto it = d.allocations.upper_bound(p);
-  if (it == d.allocations.begin()) return nullptr;
+  if (it == d.allocations.begin()) return std::nullopt;
   --it;
-  if (p >= it->first + it->second.size) return nullptr;
-  *start = it->first;
-  return &it->second;
+  if (p >= it->first + it->second.size) return std::nullopt;
+  return Location{it->second.kind, it->first + it->second.size - p};
 }
 
 cudaError_t Allocate(void** ptr, size_t size, Kind kind) {
@@ -254,6 +262,11 @@ struct SimulatedEvent {
   std::map<uint64_t, std::chrono::steady_clock::time_point> done;  // completed records
   bool timing = true;
 
+  uint64_t LatestRecord() {
+    std::lock_guard<std::mutex> lock(mu);
+    return recorded;
+  }
+
   void WaitFor(uint64_t record) {
     std::unique_lock<std::mutex> lock(mu);
     cv.wait(lock, [&] { return record == 0 || done.count(record) != 0; });
@@ -278,26 +291,13 @@ std::shared_ptr<SimulatedEvent> FindEvent(cudaEvent_t event) {
   return it == Events().events.end() ? nullptr : it->second;
 }
 
-// Whether ptr lies in device or pinned memory of the runtime (else it is pageable host memory).
-bool Tracked(const void* ptr) {
-  SimulatedDevice& d = Device();
-  std::lock_guard<std::mutex> lock(d.mu);
-  uintptr_t start = 0;
-  return Find(d, ptr, &start) != nullptr;
-}
-
 // A range that starts in a tracked allocation must end in it: a real copy or memset past the
 // end of device memory faults (cudaErrorIllegalAddress); here it is reported before it happens.
 cudaError_t CheckRange(const void* ptr, size_t count) {
   if (count == 0) return cudaSuccess;
   if (ptr == nullptr) return Fail(cudaErrorInvalidValue);
-  SimulatedDevice& d = Device();
-  std::lock_guard<std::mutex> lock(d.mu);
-  uintptr_t start = 0;
-  const Allocation* a = Find(d, ptr, &start);
-  if (a != nullptr && reinterpret_cast<uintptr_t>(ptr) - start + count > a->size) {
-    return Fail(cudaErrorIllegalAddress);
-  }
+  const std::optional<Location> at = Locate(ptr);
+  if (at.has_value() && count > at->bytes_to_end) return Fail(cudaErrorIllegalAddress);
   return cudaSuccess;
 }
 
@@ -394,17 +394,14 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
 }
 
 cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attributes, const void* ptr) {
-  SimulatedDevice& d = Device();
-  std::lock_guard<std::mutex> lock(d.mu);
   std::memset(attributes, 0, sizeof(*attributes));
   attributes->type = cudaMemoryTypeUnregistered;
   attributes->device = -2;
-  uintptr_t start = 0;
-  if (const Allocation* a = Find(d, ptr, &start)) {
-    attributes->type = a->kind == Kind::kDevice ? cudaMemoryTypeDevice : cudaMemoryTypeHost;
+  if (const std::optional<Location> at = Locate(ptr)) {
+    attributes->type = at->kind == Kind::kDevice ? cudaMemoryTypeDevice : cudaMemoryTypeHost;
     attributes->device = 0;
     attributes->devicePointer = const_cast<void*>(ptr);
-    if (a->kind == Kind::kPinnedHost) attributes->hostPointer = const_cast<void*>(ptr);
+    if (at->kind == Kind::kPinnedHost) attributes->hostPointer = const_cast<void*>(ptr);
   }
   return cudaSuccess;
 }
@@ -423,7 +420,7 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpy
   if (const cudaError_t e = CheckRange(dst, count); e != cudaSuccess) return e;
   if (const cudaError_t e = CheckRange(src, count); e != cudaSuccess) return e;
   SimulatedStream* s = Resolve(stream);
-  if (!Tracked(src) && count != 0) {
+  if (count != 0 && !Locate(src).has_value()) {
     // From pageable memory: the runtime stages the source before returning.
     auto staged = std::make_shared<std::vector<uint8_t>>(static_cast<const uint8_t*>(src),
                                                          static_cast<const uint8_t*>(src) + count);
@@ -431,7 +428,7 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpy
     return cudaSuccess;
   }
   s->Enqueue([=] { std::memmove(dst, src, count); });
-  if (!Tracked(dst) && count != 0) s->Synchronize();  // into pageable memory
+  if (count != 0 && !Locate(dst).has_value()) s->Synchronize();  // into pageable memory
   return cudaSuccess;
 }
 
@@ -505,24 +502,14 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
   std::shared_ptr<SimulatedEvent> e = FindEvent(event);
   if (e == nullptr) return Fail(cudaErrorInvalidResourceHandle);
-  uint64_t record;
-  {
-    std::lock_guard<std::mutex> lock(e->mu);
-    record = e->recorded;
-  }
-  e->WaitFor(record);
+  e->WaitFor(e->LatestRecord());
   return cudaSuccess;
 }
 
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int) {
   std::shared_ptr<SimulatedEvent> e = FindEvent(event);
   if (e == nullptr) return Fail(cudaErrorInvalidResourceHandle);
-  uint64_t record;
-  {
-    std::lock_guard<std::mutex> lock(e->mu);
-    record = e->recorded;
-  }
-  Resolve(stream)->Enqueue([e, record] { e->WaitFor(record); });
+  Resolve(stream)->Enqueue([e, record = e->LatestRecord()] { e->WaitFor(record); });
   return cudaSuccess;
 }
 
@@ -554,11 +541,8 @@ void Enqueue(cudaStream_t stream, std::function<void()> work) {
 
 bool DeviceAccessible(const void* ptr, size_t bytes) {
   if (bytes == 0) return true;
-  SimulatedDevice& d = Device();
-  std::lock_guard<std::mutex> lock(d.mu);
-  uintptr_t start = 0;
-  const Allocation* a = Find(d, ptr, &start);
-  return a != nullptr && reinterpret_cast<uintptr_t>(ptr) - start + bytes <= a->size;
+  const std::optional<Location> at = Locate(ptr);
+  return at.has_value() && bytes <= at->bytes_to_end;
 }
 
 }  // namespace nvfp4::simulated

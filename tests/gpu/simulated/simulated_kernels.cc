@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 
 #include "kernels/cuda/device_block.h"
 #include "kernels/cuda/quantize_kernels.h"
@@ -25,43 +26,36 @@ namespace {
 
 constexpr int kSimulatedCtasPerSm = 2;  // the quantize kernel's __launch_bounds__ minimum
 
-cudaError_t DeviceRange(const void* ptr, size_t bytes) {
-  return simulated::DeviceAccessible(ptr, bytes) ? cudaSuccess : cudaErrorIllegalAddress;
-}
-
 int64_t GridFor(int64_t work_items_per_thread_group, int sm_count, int ctas_per_sm) {
   const int64_t wanted = (work_items_per_thread_group + kThreadsPerCta - 1) / kThreadsPerCta;
   const int64_t cap = static_cast<int64_t>(sm_count) * ctas_per_sm;
   return wanted < 1 ? 1 : (wanted > cap ? cap : wanted);
 }
 
-template <typename T>
-void AtomicMin(T* target, T value) {
+// atomicMin / atomicMax: *target = the smaller / larger of *target and value, atomically.
+template <typename T, typename Better>
+void AtomicKeep(T* target, T value, Better better) {
   std::atomic_ref<T> ref(*target);
   T seen = ref.load();
-  while (value < seen && !ref.compare_exchange_weak(seen, value)) {
+  while (better(value, seen) && !ref.compare_exchange_weak(seen, value)) {
   }
 }
 
 void Publish(float amax, uint64_t bad_input, uint64_t bad_weight, DeviceResult* result) {
   // Non-negative floats order like their bit patterns (the GPU's atomicMax on the bits).
-  if (amax > 0.0f) {
-    std::atomic_ref<uint32_t> bits(result->amax_bits);
-    uint32_t seen = bits.load();
-    while (FloatToBits(amax) > seen && !bits.compare_exchange_weak(seen, FloatToBits(amax))) {
-    }
+  if (amax > 0.0f) AtomicKeep(&result->amax_bits, FloatToBits(amax), std::greater<>());
+  if (bad_input != kNoBadElement) {
+    AtomicKeep<unsigned long long>(&result->first_bad_input, bad_input, std::less<>());
   }
-  if (bad_input != kNoBadElement)
-    AtomicMin<unsigned long long>(&result->first_bad_input, bad_input);
   if (bad_weight != kNoBadElement) {
-    AtomicMin<unsigned long long>(&result->first_bad_weight, bad_weight);
+    AtomicKeep<unsigned long long>(&result->first_bad_weight, bad_weight, std::less<>());
   }
 }
 
 }  // namespace
 
 cudaError_t LaunchInitResult(DeviceResult* result, cudaStream_t stream) {
-  if (DeviceRange(result, sizeof(*result)) != cudaSuccess) return cudaErrorIllegalAddress;
+  if (!simulated::DeviceAccessible(result, sizeof(*result))) return cudaErrorIllegalAddress;
   simulated::Enqueue(stream, [result] {
     *result = DeviceResult{};
     result->first_bad_input = kNoBadElement;
@@ -73,37 +67,30 @@ cudaError_t LaunchInitResult(DeviceResult* result, cudaStream_t stream) {
 cudaError_t LaunchScan(DType dtype, const void* x, int64_t n, int64_t first_index,
                        DeviceResult* result, int sm_count, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
-  if (DeviceRange(x, static_cast<size_t>(n) * DTypeSize(dtype)) != cudaSuccess ||
-      DeviceRange(result, sizeof(*result)) != cudaSuccess) {
+  if (!simulated::DeviceAccessible(x, static_cast<size_t>(n) * DTypeSize(dtype)) ||
+      !simulated::DeviceAccessible(result, sizeof(*result))) {
     return cudaErrorIllegalAddress;
   }
   const bool vector = reinterpret_cast<uintptr_t>(x) % 16 == 0;
   const int64_t threads = GridFor(n / 4, sm_count, kMaxCtasPerSm) * kThreadsPerCta;
   simulated::Enqueue(stream, [=] {
-    for (int64_t thread = 0; thread < threads; ++thread) {
-      float amax = 0.0f;
-      uint64_t bad = kNoBadElement;
-      switch (dtype) {
-        case DType::kF32:
-          ScanThreadElements<DType::kF32>(x, n, first_index, vector, thread, threads, &amax, &bad);
-          break;
-        case DType::kBF16:
-          ScanThreadElements<DType::kBF16>(x, n, first_index, vector, thread, threads, &amax, &bad);
-          break;
-        case DType::kF16:
-          ScanThreadElements<DType::kF16>(x, n, first_index, vector, thread, threads, &amax, &bad);
-          break;
+    DispatchDtype(dtype, [&](auto dtype_tag) {
+      for (int64_t thread = 0; thread < threads; ++thread) {
+        float amax = 0.0f;
+        uint64_t bad = kNoBadElement;
+        ScanThreadElements<decltype(dtype_tag)::value>(x, n, first_index, vector, thread, threads,
+                                                       &amax, &bad);
+        Publish(amax, bad, kNoBadElement, result);
       }
-      Publish(amax, bad, kNoBadElement, result);
-    }
+    });
   });
   return cudaSuccess;
 }
 
 cudaError_t LaunchBuildScaleTable(const GlobalScaleSource& source, DeviceResult* result,
                                   ScaleTable* table, cudaStream_t stream) {
-  if (DeviceRange(result, sizeof(*result)) != cudaSuccess ||
-      DeviceRange(table, sizeof(*table)) != cudaSuccess) {
+  if (!simulated::DeviceAccessible(result, sizeof(*result)) ||
+      !simulated::DeviceAccessible(table, sizeof(*table))) {
     return cudaErrorIllegalAddress;
   }
   simulated::Enqueue(stream, [=] {
@@ -124,15 +111,15 @@ cudaError_t LaunchQuantize(const BlockJob& job, const ScaleTable* table, DeviceR
                          : job.layout == ImportanceLayout::kPerElement ? elements
                                                                        : 0;
   const int64_t ctas = GridFor(blocks, sm_count, kSimulatedCtasPerSm);
-  if (DeviceRange(job.x, elements * DTypeSize(job.dtype)) != cudaSuccess ||
-      DeviceRange(job.weights, weights * sizeof(float)) != cudaSuccess ||
-      DeviceRange(job.packed, static_cast<size_t>(blocks) * kBlockSize / 2) != cudaSuccess ||
-      DeviceRange(job.scales, static_cast<size_t>(blocks)) != cudaSuccess ||
+  if (!simulated::DeviceAccessible(job.x, elements * DTypeSize(job.dtype)) ||
+      !simulated::DeviceAccessible(job.weights, weights * sizeof(float)) ||
+      !simulated::DeviceAccessible(job.packed, static_cast<size_t>(blocks) * kBlockSize / 2) ||
+      !simulated::DeviceAccessible(job.scales, static_cast<size_t>(blocks)) ||
       (job.dequantized != nullptr &&
-       DeviceRange(job.dequantized, elements * sizeof(float)) != cudaSuccess) ||
-      DeviceRange(table, sizeof(*table)) != cudaSuccess ||
-      DeviceRange(result, sizeof(*result)) != cudaSuccess ||
-      DeviceRange(partials, static_cast<size_t>(ctas) * sizeof(MetricPartial)) != cudaSuccess) {
+       !simulated::DeviceAccessible(job.dequantized, elements * sizeof(float))) ||
+      !simulated::DeviceAccessible(table, sizeof(*table)) ||
+      !simulated::DeviceAccessible(result, sizeof(*result)) ||
+      !simulated::DeviceAccessible(partials, static_cast<size_t>(ctas) * sizeof(MetricPartial))) {
     return cudaErrorIllegalAddress;
   }
   *grid = static_cast<int>(ctas);
@@ -168,8 +155,8 @@ cudaError_t LaunchQuantize(const BlockJob& job, const ScaleTable* table, DeviceR
 
 cudaError_t LaunchReducePartials(const MetricPartial* in, int64_t n, MetricPartial* out,
                                  cudaStream_t stream) {
-  if (DeviceRange(in, static_cast<size_t>(n) * sizeof(MetricPartial)) != cudaSuccess ||
-      DeviceRange(out, sizeof(*out)) != cudaSuccess) {
+  if (!simulated::DeviceAccessible(in, static_cast<size_t>(n) * sizeof(MetricPartial)) ||
+      !simulated::DeviceAccessible(out, sizeof(*out))) {
     return cudaErrorIllegalAddress;
   }
   simulated::Enqueue(stream, [=] {
