@@ -29,7 +29,7 @@ build: deps configure
 # and the GPU tests that run on the host (labels device_code and simulated: docs/testing.md).
 test: build build-fuzz
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
-	cd $(FUZZ_DIR) && ctest -L 'fuzz|device_code|simulated' --output-on-failure -j $(JOBS)
+	cd $(FUZZ_DIR) && ctest -L '^(fuzz|device_code|simulated)$$' --output-on-failure -j $(JOBS)
 
 # Fuzzing (tests/fuzz, docs/testing.md): only the fuzzers and the libraries they need.
 $(FUZZ_DIR)/build.ninja:
