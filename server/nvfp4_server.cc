@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -32,6 +33,14 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, const char* what) 
                                                             " file: ", bytes.status().message()));
   }
   return bytes;
+}
+
+// The address with the port the system chose when it asked for port 0 ("host:0").
+std::string WithPort(const std::string& address, int port) {
+  if (absl::EndsWith(address, ":0")) {
+    return absl::StrCat(address.substr(0, address.size() - 1), port);
+  }
+  return address;
 }
 
 absl::StatusOr<std::vector<std::unique_ptr<QuantizerBackend>>> CreateEngines(
@@ -134,9 +143,14 @@ absl::StatusOr<std::unique_ptr<Nvfp4Server>> Nvfp4Server::Start(
   builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 20);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, 16 << 20);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_WRITE_BUFFER_SIZE, 8 << 20);
+  // gRPC sets SO_REUSEPORT by default: a second nvfp4d on a busy port would start and take a
+  // share of the connections (jobs, cancels and job lists reaching either server at random).
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   s->server_ = builder.BuildAndStart();
   if (!s->server_ || s->port_ == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", options.listen,
+                     ": the address is in use, or not host:port or unix:path"));
   }
   std::vector<int> gpus;
 #if NVFP4_WITH_CUDA
@@ -197,11 +211,12 @@ std::string Nvfp4Server::Describe() const {
       "  chunk / message   %d / %d bytes\n"
       "  auth              %s\n"
       "  checkpoint roots  %s\n",
-      kVersion, options_.listen, port_, options_.tls_cert_file.empty() ? "" : ", TLS",
+      kVersion, WithPort(options_.listen, port_), port_,
+      options_.tls_cert_file.empty() ? "" : ", TLS",
       options_.metrics_listen.empty()
           ? std::string("off")
-          : absl::StrCat("http://", options_.metrics_listen, "/metrics (port ",
-                         metrics_->exposer_port(), ")"),
+          : absl::StrCat("http://", WithPort(options_.metrics_listen, metrics_->exposer_port()),
+                         "/metrics (port ", metrics_->exposer_port(), ")"),
       engines, so.max_queue, so.memory_budget_bytes, so.max_job_bytes,
       options_.service.max_chunk_bytes, options_.service.max_message_bytes,
       options_.auth_token_file.empty() ? "off" : "bearer token",

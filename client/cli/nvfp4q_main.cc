@@ -16,6 +16,7 @@
 #include "common/version.h"
 
 int main(int argc, char** argv) {
+  nvfp4::cli::InstallInterruptWatcher();  // before any thread: they inherit the signal mask
   nvfp4::TuneMallocForStreaming();
   CLI::App app{"nvfp4q: quantise tensors to NVFP4 with ScaleSweep block scales"};
   app.set_version_flag("--version", std::string("nvfp4q ") + nvfp4::kVersion);

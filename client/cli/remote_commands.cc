@@ -1,5 +1,6 @@
 #include "client/cli/remote_commands.h"
 
+#include <pthread.h>
 #include <signal.h>
 
 #include <atomic>
@@ -7,7 +8,9 @@
 #include <memory>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "client/cli/common_flags.h"
 #include "client/cli/exit_codes.h"
@@ -18,8 +21,9 @@
 namespace nvfp4::cli {
 namespace {
 
-std::atomic<bool> g_interrupted{false};
-std::atomic<bool> g_watcher_stopping{false};
+// The InterruptCancels alive now, if any (guarded by g_handler_mu).
+absl::Mutex g_handler_mu;
+InterruptCancels* g_handler ABSL_GUARDED_BY(g_handler_mu) = nullptr;
 
 std::string ToJson(const google::protobuf::Message& message) {
   std::string json;
@@ -135,40 +139,57 @@ absl::StatusOr<int> RunCancel(const JobsFlags& flags) {
 
 }  // namespace
 
-void* WatchInterrupts(void* arg) {
-  auto* self = static_cast<InterruptCancels*>(arg);
+void* WatchInterrupts(void*) {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   for (;;) {
     int signal_number = 0;
-    sigwait(&set, &signal_number);
-    if (g_watcher_stopping.load()) return nullptr;
-    g_interrupted.store(true);
-    std::fprintf(stderr, "\nnvfp4q: interrupted, cancelling the job\n");
-    if (self->flag_ != nullptr) self->flag_->store(true);
-    if (self->client_ != nullptr) self->client_->CancelInFlight();
+    if (sigwait(&set, &signal_number) != 0) continue;
+    {
+      absl::MutexLock lock(&g_handler_mu);
+      if (g_handler != nullptr && !g_handler->interrupted()) {
+        g_handler->Interrupt();
+        continue;
+      }
+    }
+    // Nothing to cancel, or a second Ctrl-C: the default action (the process dies of SIGINT).
+    signal(SIGINT, SIG_DFL);
+    pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+    raise(SIGINT);
+  }
+}
+
+void InstallInterruptWatcher() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  pthread_t watcher;
+  if (pthread_create(&watcher, nullptr, WatchInterrupts, nullptr) == 0) {
+    pthread_detach(watcher);
+  } else {
+    pthread_sigmask(SIG_UNBLOCK, &set, nullptr);  // no watcher: keep the default action
   }
 }
 
 InterruptCancels::InterruptCancels(client::QuantizerClient* client, std::atomic<bool>* flag)
     : client_(client), flag_(flag) {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &set, &previous_);
-  g_watcher_stopping.store(false);
-  pthread_create(&watcher_, nullptr, WatchInterrupts, this);
+  absl::MutexLock lock(&g_handler_mu);
+  g_handler = this;
 }
 
 InterruptCancels::~InterruptCancels() {
-  g_watcher_stopping.store(true);
-  pthread_kill(watcher_, SIGINT);
-  pthread_join(watcher_, nullptr);
-  pthread_sigmask(SIG_SETMASK, &previous_, nullptr);
+  absl::MutexLock lock(&g_handler_mu);
+  if (g_handler == this) g_handler = nullptr;
 }
 
-bool InterruptCancels::interrupted() const { return g_interrupted.load(); }
+void InterruptCancels::Interrupt() {
+  interrupted_.store(true);
+  std::fprintf(stderr, "\nnvfp4q: interrupted, cancelling the job (Ctrl-C again to quit now)\n");
+  if (flag_ != nullptr) flag_->store(true);
+  if (client_ != nullptr) client_->CancelInFlight();
+}
 
 std::function<int()> AddInfoCommand(CLI::App& app) {
   auto flags = std::make_shared<InfoFlags>();

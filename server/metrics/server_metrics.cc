@@ -156,8 +156,9 @@ absl::Status ServerMetrics::StartExposer(const std::string& address) {
     exposer_ = std::make_unique<prometheus::Exposer>(address);
     exposer_->RegisterCollectable(registry_);
   } catch (const std::exception& e) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot serve metrics on ", address, ": ", e.what()));
+    return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", address,
+                                               ": the address is in use, or not host:port (",
+                                               e.what(), ")"));
   }
   return absl::OkStatus();
 }

@@ -151,6 +151,53 @@ def test_sigterm_during_a_job_drains_and_exits_zero(pb, nvfp4d):
     assert "draining" in daemon.output()
 
 
+def wait_for_running_job(nvfp4q, daemon, seconds=30):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        jobs = json.loads(subprocess.run([nvfp4q, "jobs", "--server", daemon.target, "--json"],
+                                         check=True, capture_output=True, text=True).stdout)
+        if any(j["state"] == "JOB_STATE_RUNNING" for j in jobs.get("jobs", [])):
+            return
+        time.sleep(0.05)
+    pytest.fail("the job never started")
+
+
+@pytest.mark.parametrize("mode", ["quantize-tensor", "stream-tensors"])
+def test_ctrl_c_cancels_the_remote_job_and_exits_7(nvfp4d, nvfp4q, tmp_path, mode):
+    # The client's gRPC threads exist before the command starts its call: Ctrl-C must still
+    # reach the cancelling watcher, not kill the process (exit 130, no message, job left).
+    daemon = nvfp4d("--threads", "1")
+    if mode == "quantize-tensor":
+        np.save(tmp_path / "w.npy", RNG.normal(0, 1, (2048, 2048)).astype(np.float32))
+        cmd = [nvfp4q, "quantize-tensor", "--input", tmp_path / "w.npy", "--output",
+               tmp_path / "out.safetensors", "--method", "exhaustive"]
+        output = tmp_path / "out.safetensors"
+    else:
+        subprocess.run([pathlib.Path(nvfp4q).parent / "nvfp4_demo_checkpoint", "--out",
+                        tmp_path / "model", "--layers", "1", "--hidden", "1024", "--intermediate",
+                        "2048", "--vocab", "256"], check=True, capture_output=True)
+        cmd = [nvfp4q, "quantize", "--model", tmp_path / "model", "--out", tmp_path / "out",
+               "--method", "exhaustive", "--stream-tensors", "--quiet"]
+        output = tmp_path / "out"
+    client = subprocess.Popen([str(c) for c in cmd] + ["--server", daemon.target],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_running_job(nvfp4q, daemon)
+    client.send_signal(signal.SIGINT)
+    _, err = client.communicate(timeout=60)
+    assert client.returncode == 7, err
+    assert "interrupted, cancelling the job" in err
+    assert not output.exists() or not any(output.iterdir())
+    jobs = json.loads(subprocess.run([nvfp4q, "jobs", "--server", daemon.target, "--json"],
+                                     check=True, capture_output=True, text=True).stdout)["jobs"]
+    deadline = time.time() + 30
+    while any(j["state"] == "JOB_STATE_RUNNING" for j in jobs) and time.time() < deadline:
+        time.sleep(0.1)
+        jobs = json.loads(subprocess.run([nvfp4q, "jobs", "--server", daemon.target, "--json"],
+                                         check=True, capture_output=True,
+                                         text=True).stdout)["jobs"]
+    assert "JOB_STATE_CANCELLED" in {j["state"] for j in jobs}, jobs
+
+
 def test_one_gib_stream_with_bounded_server_memory(nvfp4d, nvfp4q, tmp_path):
     rows, cols = 16384, 32768  # 512 Mi bf16 elements = 1 GiB
     tile = RNG.normal(0, 1, (256, cols)).astype(ml_dtypes.bfloat16)

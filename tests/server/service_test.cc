@@ -818,6 +818,14 @@ TEST(Service, StartFailuresAreStatusesNotCrashes) {
   clash.metrics_listen = "127.0.0.1:" + std::to_string((*first)->metrics_port());
   auto second = server::Nvfp4Server::Start(clash);
   EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable) << second.status();
+  EXPECT_THAT(std::string(second.status().message()), HasSubstr("address is in use"));
+  // The gRPC port too: gRPC's default SO_REUSEPORT would let a second server share it.
+  server::ServerOptions grpc_clash = taken;
+  grpc_clash.listen = "127.0.0.1:" + std::to_string((*first)->port());
+  grpc_clash.metrics_listen = "";
+  auto third = server::Nvfp4Server::Start(grpc_clash);
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kUnavailable) << third.status();
+  EXPECT_THAT(std::string(third.status().message()), HasSubstr("address is in use"));
   server::ServerOptions bad_token = taken;
   bad_token.auth_token_file = "/nonexistent/token";
   EXPECT_EQ(server::Nvfp4Server::Start(bad_token).status().code(), absl::StatusCode::kNotFound);
