@@ -140,6 +140,17 @@ absl::Status CheckPointer(const void* ptr, bool want_device, int device, absl::s
   return absl::OkStatus();
 }
 
+// The kernels read elements and importance, and write dequantised floats, at their natural
+// alignment; a misaligned device access is a sticky fault that loses the device's context (every
+// later call fails), so a misaligned device pointer is refused first. Host pointers are only
+// copied from and to with memcpy, so they need no check.
+absl::Status CheckAligned(const void* ptr, size_t alignment, absl::string_view what) {
+  if (reinterpret_cast<uintptr_t>(ptr) % alignment == 0) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(what, " (0x", absl::Hex(reinterpret_cast<uintptr_t>(ptr)),
+                   ") is not aligned to its element size, ", alignment, " bytes"));
+}
+
 // CheckPointer for each output buffer a call writes (`name` prefixes the field names).
 absl::Status CheckOutputPointers(const QuantizedBuffers& buffers, bool want_dequantized,
                                  bool want_device, int device, absl::string_view name) {
@@ -260,6 +271,7 @@ absl::StatusOr<int64_t> CudaMemoryUsedBytes(int device) {
 struct CudaBackend::State {
   int device = 0;
   int sm_count = 1;
+  internal::QuantizeOccupancy occupancy;
   Stream streams[2];
   Event staged[2];  // recorded after the copies out of pinned input slot s were enqueued
   Event done[2];    // recorded after chunk outputs were copied into pinned output slot s
@@ -392,7 +404,7 @@ absl::StatusOr<DeviceQuantizeResult> CudaBackend::State::RunOnDevice(
   int grid = 0;
   NVFP4_CUDA_RETURN_IF_ERROR(
       internal::LaunchQuantize(job, table.as<ScaleTable>(), device_result(),
-                               partials[0].as<MetricPartial>(), sm_count, &grid, stream),
+                               partials[0].as<MetricPartial>(), sm_count, occupancy, &grid, stream),
       "quantize kernel");
   NVFP4_CUDA_RETURN_IF_ERROR(internal::LaunchReducePartials(partials[0].as<MetricPartial>(), grid,
                                                             device_metrics(), stream),
@@ -628,10 +640,10 @@ absl::StatusOr<QuantizedSummary> CudaBackend::State::RunFromHost(
     DeviceResult* chunk_result = chunk_results[slot].as<DeviceResult>();
     NVFP4_CUDA_RETURN_IF_ERROR(internal::LaunchInitResult(chunk_result, stream[slot]),
                                "init kernel");
-    NVFP4_CUDA_RETURN_IF_ERROR(
-        internal::LaunchQuantize(job, table.as<ScaleTable>(), chunk_result,
-                                 partials[slot].as<MetricPartial>(), sm_count, &grid, stream[slot]),
-        "quantize kernel");
+    NVFP4_CUDA_RETURN_IF_ERROR(internal::LaunchQuantize(job, table.as<ScaleTable>(), chunk_result,
+                                                        partials[slot].as<MetricPartial>(),
+                                                        sm_count, occupancy, &grid, stream[slot]),
+                               "quantize kernel");
     NVFP4_CUDA_RETURN_IF_ERROR(
         internal::LaunchReducePartials(partials[slot].as<MetricPartial>(), grid,
                                        chunk_totals.as<MetricPartial>() + chunk, stream[slot]),
@@ -712,6 +724,8 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device) {
   state->copy_pool = std::make_unique<cpu::ThreadPool>(
       static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, kHostCopyThreads)));
   state->sm_count = std::max(1, properties.multiProcessorCount);
+  NVFP4_CUDA_RETURN_IF_ERROR(internal::QueryQuantizeOccupancy(&state->occupancy),
+                             "cudaOccupancyMaxActiveBlocksPerMultiprocessor (quantize kernels)");
   for (int slot = 0; slot < 2; ++slot) {
     ASSIGN_OR_RETURN(state->streams[slot], Stream::Create());
     ASSIGN_OR_RETURN(state->staged[slot], Event::Create(/*timing=*/false));
@@ -791,6 +805,13 @@ absl::StatusOr<DeviceQuantizeResult> CudaBackend::QuantizeDeviceToDevice(
   if (options.want_dequantized && outputs.dequantized == nullptr) {
     return absl::InvalidArgumentError(
         "device outputs: want_dequantized needs a dequantized buffer");
+  }
+  RETURN_IF_ERROR(CheckAligned(device_input.data, DTypeSize(device_input.dtype), "input.data"));
+  if (device_importance.present()) {
+    RETURN_IF_ERROR(CheckAligned(device_importance.data, sizeof(float), "importance.data"));
+  }
+  if (options.want_dequantized) {
+    RETURN_IF_ERROR(CheckAligned(outputs.dequantized, sizeof(float), "outputs.dequantized"));
   }
   std::lock_guard<std::mutex> lock(mu_);
   ScopedDevice scoped(device_);

@@ -187,24 +187,30 @@ __global__ void __launch_bounds__(kThreadsPerCta)
   ReduceMetrics(sum, max_abs_error, candidates, out);
 }
 
-// CTAs per SM the quantize kernel variant can keep resident (at least 1, at most
-// kMaxCtasPerSm). Cached per variant: the first call per process decides.
-template <DType kDtype, bool kWeights, bool kSearchWeighted>
-int QuantizeCtasPerSm() {
-  static const int ctas = [] {
-    int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-            &n, QuantizeKernel<kDtype, kWeights, kSearchWeighted>, kThreadsPerCta, 0) !=
-        cudaSuccess) {
-      cudaGetLastError();  // not sticky; fall back to one CTA per SM
-      n = 1;
-    }
-    return n < 1 ? 1 : (n > kMaxCtasPerSm ? kMaxCtasPerSm : n);
-  }();
-  return ctas;
-}
-
 }  // namespace
+
+cudaError_t QueryQuantizeOccupancy(QuantizeOccupancy* out) {
+  cudaError_t status = cudaSuccess;
+  for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
+    for (int importance = 0; importance < 3 && status == cudaSuccess; ++importance) {
+      BlockJob job;
+      job.dtype = dtype;
+      job.layout = importance == 0 ? ImportanceLayout::kNone : ImportanceLayout::kPerElement;
+      job.objective = importance == 2 ? Objective::kWmse : Objective::kMse;
+      DispatchBlockVariant(job, [&](auto dtype_tag, auto weights_tag, auto search_tag) {
+        int n = 0;
+        status = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+            &n,
+            QuantizeKernel<decltype(dtype_tag)::value, decltype(weights_tag)::value,
+                           decltype(search_tag)::value>,
+            kThreadsPerCta, 0);
+        out->ctas_per_sm[QuantizeVariant(job)] =
+            n < 1 ? 1 : (n > kMaxCtasPerSm ? kMaxCtasPerSm : n);
+      });
+    }
+  }
+  return status;
+}
 
 cudaError_t LaunchInitResult(DeviceResult* result, cudaStream_t stream) {
   InitResultKernel<<<1, 1, 0, stream>>>(result);
@@ -234,7 +240,8 @@ cudaError_t LaunchBuildScaleTable(const GlobalScaleSource& source, DeviceResult*
 }
 
 cudaError_t LaunchQuantize(const BlockJob& job, const ScaleTable* table, DeviceResult* result,
-                           MetricPartial* partials, int sm_count, int* grid, cudaStream_t stream) {
+                           MetricPartial* partials, int sm_count,
+                           const QuantizeOccupancy& occupancy, int* grid, cudaStream_t stream) {
   const int64_t blocks = job.rows * (job.padded_cols / kBlockSize);
   *grid = 0;
   if (blocks <= 0) return cudaSuccess;
@@ -245,7 +252,7 @@ cudaError_t LaunchQuantize(const BlockJob& job, const ScaleTable* table, DeviceR
     constexpr bool kSearch = decltype(search_tag)::value;
     const int64_t wanted = (blocks + kThreadsPerCta - 1) / kThreadsPerCta;
     const int64_t cap =
-        static_cast<int64_t>(sm_count) * QuantizeCtasPerSm<kDtype, kWeights, kSearch>();
+        static_cast<int64_t>(sm_count) * occupancy.ctas_per_sm[QuantizeVariant(job)];
     *grid = static_cast<int>(wanted < cap ? wanted : cap);
     QuantizeKernel<kDtype, kWeights, kSearch><<<*grid, kThreadsPerCta, 0, stream>>>(
         job, MakeBlockSpan(job, static_cast<int64_t>(*grid) * kThreadsPerCta), table, result,

@@ -601,6 +601,55 @@ TEST_F(CudaBackendTest, DeviceOutputsArePoisonFreeAndAlignmentIndependent) {
   gpu_testing::ExpectSameQuantization(*shifted_expected, *shifted_actual, "unaligned input");
 }
 
+// A device pointer off its element alignment would make the kernels fault (a sticky error that
+// loses the context): refused before any launch, naming the field, and the backend stays usable.
+TEST_F(CudaBackendTest, MisalignedDevicePointersAreInvalidArgument) {
+  Case c;
+  c.dtype = DType::kBF16;
+  c.layout = ImportanceLayout::kPerElement;
+  c.objective = Objective::kWmse;
+  c.rows = 4;
+  c.cols = 64;
+  const HostTensor t = gpu_testing::MakeTensor(c, 12);
+  QuantizeOptions options = gpu_testing::MakeOptions(c, t);
+  auto d = Upload(t);
+  ASSERT_TRUE(d.ok()) << d.status();
+  const auto expect_refused = [&](const TensorView& in, const ImportanceView& imp,
+                                  const QuantizeOptions& o, const char* field) {
+    auto q = gpu_->QuantizeDevice(in, imp, o);
+    ASSERT_FALSE(q.ok()) << field;
+    EXPECT_EQ(q.status().code(), absl::StatusCode::kInvalidArgument) << q.status();
+    const std::string message(q.status().message());
+    EXPECT_NE(message.find(field), std::string::npos) << message;
+    EXPECT_NE(message.find("not aligned"), std::string::npos) << message;
+  };
+  TensorView odd_input = d->view;
+  odd_input.data = d->data.as<uint8_t>() + 1;
+  odd_input.rows = 2;
+  expect_refused(odd_input, {}, {}, "input.data");
+  TensorView short_view = d->view;
+  short_view.rows = 2;
+  ImportanceView odd_importance = d->importance_view;
+  odd_importance.data = reinterpret_cast<const float*>(d->importance.as<uint8_t>() + 2);
+  odd_importance.size = short_view.elements();
+  expect_refused(short_view, odd_importance, options, "importance.data");
+  auto buffers = cuda::DeviceBuffer::Create(4096);
+  ASSERT_TRUE(buffers.ok());
+  cuda::DeviceOutputs outputs;
+  outputs.packed = buffers->as<uint8_t>();
+  outputs.scales = buffers->as<uint8_t>() + 1024;
+  outputs.dequantized = reinterpret_cast<float*>(buffers->as<uint8_t>() + 2048 + 2);
+  QuantizeOptions dequantize = options;
+  dequantize.want_dequantized = true;
+  auto q = gpu_->QuantizeDeviceToDevice(d->view, d->importance_view, dequantize, outputs);
+  ASSERT_FALSE(q.ok());
+  EXPECT_EQ(q.status().code(), absl::StatusCode::kInvalidArgument) << q.status();
+  EXPECT_NE(std::string(q.status().message()).find("outputs.dequantized"), std::string::npos)
+      << q.status();
+  // Still usable, and byte-identical.
+  CheckAgainstCpu(t, options, "after the refusals");
+}
+
 TEST_F(CudaBackendTest, RepeatedCallsGiveIdenticalMetrics) {
   Case c;
   c.layout = ImportanceLayout::kPerElement;

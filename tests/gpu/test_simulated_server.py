@@ -109,6 +109,14 @@ def test_device_flag_picks_the_gpu_engines_or_refuses(daemons):
                      "--metrics-listen", "", check=False, timeout=30)
     assert result.returncode != 0
     assert "--device cuda: no CUDA device found" in result.stderr
+    # The kernels' module cannot be loaded (the occupancy query that loads it fails, e.g. on a
+    # full device): nvfp4d refuses to start and says why.
+    with SimulatedDevices(NVFP4_SIM_DEVICES=1, NVFP4_SIM_FAIL="occupancy"):
+        result = run(NVFP4D_SIMULATED, "--device", "cuda", "--listen", "127.0.0.1:0",
+                     "--metrics-listen", "", check=False, timeout=30)
+    assert result.returncode != 0
+    assert "cudaOccupancyMaxActiveBlocksPerMultiprocessor (quantize kernels)" in result.stderr
+    assert "cudaErrorMemoryAllocation" in result.stderr
 
 
 # ------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@
 #include <optional>
 #include <random>
 #include <set>
+#include <string>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -543,6 +544,14 @@ bool DeviceAccessible(const void* ptr, size_t bytes) {
   if (bytes == 0) return true;
   const std::optional<Location> at = Locate(ptr);
   return at.has_value() && bytes <= at->bytes_to_end;
+}
+
+cudaError_t FailureFor(const char* what) {
+  const char* list = std::getenv("NVFP4_SIM_FAIL");
+  if (list == nullptr) return cudaSuccess;
+  const std::string names = std::string(",") + list + ",";
+  if (names.find(std::string(",") + what + ",") == std::string::npos) return cudaSuccess;
+  return Fail(cudaErrorMemoryAllocation);
 }
 
 }  // namespace nvfp4::simulated

@@ -101,8 +101,17 @@ cudaError_t LaunchBuildScaleTable(const GlobalScaleSource& source, DeviceResult*
   return cudaSuccess;
 }
 
+cudaError_t QueryQuantizeOccupancy(QuantizeOccupancy* out) {
+  if (const cudaError_t error = simulated::FailureFor("occupancy"); error != cudaSuccess) {
+    return error;
+  }
+  for (int& ctas : out->ctas_per_sm) ctas = kSimulatedCtasPerSm;
+  return cudaSuccess;
+}
+
 cudaError_t LaunchQuantize(const BlockJob& job, const ScaleTable* table, DeviceResult* result,
-                           MetricPartial* partials, int sm_count, int* grid, cudaStream_t stream) {
+                           MetricPartial* partials, int sm_count,
+                           const QuantizeOccupancy& occupancy, int* grid, cudaStream_t stream) {
   const int64_t blocks = job.rows * (job.padded_cols / kBlockSize);
   *grid = 0;
   if (blocks <= 0) return cudaSuccess;
@@ -110,7 +119,7 @@ cudaError_t LaunchQuantize(const BlockJob& job, const ScaleTable* table, DeviceR
   const size_t weights = job.layout == ImportanceLayout::kPerColumn    ? job.cols
                          : job.layout == ImportanceLayout::kPerElement ? elements
                                                                        : 0;
-  const int64_t ctas = GridFor(blocks, sm_count, kSimulatedCtasPerSm);
+  const int64_t ctas = GridFor(blocks, sm_count, occupancy.ctas_per_sm[QuantizeVariant(job)]);
   if (!simulated::DeviceAccessible(job.x, elements * DTypeSize(job.dtype)) ||
       !simulated::DeviceAccessible(job.weights, weights * sizeof(float)) ||
       !simulated::DeviceAccessible(job.packed, static_cast<size_t>(blocks) * kBlockSize / 2) ||

@@ -20,6 +20,11 @@ void Enqueue(cudaStream_t stream, std::function<void()> work);
 // addressing). True when bytes == 0. Thread-safe.
 bool DeviceAccessible(const void* ptr, size_t bytes);
 
+// Fault injection: cudaErrorMemoryAllocation when the comma-separated list in NVFP4_SIM_FAIL
+// names `what` (e.g. "occupancy": the occupancy query that loads the kernels' module), else
+// cudaSuccess. Also makes the failure the runtime's last error, as a failing call would.
+cudaError_t FailureFor(const char* what);
+
 }  // namespace nvfp4::simulated
 
 #endif  // NVFP4_TESTS_GPU_SIMULATED_SIMULATED_RUNTIME_H_
