@@ -12,6 +12,7 @@
 #include <functional>
 #include <string_view>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/quantize_options.h"
 #include "kernels/quantized_tensor.h"
@@ -50,6 +51,10 @@ class QuantizerBackend {
   // where it lies; false for the default, which holds a second copy of the outputs and of a
   // streamed input while it runs (a server reserves memory for them).
   virtual bool quantizes_in_place() const { return false; }
+  // OK while the engine can take work; otherwise why not (e.g. a GPU whose CUDA context was
+  // lost: only a new process recovers it). A service takes it as a signal to be restarted.
+  // Thread-safe, cheap, never blocks on a running call.
+  virtual absl::Status health() const { return absl::OkStatus(); }
   virtual absl::StatusOr<QuantizedSummary> QuantizeInto(
       const TensorView& input, const ImportanceView& importance, const QuantizeOptions& options,
       const QuantizedBuffers& out, RowSource* streamed, const RowsDoneFn* rows_done);

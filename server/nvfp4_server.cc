@@ -3,6 +3,7 @@
 #include <malloc.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -179,6 +180,7 @@ void Nvfp4Server::Housekeeping(const std::vector<int>& gpus) {
 #else
     (void)gpus;
 #endif
+    CheckEngineHealth();
     // While idle, hand the heap pages freed by finished jobs (gRPC and protobuf buffers; job
     // tensors have their own mappings) back to the OS, so the resident size follows the load
     // rather than its peak. Connections wind down after their last job, so this repeats on
@@ -192,6 +194,27 @@ void Nvfp4Server::Housekeeping(const std::vector<int>& gpus) {
     }
     absl::MutexLock lock(&shutdown_mu_);
     if (shutdown_mu_.AwaitWithTimeout(absl::Condition(&shut_down_), absl::Seconds(2))) return;
+  }
+}
+
+// An engine that cannot take work any more (a GPU whose CUDA context was lost: only a new
+// process recovers it) makes the server report NOT_SERVING on every health service, liveness
+// included, so that the orchestrator replaces the process. Its jobs fail with UNAVAILABLE
+// (clients retry on another replica); the other engines keep serving until then.
+void Nvfp4Server::CheckEngineHealth() {
+  const auto& engines = scheduler_->engines();
+  for (size_t i = 0; i < engines.size(); ++i) {
+    const absl::Status health = engines[i]->health();
+    if (metrics_) metrics_->SetWorkerHealthy(static_cast<int>(i), health.ok());
+    if (health.ok() || engine_lost_) continue;
+    engine_lost_ = true;
+    std::fprintf(stderr,
+                 "nvfp4d: engine %d (%s) cannot take work: %s; health is NOT_SERVING (liveness "
+                 "too) so that this process is replaced\n",
+                 static_cast<int>(i), std::string(engines[i]->name()).c_str(),
+                 std::string(health.message()).c_str());
+    std::fflush(stderr);
+    server_->GetHealthCheckService()->SetServingStatus(false);
   }
 }
 

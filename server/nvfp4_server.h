@@ -73,9 +73,12 @@ class Nvfp4Server {
   std::unique_ptr<grpc::Server> server_;
   absl::Mutex shutdown_mu_;
   bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
-  // Every 2 s: refreshes nvfp4_gpu_memory_used_bytes, frees job buffers idle for longer than
-  // --buffer-idle-release, and trims the heap while the server is idle.
+  // Every 2 s: refreshes nvfp4_gpu_memory_used_bytes and nvfp4_worker_healthy, turns health to
+  // NOT_SERVING (liveness too) once an engine cannot take work, frees job buffers idle for
+  // longer than --buffer-idle-release, and trims the heap while the server is idle.
   void Housekeeping(const std::vector<int>& gpus);
+  void CheckEngineHealth();
+  bool engine_lost_ = false;  // Housekeeping's thread only
   std::thread housekeeping_;
 };
 

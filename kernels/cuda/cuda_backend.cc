@@ -759,7 +759,42 @@ absl::StatusOr<QuantizedTensor> CudaBackend::Quantize(const TensorView& input,
   return QuantizeIntoNewTensor(input, importance, options);
 }
 
+absl::Status CudaBackend::health() const {
+  std::lock_guard<std::mutex> lock(lost_mu_);
+  return lost_;
+}
+
+void CudaBackend::NoteContextLoss(const absl::Status& status) {
+  if (!IsContextLost(status)) return;
+  std::lock_guard<std::mutex> lock(lost_mu_);
+  if (!lost_.ok()) return;
+  lost_ = absl::UnavailableError(absl::StrCat(name_, " lost its CUDA context (", status.message(),
+                                              "); only a new process can use it again"));
+}
+
 absl::StatusOr<QuantizedSummary> CudaBackend::QuantizeInto(
+    const TensorView& input, const ImportanceView& importance, const QuantizeOptions& options,
+    const QuantizedBuffers& out, RowSource* streamed, const RowsDoneFn* rows_done) {
+  RETURN_IF_ERROR(health());
+  return NotingContextLoss(QuantizeIntoImpl(input, importance, options, out, streamed, rows_done));
+}
+
+absl::StatusOr<DeviceQuantizeResult> CudaBackend::QuantizeDeviceToDevice(
+    const TensorView& device_input, const ImportanceView& device_importance,
+    const QuantizeOptions& options, const DeviceOutputs& outputs) {
+  RETURN_IF_ERROR(health());
+  return NotingContextLoss(
+      QuantizeDeviceToDeviceImpl(device_input, device_importance, options, outputs));
+}
+
+absl::StatusOr<QuantizedTensor> CudaBackend::QuantizeDevice(const TensorView& device_input,
+                                                            const ImportanceView& device_importance,
+                                                            const QuantizeOptions& options) {
+  RETURN_IF_ERROR(health());
+  return NotingContextLoss(QuantizeDeviceImpl(device_input, device_importance, options));
+}
+
+absl::StatusOr<QuantizedSummary> CudaBackend::QuantizeIntoImpl(
     const TensorView& input, const ImportanceView& importance, const QuantizeOptions& options,
     const QuantizedBuffers& out, RowSource* streamed, const RowsDoneFn* rows_done) {
   RETURN_IF_ERROR(ValidateCudaRequest(input, importance, options, streamed != nullptr));
@@ -795,7 +830,7 @@ absl::StatusOr<QuantizedSummary> CudaBackend::QuantizeInto(
   }
 }
 
-absl::StatusOr<DeviceQuantizeResult> CudaBackend::QuantizeDeviceToDevice(
+absl::StatusOr<DeviceQuantizeResult> CudaBackend::QuantizeDeviceToDeviceImpl(
     const TensorView& device_input, const ImportanceView& device_importance,
     const QuantizeOptions& options, const DeviceOutputs& outputs) {
   RETURN_IF_ERROR(ValidateCudaRequest(device_input, device_importance, options));
@@ -827,9 +862,9 @@ absl::StatusOr<DeviceQuantizeResult> CudaBackend::QuantizeDeviceToDevice(
   return state_->RunOnDevice(device_input, device_importance, options, outputs);
 }
 
-absl::StatusOr<QuantizedTensor> CudaBackend::QuantizeDevice(const TensorView& device_input,
-                                                            const ImportanceView& device_importance,
-                                                            const QuantizeOptions& options) {
+absl::StatusOr<QuantizedTensor> CudaBackend::QuantizeDeviceImpl(
+    const TensorView& device_input, const ImportanceView& device_importance,
+    const QuantizeOptions& options) {
   RETURN_IF_ERROR(ValidateCudaRequest(device_input, device_importance, options));
   const int64_t pc = PaddedCols(device_input.cols);
   const size_t packed_bytes = static_cast<size_t>(device_input.rows * pc / 2);
@@ -848,7 +883,7 @@ absl::StatusOr<QuantizedTensor> CudaBackend::QuantizeDevice(const TensorView& de
   outputs.scales = scales.as<uint8_t>();
   outputs.dequantized = dequantized.as<float>();
   ASSIGN_OR_RETURN(const DeviceQuantizeResult result,
-                   QuantizeDeviceToDevice(device_input, device_importance, options, outputs));
+                   QuantizeDeviceToDeviceImpl(device_input, device_importance, options, outputs));
   try {
     QuantizedTensor out;
     out.rows = result.rows;

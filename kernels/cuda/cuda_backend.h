@@ -34,7 +34,9 @@
 // is seen; ResourceExhausted when device or pinned memory runs out; Unavailable when there is
 // no usable device; Internal for any other CUDA error. Every CUDA failure carries
 // cudaGetErrorString. A failed call leaves the backend usable unless the CUDA context itself is
-// broken (sticky errors such as an illegal address).
+// lost (a kernel fault such as an illegal address, an uncorrectable ECC error): that call fails
+// with Internal, and from then on health() and every call return Unavailable naming the first
+// error, since only a new process recovers the device.
 //
 // This header has no CUDA types: plain C++ code may include it.
 #ifndef NVFP4_KERNELS_CUDA_CUDA_BACKEND_H_
@@ -46,6 +48,7 @@
 #include <string>
 #include <string_view>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
 #include "kernels/metrics.h"
@@ -101,6 +104,8 @@ class CudaBackend final : public QuantizerBackend {
   // chunk whose outputs are in `out`, in order. A NaN/Inf input fails the call at the end of
   // its chunk, naming the element; later chunks are not quantised.
   bool quantizes_in_place() const override { return true; }
+  // Unavailable once the device's CUDA context is lost (see Errors above), else OK.
+  absl::Status health() const override;
   absl::StatusOr<QuantizedSummary> QuantizeInto(const TensorView& input,
                                                 const ImportanceView& importance,
                                                 const QuantizeOptions& options,
@@ -122,11 +127,30 @@ class CudaBackend final : public QuantizerBackend {
   struct State;  // streams, events, workspace (CUDA types live in the .cc)
 
   CudaBackend(int device, std::string name, std::unique_ptr<State> state);
+  // The entry points' work; the public functions refuse work on a lost context and note a loss.
+  absl::StatusOr<QuantizedSummary> QuantizeIntoImpl(
+      const TensorView& input, const ImportanceView& importance, const QuantizeOptions& options,
+      const QuantizedBuffers& out, RowSource* streamed, const RowsDoneFn* rows_done);
+  absl::StatusOr<DeviceQuantizeResult> QuantizeDeviceToDeviceImpl(
+      const TensorView& device_input, const ImportanceView& device_importance,
+      const QuantizeOptions& options, const DeviceOutputs& outputs);
+  absl::StatusOr<QuantizedTensor> QuantizeDeviceImpl(const TensorView& device_input,
+                                                     const ImportanceView& device_importance,
+                                                     const QuantizeOptions& options);
+  // Records the first context-losing error of `status` (IsContextLost).
+  void NoteContextLoss(const absl::Status& status);
+  template <typename T>
+  absl::StatusOr<T> NotingContextLoss(absl::StatusOr<T> result) {
+    if (!result.ok()) NoteContextLoss(result.status());
+    return result;
+  }
 
   int device_;
   std::string name_;
   std::unique_ptr<State> state_;
   std::mutex mu_;
+  mutable std::mutex lost_mu_;  // guards lost_ (not mu_: health() must not wait for a call)
+  absl::Status lost_;           // OK, or Unavailable since the context was lost
 };
 
 }  // namespace nvfp4::cuda

@@ -11,7 +11,10 @@
 // cudaGetErrorName and cudaGetErrorString, with code ResourceExhausted for
 // cudaErrorMemoryAllocation, Unavailable when there is no usable device or driver, Internal for
 // everything else. It also clears the runtime's (non-sticky) last error, so a handled failure
-// is not reported again by a later cudaGetLastError. Internal to kernels/cuda and its tests.
+// is not reported again by a later cudaGetLastError. An error that loses the CUDA context (a
+// kernel fault, an uncorrectable ECC error: every later call on the device fails until the
+// process exits) says so in the message and carries kContextLostPayload (IsContextLost).
+// Internal to kernels/cuda and its tests.
 #ifndef NVFP4_KERNELS_CUDA_CUDA_RAII_H_
 #define NVFP4_KERNELS_CUDA_CUDA_RAII_H_
 
@@ -23,17 +26,50 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "common/status_macros.h"
 
 namespace nvfp4::cuda {
 
+// The errors after which the context is unusable ("sticky": the CUDA runtime documents them as
+// leaving the process in an inconsistent state that only ending the process clears).
+inline bool IsContextLostError(cudaError_t error) {
+  switch (error) {
+    case cudaErrorECCUncorrectable:
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchTimeout:
+    case cudaErrorAssert:
+    case cudaErrorHardwareStackError:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorLaunchFailure:
+      return true;
+    default:
+      return false;
+  }
+}
+
+inline constexpr absl::string_view kContextLostPayload = "type.nvfp4/cuda.context_lost";
+
+inline bool IsContextLost(const absl::Status& status) {
+  return status.GetPayload(kContextLostPayload).has_value();
+}
+
 inline absl::Status CudaStatus(cudaError_t error, absl::string_view what) {
   if (error == cudaSuccess) return absl::OkStatus();
   cudaGetLastError();  // clear the non-sticky last error this failure recorded
   std::string message =
       absl::StrCat(what, ": ", cudaGetErrorName(error), ": ", cudaGetErrorString(error));
+  if (IsContextLostError(error)) {
+    absl::Status status = absl::InternalError(
+        absl::StrCat(message, " (the CUDA context is lost: restart the process)"));
+    status.SetPayload(kContextLostPayload, absl::Cord(cudaGetErrorName(error)));
+    return status;
+  }
   switch (error) {
     case cudaErrorMemoryAllocation:
       return absl::ResourceExhaustedError(std::move(message));

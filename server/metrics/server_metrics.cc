@@ -126,10 +126,18 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(
                              .Name("nvfp4_worker_busy_seconds_total")
                              .Help("Time each worker spent running jobs (utilisation = rate)")
                              .Register(r);
+    auto& healthy = BuildGauge()
+                        .Name("nvfp4_worker_healthy")
+                        .Help(
+                            "1 while the worker's engine can take work; 0 once it cannot (a GPU "
+                            "whose CUDA context was lost: the process must be replaced)")
+                        .Register(r);
     for (size_t i = 0; i < worker_backends.size(); ++i) {
       const prometheus::Labels labels = {{"worker", absl::StrCat(i)},
                                          {"backend", worker_backends[i]}};
       m->worker_busy_.push_back(&busy.Add(labels));
+      m->worker_healthy_.push_back(&healthy.Add(labels));
+      m->worker_healthy_.back()->Set(1);
       m->worker_busy_seconds_.push_back(&busy_seconds.Add(labels));
       m->worker_busy_since_.push_back(0.0);
     }
@@ -213,6 +221,11 @@ void ServerMetrics::SetStreamHeldBytes(double bytes) { stream_held_bytes_->Set(b
 
 void ServerMetrics::SetGpuMemoryUsed(int gpu, double bytes) {
   gpu_memory_->Add({{"gpu", absl::StrCat(gpu)}}).Set(bytes);
+}
+
+void ServerMetrics::SetWorkerHealthy(int worker, bool healthy) {
+  if (worker < 0 || worker >= static_cast<int>(worker_healthy_.size())) return;
+  worker_healthy_[worker]->Set(healthy ? 1 : 0);
 }
 
 void ServerMetrics::WorkerBusy(int worker, bool busy) {

@@ -50,6 +50,8 @@ class ServerMetrics {
   // Received tensor data that streaming jobs hold until their engine has read it.
   void SetStreamHeldBytes(double bytes);
   void WorkerBusy(int worker, bool busy);
+  // 1 while the worker's engine can take work (QuantizerBackend::health), else 0.
+  void SetWorkerHealthy(int worker, bool healthy);
   // Device memory in use on GPU `gpu` (refreshed periodically by the server when it has GPUs).
   void SetGpuMemoryUsed(int gpu, double bytes);
 
@@ -78,6 +80,7 @@ class ServerMetrics {
   prometheus::Gauge* stream_held_bytes_ = nullptr;
   prometheus::Family<prometheus::Gauge>* gpu_memory_ = nullptr;
   std::vector<prometheus::Gauge*> worker_busy_;
+  std::vector<prometheus::Gauge*> worker_healthy_;
   std::vector<prometheus::Counter*> worker_busy_seconds_;
   std::vector<double> worker_busy_since_;
 };

@@ -650,6 +650,49 @@ TEST_F(CudaBackendTest, MisalignedDevicePointersAreInvalidArgument) {
   CheckAgainstCpu(t, options, "after the refusals");
 }
 
+// A kernel fault loses the CUDA context: every later call on the device fails. The backend says
+// so once (Internal, "the CUDA context is lost"), then refuses work with Unavailable naming the
+// first error, and health() reports it, so a service can ask to be restarted. Provoked on the
+// simulated device only: on a GPU the fault would also break every later test in this process.
+TEST_F(CudaBackendTest, AKernelFaultLosesTheContextAndTheBackendSaysSo) {
+  if (gpu_->name().find("simulated") == std::string_view::npos) {
+    GTEST_SKIP() << "provoking a kernel fault on a real GPU would break the later tests";
+  }
+  const HostTensor t = gpu_testing::MakeTensor(DType::kF32, 64, 64, ImportanceLayout::kNone, 13);
+  {
+    auto d = Upload(t);
+    ASSERT_TRUE(d.ok()) << d.status();
+    auto too_small = cuda::DeviceBuffer::Create(16);  // the outputs need 2048 + 256 bytes
+    ASSERT_TRUE(too_small.ok());
+    cuda::DeviceOutputs outputs;
+    outputs.packed = too_small->as<uint8_t>();
+    outputs.scales = too_small->as<uint8_t>();
+    auto faulted = gpu_->QuantizeDeviceToDevice(d->view, {}, {}, outputs);
+    ASSERT_FALSE(faulted.ok());
+    EXPECT_EQ(faulted.status().code(), absl::StatusCode::kInternal) << faulted.status();
+    const std::string first(faulted.status().message());
+    EXPECT_NE(first.find("cudaErrorIllegalAddress"), std::string::npos) << first;
+    EXPECT_NE(first.find("the CUDA context is lost"), std::string::npos) << first;
+  }
+  EXPECT_EQ(gpu_->health().code(), absl::StatusCode::kUnavailable) << gpu_->health();
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    auto refused = gpu_->Quantize(t.view(), {}, {});
+    ASSERT_FALSE(refused.ok());
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable) << refused.status();
+    const std::string message(refused.status().message());
+    EXPECT_NE(message.find("lost its CUDA context"), std::string::npos) << message;
+    EXPECT_NE(message.find("cudaErrorIllegalAddress"), std::string::npos) << message;
+  }
+  // What a new process would get: a fresh context (here: the simulated device reset).
+  gpu_.reset();
+  ASSERT_EQ(cudaDeviceReset(), cudaSuccess);
+  auto fresh = cuda::CudaBackend::Create(0);
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  gpu_ = std::move(*fresh);
+  EXPECT_TRUE(gpu_->health().ok());
+  CheckAgainstCpu(t, {}, "after a reset");
+}
+
 TEST_F(CudaBackendTest, RepeatedCallsGiveIdenticalMetrics) {
   Case c;
   c.layout = ImportanceLayout::kPerElement;

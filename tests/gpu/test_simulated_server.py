@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import ml_dtypes
 import numpy as np
@@ -53,8 +54,9 @@ class SimulatedDevices:
 def daemons(tmp_path):
     started = []
 
-    def start(*args, devices=1, memory_mib=2048, metrics=True):
-        with SimulatedDevices(NVFP4_SIM_DEVICES=devices, NVFP4_SIM_DEVICE_MEMORY_MIB=memory_mib):
+    def start(*args, devices=1, memory_mib=2048, metrics=True, fail=""):
+        with SimulatedDevices(NVFP4_SIM_DEVICES=devices, NVFP4_SIM_DEVICE_MEMORY_MIB=memory_mib,
+                              NVFP4_SIM_FAIL=fail):
             d = Daemon(NVFP4D_SIMULATED, *args, metrics=metrics,
                        log=tmp_path / f"nvfp4d-{len(started)}.log")
         started.append(d)
@@ -232,6 +234,41 @@ def test_a_small_device_uploads_the_input_twice_and_gets_the_same_bytes(daemons,
     result = quantize_tensor(args, tmp_path / "gpu.safetensors", daemon)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "gpu.safetensors").read_bytes() == (tmp_path / "cpu.safetensors").read_bytes()
+
+
+def test_a_lost_gpu_context_fails_jobs_and_asks_to_replace_the_process(daemons, tmp_path):
+    # The simulated quantize kernel faults (an illegal address), which loses the context: the job
+    # fails saying so, later jobs fail UNAVAILABLE (clients retry elsewhere), and health turns to
+    # NOT_SERVING, liveness too, so that an orchestrator replaces the process.
+    daemon = daemons("--device", "cuda", fail="kernel_fault")
+    np.save(tmp_path / "w.npy", RNG.normal(0, 1, (64, 256)).astype(np.float32))
+    first = quantize_tensor(["--input", tmp_path / "w.npy"], tmp_path / "1.safetensors", daemon)
+    assert first.returncode != 0
+    assert "the CUDA context is lost" in first.stderr, first.stderr
+    second = quantize_tensor(["--input", tmp_path / "w.npy"], tmp_path / "2.safetensors", daemon)
+    assert second.returncode == 4, second.stderr  # UNAVAILABLE
+    assert "lost its CUDA context" in second.stderr, second.stderr
+    assert not (tmp_path / "1.safetensors").exists() and not (tmp_path / "2.safetensors").exists()
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        health = run(NVFP4Q, "health", "--server", daemon.target, "--service", "liveness",
+                     check=False)
+        if health.stdout.strip() == "NOT_SERVING":
+            break
+        time.sleep(0.2)
+    assert health.stdout.strip() == "NOT_SERVING" and health.returncode == 4, health
+    ready = run(NVFP4Q, "health", "--server", daemon.target, check=False)
+    assert ready.stdout.strip() == "NOT_SERVING", ready
+    assert re.search(r'nvfp4_worker_healthy\{backend="cuda:0[^"]*",worker="0"\} 0', daemon.metrics())
+    assert "cannot take work" in daemon.output()
+
+
+def test_healthy_gpu_engines_report_healthy(daemons):
+    daemon = daemons("--device", "cuda", devices=2)
+    text = daemon.metrics()
+    assert len(re.findall(r'nvfp4_worker_healthy\{backend="cuda:\d[^"]*",worker="\d"\} 1', text)) == 2
+    assert run(NVFP4Q, "health", "--server", daemon.target, "--service", "liveness").stdout.strip() \
+        == "SERVING"
 
 
 # ------------------------------------------------------------------------------------------

@@ -17,7 +17,11 @@
 //     non-blocking);
 //   - the device has NVFP4_SIM_DEVICE_MEMORY_MIB MiB (default 2048): a cudaMalloc past it fails
 //     with cudaErrorMemoryAllocation, and cudaMemGetInfo reports what is left;
-//   - NVFP4_SIM_DEVICES=0 simulates a machine with no device.
+//   - NVFP4_SIM_DEVICES=0 simulates a machine with no device (default 1; at most 8);
+//   - a kernel fault (simulated::LoseContext) loses the current device's context: from then on
+//     the calls that use the context return that error, as on a GPU, until cudaDeviceReset
+//     (frees and destroys still release, so tests end without leaks);
+//   - NVFP4_SIM_FAIL injects faults (simulated_runtime.h).
 // Test-only: nothing outside tests/gpu links it. Thread-safe.
 #include <cuda_runtime.h>
 
@@ -64,7 +68,7 @@ struct SimulatedDevice {
   std::map<uintptr_t, Allocation> allocations;  // by start address
   size_t device_bytes_used = 0;
   const size_t device_bytes_total = EnvSize("NVFP4_SIM_DEVICE_MEMORY_MIB", 2048) << 20;
-  const int device_count = static_cast<int>(EnvSize("NVFP4_SIM_DEVICES", 1));
+  const int device_count = static_cast<int>(std::min<size_t>(EnvSize("NVFP4_SIM_DEVICES", 1), 8));
 };
 
 SimulatedDevice& Device() {
@@ -75,10 +79,25 @@ SimulatedDevice& Device() {
 thread_local cudaError_t last_error = cudaSuccess;
 thread_local int current_device = 0;
 
+// Per device: the error that lost its context, or cudaSuccess.
+constexpr int kMaxDevices = 8;
+std::atomic<cudaError_t> lost_context[kMaxDevices];
+
 cudaError_t Fail(cudaError_t error) {
   last_error = error;
   return error;
 }
+
+// The current device's lost-context error (recorded as the last error), or cudaSuccess.
+cudaError_t Lost() {
+  const cudaError_t lost = lost_context[current_device].load();
+  return lost == cudaSuccess ? cudaSuccess : Fail(lost);
+}
+
+#define NVFP4_SIM_RETURN_IF_LOST()                                         \
+  do {                                                                     \
+    if (const cudaError_t lost = Lost(); lost != cudaSuccess) return lost; \
+  } while (false)
 
 // Where ptr lies in the runtime's allocations: its kind and how many bytes of the allocation
 // start at ptr. Empty for memory the runtime did not allocate (pageable host memory).
@@ -336,9 +355,18 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
 }
 
 cudaError_t cudaGetLastError(void) {
+  if (const cudaError_t lost = lost_context[current_device].load(); lost != cudaSuccess) {
+    return lost;  // sticky: not cleared
+  }
   const cudaError_t error = last_error;
   last_error = cudaSuccess;
   return error;
+}
+
+cudaError_t cudaDeviceReset(void) {
+  lost_context[current_device].store(cudaSuccess);
+  last_error = cudaSuccess;
+  return cudaSuccess;
 }
 
 const char* cudaGetErrorName(cudaError_t error) {
@@ -373,12 +401,16 @@ const char* cudaGetErrorString(cudaError_t error) {
   }
 }
 
-cudaError_t cudaMalloc(void** ptr, size_t size) { return Allocate(ptr, size, Kind::kDevice); }
+cudaError_t cudaMalloc(void** ptr, size_t size) {
+  NVFP4_SIM_RETURN_IF_LOST();
+  return Allocate(ptr, size, Kind::kDevice);
+}
 cudaError_t cudaFree(void* ptr) {
   SynchronizeDevice();
   return Release(ptr, Kind::kDevice);
 }
 cudaError_t cudaHostAlloc(void** ptr, size_t size, unsigned int) {
+  NVFP4_SIM_RETURN_IF_LOST();
   return Allocate(ptr, size, Kind::kPinnedHost);
 }
 cudaError_t cudaFreeHost(void* ptr) {
@@ -387,6 +419,7 @@ cudaError_t cudaFreeHost(void* ptr) {
 }
 
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+  NVFP4_SIM_RETURN_IF_LOST();
   SimulatedDevice& d = Device();
   std::lock_guard<std::mutex> lock(d.mu);
   *free_bytes = d.device_bytes_total - d.device_bytes_used;
@@ -395,6 +428,7 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
 }
 
 cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attributes, const void* ptr) {
+  NVFP4_SIM_RETURN_IF_LOST();
   std::memset(attributes, 0, sizeof(*attributes));
   attributes->type = cudaMemoryTypeUnregistered;
   attributes->device = -2;
@@ -408,6 +442,7 @@ cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attributes, const vo
 }
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind) {
+  NVFP4_SIM_RETURN_IF_LOST();
   if (const cudaError_t e = CheckRange(dst, count); e != cudaSuccess) return e;
   if (const cudaError_t e = CheckRange(src, count); e != cudaSuccess) return e;
   SimulatedStream* legacy = Resolve(cudaStreamLegacy);
@@ -418,6 +453,7 @@ cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind)
 
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpyKind,
                             cudaStream_t stream) {
+  NVFP4_SIM_RETURN_IF_LOST();
   if (const cudaError_t e = CheckRange(dst, count); e != cudaSuccess) return e;
   if (const cudaError_t e = CheckRange(src, count); e != cudaSuccess) return e;
   SimulatedStream* s = Resolve(stream);
@@ -434,16 +470,19 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpy
 }
 
 cudaError_t cudaMemset(void* ptr, int value, size_t count) {
+  NVFP4_SIM_RETURN_IF_LOST();
   return cudaMemsetAsync(ptr, value, count, cudaStreamLegacy);
 }
 
 cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t stream) {
+  NVFP4_SIM_RETURN_IF_LOST();
   if (const cudaError_t e = CheckRange(ptr, count); e != cudaSuccess) return e;
   Resolve(stream)->Enqueue([=] { std::memset(ptr, value, count); });
   return cudaSuccess;
 }
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) {
+  NVFP4_SIM_RETURN_IF_LOST();
   *stream = reinterpret_cast<cudaStream_t>(NewStream());
   return cudaSuccess;
 }
@@ -454,21 +493,25 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
 }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  NVFP4_SIM_RETURN_IF_LOST();
   Resolve(stream)->Synchronize();
   return cudaSuccess;
 }
 
 cudaError_t cudaDeviceSynchronize(void) {
+  NVFP4_SIM_RETURN_IF_LOST();
   SynchronizeDevice();
   return cudaSuccess;
 }
 
 cudaError_t cudaLaunchHostFunc(cudaStream_t stream, cudaHostFn_t fn, void* user_data) {
+  NVFP4_SIM_RETURN_IF_LOST();
   Resolve(stream)->Enqueue([=] { fn(user_data); });
   return cudaSuccess;
 }
 
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int flags) {
+  NVFP4_SIM_RETURN_IF_LOST();
   auto e = std::make_shared<SimulatedEvent>();
   e->timing = (flags & cudaEventDisableTiming) == 0;
   *event = reinterpret_cast<cudaEvent_t>(e.get());
@@ -485,6 +528,7 @@ cudaError_t cudaEventDestroy(cudaEvent_t event) {
 }
 
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
+  NVFP4_SIM_RETURN_IF_LOST();
   std::shared_ptr<SimulatedEvent> e = FindEvent(event);
   if (e == nullptr) return Fail(cudaErrorInvalidResourceHandle);
   uint64_t record;
@@ -501,6 +545,7 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
 }
 
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  NVFP4_SIM_RETURN_IF_LOST();
   std::shared_ptr<SimulatedEvent> e = FindEvent(event);
   if (e == nullptr) return Fail(cudaErrorInvalidResourceHandle);
   e->WaitFor(e->LatestRecord());
@@ -508,6 +553,7 @@ cudaError_t cudaEventSynchronize(cudaEvent_t event) {
 }
 
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int) {
+  NVFP4_SIM_RETURN_IF_LOST();
   std::shared_ptr<SimulatedEvent> e = FindEvent(event);
   if (e == nullptr) return Fail(cudaErrorInvalidResourceHandle);
   Resolve(stream)->Enqueue([e, record = e->LatestRecord()] { e->WaitFor(record); });
@@ -515,6 +561,7 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned
 }
 
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
+  NVFP4_SIM_RETURN_IF_LOST();
   std::shared_ptr<SimulatedEvent> a = FindEvent(start);
   std::shared_ptr<SimulatedEvent> b = FindEvent(end);
   if (a == nullptr || b == nullptr || !a->timing || !b->timing) {
@@ -546,12 +593,23 @@ bool DeviceAccessible(const void* ptr, size_t bytes) {
   return at.has_value() && bytes <= at->bytes_to_end;
 }
 
-cudaError_t FailureFor(const char* what) {
+bool Injected(const char* what) {
   const char* list = std::getenv("NVFP4_SIM_FAIL");
-  if (list == nullptr) return cudaSuccess;
+  if (list == nullptr) return false;
   const std::string names = std::string(",") + list + ",";
-  if (names.find(std::string(",") + what + ",") == std::string::npos) return cudaSuccess;
-  return Fail(cudaErrorMemoryAllocation);
+  return names.find(std::string(",") + what + ",") != std::string::npos;
 }
+
+cudaError_t FailureFor(const char* what) {
+  return Injected(what) ? Fail(cudaErrorMemoryAllocation) : cudaSuccess;
+}
+
+cudaError_t LoseContext(cudaError_t error) {
+  cudaError_t expected = cudaSuccess;
+  lost_context[current_device].compare_exchange_strong(expected, error);
+  return Fail(error);
+}
+
+cudaError_t LostContextError() { return Lost(); }
 
 }  // namespace nvfp4::simulated

@@ -6,8 +6,9 @@
 // thread order (the GPU's warp-shuffle tree sums in another order: metrics agree within the
 // tolerance, bytes exactly), and into the DeviceResult with atomic max/min as on the GPU (the
 // scan kernels of both host-path streams share one). A launch whose buffers do not lie inside
-// device-accessible allocations fails at once with cudaErrorIllegalAddress, where a real
-// kernel would fault later and leave the context unusable (not modelled).
+// device-accessible allocations faults with cudaErrorIllegalAddress and loses the context, as
+// a real kernel's fault does; it fails at the launch, where a GPU reports it at the next
+// synchronisation.
 #include <cuda_runtime.h>
 
 #include <atomic>
@@ -23,6 +24,14 @@
 
 namespace nvfp4::cuda::internal {
 namespace {
+
+// A launch on a lost context fails with the error that lost it.
+#define NVFP4_SIM_RETURN_IF_LOST()                                                     \
+  do {                                                                                 \
+    if (const cudaError_t lost = simulated::LostContextError(); lost != cudaSuccess) { \
+      return lost;                                                                     \
+    }                                                                                  \
+  } while (false)
 
 constexpr int kSimulatedCtasPerSm = 2;  // the quantize kernel's __launch_bounds__ minimum
 
@@ -55,7 +64,9 @@ void Publish(float amax, uint64_t bad_input, uint64_t bad_weight, DeviceResult* 
 }  // namespace
 
 cudaError_t LaunchInitResult(DeviceResult* result, cudaStream_t stream) {
-  if (!simulated::DeviceAccessible(result, sizeof(*result))) return cudaErrorIllegalAddress;
+  NVFP4_SIM_RETURN_IF_LOST();
+  if (!simulated::DeviceAccessible(result, sizeof(*result)))
+    return simulated::LoseContext(cudaErrorIllegalAddress);
   simulated::Enqueue(stream, [result] {
     *result = DeviceResult{};
     result->first_bad_input = kNoBadElement;
@@ -66,10 +77,11 @@ cudaError_t LaunchInitResult(DeviceResult* result, cudaStream_t stream) {
 
 cudaError_t LaunchScan(DType dtype, const void* x, int64_t n, int64_t first_index,
                        DeviceResult* result, int sm_count, cudaStream_t stream) {
+  NVFP4_SIM_RETURN_IF_LOST();
   if (n <= 0) return cudaSuccess;
   if (!simulated::DeviceAccessible(x, static_cast<size_t>(n) * DTypeSize(dtype)) ||
       !simulated::DeviceAccessible(result, sizeof(*result))) {
-    return cudaErrorIllegalAddress;
+    return simulated::LoseContext(cudaErrorIllegalAddress);
   }
   const bool vector = reinterpret_cast<uintptr_t>(x) % 16 == 0;
   const int64_t threads = GridFor(n / 4, sm_count, kMaxCtasPerSm) * kThreadsPerCta;
@@ -89,9 +101,10 @@ cudaError_t LaunchScan(DType dtype, const void* x, int64_t n, int64_t first_inde
 
 cudaError_t LaunchBuildScaleTable(const GlobalScaleSource& source, DeviceResult* result,
                                   ScaleTable* table, cudaStream_t stream) {
+  NVFP4_SIM_RETURN_IF_LOST();
   if (!simulated::DeviceAccessible(result, sizeof(*result)) ||
       !simulated::DeviceAccessible(table, sizeof(*table))) {
-    return cudaErrorIllegalAddress;
+    return simulated::LoseContext(cudaErrorIllegalAddress);
   }
   simulated::Enqueue(stream, [=] {
     const float g = ResolveGlobalScale(source, BitsToFloat(result->amax_bits));
@@ -112,9 +125,11 @@ cudaError_t QueryQuantizeOccupancy(QuantizeOccupancy* out) {
 cudaError_t LaunchQuantize(const BlockJob& job, const ScaleTable* table, DeviceResult* result,
                            MetricPartial* partials, int sm_count,
                            const QuantizeOccupancy& occupancy, int* grid, cudaStream_t stream) {
+  NVFP4_SIM_RETURN_IF_LOST();
   const int64_t blocks = job.rows * (job.padded_cols / kBlockSize);
   *grid = 0;
   if (blocks <= 0) return cudaSuccess;
+  if (simulated::Injected("kernel_fault")) return simulated::LoseContext(cudaErrorIllegalAddress);
   const size_t elements = static_cast<size_t>(job.rows * job.cols);
   const size_t weights = job.layout == ImportanceLayout::kPerColumn    ? job.cols
                          : job.layout == ImportanceLayout::kPerElement ? elements
@@ -129,7 +144,7 @@ cudaError_t LaunchQuantize(const BlockJob& job, const ScaleTable* table, DeviceR
       !simulated::DeviceAccessible(table, sizeof(*table)) ||
       !simulated::DeviceAccessible(result, sizeof(*result)) ||
       !simulated::DeviceAccessible(partials, static_cast<size_t>(ctas) * sizeof(MetricPartial))) {
-    return cudaErrorIllegalAddress;
+    return simulated::LoseContext(cudaErrorIllegalAddress);
   }
   *grid = static_cast<int>(ctas);
   simulated::Enqueue(stream, [=] {
@@ -164,9 +179,10 @@ cudaError_t LaunchQuantize(const BlockJob& job, const ScaleTable* table, DeviceR
 
 cudaError_t LaunchReducePartials(const MetricPartial* in, int64_t n, MetricPartial* out,
                                  cudaStream_t stream) {
+  NVFP4_SIM_RETURN_IF_LOST();
   if (!simulated::DeviceAccessible(in, static_cast<size_t>(n) * sizeof(MetricPartial)) ||
       !simulated::DeviceAccessible(out, sizeof(*out))) {
-    return cudaErrorIllegalAddress;
+    return simulated::LoseContext(cudaErrorIllegalAddress);
   }
   simulated::Enqueue(stream, [=] {
     MetricPartial total{};

@@ -20,10 +20,21 @@ void Enqueue(cudaStream_t stream, std::function<void()> work);
 // addressing). True when bytes == 0. Thread-safe.
 bool DeviceAccessible(const void* ptr, size_t bytes);
 
-// Fault injection: cudaErrorMemoryAllocation when the comma-separated list in NVFP4_SIM_FAIL
-// names `what` (e.g. "occupancy": the occupancy query that loads the kernels' module), else
-// cudaSuccess. Also makes the failure the runtime's last error, as a failing call would.
+// Fault injection: whether the comma-separated list in NVFP4_SIM_FAIL names `what`:
+//   "occupancy"    the occupancy query that loads the kernels' module fails (out of memory);
+//   "kernel_fault" the quantize kernel faults (illegal address), losing the context.
+bool Injected(const char* what);
+
+// cudaErrorMemoryAllocation when Injected(what), else cudaSuccess. Also makes the failure the
+// runtime's last error, as a failing call would.
 cudaError_t FailureFor(const char* what);
+
+// A kernel fault on the current device: its context is lost (later calls that use it return
+// `error`) until cudaDeviceReset. Returns `error`.
+cudaError_t LoseContext(cudaError_t error);
+
+// The current device's lost-context error, or cudaSuccess (a launch checks it first).
+cudaError_t LostContextError();
 
 }  // namespace nvfp4::simulated
 
