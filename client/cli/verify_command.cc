@@ -5,6 +5,7 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -15,8 +16,11 @@
 #include "absl/strings/str_join.h"
 #include "client/cli/exit_codes.h"
 #include "common/status_macros.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "kernels/dequantize.h"
+#include "kernels/encoding_check.h"
 #include "kernels/numerics/half.h"
+#include "kernels/numerics/method.h"
 #include "server/checkpoint/checkpoint_plan.h"
 #include "server/checkpoint/source_checkpoint.h"
 
@@ -36,6 +40,46 @@ struct Names {
   std::string packed, scales, global, input;
   bool reciprocal = false;  // compressed-tensors stores 1/g
 };
+
+std::optional<DType> DTypeOf(const SourceTensor& t) {
+  if (t.info->dtype == "F32") return DType::kF32;
+  if (t.info->dtype == "BF16") return DType::kBF16;
+  if (t.info->dtype == "F16") return DType::kF16;
+  return std::nullopt;
+}
+
+// The global scales a stored value can stand for: g itself (ModelOpt), or for compressed-tensors'
+// 1/g every float whose reciprocal rounds to the stored value (1/(1/g) need not be g: the
+// writer quantised with g, a loader divides by the stored value).
+std::vector<float> GlobalScaleCandidates(float stored, bool reciprocal) {
+  if (!reciprocal) return {stored};
+  const float g = 1.0f / stored;
+  std::vector<float> out;
+  for (float c : {g, std::nextafter(g, 0.0f), std::nextafter(g, INFINITY),
+                  std::nextafter(std::nextafter(g, 0.0f), 0.0f),
+                  std::nextafter(std::nextafter(g, INFINITY), INFINITY)}) {
+    if (1.0f / c == stored) out.push_back(c);
+  }
+  if (out.empty()) out.push_back(g);
+  return out;
+}
+
+// What the tool record of one of our checkpoints says about how its scales were chosen.
+struct Recipe {
+  Method method = Method::kScaleSweep;
+  Objective objective = Objective::kMse;
+  int scale_max = 256;
+};
+
+std::optional<Recipe> RecipeOf(const nlohmann::ordered_json& quantization_config) {
+  if (!quantization_config.contains("nvfp4_scalesweep")) return std::nullopt;
+  const auto& tool = quantization_config["nvfp4_scalesweep"];
+  if (!tool.is_object()) return std::nullopt;
+  const std::optional<Method> method = ParseMethod(tool.value("method", ""));
+  const std::optional<Objective> objective = ParseObjective(tool.value("objective", ""));
+  if (!method || !objective) return std::nullopt;
+  return Recipe{*method, *objective, tool.value("scale_max", 256)};
+}
 
 std::vector<float> ToF32(const SourceTensor& t) {
   const int64_t n = t.info->elements();
@@ -83,6 +127,17 @@ absl::StatusOr<int> Run(const VerifyFlags& flags) {
   } else {
     return absl::InvalidArgumentError(absl::StrCat("unknown quant_method '", method, "'"));
   }
+
+  // Our own checkpoints record how the scales were chosen; with an MSE objective they can be
+  // chosen again from the source and must come out identical (WMSE would need the importance).
+  const std::optional<Recipe> recipe = RecipeOf(config["quantization_config"]);
+  const bool rederive = recipe.has_value() && recipe->objective == Objective::kMse;
+  std::unique_ptr<cpu::CpuBackend> engine;
+  if (rederive) {
+    ASSIGN_OR_RETURN(engine, cpu::CpuBackend::Create({0, cpu::CpuIsa::kAuto}));
+  }
+  int rederived = 0;
+  int64_t value_mismatches = 0;
 
   std::map<std::string, bool> expected_outputs;  // output tensor name -> seen in source walk
   std::map<std::string, std::vector<float>> group_scales;
@@ -139,10 +194,59 @@ absl::StatusOr<int> Run(const VerifyFlags& flags) {
       }
     }
     const float stored = ScalarF32(*global);
-    const float g = names.reciprocal ? 1.0f / stored : stored;
+    float g = names.reciprocal ? 1.0f / stored : stored;
     if (!std::isfinite(g) || g <= 0) {
       problem(absl::StrCat(module, ": global scale ", stored, " is not positive and finite"));
       continue;
+    }
+    const std::optional<DType> dtype = DTypeOf(s);
+    if (!dtype) {
+      problem(absl::StrCat(s.name, ": quantized from an unsupported dtype ", s.info->dtype));
+      continue;
+    }
+    const TensorView source_view{*dtype, rows, cols, s.data()};
+    // The values must be the rounding of the source under the stored scales, whoever chose them.
+    EncodingMismatches mismatches{-1, -1};
+    for (float candidate : GlobalScaleCandidates(stored, names.reciprocal)) {
+      absl::StatusOr<EncodingMismatches> m =
+          CountEncodingMismatches(source_view, packed->data(), scale_bytes, candidate);
+      if (!m.ok()) {
+        problem(absl::StrCat(module, ": ", m.status().message()));
+        break;
+      }
+      if (mismatches.count < 0 || m->count < mismatches.count) {
+        mismatches = *m;
+        g = candidate;
+      }
+      if (m->count == 0) break;
+    }
+    if (mismatches.count < 0) continue;
+    if (mismatches.count > 0) {
+      value_mismatches += mismatches.count;
+      problem(absl::StrCat(module, ": ", mismatches.count, " of ", rows * cols,
+                           " values are not the E2M1 rounding of the source under their block "
+                           "scale (first at row ",
+                           mismatches.first / cols, ", column ", mismatches.first % cols, ")"));
+    } else if (rederive) {
+      QuantizeOptions options;
+      options.method = recipe->method;
+      options.objective = Objective::kMse;
+      options.scale_max = recipe->scale_max;
+      options.global_scale = g;
+      ASSIGN_OR_RETURN(QuantizedTensor fresh, engine->Quantize(source_view, {}, options));
+      ++rederived;
+      const uint8_t* stored_scales = scale_bytes;
+      int64_t differing = 0, first = -1;
+      for (size_t b = 0; b < fresh.scales.size(); ++b) {
+        if (fresh.scales[b] != stored_scales[b]) {
+          if (differing++ == 0) first = static_cast<int64_t>(b);
+        }
+      }
+      if (differing > 0) {
+        problem(absl::StrCat(module, ": ", differing, " of ", fresh.scales.size(),
+                             " block scales are not what ", std::string(MethodName(recipe->method)),
+                             " (MSE) chooses for the source (first: block ", first, ")"));
+      }
     }
     if (input != nullptr && !(ScalarF32(*input) > 0 && std::isfinite(ScalarF32(*input)))) {
       problem(absl::StrCat(module, ": activation scale is not positive and finite"));
@@ -180,6 +284,8 @@ absl::StatusOr<int> Run(const VerifyFlags& flags) {
                                 {"quantized_elements", elements},
                                 {"mse", mse},
                                 {"nmse", nmse},
+                                {"value_mismatches", value_mismatches},
+                                {"scales_rederived", rederived},
                                 {"problems", problems}};
     std::printf("%s\n", j.dump().c_str());
   } else {
@@ -187,6 +293,13 @@ absl::StatusOr<int> Run(const VerifyFlags& flags) {
                 flags.quantized.c_str(), method.c_str(), quantized, passed);
     std::printf("  dequantized vs %s: MSE %.4e, NMSE %.4e (SQNR %.2f dB)\n", flags.model.c_str(),
                 mse, nmse, nmse > 0 ? -10 * std::log10(nmse) : INFINITY);
+    if (rederive) {
+      std::printf("  block scales re-derived with %s (MSE) for %d of %d modules\n",
+                  std::string(MethodName(recipe->method)).c_str(), rederived, quantized);
+    } else {
+      std::printf("  block scales not re-derived (%s); values checked against them\n",
+                  recipe ? "WMSE needs the importance" : "no nvfp4_scalesweep record");
+    }
     for (const std::string& p : problems) std::printf("  PROBLEM %s\n", p.c_str());
     std::printf("  %s\n", problems.empty() ? "OK" : "FAILED");
   }
@@ -199,8 +312,9 @@ std::function<int()> AddVerifyCommand(CLI::App& app) {
   auto flags = std::make_shared<VerifyFlags>();
   CLI::App* cmd = app.add_subcommand(
       "verify",
-      "Check an NVFP4 checkpoint against its source: layout, scales, passthrough "
-      "bytes, fused scales, dequantization error");
+      "Check an NVFP4 checkpoint against its source: layout, every value the rounding of its "
+      "source under its block scale, the scales re-derived (our MSE checkpoints), fused "
+      "scales, passthrough bytes, dequantization error");
   cmd->add_option("--model", flags->model, "the source checkpoint directory")->required();
   cmd->add_option("--quantized", flags->quantized, "the NVFP4 checkpoint directory")->required();
   cmd->add_flag("--json", flags->json, "print one JSON object");

@@ -687,3 +687,89 @@ def test_remote_job_paths_are_confined_to_the_allowed_root(bins, runs, confined_
     # the confined daemon still works for a legitimate job
     run(*base, "--model", root / "src", "--out", root / "ok")
     assert (root / "ok/config.json").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# 10. nvfp4q verify: OK on our outputs, FAILED (exit 3) on damaged ones or a wrong source
+
+
+def patch_tensor(directory, name, edit):
+    """Rewrites tensor `name` of a checkpoint in place: edit(bytearray) changes its bytes."""
+    for shard in sorted(pathlib.Path(directory).glob("*.safetensors")):
+        header, _, start = st_header(shard)
+        if name in header:
+            lo, hi = header[name]["data_offsets"]
+            data = bytearray(shard.read_bytes())
+            part = bytearray(data[start + lo:start + hi])
+            edit(part)
+            data[start + lo:start + hi] = part
+            shard.write_bytes(bytes(data))
+            return
+    raise AssertionError(f"{name} not found")
+
+
+def verify(bins, src, out):
+    result = run(bins["nvfp4q"], "verify", "--model", src, "--quantized", out, "--json",
+                 check=False)
+    return result.returncode, json.loads(result.stdout) if result.stdout.strip() else None
+
+
+@pytest.mark.parametrize("name", ["mo_sweep", "ct_w4a16", "mo_w4a4"])
+def test_verify_accepts_our_outputs_and_rederives_their_scales(bins, runs, name):
+    out, _ = runs(name)
+    rc, report = verify(bins, runs.src, out)
+    assert rc == 0, report
+    assert report["ok"] and report["value_mismatches"] == 0
+    assert report["scales_rederived"] == report["quantized"] > 0
+
+
+def test_verify_finds_damaged_values_scales_and_a_wrong_source(bins, runs, llama, codec,
+                                                               tmp_path):
+    good, _ = runs("mo_sweep")
+    module = "model.layers.0.mlp.down_proj"
+
+    # One packed byte changed.
+    flipped = tmp_path / "flipped"
+    shutil.copytree(good, flipped)
+    patch_tensor(flipped, module + ".weight", lambda b: b.__setitem__(100, b[100] ^ 0x11))
+    rc, report = verify(bins, runs.src, flipped)
+    assert rc == 3 and not report["ok"] and report["value_mismatches"] == 2, report
+    assert any("not the E2M1 rounding" in p for p in report["problems"])
+
+    # Every block scale of a module set to 448 (the values no longer match them).
+    rescaled = tmp_path / "rescaled"
+    shutil.copytree(good, rescaled)
+    patch_tensor(rescaled, module + ".weight_scale", lambda b: b.__setitem__(
+        slice(0, len(b)), bytes([0x7E]) * len(b)))
+    rc, report = verify(bins, runs.src, rescaled)
+    assert rc == 3 and report["value_mismatches"] > 0, report
+
+    # A consistent but worse block: scale code + 1 and its 16 values re-encoded under it. The
+    # values check passes; re-deriving the scales does not.
+    raw = checkpoint_raw(good)
+    x = source_f32(*checkpoint_raw(runs.src)[module + ".weight"])
+    g = np.frombuffer(raw[module + ".weight_scale_2"][2], np.float32)[0]
+    scales = np.frombuffer(raw[module + ".weight_scale"][2], np.uint8).copy()
+    block = 3
+    code = int(scales[block]) + 1
+    s = np.float32(codec.decode_e4m3(np.array([code], np.uint8))[0]) * np.float32(g)
+    row, col = divmod(block * 16, x.shape[1])
+    nibbles = codec.encode_e2m1(x[row, col:col + 16] / np.float32(s))
+    packed_block = bytes(int(nibbles[2 * j]) | int(nibbles[2 * j + 1]) << 4 for j in range(8))
+    worse = tmp_path / "worse"
+    shutil.copytree(good, worse)
+    patch_tensor(worse, module + ".weight_scale", lambda b: b.__setitem__(block, code))
+    offset = (row * x.shape[1] + col) // 2
+    patch_tensor(worse, module + ".weight",
+                 lambda b: b.__setitem__(slice(offset, offset + 8), packed_block))
+    rc, report = verify(bins, runs.src, worse)
+    assert rc == 3 and report["value_mismatches"] == 0, report
+    assert any(f"{module}: 1 of" in p and "block scales are not what scalesweep" in p
+               for p in report["problems"]), report["problems"]
+
+    # The right checkpoint against another source of the same shapes.
+    other = tmp_path / "other"
+    run(bins["demo"], "--out", other, "--layers", 2, "--hidden", 256, "--intermediate", 512,
+        "--vocab", 1024, "--dtype", "bf16", "--shard-gb", 0.0008, "--seed", 4)
+    rc, report = verify(bins, other, good)
+    assert rc == 3 and report["value_mismatches"] > 0, report
