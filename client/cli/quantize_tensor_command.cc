@@ -1,10 +1,13 @@
 #include "client/cli/quantize_tensor_command.h"
 
 #include <cstdio>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "client/cli/common_flags.h"
@@ -56,7 +59,44 @@ absl::Status WriteModelOptTensor(const std::string& path, const QuantizeOptions&
   return checkpoint::WriteSafetensors(path, blobs, metadata);
 }
 
+// Whether two paths name the same file (existing or not: a file about to be written).
+bool SameFile(const std::string& a, const std::string& b) {
+  std::error_code error;
+  if (std::filesystem::exists(a, error) && std::filesystem::exists(b, error)) {
+    return std::filesystem::equivalent(a, b, error);
+  }
+  const auto resolved = [&error](const std::string& path) {
+    return std::filesystem::weakly_canonical(std::filesystem::absolute(path, error), error);
+  };
+  return resolved(a) == resolved(b);
+}
+
+// The flags naming two files the command would write over each other, or over one it reads
+// (a usage error: exit code 2, before anything is read or written); empty when none do.
+std::string PathClash(const QuantizeTensorFlags& flags) {
+  std::vector<std::pair<std::string, std::string>> files = {{"--input", flags.input}};
+  if (flags.importance) files.push_back({"--importance", *flags.importance});
+  const std::vector<std::pair<std::string, std::string>> written = [&] {
+    std::vector<std::pair<std::string, std::string>> w = {{"--output", flags.output}};
+    if (flags.dequantized) w.push_back({"--dequantized", *flags.dequantized});
+    return w;
+  }();
+  for (size_t i = 0; i < written.size(); ++i) {
+    for (const auto& [flag, path] : files) {
+      if (SameFile(written[i].second, path)) {
+        return absl::StrCat(written[i].first, " and ", flag, " name the same file (", path, ")");
+      }
+    }
+    files.push_back(written[i]);
+  }
+  return "";
+}
+
 absl::StatusOr<int> Run(const QuantizeTensorFlags& flags) {
+  if (const std::string clash = PathClash(flags); !clash.empty()) {
+    std::fprintf(stderr, "nvfp4q: %s\n", clash.c_str());
+    return kExitUsage;
+  }
   ASSIGN_OR_RETURN(LoadedTensor loaded, LoadTensor(flags.input, flags.dtype, flags.shape));
   // Shared, so a remote upload can send the chunks straight from it (no copy).
   const auto shared_tensor = std::make_shared<const LoadedTensor>(std::move(loaded));

@@ -139,6 +139,30 @@ def test_errors_have_distinct_exit_codes(nvfp4q, tmp_path):
     assert not (tmp_path / "o.safetensors").exists()
 
 
+def test_outputs_never_overwrite_an_input_or_each_other(nvfp4q, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "w.npy", np.ones((4, 32), np.float32))
+    np.save(tmp_path / "imp.npy", np.ones(32, np.float32))
+    before = (tmp_path / "w.npy").read_bytes()
+    for args, message in [
+        (["--output", "w.npy"], "--output and --input"),
+        (["--output", tmp_path / "w.npy"], "--output and --input"),
+        (["--output", "o.safetensors", "--dequantized", "./w.npy"], "--dequantized and --input"),
+        (["--output", "o.safetensors", "--dequantized", "o.safetensors"],
+         "--dequantized and --output"),
+        (["--output", "imp.npy", "--objective", "wmse", "--importance", "imp.npy"],
+         "--output and --importance"),
+    ]:
+        r = run(nvfp4q, "quantize-tensor", "--input", "w.npy", *args, check=False)
+        assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
+    assert (tmp_path / "w.npy").read_bytes() == before
+    assert not (tmp_path / "o.safetensors").exists()
+    # Rewriting its own earlier outputs is fine.
+    for _ in range(2):
+        run(nvfp4q, "quantize-tensor", "--input", "w.npy", "--output", "o.safetensors",
+            "--dequantized", "dq.npy")
+
+
 def test_bench_json(nvfp4q):
     r = run(nvfp4q, "bench", "--rows", 64, "--cols", 512, "--threads", "1,2", "--methods",
             "absmax,scalesweep", "--objectives", "mse,wmse", "--repeat", 1, "--json")
