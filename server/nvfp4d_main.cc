@@ -10,6 +10,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/time/time.h"
+#include "common/cli_checks.h"
 #include "common/malloc_tuning.h"
 #include "common/version.h"
 #include "server/nvfp4_server.h"
@@ -24,7 +25,10 @@ int main(int argc, char** argv) {
 
   CLI::App app{"nvfp4d: NVFP4 quantisation server (gRPC nvfp4.v1.Quantizer)"};
   app.set_version_flag("--version", std::string("nvfp4d ") + nvfp4::kVersion);
-  app.add_option("--listen", options.listen, "gRPC address host:port")->capture_default_str();
+  app.add_option("--listen", options.listen,
+                 "gRPC address host:port (port 0: a free port, printed at start; unix:PATH: a "
+                 "Unix socket)")
+      ->capture_default_str();
   app.add_option("--metrics-listen", options.metrics_listen,
                  "Prometheus /metrics address host:port (empty: off)")
       ->capture_default_str();
@@ -32,40 +36,40 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
       ->capture_default_str();
   app.add_option("--cpu-workers", options.cpu_workers, "concurrent CPU jobs")
-      ->check(CLI::PositiveNumber)
+      ->check(nvfp4::cli_checks::Positive())
       ->capture_default_str();
   app.add_option("--threads", options.threads, "CPU threads in total (0: all cores)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(nvfp4::cli_checks::NonNegative())
       ->capture_default_str();
   app.add_option("--isa", options.cpu_isa, "CPU kernels: auto, scalar, avx2, avx512")
       ->check(CLI::IsMember({"auto", "scalar", "avx2", "avx512"}))
       ->capture_default_str();
   app.add_option("--max-queue", options.scheduler.max_queue,
                  "admitted jobs not yet running; beyond: RESOURCE_EXHAUSTED")
-      ->check(CLI::NonNegativeNumber)
+      ->check(nvfp4::cli_checks::Positive())
       ->capture_default_str();
   app.add_option("--memory-mib", memory_mib, "memory budget of all admitted jobs (MiB)")
-      ->check(CLI::PositiveNumber)
+      ->check(nvfp4::cli_checks::Positive())
       ->capture_default_str();
   app.add_option("--max-job-mib", max_job_mib, "largest job: input + importance + outputs (MiB)")
-      ->check(CLI::PositiveNumber)
+      ->check(nvfp4::cli_checks::Positive())
       ->capture_default_str();
   app.add_option("--max-message-mib", max_message_mib, "largest unary request (MiB)")
       ->check(CLI::Range(1, 2000))
       ->capture_default_str();
   app.add_option("--drain-timeout", drain_seconds, "seconds running calls get on SIGTERM")
-      ->check(CLI::NonNegativeNumber)
+      ->check(nvfp4::cli_checks::NonNegative())
       ->capture_default_str();
   double upload_idle_seconds = absl::ToDoubleSeconds(options.service.upload_idle_timeout);
   double buffer_idle_seconds = absl::ToDoubleSeconds(options.service.buffer_idle_release);
   app.add_option(
          "--buffer-idle-release", buffer_idle_seconds,
          "seconds a finished job's input and output buffers are kept for reuse by later jobs")
-      ->check(CLI::NonNegativeNumber)
+      ->check(nvfp4::cli_checks::NonNegative())
       ->capture_default_str();
   app.add_option("--upload-idle-timeout", upload_idle_seconds,
                  "seconds a started job waits for more tensor data before failing")
-      ->check(CLI::PositiveNumber)
+      ->check(nvfp4::cli_checks::Positive())
       ->capture_default_str();
   int64_t stream_window_mib = options.service.stream_window_bytes >> 20;
   app.add_option("--stream-window-mib", stream_window_mib,
@@ -74,7 +78,7 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 65536))
       ->capture_default_str();
   app.add_option("--job-history", options.job_history, "finished jobs kept for GetJob/ListJobs")
-      ->check(CLI::NonNegativeNumber)
+      ->check(nvfp4::cli_checks::NonNegative())
       ->capture_default_str();
   app.add_option("--tls-cert", options.tls_cert_file, "PEM certificate chain (enables TLS)");
   app.add_option("--tls-key", options.tls_key_file, "PEM private key");
@@ -83,7 +87,12 @@ int main(int argc, char** argv) {
   app.add_option("--allowed-root", options.allowed_roots,
                  "directory checkpoint jobs may read and write under (repeatable; none: "
                  "QuantizeCheckpoint is disabled)");
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help and --version exit 0; a usage error exits 2 (CLI11's own codes are > 100).
+    return app.exit(e) == 0 ? 0 : 2;
+  }
   options.scheduler.memory_budget_bytes = memory_mib << 20;
   options.scheduler.max_job_bytes = max_job_mib << 20;
   options.service.max_message_bytes = max_message_mib << 20;

@@ -52,7 +52,14 @@ double MemcpyElementsPerSecond(const std::vector<float>& input, int repeat) {
 
 absl::StatusOr<int> Run(const BenchFlags& flags) {
   if (flags.rows <= 0 || flags.cols <= 0 || flags.repeat <= 0) {
-    return absl::InvalidArgumentError("--rows, --cols and --repeat must be positive");
+    return UsageError("--rows, --cols and --repeat must be positive");
+  }
+  // Every name is checked before anything runs.
+  for (const std::string& name : flags.methods) {
+    if (!ParseMethod(name)) return UsageError(absl::StrCat("unknown method '", name, "'"));
+  }
+  for (const std::string& name : flags.objectives) {
+    if (!ParseObjective(name)) return UsageError(absl::StrCat("unknown objective '", name, "'"));
   }
   const int64_t n = flags.rows * flags.cols;
   const std::vector<float> input = GaussianTensor(n, 1.0, 42);

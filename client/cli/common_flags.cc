@@ -5,12 +5,14 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "client/cli/exit_codes.h"
+#include "common/cli_checks.h"
 
 namespace nvfp4::cli {
 
 void EngineFlags::Register(CLI::App* command) {
   command->add_option("--threads", threads, "CPU threads (0 = all cores)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(nvfp4::cli_checks::NonNegative());
   command->add_option("--isa", isa, "CPU kernels: auto, scalar, avx2, avx512")
       ->check(CLI::IsMember({"auto", "scalar", "avx2", "avx512"}));
 }
@@ -27,7 +29,7 @@ void RemoteFlags::Register(CLI::App* command, bool required) {
   command->add_option("--token-file", token_file, "file with the server's bearer token");
   command->add_option("--tls-ca", tls_ca, "PEM CA bundle; connects with TLS");
   command->add_option("--timeout", timeout_seconds, "deadline of each call in seconds")
-      ->check(CLI::PositiveNumber);
+      ->check(nvfp4::cli_checks::Positive());
 }
 
 absl::StatusOr<std::unique_ptr<client::QuantizerClient>> RemoteFlags::Connect() const {
@@ -58,7 +60,7 @@ absl::StatusOr<QuantizeOptions> QuantizeFlags::ToOptions() const {
   QuantizeOptions options;
   const auto m = ParseMethod(method);
   const auto o = ParseObjective(objective);
-  if (!m || !o) return absl::InvalidArgumentError("unknown method or objective");
+  if (!m || !o) return UsageError("unknown method or objective");
   options.method = *m;
   options.objective = *o;
   options.scale_max = scale_max;

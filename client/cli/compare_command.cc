@@ -29,6 +29,9 @@ std::string Basename(const std::string& path) {
 }
 
 absl::StatusOr<int> Run(const CompareFlags& flags) {
+  for (const std::string& name : flags.methods) {  // before anything runs or prints
+    if (!ParseMethod(name)) return UsageError(absl::StrCat("unknown method '", name, "'"));
+  }
   ASSIGN_OR_RETURN(std::unique_ptr<cpu::CpuBackend> backend, flags.engine.MakeBackend());
   nlohmann::json rows = nlohmann::json::array();
   if (!flags.json) {

@@ -3,10 +3,24 @@
 #include <cstdio>
 #include <string>
 
+#include "absl/strings/cord.h"
+#include "absl/strings/string_view.h"
+
 namespace nvfp4::cli {
+
+namespace {
+constexpr absl::string_view kUsagePayload = "type.nvfp4/cli.usage";
+}  // namespace
+
+absl::Status UsageError(std::string_view message) {
+  absl::Status status = absl::InvalidArgumentError(std::string(message));
+  status.SetPayload(kUsagePayload, absl::Cord("usage"));
+  return status;
+}
 
 int ReportError(const absl::Status& status) {
   std::fprintf(stderr, "nvfp4q: %s\n", std::string(status.message()).c_str());
+  if (status.GetPayload(kUsagePayload).has_value()) return kExitUsage;
   switch (status.code()) {
     case absl::StatusCode::kOk:
       return kExitOk;

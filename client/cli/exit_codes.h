@@ -8,6 +8,7 @@
 
 #include <functional>
 #include <memory>
+#include <string_view>
 
 #include "CLI/CLI.hpp"
 #include "absl/status/status.h"
@@ -23,6 +24,11 @@ inline constexpr int kExitIo = 4;
 inline constexpr int kExitOutOfMemory = 5;
 inline constexpr int kExitUnauthenticated = 6;
 inline constexpr int kExitCancelled = 7;
+
+// A flag value found wrong after parsing (an unknown name, a malformed size or shape, flags
+// that need each other): InvalidArgument marked so that ReportError answers kExitUsage rather
+// than kExitInvalidInput (which is for bad data).
+absl::Status UsageError(std::string_view message);
 
 // Prints "nvfp4q: <message>" to stderr and returns the exit code for the status.
 int ReportError(const absl::Status& status);

@@ -48,7 +48,7 @@ absl::StatusOr<checkpoint::CheckpointJobOptions> JobOptions(const QuantizeCheckp
   const std::optional<checkpoint::OutputFormat> format =
       checkpoint::ParseOutputFormat(flags.format);
   if (!format.has_value()) {
-    return absl::InvalidArgumentError(
+    return UsageError(
         absl::StrCat("--format must be modelopt or compressed-tensors, got '", flags.format, "'"));
   }
   options.format = *format;
@@ -91,7 +91,7 @@ absl::StatusOr<int> Run(const QuantizeCheckpointFlags& flags) {
   absl::StatusOr<checkpoint::CheckpointReport> report;
   if (flags.remote.server.empty()) {
     if (flags.stream_tensors) {
-      return absl::InvalidArgumentError("--stream-tensors needs --server");
+      return UsageError("--stream-tensors needs --server");
     }
     ASSIGN_OR_RETURN(std::unique_ptr<cpu::CpuBackend> backend, flags.engine.MakeBackend());
     options.concurrency = flags.concurrency > 0 ? flags.concurrency : 1;
@@ -173,8 +173,7 @@ absl::StatusOr<uint64_t> ParseByteSize(const std::string& text) {
     value = std::stod(number, &used);
     if (used != number.size()) throw std::invalid_argument(number);
   } catch (const std::exception&) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("'", text, "' is not a size like 5GB or 512MiB"));
+    return UsageError(absl::StrCat("'", text, "' is not a size like 5GB or 512MiB"));
   }
   double scale = 0;
   static const std::pair<const char*, double> kUnits[] = {
@@ -193,8 +192,7 @@ absl::StatusOr<uint64_t> ParseByteSize(const std::string& text) {
     if (unit == name) scale = factor;
   }
   if (scale == 0 || value <= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("'", text, "' is not a size like 5GB or 512MiB"));
+    return UsageError(absl::StrCat("'", text, "' is not a size like 5GB or 512MiB"));
   }
   return static_cast<uint64_t>(value * scale);
 }

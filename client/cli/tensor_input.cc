@@ -5,6 +5,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "client/cli/exit_codes.h"
 #include "client/io/npy.h"
 #include "common/status_macros.h"
 
@@ -16,18 +17,17 @@ absl::StatusOr<LoadedTensor> LoadTensor(const std::string& path,
   LoadedTensor tensor;
   if (raw_dtype.has_value() || raw_shape.has_value()) {
     if (!raw_dtype.has_value() || !raw_shape.has_value()) {
-      return absl::InvalidArgumentError("raw input needs both --dtype and --shape N,K");
+      return UsageError("raw input needs both --dtype and --shape N,K");
     }
     const std::optional<DType> dtype = ParseDType(*raw_dtype);
     if (!dtype.has_value()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--dtype must be bf16, f16 or f32, got '", *raw_dtype, "'"));
+      return UsageError(absl::StrCat("--dtype must be bf16, f16 or f32, got '", *raw_dtype, "'"));
     }
     const std::vector<std::string> dims = absl::StrSplit(*raw_shape, ',');
     int64_t rows = 0, cols = 0;
     if (dims.size() != 2 || !absl::SimpleAtoi(dims[0], &rows) ||
         !absl::SimpleAtoi(dims[1], &cols) || rows <= 0 || cols <= 0) {
-      return absl::InvalidArgumentError(
+      return UsageError(
           absl::StrCat("--shape must be N,K with positive integers, got '", *raw_shape, "'"));
     }
     tensor.dtype = *dtype;

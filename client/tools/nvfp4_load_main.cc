@@ -20,6 +20,7 @@
 
 #include "CLI/CLI.hpp"
 #include "client/quantizer_client.h"
+#include "common/cli_checks.h"
 #include "proto/convert.h"
 
 namespace {
@@ -45,7 +46,8 @@ int main(int argc, char** argv) {
   CLI::App app{"nvfp4_load: concurrent QuantizeTensor streams against nvfp4d"};
   app.add_option("--server", flags.server, "nvfp4d address")->capture_default_str();
   app.add_option("--streams", flags.streams, "concurrent streams")->check(CLI::Range(1, 4096));
-  app.add_option("--seconds", flags.seconds, "how long to send")->check(CLI::PositiveNumber);
+  app.add_option("--seconds", flags.seconds, "how long to send")
+      ->check(nvfp4::cli_checks::Positive());
   app.add_option("--rows", flags.rows, "tensor rows")->check(CLI::Range(1, 1 << 20));
   app.add_option("--cols", flags.cols, "tensor cols")->check(CLI::Range(16, 1 << 20));
   app.add_option("--method", flags.method, "absmax, four-over-six, exhaustive, scalesweep");

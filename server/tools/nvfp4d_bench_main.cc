@@ -22,6 +22,7 @@
 
 #include "CLI/CLI.hpp"
 #include "client/quantizer_client.h"
+#include "common/cli_checks.h"
 #include "common/malloc_tuning.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/numerics/half.h"
@@ -101,13 +102,13 @@ int main(int argc, char** argv) {
   app.add_option("--gib", gib, "tensor size in GiB of bf16")->capture_default_str();
   app.add_option("--method", method_name, "quantisation method")->capture_default_str();
   app.add_option("--repeat", repeat, "rounds; each runs every mode once (best kept)")
-      ->check(CLI::PositiveNumber)
+      ->check(nvfp4::cli_checks::Positive())
       ->capture_default_str();
   app.add_option("--chunk-kib", chunk_kib, "upload chunk size in KiB")->capture_default_str();
   app.add_option("--threads", threads,
                  "engine threads, embedded and in nvfp4d (0: all cores; fewer leaves cores to "
                  "the transport, as on a host where client and engine do not share cores)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(nvfp4::cli_checks::NonNegative())
       ->capture_default_str();
   app.add_flag("--json", json, "print JSON");
   app.add_flag("--copy-upload", copy_upload,

@@ -139,6 +139,34 @@ def test_errors_have_distinct_exit_codes(nvfp4q, tmp_path):
     assert not (tmp_path / "o.safetensors").exists()
 
 
+def test_usage_errors_exit_2_before_any_work(nvfp4q, tmp_path):
+    np.save(tmp_path / "w.npy", np.ones((4, 32), np.float32))
+    (tmp_path / "w.raw").write_bytes(b"\0" * 256)
+    w, raw = str(tmp_path / "w.npy"), str(tmp_path / "w.raw")
+    out = str(tmp_path / "o.safetensors")
+    for args, message in [
+        (["quantize-tensor", "--input", raw, "--output", out, "--dtype", "bf16"],
+         "needs both --dtype and --shape"),
+        (["quantize-tensor", "--input", raw, "--output", out, "--dtype", "f8", "--shape", "4,32"],
+         "--dtype must be"),
+        (["quantize-tensor", "--input", raw, "--output", out, "--dtype", "bf16", "--shape",
+          "4x32"], "--shape must be N,K"),
+        (["quantize-tensor", "--input", w, "--output", out, "--threads", "-1"],
+         "--threads: must be a number >= 0, got '-1'"),
+        (["quantize", "--model", str(tmp_path), "--out", str(tmp_path / "q"), "--shard-size",
+          "5XB"], "is not a size"),
+        (["quantize", "--model", str(tmp_path), "--out", str(tmp_path / "q"),
+          "--stream-tensors"], "--stream-tensors needs --server"),
+        (["compare", w, "--methods", "absmax,bogus"], "unknown method 'bogus'"),
+        (["bench", "--methods", "foo"], "unknown method 'foo'"),
+        (["bench", "--rows", "0"], "must be positive"),
+    ]:
+        r = run(nvfp4q, *args, check=False)
+        assert r.returncode == 2 and message in r.stderr, (args, r.returncode, r.stderr)
+        assert r.stdout == "", (args, r.stdout)  # nothing ran, nothing printed
+    assert not (tmp_path / "o.safetensors").exists() and not (tmp_path / "q").exists()
+
+
 def test_outputs_never_overwrite_an_input_or_each_other(nvfp4q, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     np.save(tmp_path / "w.npy", np.ones((4, 32), np.float32))

@@ -82,6 +82,17 @@ def test_python_client_gets_the_embedded_bytes(pb, nvfp4d, nvfp4q, tmp_path):
     assert [j["state"] for j in jobs["jobs"]] == ["JOB_STATE_SUCCEEDED"] * 2
 
 
+def test_nvfp4d_usage_errors_exit_2_with_a_plain_message(nvfp4q):
+    nvfp4d = pathlib.Path(nvfp4q).parent / "nvfp4d"
+    for args, message in [(["--max-queue", "0"], "--max-queue: must be a number > 0, got '0'"),
+                          (["--memory-mib", "-5"], "--memory-mib: must be a number > 0"),
+                          (["--bogus"], "--bogus")]:
+        r = subprocess.run([nvfp4d, *args], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 2 and message in r.stderr, (args, r.returncode, r.stderr)
+    r = subprocess.run([nvfp4d, "--version"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.startswith("nvfp4d ")
+
+
 def test_health_and_reflection(nvfp4d):
     daemon = nvfp4d()
     with grpc.insecure_channel(daemon.target) as channel:
