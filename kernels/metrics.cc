@@ -12,6 +12,7 @@ void ErrorAccumulator::Merge(const ErrorAccumulator& other) {
   weight_sum += other.weight_sum;
   squared_signal += other.squared_signal;
   absmax_squared_error += other.absmax_squared_error;
+  absmax_weighted_squared_error += other.absmax_weighted_squared_error;
   max_abs_error = std::max(max_abs_error, other.max_abs_error);
   candidates += other.candidates;
   blocks += other.blocks;
@@ -25,6 +26,7 @@ ErrorAccumulator MakeErrorAccumulator(const double* sums, double max_abs_error, 
   a.weight_sum = sums[2];
   a.squared_signal = sums[3];
   a.absmax_squared_error = sums[4];
+  a.absmax_weighted_squared_error = sums[5];
   a.max_abs_error = max_abs_error;
   a.candidates = candidates;
   a.blocks = blocks;
@@ -32,11 +34,12 @@ ErrorAccumulator MakeErrorAccumulator(const double* sums, double max_abs_error, 
 }
 
 TensorMetrics FinalizeMetrics(const ErrorAccumulator& sums, int64_t elements, bool weighted,
-                              double seconds) {
+                              bool wmse_objective, double seconds) {
   TensorMetrics m;
   m.elements = elements;
   m.blocks = sums.blocks;
   m.weighted = weighted;
+  m.wmse_objective = weighted && wmse_objective;
   const double n = elements > 0 ? static_cast<double>(elements) : 1.0;
   m.mse = sums.squared_error / n;
   m.wmse = weighted && sums.weight_sum > 0 ? sums.weighted_squared_error / sums.weight_sum : 0.0;
@@ -53,6 +56,13 @@ TensorMetrics FinalizeMetrics(const ErrorAccumulator& sums, int64_t elements, bo
   m.gain = sums.absmax_squared_error > 0
                ? sums.squared_error / sums.absmax_squared_error
                : (sums.squared_error > 0 ? std::numeric_limits<double>::infinity() : 1.0);
+  if (weighted && sums.weight_sum > 0) {
+    m.absmax_wmse = sums.absmax_weighted_squared_error / sums.weight_sum;
+    m.wmse_gain =
+        sums.absmax_weighted_squared_error > 0
+            ? sums.weighted_squared_error / sums.absmax_weighted_squared_error
+            : (sums.weighted_squared_error > 0 ? std::numeric_limits<double>::infinity() : 1.0);
+  }
   m.candidates_per_block =
       sums.blocks > 0 ? static_cast<double>(sums.candidates) / static_cast<double>(sums.blocks) : 0;
   m.seconds = seconds;

@@ -274,6 +274,11 @@ void MetricsToProto(const TensorMetrics& m, v1::TensorMetrics* out) {
   out->set_max_abs_error(m.max_abs_error);
   out->set_absmax_mse(m.absmax_mse);
   out->set_gain(m.gain);
+  if (m.weighted) {
+    out->set_absmax_wmse(m.absmax_wmse);
+    out->set_wmse_gain(m.wmse_gain);
+  }
+  out->set_objective(m.wmse_objective ? v1::OBJECTIVE_WMSE : v1::OBJECTIVE_MSE);
   out->set_candidates_per_block(m.candidates_per_block);
   out->set_quantize_seconds(m.seconds);
 }
@@ -324,6 +329,9 @@ TensorMetrics MetricsFromProto(const v1::TensorMetrics& p) {
   m.max_abs_error = p.max_abs_error();
   m.absmax_mse = p.absmax_mse();
   m.gain = p.gain();
+  m.absmax_wmse = p.has_absmax_wmse() ? p.absmax_wmse() : 0.0;
+  m.wmse_gain = p.has_wmse_gain() ? p.wmse_gain() : 1.0;
+  m.wmse_objective = m.weighted && p.objective() == v1::OBJECTIVE_WMSE;
   m.candidates_per_block = p.candidates_per_block();
   m.seconds = p.quantize_seconds();
   m.elements_per_second = m.seconds > 0 ? static_cast<double>(m.elements) / m.seconds : 0;

@@ -124,11 +124,11 @@ absl::StatusOr<int> Run(const BenchFlags& flags) {
                              {"memcpy_ratio", eps / memcpy_eps},
                              {"seconds", best},
                              {"candidates_per_block", metrics.candidates_per_block},
-                             {"gain", Number(metrics.gain)}});
+                             {"gain", Number(ObjectiveGain(metrics))}});
         } else {
           std::printf("%-14s %-9s %7d %12.1f %9.3f %11.2f %8.4f\n", method_name.c_str(),
                       objective_name.c_str(), threads, eps / 1e6, eps / memcpy_eps,
-                      metrics.candidates_per_block, metrics.gain);
+                      metrics.candidates_per_block, ObjectiveGain(metrics));
           std::fflush(stdout);
         }
       }

@@ -162,8 +162,15 @@ absl::StatusOr<int> Run(const QuantizeTensorFlags& flags) {
     std::printf("  MSE %.6g  NMSE %.6g  SQNR %.2f dB  max |err| %.6g\n", m.mse, m.nmse, m.sqnr_db,
                 m.max_abs_error);
     if (m.weighted) std::printf("  WMSE %.6g\n", m.wmse);
-    std::printf("  vs AbsMax: MSE %.6g, gain %.4f (%+.1f %%), %.2f candidates/block\n",
-                m.absmax_mse, m.gain, 100.0 * (m.gain - 1.0), m.candidates_per_block);
+    if (m.wmse_objective) {  // the objective first: its MSE may well exceed AbsMax's
+      std::printf("  vs AbsMax: WMSE %.6g, gain %.4f (%+.1f %%); MSE %.6g, gain %.4f (%+.1f %%)\n",
+                  m.absmax_wmse, m.wmse_gain, 100.0 * (m.wmse_gain - 1.0), m.absmax_mse, m.gain,
+                  100.0 * (m.gain - 1.0));
+      std::printf("  %.2f candidates/block\n", m.candidates_per_block);
+    } else {
+      std::printf("  vs AbsMax: MSE %.6g, gain %.4f (%+.1f %%), %.2f candidates/block\n",
+                  m.absmax_mse, m.gain, 100.0 * (m.gain - 1.0), m.candidates_per_block);
+    }
     std::printf("  %.3f s, %selem/s on %s%s\n", m.seconds, HumanRate(m.elements_per_second).c_str(),
                 backend_name.c_str(), threads > 0 ? absl::StrCat(" x", threads).c_str() : "");
   }

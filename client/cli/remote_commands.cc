@@ -17,6 +17,8 @@
 #include "client/cli/report.h"
 #include "common/status_macros.h"
 #include "google/protobuf/util/json_util.h"
+#include "kernels/metrics.h"
+#include "proto/convert.h"
 
 namespace nvfp4::cli {
 namespace {
@@ -96,13 +98,16 @@ struct JobsFlags {
 };
 
 void PrintJobRow(const v1::Job& job) {
-  std::printf(
-      "%-22s %-10s %-28.28s %12lld %9s %9s %10s %s\n", job.id().c_str(),
-      StateName(job.state()).c_str(), job.name().c_str(), static_cast<long long>(job.elements()),
-      FormatTime(job.created_unix()).c_str(), FormatTime(job.finished_unix()).c_str(),
-      job.has_metrics() ? absl::StrFormat("%+.1f%%", 100 * (job.metrics().gain() - 1)).c_str()
-                        : "-",
-      job.error_code().c_str());
+  std::printf("%-22s %-10s %-28.28s %12lld %9s %9s %10s %s\n", job.id().c_str(),
+              StateName(job.state()).c_str(), job.name().c_str(),
+              static_cast<long long>(job.elements()), FormatTime(job.created_unix()).c_str(),
+              FormatTime(job.finished_unix()).c_str(),
+              job.has_metrics()
+                  ? absl::StrFormat("%+.1f%%",
+                                    100 * (ObjectiveGain(api::MetricsFromProto(job.metrics())) - 1))
+                        .c_str()
+                  : "-",
+              job.error_code().c_str());
 }
 
 absl::StatusOr<int> RunJobs(const JobsFlags& flags) {

@@ -27,6 +27,10 @@ nlohmann::json QuantizationJson(const QuantizeOptions& options, const QuantizedT
   j["max_abs_error"] = Number(m.max_abs_error);
   j["absmax_mse"] = Number(m.absmax_mse);
   j["gain"] = Number(m.gain);
+  if (m.weighted) {
+    j["absmax_wmse"] = Number(m.absmax_wmse);
+    j["wmse_gain"] = Number(m.wmse_gain);
+  }
   j["candidates_per_block"] = m.candidates_per_block;
   j["seconds"] = m.seconds;
   j["elements_per_second"] = m.elements_per_second;

@@ -366,7 +366,8 @@ absl::StatusOr<QuantizedSummary> CpuBackend::QuantizeUnchecked(
   for (const ErrorAccumulator& s : sums) total.Merge(s);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  summary.metrics = FinalizeMetrics(total, input.elements(), importance.present(), seconds);
+  summary.metrics = FinalizeMetrics(total, input.elements(), importance.present(),
+                                    options.objective == Objective::kWmse, seconds);
   return summary;
 }
 

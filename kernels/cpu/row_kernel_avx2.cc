@@ -178,6 +178,11 @@ struct Avx2Ops {
       partial[kSquaredSignal][h] = _mm256_fmadd_ps(v[h], v[h], partial[kSquaredSignal][h]);
       partial[kAbsMaxSquaredError][h] =
           _mm256_fmadd_ps(d_absmax[h], d_absmax[h], partial[kAbsMaxSquaredError][h]);
+      if (w) {
+        partial[kAbsMaxWeightedSquaredError][h] =
+            _mm256_fmadd_ps(_mm256_loadu_ps(w + 8 * h), _mm256_mul_ps(d_absmax[h], d_absmax[h]),
+                            partial[kAbsMaxWeightedSquaredError][h]);
+      }
       lanes->max_abs_error[h] = _mm256_max_ps(lanes->max_abs_error[h], Abs(d[h]));
     }
   }

@@ -163,6 +163,11 @@ struct Avx512Ops {
     }
     partial[kAbsMaxSquaredError] =
         _mm512_fmadd_ps(d_absmax, d_absmax, partial[kAbsMaxSquaredError]);
+    if (w) {
+      partial[kAbsMaxWeightedSquaredError] =
+          _mm512_fmadd_ps(_mm512_loadu_ps(w), _mm512_mul_ps(d_absmax, d_absmax),
+                          partial[kAbsMaxWeightedSquaredError]);
+    }
     lanes->max_abs_error = _mm512_max_ps(lanes->max_abs_error, Abs(d));
   }
   static void Dequantize(const float* x, const ScaleTable& table, int code, float* out, int n) {

@@ -264,7 +264,7 @@ int Run(const Flags& flags) {
       auto result = backend.Quantize({DType::kBF16, rows, cols, host.data()}, {}, options);
       if (!result.ok()) return Fail(result.status());
       if (i >= flags.warmup) row.wall_seconds = std::min(row.wall_seconds, result->metrics.seconds);
-      row.gain = result->metrics.gain;
+      row.gain = ObjectiveGain(result->metrics);
     }
     host_results.push_back(row);
   }
@@ -294,7 +294,7 @@ int Run(const Flags& flags) {
       row.device_seconds = std::min(row.device_seconds, result->device_seconds);
       row.wall_seconds = std::min(row.wall_seconds, result->metrics.seconds);
       row.candidates_per_block = result->metrics.candidates_per_block;
-      row.gain = result->metrics.gain;
+      row.gain = ObjectiveGain(result->metrics);
     }
     results.push_back(row);
   }

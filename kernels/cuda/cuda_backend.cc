@@ -424,9 +424,9 @@ absl::StatusOr<DeviceQuantizeResult> CudaBackend::State::RunOnDevice(
   out.amax = options.amax.value_or(BitsToFloat(r.amax_bits));
   out.global_scale = r.global_scale;
   out.device_seconds = milliseconds * 1e-3;
-  out.metrics =
-      FinalizeMetrics(ToAccumulator(r.metrics, input.rows * (out.padded_cols / kBlockSize)),
-                      input.elements(), importance.present(), SecondsSince(start_time));
+  out.metrics = FinalizeMetrics(
+      ToAccumulator(r.metrics, input.rows * (out.padded_cols / kBlockSize)), input.elements(),
+      importance.present(), options.objective == Objective::kWmse, SecondsSince(start_time));
   return out;
 }
 
@@ -686,9 +686,9 @@ absl::StatusOr<QuantizedSummary> CudaBackend::State::RunFromHost(
   QuantizedSummary summary;
   summary.amax = options.amax.value_or(BitsToFloat(r.amax_bits));
   summary.global_scale = r.global_scale;
-  summary.metrics =
-      FinalizeMetrics(ToAccumulator(r.metrics, rows * (pc / kBlockSize)), input.elements(),
-                      importance.present(), SecondsSince(start_time));
+  summary.metrics = FinalizeMetrics(
+      ToAccumulator(r.metrics, rows * (pc / kBlockSize)), input.elements(), importance.present(),
+      options.objective == Objective::kWmse, SecondsSince(start_time));
   return summary;
 }
 

@@ -514,20 +514,30 @@ NVFP4_HD void ProcessBlock(const BlockJob& job, const ScaleTable& table,
     max_error = MaxMagnitude(max_error, AbsF(d[i]));
   }
   const float squared_error_sum = DotProduct16(d, d);
-  // The AbsMax baseline's error: the same terms, hence the same sum, when the chosen code is the
-  // AbsMax code (always for AbsMax and all-zero blocks).
+  // The AbsMax baseline's errors: the same terms, hence the same sums, when the chosen code is
+  // the AbsMax code (always for AbsMax and all-zero blocks).
   float absmax_error_sum = squared_error_sum;
+  float weighted_error_sum = 0.0f, absmax_weighted_error_sum = 0.0f;
+  if constexpr (kWeights) {
+    weighted_error_sum = DotProduct16(w, squared_error);
+    absmax_weighted_error_sum = weighted_error_sum;
+  }
   if (choice.absmax != code) {
     LoadThresholdRow(table, choice.absmax, row);
     for (int i = 0; i < kBlockSize; ++i) magnitude[i] = E2M1RoundByThreshold(ax[i], row).magnitude;
     float absmax_d[kBlockSize];
     BlockErrors(ax, magnitude, table.effective_scale[choice.absmax], absmax_d);
     absmax_error_sum = DotProduct16(absmax_d, absmax_d);
+    if constexpr (kWeights) {
+      for (int i = 0; i < kBlockSize; ++i) squared_error[i] = absmax_d[i] * absmax_d[i];
+      absmax_weighted_error_sum = DotProduct16(w, squared_error);
+    }
   }
   totals->sum[kSquaredError] += static_cast<double>(squared_error_sum);
   if constexpr (kWeights) {
-    totals->sum[kWeightedSquaredError] += static_cast<double>(DotProduct16(w, squared_error));
+    totals->sum[kWeightedSquaredError] += static_cast<double>(weighted_error_sum);
     totals->sum[kWeightSum] += static_cast<double>(TreeSum16(w));
+    totals->sum[kAbsMaxWeightedSquaredError] += static_cast<double>(absmax_weighted_error_sum);
   }
   totals->sum[kSquaredSignal] += static_cast<double>(DotProduct16(x, x));
   totals->sum[kAbsMaxSquaredError] += static_cast<double>(absmax_error_sum);

@@ -182,13 +182,14 @@ NVFP4_HD float DequantizeNibble(uint8_t nibble, float effective_scale) {
 // across ISAs and (chunks being fixed by shape) thread counts, no block pays for a horizontal
 // reduction, and the relative rounding error stays around 1e-6 or better.
 inline constexpr int kMetricFoldBlocks = 64;
-inline constexpr int kMetricSums = 5;
+inline constexpr int kMetricSums = 6;
 enum MetricSum : int {
-  kSquaredError = 0,          // sum e^2
-  kWeightedSquaredError = 1,  // sum w e^2
-  kWeightSum = 2,             // sum w
-  kSquaredSignal = 3,         // sum x^2
-  kAbsMaxSquaredError = 4,    // sum e^2 of the AbsMax baseline
+  kSquaredError = 0,                // sum e^2
+  kWeightedSquaredError = 1,        // sum w e^2
+  kWeightSum = 2,                   // sum w
+  kSquaredSignal = 3,               // sum x^2
+  kAbsMaxSquaredError = 4,          // sum e^2 of the AbsMax baseline
+  kAbsMaxWeightedSquaredError = 5,  // sum w e^2 of the AbsMax baseline
 };
 
 struct MetricLanes {
@@ -240,6 +241,10 @@ NVFP4_HD void AccumulateBlockMetrics(const float* x, const float* weights, const
             : a - E2M1Magnitude(E2M1IndexByThreshold(a, table.threshold[absmax_code])) * s_absmax;
     lanes->partial[kAbsMaxSquaredError][i] =
         fmaf(d_absmax, d_absmax, lanes->partial[kAbsMaxSquaredError][i]);
+    if (weights) {
+      lanes->partial[kAbsMaxWeightedSquaredError][i] =
+          fmaf(weights[i], d_absmax * d_absmax, lanes->partial[kAbsMaxWeightedSquaredError][i]);
+    }
     lanes->max_abs_error[i] = MaxF(lanes->max_abs_error[i], AbsF(d));
   }
 }

@@ -39,12 +39,16 @@ Json TensorReportToJson(const TensorReport& t) {
   const TensorMetrics& m = t.metrics;
   j["elements"] = m.elements;
   j["mse"] = m.mse;
-  if (m.wmse > 0) j["wmse"] = m.wmse;
+  if (m.weighted) j["wmse"] = m.wmse;
   j["nmse"] = m.nmse;
   j["sqnr_db"] = Finite(m.sqnr_db);
   j["max_abs_error"] = m.max_abs_error;
   j["absmax_mse"] = m.absmax_mse;
   j["gain"] = m.gain;
+  if (m.weighted) {
+    j["absmax_wmse"] = m.absmax_wmse;
+    j["wmse_gain"] = m.wmse_gain;
+  }
   j["candidates_per_block"] = m.candidates_per_block;
   j["seconds"] = t.seconds;
   return j;
@@ -74,7 +78,12 @@ absl::StatusOr<TensorReport> TensorReportFromJson(const Json& j) {
     m.elements = j.at("elements").get<int64_t>();
     m.blocks = m.elements / 16;
     m.mse = j.at("mse").get<double>();
-    m.wmse = j.contains("wmse") ? j.at("wmse").get<double>() : 0.0;
+    m.weighted = j.contains("wmse");
+    m.wmse = m.weighted ? j.at("wmse").get<double>() : 0.0;
+    m.wmse_objective = m.weighted && t.objective == "wmse";
+    // Absent from reports written before these fields existed (a resumed job's journal).
+    m.absmax_wmse = j.value("absmax_wmse", 0.0);
+    m.wmse_gain = j.value("wmse_gain", 1.0);
     m.nmse = j.at("nmse").get<double>();
     m.sqnr_db = j.at("sqnr_db").is_null() ? INFINITY : j.at("sqnr_db").get<double>();
     m.max_abs_error = j.at("max_abs_error").get<double>();
@@ -95,6 +104,7 @@ void ComputeTotals(CheckpointReport& report) {
   s.quantized_elements = 0;
   s.input_bytes = s.output_bytes = 0;
   double sq = 0, absmax_sq = 0, nmse_weighted = 0;
+  double weighted_n = 0, wsq = 0, absmax_wsq = 0;
   for (const TensorReport& t : report.tensors) {
     s.input_bytes += t.input_bytes;
     s.output_bytes += t.output_bytes;
@@ -108,12 +118,21 @@ void ComputeTotals(CheckpointReport& report) {
     sq += t.metrics.mse * n;
     absmax_sq += t.metrics.absmax_mse * n;
     nmse_weighted += t.metrics.nmse * n;
+    if (t.metrics.weighted) {
+      weighted_n += n;
+      wsq += t.metrics.wmse * n;
+      absmax_wsq += t.metrics.absmax_wmse * n;
+    }
   }
   const double n = static_cast<double>(s.quantized_elements);
   s.mse = n > 0 ? sq / n : 0;
   s.absmax_mse = n > 0 ? absmax_sq / n : 0;
   s.nmse = n > 0 ? nmse_weighted / n : 0;
   s.gain = absmax_sq > 0 ? sq / absmax_sq : 1;
+  s.weighted = weighted_n > 0;
+  s.wmse = weighted_n > 0 ? wsq / weighted_n : 0;
+  s.absmax_wmse = weighted_n > 0 ? absmax_wsq / weighted_n : 0;
+  s.wmse_gain = absmax_wsq > 0 ? wsq / absmax_wsq : 1;
 }
 
 Json CheckpointReportToJson(const CheckpointReport& r) {
@@ -136,6 +155,11 @@ Json CheckpointReportToJson(const CheckpointReport& r) {
   totals["mse"] = s.mse;
   totals["absmax_mse"] = s.absmax_mse;
   totals["gain"] = s.gain;
+  if (s.weighted) {
+    totals["wmse"] = s.wmse;
+    totals["absmax_wmse"] = s.absmax_wmse;
+    totals["wmse_gain"] = s.wmse_gain;
+  }
   totals["nmse"] = s.nmse;
   totals["input_bytes"] = s.input_bytes;
   totals["output_bytes"] = s.output_bytes;
@@ -184,26 +208,37 @@ absl::StatusOr<CheckpointReport> CheckpointReportFromJson(const Json& j) {
 }
 
 std::string FormatReportTable(const CheckpointReport& r) {
-  std::string out =
-      absl::StrFormat("%-56s %-13s %-10s %10s %8s %10s %7s %6s %8s\n", "tensor", "shape",
-                      "objective", "mse", "sqnr_dB", "absmax_mse", "gain", "cand", "ms");
+  // The error columns are those of the objective the scales minimised: a WMSE quantisation's
+  // plain MSE may well exceed AbsMax's while its WMSE is far below.
+  const bool weighted = r.objective == "wmse" && r.totals.weighted;
+  std::string out = absl::StrFormat("%-56s %-13s %-10s %10s %8s %11s %7s %6s %8s\n", "tensor",
+                                    "shape", "objective", weighted ? "wmse" : "mse", "sqnr_dB",
+                                    weighted ? "absmax_wmse" : "absmax_mse", "gain", "cand", "ms");
   for (const TensorReport& t : r.tensors) {
     if (!t.quantized) continue;
     std::string name = t.name;
     if (name.size() > 56) name = "..." + name.substr(name.size() - 53);
     const TensorMetrics& m = t.metrics;
-    out += absl::StrFormat("%-56s %-13s %-10s %10.3e %8.2f %10.3e %+6.1f%% %6.2f %8.1f\n", name,
-                           absl::StrJoin(t.shape, "x"), t.objective, m.mse, m.sqnr_db, m.absmax_mse,
-                           (m.gain - 1) * 100, m.candidates_per_block, t.seconds * 1e3);
+    const bool w = weighted && m.weighted;
+    out += absl::StrFormat("%-56s %-13s %-10s %10.3e %8.2f %11.3e %+6.1f%% %6.2f %8.1f\n", name,
+                           absl::StrJoin(t.shape, "x"), t.objective, w ? m.wmse : m.mse, m.sqnr_db,
+                           w ? m.absmax_wmse : m.absmax_mse, (ObjectiveGain(m) - 1) * 100,
+                           m.candidates_per_block, t.seconds * 1e3);
   }
   const CheckpointTotals& s = r.totals;
+  const std::string errors =
+      weighted ? absl::StrFormat("WMSE %.4e vs AbsMax %.4e: %+.2f%% (MSE %.4e vs %.4e: %+.2f%%)",
+                                 s.wmse, s.absmax_wmse, (s.wmse_gain - 1) * 100, s.mse,
+                                 s.absmax_mse, (s.gain - 1) * 100)
+               : absl::StrFormat("MSE %.4e vs AbsMax %.4e: %+.2f%%", s.mse, s.absmax_mse,
+                                 (s.gain - 1) * 100);
   out += absl::StrFormat(
-      "%d tensors quantized (%d passed through), %d shard(s)%s; MSE %.4e vs AbsMax %.4e: %+.2f%%; "
+      "%d tensors quantized (%d passed through), %d shard(s)%s; %s; "
       "%.2f GB in, %.2f GB out, %.2f s (read %.2f, quantize %.2f, write %.2f)\n",
       s.quantized, s.passed_through, s.shards,
-      s.shards_resumed > 0 ? absl::StrCat(" (", s.shards_resumed, " resumed)") : "", s.mse,
-      s.absmax_mse, (s.gain - 1) * 100, s.input_bytes / 1e9, s.output_bytes / 1e9, s.wall_seconds,
-      s.read_seconds, s.quantize_seconds, s.write_seconds);
+      s.shards_resumed > 0 ? absl::StrCat(" (", s.shards_resumed, " resumed)") : "", errors,
+      s.input_bytes / 1e9, s.output_bytes / 1e9, s.wall_seconds, s.read_seconds, s.quantize_seconds,
+      s.write_seconds);
   for (const std::string& note : r.notes) out += absl::StrCat("note: ", note, "\n");
   return out;
 }

@@ -39,6 +39,9 @@ struct CheckpointTotals {
   int shards = 0, shards_resumed = 0;
   int64_t quantized_elements = 0;
   double mse = 0, absmax_mse = 0, gain = 1, nmse = 0;  // element-weighted over quantized tensors
+  // The same over the tensors quantised with importance (weighted: there are any).
+  bool weighted = false;
+  double wmse = 0, absmax_wmse = 0, wmse_gain = 1;
   uint64_t input_bytes = 0, output_bytes = 0;
   double wall_seconds = 0, read_seconds = 0, quantize_seconds = 0, write_seconds = 0;
 };

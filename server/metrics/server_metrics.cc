@@ -52,12 +52,16 @@ absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(
                            .Help("Normalised MSE (sum e^2 / sum x^2) of each quantised tensor")
                            .Register(r)
                            .Add({}, ExponentialBuckets(1e-7, 10, 7));
-    m->tensor_gain_ = &BuildHistogram()
-                           .Name("nvfp4_tensor_gain_vs_absmax_ratio")
-                           .Help("MSE of each quantised tensor divided by the AbsMax MSE")
-                           .Register(r)
-                           .Add({}, prometheus::Histogram::BucketBoundaries{
-                                        0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0, 1.05});
+    m->tensor_gain_ =
+        &BuildHistogram()
+             .Name("nvfp4_tensor_gain_vs_absmax_ratio")
+             .Help(
+                 "Error of each quantised tensor divided by AbsMax's with the "
+                 "same global scale, for the objective its scales minimised "
+                 "(MSE, or WMSE with importance)")
+             .Register(r)
+             .Add({}, prometheus::Histogram::BucketBoundaries{0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75,
+                                                              0.8, 0.85, 0.9, 0.95, 1.0, 1.05});
     m->elements_total_ = &BuildCounter()
                               .Name("nvfp4_elements_quantized_total")
                               .Help("Tensor elements quantised")

@@ -118,7 +118,7 @@ class CheckpointReactor final : public grpc::ServerWriteReactor<Response> {
       const TensorMetrics& tm = e.tensor->metrics;
       m->TensorQuantized(static_cast<double>(tm.elements),
                          static_cast<double>(e.tensor->input_bytes),
-                         static_cast<double>(e.tensor->output_bytes), tm.nmse, tm.gain);
+                         static_cast<double>(e.tensor->output_bytes), tm.nmse, ObjectiveGain(tm));
     }
     mu_.Lock();
     // A client that stopped reading gets nothing more; the job goes on until cancelled.

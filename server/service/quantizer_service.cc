@@ -75,7 +75,7 @@ void RecordSuccess(QuantizerService& service, const api::TensorSpec& spec,
     m->TensorQuantized(static_cast<double>(spec.elements()),
                        static_cast<double>(spec.input_bytes() + spec.importance_values() * 4),
                        static_cast<double>(ResultBytes(spec)), out.summary.metrics.nmse,
-                       out.summary.metrics.gain);
+                       ObjectiveGain(out.summary.metrics));
   }
 }
 

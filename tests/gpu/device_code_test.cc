@@ -150,7 +150,8 @@ Emulated Emulate(const HostTensor& t, const QuantizeOptions& options, const Mapp
   q.global_scale = table->global_scale;
   const ErrorAccumulator sums =
       MakeErrorAccumulator(totals.sum, totals.max_abs_error, totals.candidates, t.rows * (pc / 16));
-  q.metrics = FinalizeMetrics(sums, t.rows * t.cols, weights, 0.0);
+  q.metrics =
+      FinalizeMetrics(sums, t.rows * t.cols, weights, options.objective == Objective::kWmse, 0.0);
   return out;
 }
 

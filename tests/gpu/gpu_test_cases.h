@@ -308,12 +308,17 @@ inline void ExpectSameQuantization(const QuantizedTensor& expected, const Quanti
   EXPECT_EQ(e.elements, a.elements) << what;
   EXPECT_EQ(e.blocks, a.blocks) << what;
   EXPECT_EQ(e.weighted, a.weighted) << what;
+  EXPECT_EQ(e.wmse_objective, a.wmse_objective) << what;
   EXPECT_TRUE(Close(e.mse, a.mse)) << what << ": mse " << e.mse << " vs " << a.mse;
   EXPECT_TRUE(Close(e.wmse, a.wmse)) << what << ": wmse " << e.wmse << " vs " << a.wmse;
   EXPECT_TRUE(Close(e.nmse, a.nmse)) << what << ": nmse " << e.nmse << " vs " << a.nmse;
   EXPECT_TRUE(Close(e.absmax_mse, a.absmax_mse))
       << what << ": absmax_mse " << e.absmax_mse << " vs " << a.absmax_mse;
   EXPECT_TRUE(Close(e.gain, a.gain, 1e-5)) << what << ": gain " << e.gain << " vs " << a.gain;
+  EXPECT_TRUE(Close(e.absmax_wmse, a.absmax_wmse))
+      << what << ": absmax_wmse " << e.absmax_wmse << " vs " << a.absmax_wmse;
+  EXPECT_TRUE(Close(e.wmse_gain, a.wmse_gain, 1e-5))
+      << what << ": wmse_gain " << e.wmse_gain << " vs " << a.wmse_gain;
   // SQNR in dB can be near 0 (saturation): an absolute bound (1e-6 relative sums give ~4e-6 dB).
   EXPECT_TRUE(e.sqnr_db == a.sqnr_db || std::fabs(e.sqnr_db - a.sqnr_db) <= 1e-4)
       << what << ": sqnr " << e.sqnr_db << " vs " << a.sqnr_db;

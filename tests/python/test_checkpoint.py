@@ -773,3 +773,18 @@ def test_verify_finds_damaged_values_scales_and_a_wrong_source(bins, runs, llama
         "--vocab", 1024, "--dtype", "bf16", "--shard-gb", 0.0008, "--seed", 4)
     rc, report = verify(bins, other, good)
     assert rc == 3 and report["value_mismatches"] > 0, report
+
+
+def test_wmse_checkpoint_report_shows_the_objectives_gain(bins, llama, tmp_path):
+    out, report = tmp_path / "wmse", tmp_path / "wmse.json"
+    result = run(bins["nvfp4q"], "quantize", "--model", llama / "src", "--out", out,
+                 "--objective", "wmse", "--importance", llama / "imp.safetensors", "--report",
+                 report)
+    totals = json.loads(report.read_text())["totals"]
+    assert totals["wmse_gain"] < 1.0, totals
+    assert totals["wmse_gain"] == pytest.approx(totals["wmse"] / totals["absmax_wmse"])
+    assert "absmax_wmse" in result.stdout and "WMSE" in result.stdout
+    rows = json.loads(report.read_text())["tensors"]
+    weighted = [t for t in rows if t["quantized"] and "wmse_gain" in t]
+    assert weighted and all(t["wmse_gain"] < 1.0 for t in weighted)
+

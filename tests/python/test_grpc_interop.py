@@ -93,6 +93,35 @@ def test_nvfp4d_usage_errors_exit_2_with_a_plain_message(nvfp4q):
     assert r.returncode == 0 and r.stdout.startswith("nvfp4d ")
 
 
+def test_wmse_jobs_report_the_weighted_gain_everywhere(nvfp4d, nvfp4q, tmp_path):
+    # The scales of a WMSE job minimise WMSE: its gain (in reports, job lists and the Prometheus
+    # histogram) is WMSE over AbsMax's WMSE, while its plain MSE may exceed AbsMax's.
+    daemon = nvfp4d()
+    np.save(tmp_path / "w.npy", RNG.normal(0, 1, (128, 512)).astype(np.float32))
+    np.save(tmp_path / "imp.npy", RNG.lognormal(0, 2.0, 512).astype(np.float32))
+    args = ["quantize-tensor", "--input", tmp_path / "w.npy", "--objective", "wmse",
+            "--importance", tmp_path / "imp.npy", "--json"]
+    local = json.loads(subprocess.run([nvfp4q, *args, "--output", tmp_path / "l.safetensors"],
+                                      check=True, capture_output=True, text=True).stdout)
+    remote = json.loads(subprocess.run([nvfp4q, *args, "--output", tmp_path / "r.safetensors",
+                                        "--server", daemon.target],
+                                       check=True, capture_output=True, text=True).stdout)
+    for key in ("wmse", "absmax_wmse", "wmse_gain", "mse", "absmax_mse", "gain"):
+        assert remote[key] == local[key], key
+    assert local["wmse_gain"] == pytest.approx(local["wmse"] / local["absmax_wmse"])
+    assert local["wmse_gain"] < 0.8
+    text = subprocess.run([nvfp4q, *args[:-1], "--output", tmp_path / "t.safetensors"],
+                          check=True, capture_output=True, text=True).stdout
+    assert "vs AbsMax: WMSE" in text
+    jobs = subprocess.run([nvfp4q, "jobs", "--server", daemon.target], check=True,
+                          capture_output=True, text=True).stdout
+    assert f"{100 * (local['wmse_gain'] - 1):+.1f}%" in jobs, jobs
+    scrape = urllib.request.urlopen(
+        f"http://127.0.0.1:{daemon.metrics_port}/metrics").read().decode()
+    total = float(re.search(r"^nvfp4_tensor_gain_vs_absmax_ratio_sum (\S+)$", scrape, re.M)[1])
+    assert total == pytest.approx(local["wmse_gain"], rel=1e-9)
+
+
 def test_health_and_reflection(nvfp4d):
     daemon = nvfp4d()
     with grpc.insecure_channel(daemon.target) as channel:
