@@ -1,5 +1,6 @@
 #include "client/cli/verify_command.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -7,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -17,9 +19,7 @@
 #include "client/cli/exit_codes.h"
 #include "common/status_macros.h"
 #include "kernels/cpu/cpu_backend.h"
-#include "kernels/dequantize.h"
 #include "kernels/encoding_check.h"
-#include "kernels/numerics/half.h"
 #include "kernels/numerics/method.h"
 #include "server/checkpoint/checkpoint_plan.h"
 #include "server/checkpoint/source_checkpoint.h"
@@ -81,22 +81,6 @@ std::optional<Recipe> RecipeOf(const nlohmann::ordered_json& quantization_config
   return Recipe{*method, *objective, tool.value("scale_max", 256)};
 }
 
-std::vector<float> ToF32(const SourceTensor& t) {
-  const int64_t n = t.info->elements();
-  std::vector<float> out(static_cast<size_t>(n));
-  const uint8_t* p = t.data();
-  if (t.info->dtype == "F32") {
-    std::memcpy(out.data(), p, static_cast<size_t>(n) * 4);
-  } else {
-    for (int64_t i = 0; i < n; ++i) {
-      uint16_t bits;
-      std::memcpy(&bits, p + 2 * i, 2);
-      out[i] = t.info->dtype == "BF16" ? Bf16BitsToFloat(bits) : HalfBitsToFloat(bits);
-    }
-  }
-  return out;
-}
-
 float ScalarF32(const SourceTensor& t) {
   float v;
   std::memcpy(&v, t.data(), 4);
@@ -137,6 +121,7 @@ absl::StatusOr<int> Run(const VerifyFlags& flags) {
     ASSIGN_OR_RETURN(engine, cpu::CpuBackend::Create({0, cpu::CpuIsa::kAuto}));
   }
   int rederived = 0;
+  cpu::ThreadPool pool(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   int64_t value_mismatches = 0;
 
   std::map<std::string, bool> expected_outputs;  // output tensor name -> seen in source walk
@@ -206,27 +191,31 @@ absl::StatusOr<int> Run(const VerifyFlags& flags) {
     }
     const TensorView source_view{*dtype, rows, cols, s.data()};
     // The values must be the rounding of the source under the stored scales, whoever chose them.
-    EncodingMismatches mismatches{-1, -1};
+    std::optional<StoredTensorCheck> check;
     for (float candidate : GlobalScaleCandidates(stored, names.reciprocal)) {
-      absl::StatusOr<EncodingMismatches> m =
-          CountEncodingMismatches(source_view, packed->data(), scale_bytes, candidate);
-      if (!m.ok()) {
-        problem(absl::StrCat(module, ": ", m.status().message()));
+      absl::StatusOr<StoredTensorCheck> c =
+          CheckStoredTensor(source_view, packed->data(), scale_bytes, candidate, &pool);
+      if (!c.ok()) {
+        problem(absl::StrCat(module, ": ", c.status().message()));
         break;
       }
-      if (mismatches.count < 0 || m->count < mismatches.count) {
-        mismatches = *m;
+      if (!check || c->mismatches < check->mismatches) {
+        check = *c;
         g = candidate;
       }
-      if (m->count == 0) break;
+      if (c->mismatches == 0) break;
     }
-    if (mismatches.count < 0) continue;
-    if (mismatches.count > 0) {
-      value_mismatches += mismatches.count;
-      problem(absl::StrCat(module, ": ", mismatches.count, " of ", rows * cols,
+    if (!check) continue;
+    sq += check->squared_error;
+    signal += check->squared_signal;
+    elements += rows * cols;
+    if (check->mismatches > 0) {
+      value_mismatches += check->mismatches;
+      problem(absl::StrCat(module, ": ", check->mismatches, " of ", rows * cols,
                            " values are not the E2M1 rounding of the source under their block "
                            "scale (first at row ",
-                           mismatches.first / cols, ", column ", mismatches.first % cols, ")"));
+                           check->first_mismatch / cols, ", column ", check->first_mismatch % cols,
+                           ")"));
     } else if (rederive) {
       QuantizeOptions options;
       options.method = recipe->method;
@@ -253,15 +242,6 @@ absl::StatusOr<int> Run(const VerifyFlags& flags) {
     }
     const std::string group = checkpoint::FusedGroupKey(module);
     if (!group.empty()) group_scales[group].push_back(stored);
-    std::vector<float> dequantized(static_cast<size_t>(rows * cols));
-    DequantizeToF32(packed->data(), scale_bytes, g, rows, cols, dequantized.data());
-    const std::vector<float> original = ToF32(s);
-    for (size_t i = 0; i < original.size(); ++i) {
-      const double e = static_cast<double>(original[i]) - dequantized[i];
-      sq += e * e;
-      signal += static_cast<double>(original[i]) * original[i];
-    }
-    elements += rows * cols;
   }
   for (const auto& [group, scales] : group_scales) {
     for (float v : scales) {

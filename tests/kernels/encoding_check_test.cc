@@ -23,10 +23,11 @@ QuantizedTensor QuantizeWith(const TensorView& input, Method method, Objective o
   return *std::move(q);
 }
 
-EncodingMismatches Check(const TensorView& input, const QuantizedTensor& q) {
-  auto m = CountEncodingMismatches(input, q.packed.data(), q.scales.data(), q.global_scale);
+StoredTensorCheck Check(const TensorView& input, const QuantizedTensor& q,
+                        cpu::ThreadPool* pool = nullptr) {
+  auto m = CheckStoredTensor(input, q.packed.data(), q.scales.data(), q.global_scale, pool);
   EXPECT_TRUE(m.ok()) << m.status();
-  return m.ok() ? *m : EncodingMismatches{-1, -1};
+  return m.ok() ? *m : StoredTensorCheck{-1, -1, 0, 0};
 }
 
 // Whatever scales a method chose, the values are the rounding under them: no mismatch, for
@@ -43,10 +44,10 @@ TEST(EncodingCheck, EveryMethodsOutputIsItsOwnRounding) {
     for (Method method :
          {Method::kAbsMax, Method::kFourOverSix, Method::kExhaustive, Method::kScaleSweep}) {
       const QuantizedTensor mse = QuantizeWith(input, method, Objective::kMse);
-      EXPECT_EQ(Check(input, mse).count, 0) << MethodName(method);
+      EXPECT_EQ(Check(input, mse).mismatches, 0) << MethodName(method);
       const QuantizedTensor wmse = QuantizeWith(input, method, Objective::kWmse,
                                                 {ImportanceLayout::kPerColumn, w.data(), cols});
-      EXPECT_EQ(Check(input, wmse).count, 0) << MethodName(method) << " wmse";
+      EXPECT_EQ(Check(input, wmse).mismatches, 0) << MethodName(method) << " wmse";
     }
   }
 }
@@ -59,29 +60,58 @@ TEST(EncodingCheck, FindsAFlippedValueAndACorruptedScale) {
 
   QuantizedTensor flipped = q;
   flipped.packed[37] ^= 0x20;  // element 75's magnitude (high nibble of byte 37)
-  EncodingMismatches m = Check(input, flipped);
-  EXPECT_EQ(m.count, 1);
-  EXPECT_EQ(m.first, 75);
+  StoredTensorCheck m = Check(input, flipped);
+  EXPECT_EQ(m.mismatches, 1);
+  EXPECT_EQ(m.first_mismatch, 75);
 
   QuantizedTensor rescaled = q;
   rescaled.scales[5] = 0x7E;  // 448: every element of block 5 rounds to 0 under it
   m = Check(input, rescaled);
-  EXPECT_GT(m.count, 8);
-  EXPECT_GE(m.first, 5 * 16);
-  EXPECT_LT(m.first, 6 * 16);
+  EXPECT_GT(m.mismatches, 8);
+  EXPECT_GE(m.first_mismatch, 5 * 16);
+  EXPECT_LT(m.first_mismatch, 6 * 16);
 
   // Another tensor's values under these scales (a checkpoint checked against a wrong source).
   const std::vector<float> other =
       testing::Sample(testing::Distribution::kGaussian, rows * cols, 23);
-  EXPECT_GT(Check({DType::kF32, rows, cols, other.data()}, q).count, rows * cols / 2);
+  EXPECT_GT(Check({DType::kF32, rows, cols, other.data()}, q).mismatches, rows * cols / 2);
 
   // Bytes that are not scales at all are an error, not a count.
   QuantizedTensor bad_scale = q;
   bad_scale.scales[0] = 0x7F;
-  EXPECT_FALSE(CountEncodingMismatches(input, bad_scale.packed.data(), bad_scale.scales.data(),
-                                       q.global_scale)
-                   .ok());
-  EXPECT_FALSE(CountEncodingMismatches(input, q.packed.data(), q.scales.data(), 0.0f).ok());
+  EXPECT_FALSE(
+      CheckStoredTensor(input, bad_scale.packed.data(), bad_scale.scales.data(), q.global_scale)
+          .ok());
+  EXPECT_FALSE(CheckStoredTensor(input, q.packed.data(), q.scales.data(), 0.0f).ok());
+}
+
+// The error sums are those of the dequantised values, whatever the thread count.
+TEST(EncodingCheck, ErrorSumsMatchTheDequantisedTensorOnAnyPool) {
+  const int64_t rows = 100, cols = 40;
+  const std::vector<float> x = testing::Sample(testing::Distribution::kLaplace, rows * cols, 24);
+  const TensorView input{DType::kF32, rows, cols, x.data()};
+  QuantizeOptions options;
+  options.want_dequantized = true;
+  auto backend = cpu::CpuBackend::Create({1, cpu::CpuIsa::kAuto});
+  ASSERT_TRUE(backend.ok());
+  auto q = (*backend)->Quantize(input, {}, options);
+  ASSERT_TRUE(q.ok());
+  double squared_error = 0, squared_signal = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double e = static_cast<double>(x[i]) - q->dequantized[i];
+    squared_error += e * e;
+    squared_signal += static_cast<double>(x[i]) * x[i];
+  }
+  const StoredTensorCheck serial = Check(input, *q);
+  EXPECT_EQ(serial.mismatches, 0);
+  // Summed per 16-row chunk, then over the chunks: the same terms in another association.
+  EXPECT_NEAR(serial.squared_error, squared_error, squared_error * 1e-12);
+  EXPECT_NEAR(serial.squared_signal, squared_signal, squared_signal * 1e-12);
+  EXPECT_NEAR(serial.squared_error / rows / cols, q->metrics.mse, q->metrics.mse * 1e-6);
+  cpu::ThreadPool pool(3);
+  const StoredTensorCheck pooled = Check(input, *q, &pool);
+  EXPECT_EQ(pooled.squared_error, serial.squared_error);
+  EXPECT_EQ(pooled.squared_signal, serial.squared_signal);
 }
 
 // -0.0 and +0.0 nibbles of a zero magnitude are equivalent.
@@ -93,7 +123,7 @@ TEST(EncodingCheck, EitherSignOfZeroIsAccepted) {
   QuantizedTensor q = QuantizeWith(input, Method::kAbsMax, Objective::kMse);
   ASSERT_EQ(q.packed[1] >> 4, 0x8);
   q.packed[1] &= 0x0F;  // +0 instead
-  EXPECT_EQ(Check(input, q).count, 0);
+  EXPECT_EQ(Check(input, q).mismatches, 0);
 }
 
 }  // namespace
