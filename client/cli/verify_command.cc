@@ -126,6 +126,8 @@ absl::StatusOr<int> Run(const VerifyFlags& flags) {
 
   std::map<std::string, bool> expected_outputs;  // output tensor name -> seen in source walk
   std::map<std::string, std::vector<float>> group_scales;
+  // Fused groups are quantized whole or not at all: per group, its weights and the quantized.
+  std::map<std::string, std::pair<int, int>> group_members;
   int quantized = 0, passed = 0;
   double sq = 0, signal = 0;
   int64_t elements = 0;
@@ -133,6 +135,10 @@ absl::StatusOr<int> Run(const VerifyFlags& flags) {
     const bool weight = absl::EndsWith(s.name, ".weight");
     const std::string module = weight ? s.name.substr(0, s.name.size() - 7) : s.name;
     const SourceTensor* scales = output->Find(module + names.scales);
+    if (const std::string group = weight ? checkpoint::FusedGroupKey(module) : ""; !group.empty()) {
+      ++group_members[group].first;
+      if (scales != nullptr) ++group_members[group].second;
+    }
     if (!weight || scales == nullptr) {
       ++passed;
       expected_outputs[s.name] = true;
@@ -249,6 +255,13 @@ absl::StatusOr<int> Run(const VerifyFlags& flags) {
         problem(absl::StrCat(group, ": fused modules have different global scales"));
         break;
       }
+    }
+  }
+  for (const auto& [group, counts] : group_members) {
+    if (counts.second > 0 && counts.second < counts.first) {
+      problem(absl::StrCat(group, ": ", counts.second, " of the ", counts.first,
+                           " fused modules are quantized (a fused group is quantized whole or not "
+                           "at all)"));
     }
   }
   for (const SourceTensor& o : output->tensors()) {

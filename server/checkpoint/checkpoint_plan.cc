@@ -127,18 +127,19 @@ absl::StatusOr<CheckpointPlan> BuildCheckpointPlan(const SourceCheckpoint& sourc
       }
       t.quantize = reason.empty();
       t.reason = std::move(reason);
-      const std::string key = FusedGroupKey(t.module);
-      if (!key.empty()) {
-        auto [it, inserted] = group_of_key.emplace(key, plan.groups.size());
-        if (inserted) plan.groups.push_back({key, {}});
-        t.group = static_cast<int>(it->second);
-        plan.groups[it->second].members.push_back(plan.tensors.size());
-      }
     } else if (is_weight && info.shape.size() == 2) {
       t.reason = absl::StrCat("dtype ", info.dtype, " (only F32, BF16 and F16 are quantized)");
     } else if (is_weight) {
       t.reason =
           absl::StrCat(info.shape.size(), "-D weight (only 2-D Linear weights are quantized)");
+    }
+    // Every weight joins its fused group, the ones that cannot be quantized too: they keep the
+    // whole group unquantized (below).
+    if (const std::string key = is_weight ? FusedGroupKey(t.module) : ""; !key.empty()) {
+      auto [it, inserted] = group_of_key.emplace(key, plan.groups.size());
+      if (inserted) plan.groups.push_back({key, {}});
+      t.group = static_cast<int>(it->second);
+      plan.groups[it->second].members.push_back(plan.tensors.size());
     }
     plan.tensors.push_back(std::move(t));
   }

@@ -767,6 +767,36 @@ def test_verify_finds_damaged_values_scales_and_a_wrong_source(bins, runs, llama
     assert any(f"{module}: 1 of" in p and "block scales are not what scalesweep" in p
                for p in report["problems"]), report["problems"]
 
+    # One member of a fused group passed through while the others are quantized.
+    partial = tmp_path / "partial"
+    shutil.copytree(good, partial)
+    module = "model.layers.1.self_attn.k_proj"
+    source_weight = checkpoint_raw(runs.src)[module + ".weight"]
+    index_path = partial / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    shard = partial / index["weight_map"][module + ".weight"]
+    header, metadata, start = st_header(shard)
+    data = shard.read_bytes()
+    tensors = {name: (info["dtype"], info["shape"],
+                      data[start + info["data_offsets"][0]:start + info["data_offsets"][1]])
+               for name, info in header.items() if not name.startswith(module + ".")}
+    tensors[module + ".weight"] = (source_weight[0], list(source_weight[1]), source_weight[2])
+    new_header, offset, blob = {"__metadata__": metadata}, 0, b""
+    for name, (dtype, shape, raw) in tensors.items():
+        new_header[name] = {"dtype": dtype, "shape": shape,
+                            "data_offsets": [offset, offset + len(raw)]}
+        offset += len(raw)
+        blob += raw
+    text = json.dumps(new_header).encode()
+    shard.write_bytes(struct.pack("<Q", len(text)) + text + blob)
+    for suffix in (".weight_scale", ".weight_scale_2", ".input_scale"):
+        index["weight_map"].pop(module + suffix, None)
+    index_path.write_text(json.dumps(index))
+    rc, report = verify(bins, runs.src, partial)
+    assert rc == 3, report
+    assert any("self_attn.{q,k,v}_proj: 2 of the 3 fused modules are quantized" in p
+               for p in report["problems"]), report["problems"]
+
     # The right checkpoint against another source of the same shapes.
     other = tmp_path / "other"
     run(bins["demo"], "--out", other, "--layers", 2, "--hidden", 256, "--intermediate", 512,

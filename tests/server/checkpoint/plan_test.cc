@@ -490,6 +490,29 @@ TEST(CheckpointPlanTest, MemberWithBadRowLengthBlocksItsWholeGroup) {
   EXPECT_EQ(plan.quantized_count, 1);
 }
 
+// A member the quantizer cannot take at all (an F64 weight, a 3-D one) blocks its group too.
+TEST(CheckpointPlanTest, MemberWithAnUnquantizableDtypeOrRankBlocksItsWholeGroup) {
+  Checkpoint ckpt({{"model.layers.0.mlp.gate_proj.weight", "F32", {32, 64}},
+                   {"model.layers.0.mlp.up_proj.weight", "F64", {32, 64}},
+                   {"model.layers.0.mlp.down_proj.weight", "F32", {64, 32}},
+                   {"model.layers.1.self_attn.q_proj.weight", "BF16", {64, 64}},
+                   {"model.layers.1.self_attn.k_proj.weight", "BF16", {2, 16, 64}},
+                   {"model.layers.1.self_attn.v_proj.weight", "BF16", {16, 64}}});
+  ASSERT_TRUE(ckpt.ok());
+  const CheckpointPlan plan = Plan(ckpt);
+  EXPECT_THAT(Find(plan, "model.layers.0.mlp.up_proj.weight").reason, HasSubstr("dtype F64"));
+  const PlannedTensor& gate = Find(plan, "model.layers.0.mlp.gate_proj.weight");
+  EXPECT_FALSE(gate.quantize);
+  EXPECT_THAT(gate.reason, HasSubstr("fused with model.layers.0.mlp.up_proj"));
+  EXPECT_TRUE(Find(plan, "model.layers.0.mlp.down_proj.weight").quantize);
+  for (const char* leaf : {"q_proj", "v_proj"}) {
+    const PlannedTensor& t = Find(plan, absl::StrCat("model.layers.1.self_attn.", leaf, ".weight"));
+    EXPECT_FALSE(t.quantize) << leaf;
+    EXPECT_THAT(t.reason, HasSubstr("fused with model.layers.1.self_attn.k_proj")) << leaf;
+  }
+  EXPECT_EQ(plan.quantized_count, 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Output tensors.
 
