@@ -19,6 +19,7 @@
 #include "client/io/npy.h"
 #include "common/status_macros.h"
 #include "common/version.h"
+#include "kernels/cpu/row_kernel.h"
 #include "kernels/dequantize.h"
 #include "server/checkpoint/safetensors.h"
 
@@ -92,6 +93,24 @@ std::string PathClash(const QuantizeTensorFlags& flags) {
   return "";
 }
 
+// A given --amax below the tensor's, or a small --global-scale, makes the largest values
+// saturate at 6 * 448 * g: legitimate for a fused group, but worth saying.
+void WarnIfSaturated(const LoadedTensor& tensor, float g) {
+  const int64_t n = tensor.rows * tensor.cols;
+  const cpu::ScanResult scan =
+      tensor.dtype == DType::kF32
+          ? cpu::ScanF32Scalar(reinterpret_cast<const float*>(tensor.bytes.data()), n)
+          : cpu::ScanHalfScalar(tensor.dtype,
+                                reinterpret_cast<const uint16_t*>(tensor.bytes.data()), n);
+  const double largest = 6.0 * 448.0 * static_cast<double>(g);
+  if (static_cast<double>(scan.max_abs) > largest) {
+    std::fprintf(stderr,
+                 "nvfp4q: warning: the tensor's max |x| %.6g is above the largest value the "
+                 "global scale %.8g represents (6 * 448 * g = %.6g): larger values saturate\n",
+                 scan.max_abs, g, largest);
+  }
+}
+
 absl::StatusOr<int> Run(const QuantizeTensorFlags& flags) {
   if (const std::string clash = PathClash(flags); !clash.empty()) {
     std::fprintf(stderr, "nvfp4q: %s\n", clash.c_str());
@@ -131,6 +150,7 @@ absl::StatusOr<int> Run(const QuantizeTensorFlags& flags) {
     threads = backend->threads();
   }
   RETURN_IF_ERROR(WriteModelOptTensor(flags.output, options, q));
+  WarnIfSaturated(tensor, q.global_scale);
   if (flags.dequantized.has_value()) {
     if (flags.dequantized_dtype == "bf16") {
       // NumPy has no bf16 dtype: raw little-endian bf16 bits, row-major [rows, cols].
@@ -192,13 +212,17 @@ std::function<int()> AddQuantizeTensorCommand(CLI::App& app) {
   cmd->add_option("--shape", flags->shape, "raw input shape N,K");
   cmd->add_option("--importance", flags->importance,
                   "WMSE weights .npy, f32 [K] (per column) or [N, K] (per element)");
-  cmd->add_option("--amax", flags->amax, "fused group: use this amax for the global scale");
-  cmd->add_option("--global-scale", flags->global_scale, "fused group: use this global scale g");
-  cmd->add_option("--dequantized", flags->dequantized,
-                  "also write the fake-quant tensor: .npy (f32) or raw bf16 bits");
+  CLI::Option* amax =
+      cmd->add_option("--amax", flags->amax, "fused group: use this amax for the global scale");
+  cmd->add_option("--global-scale", flags->global_scale, "fused group: use this global scale g")
+      ->excludes(amax);
+  CLI::Option* dequantized =
+      cmd->add_option("--dequantized", flags->dequantized,
+                      "also write the fake-quant tensor: .npy (f32) or raw bf16 bits");
   cmd->add_option("--dequantized-dtype", flags->dequantized_dtype,
                   "f32 (.npy) or bf16 (raw little-endian, [N, K])")
-      ->check(CLI::IsMember({"f32", "bf16"}));
+      ->check(CLI::IsMember({"f32", "bf16"}))
+      ->needs(dequantized);
   cmd->add_flag("--json", flags->json, "print one JSON object instead of text");
   flags->quantize.Register(cmd);
   flags->engine.Register(cmd);

@@ -160,11 +160,28 @@ def test_usage_errors_exit_2_before_any_work(nvfp4q, tmp_path):
         (["compare", w, "--methods", "absmax,bogus"], "unknown method 'bogus'"),
         (["bench", "--methods", "foo"], "unknown method 'foo'"),
         (["bench", "--rows", "0"], "must be positive"),
+        (["quantize-tensor", "--input", w, "--output", out, "--amax", "5", "--global-scale",
+          "0.003"], "--amax excludes --global-scale"),
+        (["quantize-tensor", "--input", w, "--output", out, "--dequantized-dtype", "bf16"],
+         "--dequantized-dtype requires --dequantized"),
     ]:
         r = run(nvfp4q, *args, check=False)
         assert r.returncode == 2 and message in r.stderr, (args, r.returncode, r.stderr)
         assert r.stdout == "", (args, r.stdout)  # nothing ran, nothing printed
     assert not (tmp_path / "o.safetensors").exists() and not (tmp_path / "q").exists()
+
+
+def test_a_given_scale_that_saturates_the_tensor_is_warned_about(nvfp4q, tmp_path):
+    x = np.linspace(-4, 4, 16 * 64, dtype=np.float32).reshape(16, 64)
+    np.save(tmp_path / "x.npy", x)
+    base = ["quantize-tensor", "--input", tmp_path / "x.npy", "--output", tmp_path / "o.st"]
+    # F = 256: the largest representable value is amax * 448 / 256.
+    r = run(nvfp4q, *base, "--amax", "2")
+    assert "warning: the tensor's max |x| 4 is above" in r.stderr and "saturate" in r.stderr
+    assert "warning" not in run(nvfp4q, *base, "--amax", "2.5").stderr  # 4.375 >= 4
+    assert "warning" not in run(nvfp4q, *base).stderr
+    g = 4.0 / (6 * 448) * 0.9
+    assert "saturate" in run(nvfp4q, *base, "--global-scale", str(g)).stderr
 
 
 def test_outputs_never_overwrite_an_input_or_each_other(nvfp4q, tmp_path, monkeypatch):
