@@ -24,7 +24,7 @@ absl::StatusOr<QuantizedTensor> RemoteBackend::Quantize(const TensorView& input,
   absl::Duration backoff = retry_.first_backoff;
   for (int attempt = 1;; ++attempt) {
     absl::StatusOr<QuantizedTensor> result =
-        client_->QuantizeTensor(input, importance, options, "", {}, nullptr, request_id);
+        client_->QuantizeTensor(input, importance, options, options.label, {}, nullptr, request_id);
     if (result.ok() || !IsRetryable(result.status()) || attempt >= retry_.max_attempts ||
         client_->cancelled() || (options.cancelled != nullptr && options.cancelled->load())) {
       return result;

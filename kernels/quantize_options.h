@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <optional>
+#include <string>
 
 #include "kernels/numerics/global_scale.h"
 #include "kernels/numerics/method.h"
@@ -22,6 +23,9 @@ struct QuantizeOptions {
   std::optional<float> global_scale;
   // Also produce the dequantised (fake-quant) tensor, f32 [rows, cols].
   bool want_dequantized = false;
+  // What the caller calls the tensor (e.g. its checkpoint name), for job records and logs of
+  // a remote engine; the numerics ignore it.
+  std::string label;
   // Cooperative cancellation: when set and it becomes true, the backend stops between work
   // chunks and returns absl::CancelledError. Not owned; must outlive the call.
   const std::atomic<bool>* cancelled = nullptr;

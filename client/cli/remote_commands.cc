@@ -136,6 +136,10 @@ absl::StatusOr<int> RunCancel(const JobsFlags& flags) {
   ASSIGN_OR_RETURN(v1::Job job, client->CancelJob(flags.job_id));
   if (flags.json) {
     std::printf("%s\n", ToJson(job).c_str());
+  } else if (job.state() == v1::JOB_STATE_QUEUED || job.state() == v1::JOB_STATE_RUNNING) {
+    // The server stops the job between chunks: it is still queued or running at this instant.
+    std::printf("%s: cancel requested (was %s)\n", job.id().c_str(),
+                StateName(job.state()).c_str());
   } else {
     std::printf("%s: %s\n", job.id().c_str(), StateName(job.state()).c_str());
   }

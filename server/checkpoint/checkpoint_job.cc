@@ -379,7 +379,8 @@ Quantized Job::QuantizeOne(size_t index) {
   out.read_seconds = SecondsSince(read_start);
   ImportanceView importance;
   std::vector<float> importance_copy;
-  const QuantizeOptions q = OptionsFor(t, &importance, &importance_copy);
+  QuantizeOptions q = OptionsFor(t, &importance, &importance_copy);
+  q.label = t.source->name;
   out.weighted = importance.present();
   const auto start = Clock::now();
   out.result = backend_.Quantize({t.dtype, t.rows, t.cols, t.source->data()}, importance, q);

@@ -135,6 +135,25 @@ void ComputeTotals(CheckpointReport& report) {
   s.wmse_gain = absmax_wsq > 0 ? wsq / absmax_wsq : 1;
 }
 
+TensorMetrics TotalsAsMetrics(const CheckpointReport& report) {
+  const CheckpointTotals& s = report.totals;
+  TensorMetrics m;
+  m.elements = s.quantized_elements;
+  m.blocks = s.quantized_elements / 16;
+  m.mse = s.mse;
+  m.nmse = s.nmse;
+  m.sqnr_db = s.nmse > 0 ? -10.0 * std::log10(s.nmse) : INFINITY;
+  m.absmax_mse = s.absmax_mse;
+  m.gain = s.gain;
+  m.weighted = s.weighted;
+  m.wmse_objective = s.weighted && report.objective == "wmse";
+  m.wmse = s.wmse;
+  m.absmax_wmse = s.absmax_wmse;
+  m.wmse_gain = s.wmse_gain;
+  m.seconds = s.quantize_seconds;
+  return m;
+}
+
 Json CheckpointReportToJson(const CheckpointReport& r) {
   Json j = Json::object();
   j["model"] = r.model_dir;

@@ -61,6 +61,9 @@ nlohmann::ordered_json CheckpointReportToJson(const CheckpointReport& report);
 absl::StatusOr<CheckpointReport> CheckpointReportFromJson(const nlohmann::ordered_json& json);
 // Totals from the tensor rows (wall and phase times are left as they are).
 void ComputeTotals(CheckpointReport& report);
+
+// The totals as one tensor's metrics (elements: the quantized ones), for a job record.
+TensorMetrics TotalsAsMetrics(const CheckpointReport& report);
 // A fixed-width table: one row per quantized tensor, a count of passed-through ones, totals.
 std::string FormatReportTable(const CheckpointReport& report);
 

@@ -81,7 +81,8 @@ v1::Job Job::ToProto() const {
   job.set_created_unix(UnixSeconds(created_));
   job.set_started_unix(UnixSeconds(started_));
   job.set_finished_unix(UnixSeconds(finished_at_));
-  job.set_elements(elements_);
+  // A checkpoint job learns its element count (the quantized ones) when it ends.
+  job.set_elements(elements_ == 0 && metrics_.has_value() ? metrics_->elements : elements_);
   if (!status_.ok()) {
     job.set_error_code(api::StatusCodeName(status_.code()));
     job.set_error_message(std::string(status_.message()));

@@ -136,7 +136,8 @@ class CheckpointReactor final : public grpc::ServerWriteReactor<Response> {
       Response r;
       r.set_report_json(checkpoint::CheckpointReportToJson(*report).dump());
       outbox_.push_back(std::move(r));
-      job_->MarkFinished(absl::OkStatus(), std::nullopt, std::string(engine_name_));
+      job_->MarkFinished(absl::OkStatus(), checkpoint::TotalsAsMetrics(*report),
+                         std::string(engine_name_));
       SetFinalLocked(absl::OkStatus());
     }
     admission_.reset();

@@ -640,6 +640,14 @@ def test_remote_jobs_write_the_embedded_bytes(bins, runs, confined_daemon, tmp_p
     run(bins["nvfp4q"], "quantize", "--server", daemon.target, "--stream-tensors",
         "--model", root / "src", "--out", local, *common)
     assert_same_tree(local, embedded)
+    # The server's job records name the tensors.
+    jobs = json.loads(run(bins["nvfp4q"], "jobs", "--server", daemon.target, "--json").stdout)
+    names = {j["name"] for j in jobs["jobs"] if j["kind"] == "JOB_KIND_TENSOR"}
+    assert {m + ".weight" for m in quantized_modules(embedded)} <= names, names
+    # The server-side job's record carries its totals.
+    (ckpt,) = [j for j in jobs["jobs"] if j["kind"] == "JOB_KIND_CHECKPOINT"]
+    assert int(ckpt["elements"]) == report["totals"]["quantized_elements"]
+    assert ckpt["metrics"]["gain"] == pytest.approx(report["totals"]["gain"])
 
 
 def test_remote_job_paths_are_confined_to_the_allowed_root(bins, runs, confined_daemon,

@@ -296,3 +296,22 @@ def test_tls_and_token_from_the_cli_and_python(pb, nvfp4d, nvfp4q, tmp_path):
                         "--json"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["job_id"]
+
+
+def test_nvfp4q_cancel_stops_a_running_job(nvfp4d, nvfp4q, tmp_path):
+    daemon = nvfp4d("--threads", "1")
+    np.save(tmp_path / "w.npy", RNG.normal(0, 1, (2048, 2048)).astype(np.float32))
+    client = subprocess.Popen([nvfp4q, "quantize-tensor", "--input", str(tmp_path / "w.npy"),
+                               "--output", str(tmp_path / "o.safetensors"), "--method",
+                               "exhaustive", "--server", daemon.target],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_running_job(nvfp4q, daemon)
+    jobs = json.loads(subprocess.run([nvfp4q, "jobs", "--server", daemon.target, "--json"],
+                                     check=True, capture_output=True, text=True).stdout)["jobs"]
+    (running,) = [j for j in jobs if j["state"] == "JOB_STATE_RUNNING"]
+    out = subprocess.run([nvfp4q, "cancel", "--server", daemon.target, running["id"]],
+                         check=True, capture_output=True, text=True).stdout
+    assert out.strip() == f"{running['id']}: cancel requested (was running)", out
+    _, err = client.communicate(timeout=60)
+    assert client.returncode == 7, err
+    assert not (tmp_path / "o.safetensors").exists()
