@@ -347,7 +347,17 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
 
 absl::Status FromGrpcStatus(const grpc::Status& status) {
   if (status.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+  const auto code = static_cast<absl::StatusCode>(status.error_code());
+  // gRPC's own terse messages, in words a user can act on.
+  std::string message = status.error_message();
+  if (message == "Cancelling all calls") {
+    message =
+        "the server shut down before the call finished (its drain timeout ran out); retry, on "
+        "another replica if there is one";
+  } else if (code == absl::StatusCode::kCancelled && (message.empty() || message == "CANCELLED")) {
+    message = "the call was cancelled";
+  }
+  return absl::Status(code, message);
 }
 
 std::string StatusCodeName(absl::StatusCode code) {

@@ -226,7 +226,7 @@ std::string Nvfp4Server::Describe() const {
   const SchedulerOptions& so = scheduler_->options();
   return absl::StrFormat(
       "nvfp4d %s\n"
-      "  listen            %s (port %d)%s\n"
+      "  listen            %s%s\n"
       "  metrics           %s\n"
       "  engines           %s\n"
       "  max queue         %d jobs\n"
@@ -234,7 +234,11 @@ std::string Nvfp4Server::Describe() const {
       "  chunk / message   %d / %d bytes\n"
       "  auth              %s\n"
       "  checkpoint roots  %s\n",
-      kVersion, WithPort(options_.listen, port_), port_,
+      kVersion,
+      // A Unix socket has no port (gRPC reports 1 for it).
+      absl::StartsWith(options_.listen, "unix:")
+          ? options_.listen
+          : absl::StrCat(WithPort(options_.listen, port_), " (port ", port_, ")"),
       options_.tls_cert_file.empty() ? "" : ", TLS",
       options_.metrics_listen.empty()
           ? std::string("off")

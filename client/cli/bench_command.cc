@@ -119,7 +119,7 @@ absl::StatusOr<int> Run(const BenchFlags& flags) {
         if (flags.json) {
           results.push_back({{"method", method_name},
                              {"objective", objective_name},
-                             {"threads", threads},
+                             {"threads", backend->threads()},
                              {"elements_per_second", eps},
                              {"memcpy_ratio", eps / memcpy_eps},
                              {"seconds", best},
@@ -127,7 +127,7 @@ absl::StatusOr<int> Run(const BenchFlags& flags) {
                              {"gain", Number(ObjectiveGain(metrics))}});
         } else {
           std::printf("%-14s %-9s %7d %12.1f %9.3f %11.2f %8.4f\n", method_name.c_str(),
-                      objective_name.c_str(), threads, eps / 1e6, eps / memcpy_eps,
+                      objective_name.c_str(), backend->threads(), eps / 1e6, eps / memcpy_eps,
                       metrics.candidates_per_block, ObjectiveGain(metrics));
           std::fflush(stdout);
         }

@@ -34,8 +34,15 @@ void OutlierColumns(std::vector<float>& values, int64_t cols, int every, float f
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: nvfp4_demo_tensors OUTPUT_DIR\n");
+  const std::string usage =
+      "usage: nvfp4_demo_tensors OUTPUT_DIR\n"
+      "writes a small deterministic set of LLM-like f32 tensors (.npy) for `make demo`\n";
+  if (argc == 2 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h")) {
+    std::printf("%s", usage.c_str());
+    return 0;
+  }
+  if (argc != 2 || argv[1][0] == '-') {  // never a directory named like a flag
+    std::fprintf(stderr, "%s", usage.c_str());
     return 2;
   }
   const std::string dir = argv[1];

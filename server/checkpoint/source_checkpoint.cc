@@ -52,7 +52,9 @@ absl::StatusOr<std::unique_ptr<SourceCheckpoint>> SourceCheckpoint::Open(const s
                                                                          const PathPolicy& paths) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) {
-    return absl::NotFoundError(absl::StrCat(dir, ": not a directory"));
+    return absl::NotFoundError(
+        absl::StrCat(dir, fs::exists(dir, ec) ? ": not a directory (a checkpoint is a directory)"
+                                              : ": no such directory"));
   }
   std::unique_ptr<SourceCheckpoint> source(new SourceCheckpoint());
   source->dir_ = dir;
