@@ -24,6 +24,7 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "pylib"))
 from nvfp4_daemon import Daemon  # noqa: E402
+from nvfp4_files import assert_same_tree  # noqa: E402
 from nvfp4_process import run  # noqa: E402
 
 BIN = pathlib.Path(os.environ.get("NVFP4_BIN", "build/bin"))
@@ -85,15 +86,6 @@ def quantize_tensor(args, out, server=None):
     if server:
         cmd += ["--server", server.target]
     return run(*cmd, check=False)
-
-
-def assert_same_tree(a, b):
-    a, b = pathlib.Path(a), pathlib.Path(b)
-    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
-    assert files_a == files_b
-    for f in files_a:
-        assert (a / f).read_bytes() == (b / f).read_bytes(), f
 
 
 # ------------------------------------------------------------------------------------------

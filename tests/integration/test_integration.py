@@ -11,7 +11,6 @@
 
 NVFP4_SOAK_SECONDS (default 15) sets the soak length; the long mode uses 600.
 """
-import filecmp
 import json
 import os
 import pathlib
@@ -30,6 +29,7 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "pylib"))
 from nvfp4_daemon import Daemon  # noqa: E402  (shared with tests/python)
+from nvfp4_files import assert_same_tree  # noqa: E402
 from nvfp4_process import run  # noqa: E402
 
 BIN = pathlib.Path(os.environ.get("NVFP4_BIN", "build/bin"))
@@ -61,15 +61,6 @@ def metric_value(text, series):
         if line.startswith(series + " "):
             return float(line.split()[-1])
     return None
-
-
-def same_tree(a, b):
-    a, b = pathlib.Path(a), pathlib.Path(b)
-    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
-    assert files_a == files_b
-    for f in files_a:
-        assert filecmp.cmp(a / f, b / f, shallow=False), f
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +174,7 @@ def test_failover_of_a_streamed_checkpoint_job(daemons, checkpoint, tmp_path):
     assert proc.returncode == 0, stderr
     report = json.loads((tmp_path / "report.json").read_text())
     print("streamed failover:", report["notes"])
-    same_tree(out, checkpoint / "reference")
+    assert_same_tree(out, checkpoint / "reference")
     assert not any(p.name.endswith(".nvfp4-partial") for p in tmp_path.iterdir())
     assert not list(out.rglob("*.tmp.*"))
     # The survivors did the rest of the job.
@@ -230,7 +221,7 @@ def test_failover_of_a_server_side_checkpoint_job(daemons, checkpoint, tmp_path)
     assert "retrying" in stderr, stderr
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["totals"]["shards_resumed"] >= 2, report["totals"]
-    same_tree(root / "out", tmp_path / "reference")
+    assert_same_tree(root / "out", tmp_path / "reference")
     assert not staging.exists()
 
 

@@ -24,6 +24,7 @@ import pytest
 
 from conftest import Daemon
 import nvfp4_process
+from nvfp4_files import assert_same_tree
 from nvfp4_reference import decode, modelopt_export
 from safetensors import safe_open
 from safetensors.numpy import load_file
@@ -113,19 +114,6 @@ def group_amax(src_raw, modules):
 def quantized_modules(directory, suffix=".weight_scale_2"):
     names = checkpoint_raw(directory)
     return sorted(n[:-len(suffix)] for n in names if n.endswith(suffix))
-
-
-def tree_bytes(directory):
-    root = pathlib.Path(directory)
-    return {str(p.relative_to(root)): p.read_bytes()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def assert_same_tree(a, b):
-    ta, tb = tree_bytes(a), tree_bytes(b)
-    assert sorted(ta) == sorted(tb)
-    for name in ta:
-        assert ta[name] == tb[name], f"{name} differs between {a} and {b}"
 
 
 # ------------------------------------------------------------------------------------------
