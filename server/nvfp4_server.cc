@@ -159,11 +159,12 @@ absl::StatusOr<std::unique_ptr<Nvfp4Server>> Nvfp4Server::Start(
     if (auto* gpu = dynamic_cast<cuda::CudaBackend*>(engine.get())) gpus.push_back(gpu->device());
   }
 #endif
-  s->housekeeping_ = std::thread([server = s.get(), gpus] { server->Housekeeping(gpus); });
   grpc::HealthCheckServiceInterface* health = s->server_->GetHealthCheckService();
   health->SetServingStatus("", true);
   health->SetServingStatus("nvfp4.v1.Quantizer", true);
   health->SetServingStatus("liveness", true);
+  // After the statuses above: housekeeping may turn them to NOT_SERVING (a lost engine).
+  s->housekeeping_ = std::thread([server = s.get(), gpus] { server->Housekeeping(gpus); });
   return s;
 }
 
@@ -206,8 +207,8 @@ void Nvfp4Server::CheckEngineHealth() {
   for (size_t i = 0; i < engines.size(); ++i) {
     const absl::Status health = engines[i]->health();
     if (metrics_) metrics_->SetWorkerHealthy(static_cast<int>(i), health.ok());
-    if (health.ok() || engine_lost_) continue;
-    engine_lost_ = true;
+    if (health.ok() || lost_engines_.contains(i)) continue;
+    lost_engines_.insert(i);
     std::fprintf(stderr,
                  "nvfp4d: engine %d (%s) cannot take work: %s; health is NOT_SERVING (liveness "
                  "too) so that this process is replaced\n",

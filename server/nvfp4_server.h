@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -78,7 +79,7 @@ class Nvfp4Server {
   // longer than --buffer-idle-release, and trims the heap while the server is idle.
   void Housekeeping(const std::vector<int>& gpus);
   void CheckEngineHealth();
-  bool engine_lost_ = false;  // Housekeeping's thread only
+  std::set<size_t> lost_engines_;  // reported already; Housekeeping's thread only
   std::thread housekeeping_;
 };
 

@@ -103,7 +103,8 @@ void WarnIfSaturated(const LoadedTensor& tensor, float g) {
           : cpu::ScanHalfScalar(tensor.dtype,
                                 reinterpret_cast<const uint16_t*>(tensor.bytes.data()), n);
   const double largest = 6.0 * 448.0 * static_cast<double>(g);
-  if (static_cast<double>(scan.max_abs) > largest) {
+  // g = fl(amax / (6 F)) may round below amax / (6 F): allow for that rounding.
+  if (static_cast<double>(scan.max_abs) > largest * (1.0 + 1e-6)) {
     std::fprintf(stderr,
                  "nvfp4q: warning: the tensor's max |x| %.6g is above the largest value the "
                  "global scale %.8g represents (6 * 448 * g = %.6g): larger values saturate\n",
@@ -150,7 +151,9 @@ absl::StatusOr<int> Run(const QuantizeTensorFlags& flags) {
     threads = backend->threads();
   }
   RETURN_IF_ERROR(WriteModelOptTensor(flags.output, options, q));
-  WarnIfSaturated(tensor, q.global_scale);
+  if (flags.amax.has_value() || flags.global_scale.has_value()) {
+    WarnIfSaturated(tensor, q.global_scale);
+  }
   if (flags.dequantized.has_value()) {
     if (flags.dequantized_dtype == "bf16") {
       // NumPy has no bf16 dtype: raw little-endian bf16 bits, row-major [rows, cols].

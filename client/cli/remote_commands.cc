@@ -170,6 +170,9 @@ void* WatchInterrupts(void*) {
 }
 
 void InstallInterruptWatcher() {
+  // Started with SIGINT ignored (a background job of a non-interactive shell): keep it so.
+  struct sigaction current;
+  if (sigaction(SIGINT, nullptr, &current) == 0 && current.sa_handler == SIG_IGN) return;
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);

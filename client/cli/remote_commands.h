@@ -22,7 +22,8 @@ std::function<int()> AddCancelCommand(CLI::App& app);
 // signal with sigwait. While an InterruptCancels is alive, the first Ctrl-C cancels the
 // client's calls in flight (so the server cancels the job) and sets *flag, instead of killing
 // the process; the command then ends with exit code 7. Otherwise, and on a second Ctrl-C, the
-// process dies of SIGINT as it would by default. Thread-safe; at most one InterruptCancels at a
+// process dies of SIGINT as it would by default. A process started with SIGINT ignored keeps
+// ignoring it (no watcher). Thread-safe; at most one InterruptCancels at a
 // time.
 void InstallInterruptWatcher();
 

@@ -168,6 +168,11 @@ absl::StatusOr<int> Run(const VerifyFlags& flags) {
       problem(absl::StrCat(module, ": incomplete quantized module"));
       continue;
     }
+    if (cols % 16 != 0) {
+      problem(absl::StrCat(module, ": quantized, but its rows of ", cols,
+                           " are not a multiple of the 16-element block"));
+      continue;
+    }
     if (packed->info->dtype != "U8" ||
         packed->info->shape != std::vector<int64_t>{rows, cols / 2} ||
         scales->info->dtype != "F8_E4M3" ||
@@ -177,19 +182,27 @@ absl::StatusOr<int> Run(const VerifyFlags& flags) {
       problem(absl::StrCat(module, ": wrong dtype or shape of a quantized tensor"));
       continue;
     }
+    const float stored = ScalarF32(*global);
+    if (input != nullptr && !(ScalarF32(*input) > 0 && std::isfinite(ScalarF32(*input)))) {
+      problem(absl::StrCat(module, ": activation scale is not positive and finite"));
+    }
+    if (const std::string group = checkpoint::FusedGroupKey(module); !group.empty()) {
+      group_scales[group].push_back(stored);
+    }
     const uint8_t* scale_bytes = scales->data();
-    for (uint64_t i = 0; i < scales->info->bytes(); ++i) {
+    bool bad_scale = false;
+    for (uint64_t i = 0; i < scales->info->bytes() && !bad_scale; ++i) {
       if (scale_bytes[i] & 0x80 || scale_bytes[i] == 0x7F) {
         problem(absl::StrCat(module, ": block scale byte ", i, " is NaN or negative"));
-        break;
+        bad_scale = true;
       }
     }
-    const float stored = ScalarF32(*global);
-    float g = names.reciprocal ? 1.0f / stored : stored;
-    if (!std::isfinite(g) || g <= 0) {
+    const float g0 = names.reciprocal ? 1.0f / stored : stored;
+    if (!std::isfinite(g0) || g0 <= 0) {
       problem(absl::StrCat(module, ": global scale ", stored, " is not positive and finite"));
       continue;
     }
+    if (bad_scale) continue;
     const std::optional<DType> dtype = DTypeOf(s);
     if (!dtype) {
       problem(absl::StrCat(s.name, ": quantized from an unsupported dtype ", s.info->dtype));
@@ -197,7 +210,10 @@ absl::StatusOr<int> Run(const VerifyFlags& flags) {
     }
     const TensorView source_view{*dtype, rows, cols, s.data()};
     // The values must be the rounding of the source under the stored scales, whoever chose them.
+    // Every g the stored value can stand for is tried; those under which all values match are
+    // the writer's possible g (compressed-tensors stores 1/g).
     std::optional<StoredTensorCheck> check;
+    std::vector<float> matching_g;
     for (float candidate : GlobalScaleCandidates(stored, names.reciprocal)) {
       absl::StatusOr<StoredTensorCheck> c =
           CheckStoredTensor(source_view, packed->data(), scale_bytes, candidate, &pool);
@@ -205,11 +221,8 @@ absl::StatusOr<int> Run(const VerifyFlags& flags) {
         problem(absl::StrCat(module, ": ", c.status().message()));
         break;
       }
-      if (!check || c->mismatches < check->mismatches) {
-        check = *c;
-        g = candidate;
-      }
-      if (c->mismatches == 0) break;
+      if (!check || c->mismatches < check->mismatches) check = *c;
+      if (c->mismatches == 0) matching_g.push_back(candidate);
     }
     if (!check) continue;
     sq += check->squared_error;
@@ -223,31 +236,41 @@ absl::StatusOr<int> Run(const VerifyFlags& flags) {
                            check->first_mismatch / cols, ", column ", check->first_mismatch % cols,
                            ")"));
     } else if (rederive) {
-      QuantizeOptions options;
-      options.method = recipe->method;
-      options.objective = Objective::kMse;
-      options.scale_max = recipe->scale_max;
-      options.global_scale = g;
-      ASSIGN_OR_RETURN(QuantizedTensor fresh, engine->Quantize(source_view, {}, options));
-      ++rederived;
-      const uint8_t* stored_scales = scale_bytes;
-      int64_t differing = 0, first = -1;
-      for (size_t b = 0; b < fresh.scales.size(); ++b) {
-        if (fresh.scales[b] != stored_scales[b]) {
-          if (differing++ == 0) first = static_cast<int64_t>(b);
+      // The scales chosen again under each matching g; they must equal the stored ones for one.
+      int64_t differing = -1, first = -1, blocks = 0;
+      for (float g : matching_g) {
+        QuantizeOptions options;
+        options.method = recipe->method;
+        options.objective = Objective::kMse;
+        options.scale_max = recipe->scale_max;
+        options.global_scale = g;
+        absl::StatusOr<QuantizedTensor> fresh = engine->Quantize(source_view, {}, options);
+        if (!fresh.ok()) {
+          problem(
+              absl::StrCat(module, ": cannot choose its scales again: ", fresh.status().message()));
+          differing = -1;  // reported
+          break;
         }
+        int64_t here = 0, first_here = -1;
+        for (size_t b = 0; b < fresh->scales.size(); ++b) {
+          if (fresh->scales[b] != scale_bytes[b] && here++ == 0) {
+            first_here = static_cast<int64_t>(b);
+          }
+        }
+        blocks = static_cast<int64_t>(fresh->scales.size());
+        if (differing < 0 || here < differing) {
+          differing = here;
+          first = first_here;
+        }
+        if (here == 0) break;
       }
+      if (differing >= 0) ++rederived;
       if (differing > 0) {
-        problem(absl::StrCat(module, ": ", differing, " of ", fresh.scales.size(),
-                             " block scales are not what ", std::string(MethodName(recipe->method)),
+        problem(absl::StrCat(module, ": ", differing, " of ", blocks, " block scales are not what ",
+                             std::string(MethodName(recipe->method)),
                              " (MSE) chooses for the source (first: block ", first, ")"));
       }
     }
-    if (input != nullptr && !(ScalarF32(*input) > 0 && std::isfinite(ScalarF32(*input)))) {
-      problem(absl::StrCat(module, ": activation scale is not positive and finite"));
-    }
-    const std::string group = checkpoint::FusedGroupKey(module);
-    if (!group.empty()) group_scales[group].push_back(stored);
   }
   for (const auto& [group, scales] : group_scales) {
     for (float v : scales) {

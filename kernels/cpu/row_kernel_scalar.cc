@@ -1,6 +1,7 @@
 // Scalar row kernel: the reference, built from the shared __host__ __device__ block functions
 // only. Compiled for the baseline ISA.
 #include <cmath>
+#include <cstring>
 
 #include "kernels/cpu/row_driver.h"
 #include "kernels/cpu/row_kernel.h"
@@ -41,23 +42,33 @@ struct ScalarOps {
 
 void QuantizeRowsScalar(const RowKernelArgs& args) { QuantizeRowsWith<ScalarOps>(args); }
 
+namespace {
+
+// Element i of an array that may lie at any address: a streamed tensor is read where its bytes
+// arrived, at any offset of a received message. memcpy is the defined way to load it (a typed
+// load of a misaligned address is undefined behaviour; UBSan reports it); compilers emit the
+// same plain load.
+template <typename T>
+T LoadAt(const void* base, int64_t i) {
+  T value;
+  std::memcpy(&value, static_cast<const uint8_t*>(base) + static_cast<size_t>(i) * sizeof(T),
+              sizeof(T));
+  return value;
+}
+
+}  // namespace
+
 void ConvertToF32Scalar(DType dtype, const void* src, int64_t n, float* dst) {
   switch (dtype) {
-    case DType::kF32: {
-      const float* s = static_cast<const float*>(src);
-      for (int64_t i = 0; i < n; ++i) dst[i] = s[i];
+    case DType::kF32:
+      std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
       break;
-    }
-    case DType::kBF16: {
-      const uint16_t* s = static_cast<const uint16_t*>(src);
-      for (int64_t i = 0; i < n; ++i) dst[i] = Bf16BitsToFloat(s[i]);
+    case DType::kBF16:
+      for (int64_t i = 0; i < n; ++i) dst[i] = Bf16BitsToFloat(LoadAt<uint16_t>(src, i));
       break;
-    }
-    case DType::kF16: {
-      const uint16_t* s = static_cast<const uint16_t*>(src);
-      for (int64_t i = 0; i < n; ++i) dst[i] = HalfBitsToFloat(s[i]);
+    case DType::kF16:
+      for (int64_t i = 0; i < n; ++i) dst[i] = HalfBitsToFloat(LoadAt<uint16_t>(src, i));
       break;
-    }
   }
 }
 
@@ -68,7 +79,7 @@ ScanResult ScanHalfScalar(DType dtype, const uint16_t* x, int64_t n) {
   uint16_t max_magnitude = 0;
   ScanResult result;
   for (int64_t i = 0; i < n; ++i) {
-    const uint16_t m = x[i] & 0x7fff;
+    const uint16_t m = LoadAt<uint16_t>(x, i) & 0x7fff;
     if (m >= infinity) {
       ++result.non_finite;
     } else if (m > max_magnitude) {
@@ -83,7 +94,7 @@ ScanResult ScanHalfScalar(DType dtype, const uint16_t* x, int64_t n) {
 ScanResult ScanF32Scalar(const float* x, int64_t n) {
   ScanResult result;
   for (int64_t i = 0; i < n; ++i) {
-    const float a = std::fabs(x[i]);
+    const float a = std::fabs(LoadAt<float>(x, i));
     if (!(a <= 3.4028234663852886e38f)) {
       ++result.non_finite;
     } else if (a > result.max_abs) {

@@ -35,8 +35,8 @@
 // no usable device; Internal for any other CUDA error. Every CUDA failure carries
 // cudaGetErrorString. A failed call leaves the backend usable unless the CUDA context itself is
 // lost (a kernel fault such as an illegal address, an uncorrectable ECC error): that call fails
-// with Internal, and from then on health() and every call return Unavailable naming the first
-// error, since only a new process recovers the device.
+// with Unavailable (the request can be retried elsewhere), and from then on health() and every
+// call return Unavailable naming the first error, since only a new process recovers the device.
 //
 // This header has no CUDA types: plain C++ code may include it.
 #ifndef NVFP4_KERNELS_CUDA_CUDA_BACKEND_H_

@@ -13,7 +13,8 @@
 // everything else. It also clears the runtime's (non-sticky) last error, so a handled failure
 // is not reported again by a later cudaGetLastError. An error that loses the CUDA context (a
 // kernel fault, an uncorrectable ECC error: every later call on the device fails until the
-// process exits) says so in the message and carries kContextLostPayload (IsContextLost).
+// process exits) is Unavailable, says so in the message and carries kContextLostPayload
+// (IsContextLost).
 // Internal to kernels/cuda and its tests.
 #ifndef NVFP4_KERNELS_CUDA_CUDA_RAII_H_
 #define NVFP4_KERNELS_CUDA_CUDA_RAII_H_
@@ -65,7 +66,8 @@ inline absl::Status CudaStatus(cudaError_t error, absl::string_view what) {
   std::string message =
       absl::StrCat(what, ": ", cudaGetErrorName(error), ": ", cudaGetErrorString(error));
   if (IsContextLostError(error)) {
-    absl::Status status = absl::InternalError(
+    // Unavailable: the request itself was fine, another engine or replica can take it.
+    absl::Status status = absl::UnavailableError(
         absl::StrCat(message, " (the CUDA context is lost: restart the process)"));
     status.SetPayload(kContextLostPayload, absl::Cord(cudaGetErrorName(error)));
     return status;

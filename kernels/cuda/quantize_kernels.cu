@@ -176,7 +176,7 @@ __global__ void __launch_bounds__(kThreadsPerCta, kQuantizeMinCtasPerSm)
 
 __global__ void __launch_bounds__(kThreadsPerCta)
     ReducePartialsKernel(const MetricPartial* in, int64_t n, MetricPartial* out) {
-  double sum[kMetricSums] = {0.0, 0.0, 0.0, 0.0, 0.0};
+  double sum[kMetricSums] = {};
   float max_abs_error = 0.0f;
   long long candidates = 0;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {

@@ -273,6 +273,13 @@ std::string Job::PlanKey() const {
     key << "importance " << HashBytes(importance_->data(SafetensorsTensorInfo{}), data_bytes)
         << '\n';
   }
+  // The planner's decisions too: a shard finished by a build that selected other tensors (the
+  // same options, another planner) must not be reused.
+  key << "quantized";
+  for (const PlannedTensor& t : plan_.tensors) {
+    if (t.quantize) key << ' ' << t.source->name;
+  }
+  key << '\n';
   const std::string text = key.str();
   return HashBytes(text.data(), text.size());
 }

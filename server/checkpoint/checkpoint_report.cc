@@ -78,7 +78,9 @@ absl::StatusOr<TensorReport> TensorReportFromJson(const Json& j) {
     m.elements = j.at("elements").get<int64_t>();
     m.blocks = m.elements / 16;
     m.mse = j.at("mse").get<double>();
-    m.weighted = j.contains("wmse");
+    // Rows of reports written before absmax_wmse existed count as unweighted: their totals
+    // would compare WMSE with a missing baseline.
+    m.weighted = j.contains("wmse") && j.contains("absmax_wmse");
     m.wmse = m.weighted ? j.at("wmse").get<double>() : 0.0;
     m.wmse_objective = m.weighted && t.objective == "wmse";
     // Absent from reports written before these fields existed (a resumed job's journal).
@@ -238,11 +240,15 @@ std::string FormatReportTable(const CheckpointReport& r) {
     std::string name = t.name;
     if (name.size() > 56) name = "..." + name.substr(name.size() - 53);
     const TensorMetrics& m = t.metrics;
-    const bool w = weighted && m.weighted;
-    out += absl::StrFormat("%-56s %-13s %-10s %10.3e %8.2f %11.3e %+6.1f%% %6.2f %8.1f\n", name,
-                           absl::StrJoin(t.shape, "x"), t.objective, w ? m.wmse : m.mse, m.sqnr_db,
-                           w ? m.absmax_wmse : m.absmax_mse, (ObjectiveGain(m) - 1) * 100,
-                           m.candidates_per_block, t.seconds * 1e3);
+    // In a WMSE table a row without importance ("mse (no importance)") has no WMSE figures.
+    const bool blank = weighted && !m.weighted;
+    const double error = weighted ? m.wmse : m.mse;
+    const double baseline = weighted ? m.absmax_wmse : m.absmax_mse;
+    out += absl::StrFormat("%-56s %-13s %-10s %10s %8.2f %11s %+6.1f%% %6.2f %8.1f\n", name,
+                           absl::StrJoin(t.shape, "x"), t.objective,
+                           blank ? std::string("-") : absl::StrFormat("%.3e", error), m.sqnr_db,
+                           blank ? std::string("-") : absl::StrFormat("%.3e", baseline),
+                           (ObjectiveGain(m) - 1) * 100, m.candidates_per_block, t.seconds * 1e3);
   }
   const CheckpointTotals& s = r.totals;
   const std::string errors =

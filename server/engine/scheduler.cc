@@ -19,6 +19,7 @@ Scheduler::Scheduler(const SchedulerOptions& options,
   if (metrics_) metrics_->SetMemoryBudget(static_cast<double>(options_.memory_budget_bytes));
   {
     absl::MutexLock lock(&mu_);
+    healthy_workers_ = static_cast<int>(engines_.size());
     PublishGauges();
   }
   for (size_t i = 0; i < engines_.size(); ++i) {
@@ -43,6 +44,7 @@ absl::StatusOr<std::shared_ptr<Scheduler::Admission>> Scheduler::Admit(std::shar
   }
   absl::MutexLock lock(&mu_);
   if (draining_ || stopping_) return absl::UnavailableError("server is draining");
+  if (healthy_workers_ == 0) return NoEngineError();
   if (slots_used_ >= options_.max_queue) {
     if (metrics_) metrics_->RejectedQueueFull();
     return absl::ResourceExhaustedError(
@@ -71,14 +73,22 @@ void Scheduler::Release(Admission* admission) {
 
 void Scheduler::Submit(std::shared_ptr<Admission> admission, Task task) {
   admission->job()->MarkQueued();
+  absl::Status refused;
   {
     absl::MutexLock lock(&mu_);
-    if (!stopping_) {
+    if (!stopping_ && healthy_workers_ > 0) {
       queue_.push_back(Queued{std::move(admission), std::move(task)});
       return;
     }
+    refused = stopping_ ? absl::UnavailableError("server is shutting down") : NoEngineError();
   }
-  task.abandon(absl::UnavailableError("server is shutting down"));
+  task.abandon(refused);
+}
+
+absl::Status Scheduler::NoEngineError() const {
+  return absl::UnavailableError(absl::StrCat("no engine of this server can take work (",
+                                             last_engine_failure_.message(),
+                                             "); retry on another replica"));
 }
 
 bool Scheduler::CancelQueued(const Job& job) {
@@ -125,9 +135,33 @@ void Scheduler::WorkerLoop(int index) {
     item.task.run(engine);
     if (metrics_) metrics_->WorkerBusy(index, false);
     item.admission.reset();
-    absl::MutexLock lock(&mu_);
-    --running_;
-    PublishGauges();
+    const absl::Status health = engine.health();
+    std::deque<Queued> orphans;
+    {
+      absl::MutexLock lock(&mu_);
+      --running_;
+      if (!health.ok()) {
+        --healthy_workers_;
+        last_engine_failure_ = health;
+        if (healthy_workers_ == 0) {
+          orphans.swap(queue_);
+          for (Queued& q : orphans) {
+            q.admission->holds_slot_ = false;
+            --slots_used_;
+          }
+        }
+      }
+      PublishGauges();
+    }
+    if (health.ok()) continue;
+    // This worker retires; with no other left, nothing would ever run the queued jobs.
+    for (Queued& q : orphans) {
+      q.task.abandon(
+          absl::UnavailableError(absl::StrCat("no engine of this server can take work (",
+                                              health.message(), "); retry on another replica")));
+      q.admission.reset();
+    }
+    return;
   }
 }
 

@@ -7,7 +7,10 @@
 // dropping it (for example when the client disconnects while uploading) releases both. Once the
 // input is complete, Submit() hands the admission and a task to the workers; each worker owns
 // one engine (a CPU backend, or one GPU) and runs one task at a time. A task's slot is released
-// when it starts running, its memory when the last reference to its admission goes.
+// when it starts running, its memory when the last reference to its admission goes. A worker
+// whose engine reports itself unhealthy after a task (QuantizerBackend::health: a lost GPU
+// context) takes no further task; with no healthy worker left, queued tasks are abandoned and
+// new admissions refused, both with UNAVAILABLE.
 //
 // Cancel(job) removes a still-queued task and calls its `abandon` callback with CANCELLED (on the
 // calling thread); running tasks see the job's cancel flag. Thread-safe.
@@ -102,6 +105,7 @@ class Scheduler {
   };
   void Release(Admission* admission);
   void WorkerLoop(int index);
+  absl::Status NoEngineError() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PublishGauges() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const SchedulerOptions options_;
@@ -114,6 +118,11 @@ class Scheduler {
   int running_ ABSL_GUARDED_BY(mu_) = 0;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  // Workers whose engine can take work (QuantizerBackend::health). A worker whose engine turns
+  // unhealthy (a lost GPU context) stops taking jobs, so it cannot drain the queue by failing
+  // them fast; with none left, queued jobs and new admissions fail with UNAVAILABLE.
+  int healthy_workers_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Status last_engine_failure_ ABSL_GUARDED_BY(mu_);
   std::deque<Queued> queue_ ABSL_GUARDED_BY(mu_);
   std::vector<std::thread> workers_;
 };

@@ -651,7 +651,7 @@ TEST_F(CudaBackendTest, MisalignedDevicePointersAreInvalidArgument) {
 }
 
 // A kernel fault loses the CUDA context: every later call on the device fails. The backend says
-// so once (Internal, "the CUDA context is lost"), then refuses work with Unavailable naming the
+// so (Unavailable, "the CUDA context is lost"), then refuses work with Unavailable naming the
 // first error, and health() reports it, so a service can ask to be restarted. Provoked on the
 // simulated device only: on a GPU the fault would also break every later test in this process.
 TEST_F(CudaBackendTest, AKernelFaultLosesTheContextAndTheBackendSaysSo) {
@@ -669,7 +669,7 @@ TEST_F(CudaBackendTest, AKernelFaultLosesTheContextAndTheBackendSaysSo) {
     outputs.scales = too_small->as<uint8_t>();
     auto faulted = gpu_->QuantizeDeviceToDevice(d->view, {}, {}, outputs);
     ASSERT_FALSE(faulted.ok());
-    EXPECT_EQ(faulted.status().code(), absl::StatusCode::kInternal) << faulted.status();
+    EXPECT_EQ(faulted.status().code(), absl::StatusCode::kUnavailable) << faulted.status();
     const std::string first(faulted.status().message());
     EXPECT_NE(first.find("cudaErrorIllegalAddress"), std::string::npos) << first;
     EXPECT_NE(first.find("the CUDA context is lost"), std::string::npos) << first;

@@ -21,6 +21,21 @@ class IdleEngine final : public QuantizerBackend {
   }
 };
 
+// Healthy until `broken` is set (as a GPU whose CUDA context was lost).
+class BreakableEngine final : public QuantizerBackend {
+ public:
+  std::string_view name() const override { return "breakable"; }
+  absl::StatusOr<QuantizedTensor> Quantize(const TensorView&, const ImportanceView&,
+                                           const QuantizeOptions&) override {
+    return QuantizedTensor{};
+  }
+  absl::Status health() const override {
+    return broken.load() ? absl::UnavailableError("cuda:9 lost its CUDA context")
+                         : absl::OkStatus();
+  }
+  std::atomic<bool> broken{false};
+};
+
 std::unique_ptr<Scheduler> Make(int max_queue, int64_t budget, int64_t max_job) {
   std::vector<std::unique_ptr<QuantizerBackend>> engines;
   engines.push_back(std::make_unique<IdleEngine>());
@@ -101,6 +116,73 @@ TEST(Scheduler, CancelQueuedAndStopAbandonTasks) {
   stopper.join();
   EXPECT_EQ(unavailable.load(), 1);
   EXPECT_EQ(scheduler->reserved_bytes(), 0);
+}
+
+// A worker whose engine turns unhealthy takes no further job: the healthy one runs the rest.
+TEST(Scheduler, AnUnhealthyEngineStopsTakingJobs) {
+  JobRegistry jobs(100);
+  std::vector<std::unique_ptr<QuantizerBackend>> engines;
+  auto* breakable = new BreakableEngine;
+  engines.emplace_back(breakable);
+  engines.push_back(std::make_unique<IdleEngine>());
+  Scheduler scheduler(SchedulerOptions{64, 1 << 20, 1 << 20}, std::move(engines), nullptr);
+  std::atomic<int> on_breakable{0}, on_idle{0};
+  for (int i = 0; i < 40; ++i) {
+    auto job = jobs.Create(v1::JOB_KIND_TENSOR, "t", 1);
+    scheduler.Submit(*scheduler.Admit(job, 1),
+                     {[&](QuantizerBackend& engine) {
+                        if (engine.name() == "breakable") {
+                          ++on_breakable;
+                          breakable->broken = true;  // fails as it finishes its job
+                        } else {
+                          ++on_idle;
+                          absl::SleepFor(absl::Milliseconds(1));
+                        }
+                      },
+                      [](const absl::Status& s) { ADD_FAILURE() << "abandoned: " << s; }});
+  }
+  ASSERT_TRUE(scheduler.WaitIdle(absl::Now() + absl::Seconds(30)));
+  EXPECT_EQ(on_breakable.load(), 1);
+  EXPECT_EQ(on_idle.load(), 39);
+  // Still admitting: one engine is healthy.
+  EXPECT_TRUE(scheduler.Admit(jobs.Create(v1::JOB_KIND_TENSOR, "u", 1), 1).ok());
+}
+
+// With no healthy engine left, queued jobs and new ones fail with UNAVAILABLE (retryable
+// elsewhere) instead of waiting for a worker that will never come.
+TEST(Scheduler, WithNoHealthyEngineQueuedAndNewJobsFailUnavailable) {
+  JobRegistry jobs(10);
+  std::vector<std::unique_ptr<QuantizerBackend>> engines;
+  auto* breakable = new BreakableEngine;
+  engines.emplace_back(breakable);
+  Scheduler scheduler(SchedulerOptions{8, 1000, 1000}, std::move(engines), nullptr);
+  absl::Notification started, release;
+  scheduler.Submit(*scheduler.Admit(jobs.Create(v1::JOB_KIND_TENSOR, "first", 1), 10),
+                   {[&](QuantizerBackend&) {
+                      started.Notify();
+                      release.WaitForNotification();
+                      breakable->broken = true;
+                    },
+                    [](const absl::Status&) { ADD_FAILURE(); }});
+  started.WaitForNotification();
+  std::atomic<int> unavailable{0};
+  for (int i = 0; i < 3; ++i) {
+    scheduler.Submit(
+        *scheduler.Admit(jobs.Create(v1::JOB_KIND_TENSOR, "queued", 1), 10),
+        {[](QuantizerBackend&) { ADD_FAILURE() << "ran on a lost engine"; },
+         [&](const absl::Status& s) {
+           EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+           EXPECT_NE(s.message().find("lost its CUDA context"), absl::string_view::npos) << s;
+           ++unavailable;
+         }});
+  }
+  release.Notify();
+  ASSERT_TRUE(scheduler.WaitIdle(absl::Now() + absl::Seconds(30)));
+  EXPECT_EQ(unavailable.load(), 3);
+  EXPECT_EQ(scheduler.queue_depth(), 0);
+  EXPECT_EQ(scheduler.reserved_bytes(), 0);
+  auto refused = scheduler.Admit(jobs.Create(v1::JOB_KIND_TENSOR, "late", 1), 1);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable) << refused.status();
 }
 
 }  // namespace
