@@ -182,6 +182,16 @@ def test_a_given_scale_that_saturates_the_tensor_is_warned_about(nvfp4q, tmp_pat
     assert "warning" not in run(nvfp4q, *base).stderr
     g = 4.0 / (6 * 448) * 0.9
     assert "saturate" in run(nvfp4q, *base, "--global-scale", str(g)).stderr
+    # The tensor's own amax never warns, whatever the rounding of g = amax / (6 F).
+    rng = np.random.default_rng(5)
+    for i in range(12):
+        y = (rng.standard_normal((4, 32)) * rng.uniform(0.01, 100)).astype(np.float32)
+        np.save(tmp_path / "y.npy", y)
+        amax = repr(float(np.abs(y).max()))
+        for f in ("448", "256"):
+            r = run(nvfp4q, "quantize-tensor", "--input", tmp_path / "y.npy", "--output",
+                    tmp_path / "o.st", "--amax", amax, "--scale-max", f)
+            assert "warning" not in r.stderr, (i, f, amax, r.stderr)
 
 
 def test_outputs_never_overwrite_an_input_or_each_other(nvfp4q, tmp_path, monkeypatch):

@@ -298,6 +298,22 @@ def test_tls_and_token_from_the_cli_and_python(pb, nvfp4d, nvfp4q, tmp_path):
     assert json.loads(r.stdout)["job_id"]
 
 
+def test_a_client_started_with_sigint_ignored_keeps_ignoring_it(nvfp4d, nvfp4q, tmp_path):
+    # A background job of a non-interactive shell: Ctrl-C on the shell must not reach it.
+    daemon = nvfp4d("--threads", "1")
+    np.save(tmp_path / "w.npy", RNG.normal(0, 1, (2048, 2048)).astype(np.float32))
+    client = subprocess.Popen([nvfp4q, "quantize-tensor", "--input", str(tmp_path / "w.npy"),
+                               "--output", str(tmp_path / "o.safetensors"), "--method",
+                               "exhaustive", "--server", daemon.target],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    wait_for_running_job(nvfp4q, daemon)
+    client.send_signal(signal.SIGINT)
+    _, err = client.communicate(timeout=120)
+    assert client.returncode == 0, err
+    assert (tmp_path / "o.safetensors").exists()
+
+
 def test_nvfp4q_cancel_stops_a_running_job(nvfp4d, nvfp4q, tmp_path):
     daemon = nvfp4d("--threads", "1")
     np.save(tmp_path / "w.npy", RNG.normal(0, 1, (2048, 2048)).astype(np.float32))
