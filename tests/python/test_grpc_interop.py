@@ -202,6 +202,18 @@ def wait_for_running_job(nvfp4q, daemon, seconds=30):
     pytest.fail("the job never started")
 
 
+def start_long_remote_job(nvfp4q, daemon, tmp_path, **popen):
+    """nvfp4q quantize-tensor of a 4M-element tensor with the exhaustive method (seconds on one
+    server thread) through `daemon`, returned once the server runs it; output o.safetensors."""
+    np.save(tmp_path / "w.npy", RNG.normal(0, 1, (2048, 2048)).astype(np.float32))
+    client = subprocess.Popen([nvfp4q, "quantize-tensor", "--input", str(tmp_path / "w.npy"),
+                               "--output", str(tmp_path / "o.safetensors"), "--method",
+                               "exhaustive", "--server", daemon.target],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    wait_for_running_job(nvfp4q, daemon)
+    return client
+
+
 @pytest.mark.parametrize("mode", ["quantize-tensor", "stream-tensors"])
 def test_ctrl_c_cancels_the_remote_job_and_exits_7(nvfp4d, nvfp4q, tmp_path, mode):
     # The client's gRPC threads exist before the command starts its call: Ctrl-C must still
@@ -301,13 +313,9 @@ def test_tls_and_token_from_the_cli_and_python(pb, nvfp4d, nvfp4q, tmp_path):
 def test_a_client_started_with_sigint_ignored_keeps_ignoring_it(nvfp4d, nvfp4q, tmp_path):
     # A background job of a non-interactive shell: Ctrl-C on the shell must not reach it.
     daemon = nvfp4d("--threads", "1")
-    np.save(tmp_path / "w.npy", RNG.normal(0, 1, (2048, 2048)).astype(np.float32))
-    client = subprocess.Popen([nvfp4q, "quantize-tensor", "--input", str(tmp_path / "w.npy"),
-                               "--output", str(tmp_path / "o.safetensors"), "--method",
-                               "exhaustive", "--server", daemon.target],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    wait_for_running_job(nvfp4q, daemon)
+    client = start_long_remote_job(
+        nvfp4q, daemon, tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     client.send_signal(signal.SIGINT)
     _, err = client.communicate(timeout=120)
     assert client.returncode == 0, err
@@ -316,12 +324,7 @@ def test_a_client_started_with_sigint_ignored_keeps_ignoring_it(nvfp4d, nvfp4q, 
 
 def test_nvfp4q_cancel_stops_a_running_job(nvfp4d, nvfp4q, tmp_path):
     daemon = nvfp4d("--threads", "1")
-    np.save(tmp_path / "w.npy", RNG.normal(0, 1, (2048, 2048)).astype(np.float32))
-    client = subprocess.Popen([nvfp4q, "quantize-tensor", "--input", str(tmp_path / "w.npy"),
-                               "--output", str(tmp_path / "o.safetensors"), "--method",
-                               "exhaustive", "--server", daemon.target],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_running_job(nvfp4q, daemon)
+    client = start_long_remote_job(nvfp4q, daemon, tmp_path)
     jobs = json.loads(subprocess.run([nvfp4q, "jobs", "--server", daemon.target, "--json"],
                                      check=True, capture_output=True, text=True).stdout)["jobs"]
     (running,) = [j for j in jobs if j["state"] == "JOB_STATE_RUNNING"]
