@@ -5,7 +5,7 @@ engines) linked to the host stand-in for the CUDA runtime: the server's engine c
 scheduling over several GPU workers, the streamed host path (QuantizeInto with rows arriving
 over gRPC), checkpoint jobs and the GPU metrics run as on a GPU machine, with the kernels run
 on the host. Every result is compared with the embedded CPU engine (nvfp4q without --server):
-the bytes must be identical. Not a GPU run: see docs/cuda.md, "Simulated device".
+the bytes must be identical. Not a GPU run: see docs/cuda.md, "What was verified".
 """
 import concurrent.futures
 import json
