@@ -139,7 +139,7 @@ void Scheduler::WorkerLoop(int index) {
     std::deque<Queued> orphans;
     {
       absl::MutexLock lock(&mu_);
-      --running_;
+      if (health.ok()) --running_;  // else: still busy until the orphans are abandoned
       if (!health.ok()) {
         --healthy_workers_;
         last_engine_failure_ = health;
@@ -161,6 +161,9 @@ void Scheduler::WorkerLoop(int index) {
                                               health.message(), "); retry on another replica")));
       q.admission.reset();
     }
+    absl::MutexLock lock(&mu_);
+    --running_;  // WaitIdle returns once the orphans have heard
+    PublishGauges();
     return;
   }
 }
