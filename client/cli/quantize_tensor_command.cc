@@ -75,20 +75,19 @@ bool SameFile(const std::string& a, const std::string& b) {
 // The flags naming two files the command would write over each other, or over one it reads
 // (a usage error: exit code 2, before anything is read or written); empty when none do.
 std::string PathClash(const QuantizeTensorFlags& flags) {
-  std::vector<std::pair<std::string, std::string>> files = {{"--input", flags.input}};
+  using Flag = std::pair<std::string, std::string>;  // flag, path
+  std::vector<Flag> files = {{"--input", flags.input}};
   if (flags.importance) files.push_back({"--importance", *flags.importance});
-  const std::vector<std::pair<std::string, std::string>> written = [&] {
-    std::vector<std::pair<std::string, std::string>> w = {{"--output", flags.output}};
-    if (flags.dequantized) w.push_back({"--dequantized", *flags.dequantized});
-    return w;
-  }();
-  for (size_t i = 0; i < written.size(); ++i) {
+  std::vector<Flag> written = {{"--output", flags.output}};
+  if (flags.dequantized) written.push_back({"--dequantized", *flags.dequantized});
+  // Each output against the inputs and the outputs before it.
+  for (const auto& [out_flag, out_path] : written) {
     for (const auto& [flag, path] : files) {
-      if (SameFile(written[i].second, path)) {
-        return absl::StrCat(written[i].first, " and ", flag, " name the same file (", path, ")");
+      if (SameFile(out_path, path)) {
+        return absl::StrCat(out_flag, " and ", flag, " name the same file (", path, ")");
       }
     }
-    files.push_back(written[i]);
+    files.push_back({out_flag, out_path});
   }
   return "";
 }

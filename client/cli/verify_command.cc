@@ -21,6 +21,7 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/encoding_check.h"
 #include "kernels/numerics/method.h"
+#include "kernels/tensor.h"
 #include "server/checkpoint/checkpoint_plan.h"
 #include "server/checkpoint/source_checkpoint.h"
 
@@ -40,13 +41,6 @@ struct Names {
   std::string packed, scales, global, input;
   bool reciprocal = false;  // compressed-tensors stores 1/g
 };
-
-std::optional<DType> DTypeOf(const SourceTensor& t) {
-  if (t.info->dtype == "F32") return DType::kF32;
-  if (t.info->dtype == "BF16") return DType::kBF16;
-  if (t.info->dtype == "F16") return DType::kF16;
-  return std::nullopt;
-}
 
 // The global scales a stored value can stand for: g itself (ModelOpt), or for compressed-tensors'
 // 1/g every float whose reciprocal rounds to the stored value (1/(1/g) need not be g: the
@@ -189,21 +183,13 @@ absl::StatusOr<int> Run(const VerifyFlags& flags) {
     if (const std::string group = checkpoint::FusedGroupKey(module); !group.empty()) {
       group_scales[group].push_back(stored);
     }
-    const uint8_t* scale_bytes = scales->data();
-    bool bad_scale = false;
-    for (uint64_t i = 0; i < scales->info->bytes() && !bad_scale; ++i) {
-      if (scale_bytes[i] & 0x80 || scale_bytes[i] == 0x7F) {
-        problem(absl::StrCat(module, ": block scale byte ", i, " is NaN or negative"));
-        bad_scale = true;
-      }
-    }
+    const uint8_t* scale_bytes = scales->data();  // NaN or negative ones: CheckStoredTensor
     const float g0 = names.reciprocal ? 1.0f / stored : stored;
     if (!std::isfinite(g0) || g0 <= 0) {
       problem(absl::StrCat(module, ": global scale ", stored, " is not positive and finite"));
       continue;
     }
-    if (bad_scale) continue;
-    const std::optional<DType> dtype = DTypeOf(s);
+    const std::optional<DType> dtype = ParseDType(s.info->dtype);
     if (!dtype) {
       problem(absl::StrCat(s.name, ": quantized from an unsupported dtype ", s.info->dtype));
       continue;

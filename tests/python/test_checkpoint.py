@@ -740,6 +740,15 @@ def test_verify_finds_damaged_values_scales_and_a_wrong_source(bins, runs, llama
     rc, report = verify(bins, runs.src, rescaled)
     assert rc == 3 and report["value_mismatches"] > 0, report
 
+    # A NaN scale byte: reported once, naming it.
+    nan_scale = tmp_path / "nan_scale"
+    shutil.copytree(good, nan_scale)
+    patch_tensor(nan_scale, module + ".weight_scale", lambda b: b.__setitem__(3, 0x7F))
+    rc, report = verify(bins, runs.src, nan_scale)
+    assert rc == 3, report
+    assert [p for p in report["problems"] if "NaN" in p] == \
+        [f"{module}: block scale byte 3 (0x7f) is NaN or negative"], report["problems"]
+
     # A consistent but worse block: scale code + 1 and its 16 values re-encoded under it. The
     # values check passes; re-deriving the scales does not.
     raw = checkpoint_raw(good)
