@@ -35,7 +35,8 @@
 namespace nvfp4::cuda {
 
 // The errors after which the context is unusable ("sticky": the CUDA runtime documents them as
-// leaving the process in an inconsistent state that only ending the process clears).
+// leaving the process in an inconsistent state that only ending the process clears), and the
+// uncorrectable hardware errors (ECC, NVLink), after which the device's results are not trusted.
 inline bool IsContextLostError(cudaError_t error) {
   switch (error) {
     case cudaErrorECCUncorrectable:
@@ -48,6 +49,13 @@ inline bool IsContextLostError(cudaError_t error) {
     case cudaErrorInvalidAddressSpace:
     case cudaErrorInvalidPc:
     case cudaErrorLaunchFailure:
+    case cudaErrorNvlinkUncorrectable:  // hardware, like ECC: not documented sticky, not trusted
+    case cudaErrorMpsClientTerminated:
+#if CUDART_VERSION >= 12080  // added by the 12.x toolkits (error containment, tensor memory)
+    case cudaErrorContained:
+    case cudaErrorExternalDevice:
+    case cudaErrorTensorMemoryLeak:
+#endif
       return true;
     default:
       return false;

@@ -53,7 +53,7 @@ class CheckpointReactor final : public grpc::ServerWriteReactor<Response> {
   void OnCancel() override {
     mu_.Lock();
     outbox_.clear();
-    if (!final_status_) SetFinalLocked(absl::CancelledError("the call was cancelled"));
+    if (!final_status_) SetFinalLocked(ClientEndedCall(*context_));
     StopJobLocked();
     PumpAndUnlock();
   }

@@ -27,6 +27,17 @@ namespace {
 using StreamRequest = v1::QuantizeTensorRequest;
 using StreamResponse = v1::QuantizeTensorResponse;
 
+}  // namespace
+
+absl::Status ClientEndedCall(const grpc::CallbackServerContext& context) {
+  if (context.deadline() <= std::chrono::system_clock::now()) {
+    return absl::DeadlineExceededError("the client's deadline passed before the job finished");
+  }
+  return absl::CancelledError("the client cancelled the call");
+}
+
+namespace {
+
 absl::Status CheckDeadline(const grpc::CallbackServerContext& context) {
   if (context.deadline() <= std::chrono::system_clock::now()) {
     return absl::DeadlineExceededError("the call's deadline passed before the job was admitted");
@@ -123,7 +134,7 @@ class TensorStreamReactor final
       if (!ok) {
         if (phase_ != Phase::kDone && !final_status_) {
           SetFinalLocked(context_->IsCancelled()
-                             ? absl::CancelledError("the client cancelled the call")
+                             ? ClientEndedCall(*context_)
                              : absl::InvalidArgumentError(absl::StrCat(
                                    "the request stream ended early: ", ProgressLocked())));
         }
@@ -167,9 +178,7 @@ class TensorStreamReactor final
       job = job_;
       cancel_sent_ = true;
       DropResultsLocked();
-      if (phase_ != Phase::kDone && !final_status_) {
-        SetFinalLocked(absl::CancelledError("the call was cancelled"));
-      }
+      if (phase_ != Phase::kDone && !final_status_) SetFinalLocked(ClientEndedCall(*context_));
     }
     if (job) {
       job->RequestCancel();
@@ -481,7 +490,7 @@ class TensorStreamReactor final
     }
     if (!status.ok()) {
       SetFinalLocked(context_->IsCancelled() && status.code() == absl::StatusCode::kCancelled
-                         ? absl::CancelledError("the call was cancelled")
+                         ? ClientEndedCall(*context_)
                          : status);
     } else if (!final_status_ && output_) {
       RecordSuccess(*service_, input_.spec, *output_, *job_);
@@ -801,11 +810,18 @@ class TensorUnaryReactor final : public grpc::ServerUnaryReactor {
       // The response holds the bytes now: the buffers go back to the pool before it is sent.
       output_.reset();
       input_ = {};
-    } else {
-      job_->MarkFinished(status, std::nullopt, "");
+      service_->RecordOutcome(status, absl::ToDoubleSeconds(absl::Now() - start_));
+      Finish(api::ToGrpcStatus(status));
+      return;
     }
-    service_->RecordOutcome(status, absl::ToDoubleSeconds(absl::Now() - start_));
-    Finish(api::ToGrpcStatus(status));
+    // A job the client stopped (its deadline, or a cancel) is recorded as such.
+    const absl::Status final_status =
+        context_->IsCancelled() && status.code() == absl::StatusCode::kCancelled
+            ? ClientEndedCall(*context_)
+            : status;
+    job_->MarkFinished(final_status, std::nullopt, "");
+    service_->RecordOutcome(final_status, absl::ToDoubleSeconds(absl::Now() - start_));
+    Finish(api::ToGrpcStatus(final_status));
   }
 
   QuantizerService* const service_;

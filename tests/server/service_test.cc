@@ -351,6 +351,33 @@ TEST(Service, DeadlineExceededCancelsTheJob) {
   EXPECT_EQ(q.status().code(), absl::StatusCode::kDeadlineExceeded) << q.status();
   WaitFor([&] { return h.server->scheduler().reserved_bytes() == 0; });
   WaitFor([&] { return h.server->scheduler().running() == 0; });
+  // The job record says the deadline ended it, not that someone cancelled it.
+  auto jobs = h.client->ListJobs();
+  ASSERT_TRUE(jobs.ok() && jobs->size() == 1);
+  EXPECT_EQ((*jobs)[0].state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ((*jobs)[0].error_code(), "DEADLINE_EXCEEDED");
+  EXPECT_THAT((*jobs)[0].error_message(), HasSubstr("deadline passed"));
+}
+
+TEST(Service, UnaryDeadlineIsRecordedAsSuch) {
+  Harness h = StartServer(true);
+  auto stub = StubFor(h.target);
+  std::vector<float> x = Gaussian(16 * 64, 6);
+  v1::QuantizeTensorUnaryRequest request;
+  request.mutable_header()->set_dtype(v1::DTYPE_F32);
+  request.mutable_header()->add_shape(16);
+  request.mutable_header()->add_shape(64);
+  request.set_data(x.data(), x.size() * 4);
+  v1::QuantizeTensorUnaryResponse response;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
+  const grpc::Status status = stub->QuantizeTensorUnary(&context, request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << status.error_message();
+  WaitFor([&] { return h.server->scheduler().running() == 0; });
+  auto jobs = h.client->ListJobs();
+  ASSERT_TRUE(jobs.ok() && jobs->size() == 1);
+  EXPECT_EQ((*jobs)[0].error_code(), "DEADLINE_EXCEEDED");
+  EXPECT_THAT((*jobs)[0].error_message(), HasSubstr("deadline passed"));
 }
 
 TEST(Service, ClientDisconnectMidUploadReleasesTheAdmission) {
