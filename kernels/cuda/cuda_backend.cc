@@ -231,6 +231,10 @@ class ScopedDevice {
 // may still need. The resident copy of a host input is an optimisation; it must not take the
 // last of the memory.
 constexpr size_t kResidentHeadroomBytes = size_t{256} << 20;
+// A resident input up to this size is kept (State::kept_resident) for later calls: a
+// cudaMalloc/cudaFree pair per call (cudaFree synchronises the device) would cost most on the
+// small tensors whose transfers are short. Larger ones are allocated for the call.
+constexpr size_t kKeptResidentBytes = size_t{256} << 20;
 bool HasHeadroomFor(size_t bytes) {
   size_t free_bytes = 0, total_bytes = 0;
   if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
@@ -291,7 +295,8 @@ struct CudaBackend::State {
   // indices; the metrics go to chunk_totals). Per slot, so that the copy of a chunk's record
   // never reads memory the other stream's kernel is updating.
   DeviceBuffer chunk_results[2];
-  PinnedBuffer host_result;  // DeviceResult
+  DeviceBuffer kept_resident;  // resident host input (data-dependent g), <= kKeptResidentBytes
+  PinnedBuffer host_result;    // DeviceResult
   PinnedBuffer pinned_input[2];
   PinnedBuffer pinned_weights[2];
   PinnedBuffer pinned_output[2];  // [packed | scales | dequantized], 256-byte aligned parts
@@ -471,16 +476,29 @@ absl::StatusOr<QuantizedSummary> CudaBackend::State::RunFromHost(
   // With a data-dependent g the input is read twice (amax pass, quantize pass). It stays on the
   // device between the passes when it fits; otherwise each chunk is uploaded twice.
   const bool amax_pass = NeedsAmaxPass(options);
-  DeviceBuffer resident;
-  if (amax_pass && HasHeadroomFor(input.bytes())) {
+  DeviceBuffer resident;  // a resident input above kKeptResidentBytes, freed after the call
+  uint8_t* resident_input = nullptr;
+  if (amax_pass && input.bytes() <= kKeptResidentBytes) {
+    const size_t growth =
+        input.bytes() > kept_resident.size() ? input.bytes() - kept_resident.size() : 0;
+    if (growth == 0 || HasHeadroomFor(growth)) {
+      const absl::Status kept = kept_resident.Reserve(input.bytes());
+      if (kept.ok()) {
+        resident_input = kept_resident.as<uint8_t>();
+      } else if (kept.code() != absl::StatusCode::kResourceExhausted) {
+        return kept;
+      }
+    }
+  } else if (amax_pass && HasHeadroomFor(input.bytes())) {
     absl::StatusOr<DeviceBuffer> full = DeviceBuffer::Create(input.bytes());
     if (full.ok()) {
       resident = std::move(*full);
+      resident_input = resident.as<uint8_t>();
     } else if (full.status().code() != absl::StatusCode::kResourceExhausted) {
       return full.status();
     }
   }
-  const bool use_resident = resident.get() != nullptr;
+  const bool use_resident = resident_input != nullptr;
   for (int slot = 0; slot < 2; ++slot) {
     RETURN_IF_ERROR(chunk_input[slot].Reserve(use_resident ? 0 : input_bytes));
   }
@@ -491,8 +509,7 @@ absl::StatusOr<QuantizedSummary> CudaBackend::State::RunFromHost(
     return std::min(rows_per_chunk, rows - chunk * rows_per_chunk);
   };
   const auto resident_rows = [&](int64_t chunk) {
-    return static_cast<uint8_t*>(resident.get()) +
-           static_cast<size_t>(chunk * rows_per_chunk * cols) * element_size;
+    return resident_input + static_cast<size_t>(chunk * rows_per_chunk * cols) * element_size;
   };
   // Copies the chunk's input (to input_dst, when not null) and per-element weights through the
   // slot's pinned buffers and enqueues the uploads on the slot's stream. A streamed chunk waits

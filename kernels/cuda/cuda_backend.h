@@ -25,8 +25,8 @@
 // finished its device work when it returns.
 //
 // Ownership: views are borrowed for the duration of a call. The backend owns its streams and a
-// workspace (small device records, chunk buffers and pinned staging buffers, grown on demand and
-// kept until destruction).
+// workspace (small device records, chunk buffers, pinned staging buffers and a resident copy of
+// host inputs up to 256 MiB, grown on demand and kept until destruction).
 // Thread-safety: calls on one backend are serialised by an internal mutex (the GPU is busy with
 // one call at a time anyway); separate backends may be used concurrently.
 // Errors (never exceptions): InvalidArgument for bad requests, NaN/Inf inputs (the first bad

@@ -693,6 +693,26 @@ TEST_F(CudaBackendTest, AKernelFaultLosesTheContextAndTheBackendSaysSo) {
   CheckAgainstCpu(t, {}, "after a reset");
 }
 
+// With a data-dependent g a host input stays on the device between its two passes. Up to 256
+// MiB it lives in a buffer the backend keeps (no cudaMalloc/cudaFree per call): device memory
+// in use grows by at least the input on the first call, then stays put through a smaller and
+// the same call, whose bytes are still the CPU's.
+TEST_F(CudaBackendTest, HostCallsKeepTheirResidentInputBuffer) {
+  const HostTensor big =
+      gpu_testing::MakeTensor(DType::kF32, 512, 4096, ImportanceLayout::kNone, 23);
+  const HostTensor small =
+      gpu_testing::MakeTensor(DType::kBF16, 100, 1000, ImportanceLayout::kNone, 24);
+  auto before = cuda::CudaMemoryUsedBytes(gpu_->device());
+  ASSERT_TRUE(before.ok()) << before.status();
+  CheckAgainstCpu(big, {}, "first call", /*device_path=*/false);
+  auto after_first = cuda::CudaMemoryUsedBytes(gpu_->device());
+  ASSERT_TRUE(after_first.ok()) << after_first.status();
+  EXPECT_GE(*after_first - *before, static_cast<int64_t>(big.view().bytes()));
+  CheckAgainstCpu(small, {}, "smaller call", /*device_path=*/false);
+  CheckAgainstCpu(big, {}, "same call again", /*device_path=*/false);
+  EXPECT_EQ(*cuda::CudaMemoryUsedBytes(gpu_->device()), *after_first);
+}
+
 TEST_F(CudaBackendTest, RepeatedCallsGiveIdenticalMetrics) {
   Case c;
   c.layout = ImportanceLayout::kPerElement;
