@@ -4,6 +4,7 @@
 #ifndef NVFP4_COMMON_CLI_CHECKS_H_
 #define NVFP4_COMMON_CLI_CHECKS_H_
 
+#include <cmath>
 #include <cstdlib>
 #include <string>
 
@@ -11,14 +12,16 @@
 
 namespace nvfp4::cli_checks {
 
-// A number (integer or not, as the option's type then requires) >= min, or > min when strict.
+// A finite number (integer or not, as the option's type then requires) >= min, or > min when
+// strict.
 inline CLI::Validator NumberFrom(double min, bool strict) {
   const std::string bound = (strict ? "> " : ">= ") + CLI::detail::to_string(min);
   return CLI::Validator(
       [min, strict, bound](std::string& value) -> std::string {
         char* end = nullptr;
         const double v = std::strtod(value.c_str(), &end);
-        const bool number = !value.empty() && end == value.c_str() + value.size();
+        const bool number =
+            !value.empty() && end == value.c_str() + value.size() && std::isfinite(v);
         if (!number || (strict ? !(v > min) : !(v >= min))) {
           return "must be a number " + bound + ", got '" + value + "'";
         }

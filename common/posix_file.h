@@ -9,8 +9,9 @@
 // file offset). Concurrent WriteFileAtomically calls on the same `path` from one process share a
 // temporary file name and are not supported; distinct paths are fine.
 // Errors: absl::Status values whose messages start with the file path; errno is mapped with
-// absl::ErrnoToStatus (ENOENT -> NotFound, EACCES -> PermissionDenied, ...). Short reads caused
-// by a file shrinking underneath us are DataLoss. Nothing here throws.
+// absl::ErrnoToStatus (ENOENT -> NotFound, EACCES -> PermissionDenied, ...) and marked as file
+// errors (common/file_status.h). Short reads caused by a file shrinking underneath us are
+// DataLoss. Nothing here throws.
 #ifndef NVFP4_COMMON_POSIX_FILE_H_
 #define NVFP4_COMMON_POSIX_FILE_H_
 
@@ -31,12 +32,14 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "common/file_status.h"
 
 namespace nvfp4::io::internal {
 
-// Builds "<path>: <what>: <strerror(err)>" with the status code derived from `err`.
+// Builds "<path>: <what>: <strerror(err)>" with the status code derived from `err`, marked as
+// a file error.
 inline absl::Status PathErrnoStatus(int err, const std::string& path, absl::string_view what) {
-  return absl::ErrnoToStatus(err, absl::StrCat(path, ": ", what));
+  return FileErrnoStatus(err, path, what);
 }
 
 class ReadOnlyFile {

@@ -290,6 +290,7 @@ void ProgressToProto(const checkpoint::CheckpointEvent& e, v1::CheckpointProgres
   p->set_bytes_done(e.bytes_done);
   p->set_bytes_total(e.bytes_total);
   p->set_message(e.message);
+  p->set_warning(e.warning);
   if (e.tensor != nullptr) {
     p->set_tensor_report_json(checkpoint::TensorReportToJson(*e.tensor).dump());
   }
@@ -304,6 +305,7 @@ checkpoint::CheckpointEvent ProgressFromProto(const v1::CheckpointProgress& p,
   e.bytes_done = p.bytes_done();
   e.bytes_total = p.bytes_total();
   e.message = p.message();
+  e.warning = p.warning();
   tensor->reset();
   if (!p.tensor_report_json().empty()) {
     const nlohmann::ordered_json json =

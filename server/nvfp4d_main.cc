@@ -80,8 +80,11 @@ int main(int argc, char** argv) {
   app.add_option("--job-history", options.job_history, "finished jobs kept for GetJob/ListJobs")
       ->check(nvfp4::cli_checks::NonNegative())
       ->capture_default_str();
-  app.add_option("--tls-cert", options.tls_cert_file, "PEM certificate chain (enables TLS)");
-  app.add_option("--tls-key", options.tls_key_file, "PEM private key");
+  CLI::Option* tls_cert =
+      app.add_option("--tls-cert", options.tls_cert_file, "PEM certificate chain (enables TLS)");
+  CLI::Option* tls_key = app.add_option("--tls-key", options.tls_key_file, "PEM private key");
+  tls_cert->needs(tls_key);
+  tls_key->needs(tls_cert);
   app.add_option("--auth-token-file", options.auth_token_file,
                  "file holding the bearer token clients must send");
   app.add_option("--allowed-root", options.allowed_roots,

@@ -26,10 +26,13 @@ void RemoteFlags::Register(CLI::App* command, bool required) {
       "--server", server,
       required ? "nvfp4d address host:port" : "quantise on nvfp4d at host:port instead of locally");
   if (required) server_option->required();
-  command->add_option("--token-file", token_file, "file with the server's bearer token");
-  command->add_option("--tls-ca", tls_ca, "PEM CA bundle; connects with TLS");
+  // Without --server they would be ignored silently: refused instead.
+  command->add_option("--token-file", token_file, "file with the server's bearer token")
+      ->needs(server_option);
+  command->add_option("--tls-ca", tls_ca, "PEM CA bundle; connects with TLS")->needs(server_option);
   command->add_option("--timeout", timeout_seconds, "deadline of each call in seconds")
-      ->check(nvfp4::cli_checks::Positive());
+      ->check(nvfp4::cli_checks::Positive())
+      ->needs(server_option);
 }
 
 absl::StatusOr<std::unique_ptr<client::QuantizerClient>> RemoteFlags::Connect() const {

@@ -5,6 +5,7 @@
 
 #include "absl/strings/cord.h"
 #include "absl/strings/string_view.h"
+#include "common/file_status.h"
 
 namespace nvfp4::cli {
 
@@ -21,6 +22,8 @@ absl::Status UsageError(std::string_view message) {
 int ReportError(const absl::Status& status) {
   std::fprintf(stderr, "nvfp4q: %s\n", std::string(status.message()).c_str());
   if (status.GetPayload(kUsagePayload).has_value()) return kExitUsage;
+  // This machine's file system (EACCES, ENOSPC, ...): not a refusal by a server, not memory.
+  if (io::IsFileError(status)) return kExitIo;
   switch (status.code()) {
     case absl::StatusCode::kOk:
       return kExitOk;
@@ -33,6 +36,7 @@ int ReportError(const absl::Status& status) {
     case absl::StatusCode::kUnavailable:
       return kExitIo;
     case absl::StatusCode::kResourceExhausted:
+    case absl::StatusCode::kAborted:  // another job holds the output's lock
       return kExitOutOfMemory;
     case absl::StatusCode::kUnauthenticated:
     case absl::StatusCode::kPermissionDenied:

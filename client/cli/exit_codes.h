@@ -1,8 +1,9 @@
 // nvfp4q exit codes, a stable interface for scripts:
 //   0 success; 1 internal error; 2 usage error (bad flags); 3 invalid input (bad tensor, NaN,
-//   shape mismatch); 4 I/O error (file missing, unreadable, unwritable; server unreachable or
-//   draining); 5 resources exhausted (out of memory, server queue or memory budget full: retry
-//   later); 6 authentication refused; 7 cancelled or deadline exceeded.
+//   shape mismatch); 4 I/O error (any local file-system error, a missing file or job id; server
+//   unreachable or draining); 5 resources exhausted or busy (out of memory, server queue or
+//   memory budget full, another job writing the same output: retry later); 6 refused by the
+//   server (token, --allowed-root); 7 cancelled or deadline exceeded.
 #ifndef NVFP4_CLIENT_CLI_EXIT_CODES_H_
 #define NVFP4_CLIENT_CLI_EXIT_CODES_H_
 

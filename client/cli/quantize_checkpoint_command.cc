@@ -61,6 +61,13 @@ absl::StatusOr<checkpoint::CheckpointJobOptions> JobOptions(const QuantizeCheckp
   options.importance_path = flags.importance;
   options.calibration_path = flags.calibration;
   ASSIGN_OR_RETURN(options.shard_bytes, ParseByteSize(flags.shard_size));
+  if (options.shard_bytes < (uint64_t{1} << 20)) {
+    return UsageError(absl::StrCat("--shard-size must be at least 1MiB, got '", flags.shard_size,
+                                   "'"));
+  }
+  if (options.objective == Objective::kWmse && flags.importance.empty()) {
+    return UsageError("--objective wmse needs --importance");
+  }
   return options;
 }
 
@@ -69,8 +76,10 @@ class CheckpointProgress {
  public:
   explicit CheckpointProgress(bool quiet) : quiet_(quiet), bar_("nvfp4q") {}
   void operator()(const checkpoint::CheckpointEvent& e) {
+    if (!e.message.empty() && (e.warning || !quiet_)) {
+      std::fprintf(stderr, "nvfp4q: %s\n", e.message.c_str());
+    }
     if (quiet_) return;
-    if (!e.message.empty()) std::fprintf(stderr, "nvfp4q: %s\n", e.message.c_str());
     if (e.phase == "quantize") {
       bar_.Update(static_cast<int64_t>(e.bytes_done), static_cast<int64_t>(e.bytes_total),
                   "quantize");

@@ -1,5 +1,6 @@
 #include "client/cli/quantize_tensor_command.h"
 
+#include <atomic>
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -17,6 +18,7 @@
 #include "client/cli/report.h"
 #include "client/cli/tensor_input.h"
 #include "client/io/npy.h"
+#include "common/cli_checks.h"
 #include "common/status_macros.h"
 #include "common/version.h"
 #include "kernels/cpu/row_kernel.h"
@@ -116,6 +118,10 @@ absl::StatusOr<int> Run(const QuantizeTensorFlags& flags) {
     std::fprintf(stderr, "nvfp4q: %s\n", clash.c_str());
     return kExitUsage;
   }
+  ASSIGN_OR_RETURN(QuantizeOptions options, flags.quantize.ToOptions());
+  if (options.objective == Objective::kWmse && !flags.importance.has_value()) {
+    return UsageError("--objective wmse needs --importance");
+  }
   ASSIGN_OR_RETURN(LoadedTensor loaded, LoadTensor(flags.input, flags.dtype, flags.shape));
   // Shared, so a remote upload can send the chunks straight from it (no copy).
   const auto shared_tensor = std::make_shared<const LoadedTensor>(std::move(loaded));
@@ -124,7 +130,6 @@ absl::StatusOr<int> Run(const QuantizeTensorFlags& flags) {
   if (flags.importance.has_value()) {
     ASSIGN_OR_RETURN(importance, LoadImportance(*flags.importance, tensor.rows, tensor.cols));
   }
-  ASSIGN_OR_RETURN(QuantizeOptions options, flags.quantize.ToOptions());
   options.amax = flags.amax;
   options.global_scale = flags.global_scale;
   options.want_dequantized = flags.dequantized.has_value();
@@ -145,7 +150,11 @@ absl::StatusOr<int> Run(const QuantizeTensorFlags& flags) {
     backend_name = "nvfp4d " + flags.remote.server;
   } else {
     ASSIGN_OR_RETURN(std::unique_ptr<cpu::CpuBackend> backend, flags.engine.MakeBackend());
+    std::atomic<bool> cancelled{false};
+    options.cancelled = &cancelled;
+    InterruptCancels interrupt(nullptr, &cancelled);  // Ctrl-C: the engine stops, exit 7
     ASSIGN_OR_RETURN(q, backend->Quantize(tensor.view(), importance.view(), options));
+    options.cancelled = nullptr;
     backend_name = std::string(backend->name());
     threads = backend->threads();
   }
@@ -215,8 +224,10 @@ std::function<int()> AddQuantizeTensorCommand(CLI::App& app) {
   cmd->add_option("--importance", flags->importance,
                   "WMSE weights .npy, f32 [K] (per column) or [N, K] (per element)");
   CLI::Option* amax =
-      cmd->add_option("--amax", flags->amax, "fused group: use this amax for the global scale");
+      cmd->add_option("--amax", flags->amax, "fused group: use this amax for the global scale")
+          ->check(nvfp4::cli_checks::NonNegative());
   cmd->add_option("--global-scale", flags->global_scale, "fused group: use this global scale g")
+      ->check(nvfp4::cli_checks::Positive())
       ->excludes(amax);
   CLI::Option* dequantized =
       cmd->add_option("--dequantized", flags->dequantized,

@@ -131,7 +131,7 @@ absl::Status CopyFile(const fs::path& from, const fs::path& to) {
   ASSIGN_OR_RETURN(const std::string bytes, io::internal::ReadFileToString(from.string()));
   std::error_code ec;
   fs::create_directories(to.parent_path(), ec);
-  if (ec) return absl::InternalError(absl::StrCat(to.parent_path().string(), ": ", ec.message()));
+  if (ec) return io::FileErrorCodeStatus(ec, to.parent_path().string(), "cannot create");
   return WriteTextAtomically(to.string(), bytes);
 }
 
@@ -202,9 +202,6 @@ absl::Status Job::CheckOptions() {
   }
   if (options_.objective == Objective::kWmse && options_.importance_path.empty()) {
     return absl::InvalidArgumentError("objective wmse needs an importance file (--importance)");
-  }
-  if (options_.objective != Objective::kWmse && !options_.importance_path.empty()) {
-    return absl::InvalidArgumentError("an importance file is only used with objective wmse");
   }
   if (options_.concurrency < 1 || options_.concurrency > 64) {
     return absl::InvalidArgumentError("concurrency must be in [1, 64]");
@@ -289,7 +286,7 @@ absl::Status Job::PrepareStaging() {
   const std::string key = PlanKey();
   std::error_code ec;
   fs::create_directories(staging_, ec);
-  if (ec) return absl::InternalError(absl::StrCat(staging_, ": cannot create: ", ec.message()));
+  if (ec) return io::FileErrorCodeStatus(ec, staging_, "cannot create");
   // One writer per output, taken before anything in the staging directory is read or removed:
   // a second job (another nvfp4q, or a replica still running a job a client gave up on) fails
   // fast instead of interleaving shards. The kernel drops the lock when its holder dies, so a
@@ -313,13 +310,14 @@ absl::Status Job::PrepareStaging() {
     if (!reuse || name.find(".tmp.") != std::string::npos) {
       discarded = discarded || (!reuse && name != kJournalName);
       fs::remove_all(entry.path(), ec);
-      if (ec) return absl::InternalError(absl::StrCat(entry.path().string(), ": ", ec.message()));
+      if (ec) return io::FileErrorCodeStatus(ec, entry.path().string(), "cannot remove");
     }
   }
   if (discarded) {
     Emit({.phase = "plan",
           .message = absl::StrCat("discarding the partial output in ", staging_,
-                                  ": it was left by a run with other inputs or arguments")});
+                                  ": it was left by a run with other inputs or arguments"),
+          .warning = true});
   }
   journal_.plan_key = key;
   return absl::OkStatus();
@@ -363,14 +361,15 @@ QuantizeOptions Job::OptionsFor(const PlannedTensor& t, ImportanceView* importan
   q.scale_max = options_.scale_max;
   q.cancelled = cancelled_;
   if (t.group >= 0) q.amax = group_amax_[t.group];
-  if (options_.objective == Objective::kWmse && importance_.has_value()) {
+  // With objective mse an importance vector only adds the WMSE figures (as for one tensor).
+  if (importance_.has_value()) {
     const SafetensorsTensorInfo* info =
         importance_->header().Find(absl::StrCat(t.module, ".importance"));
     if (info != nullptr) {
       // Copied: the file gives no alignment guarantee for the floats.
       importance_copy->resize(static_cast<size_t>(info->bytes() / 4));
       std::memcpy(importance_copy->data(), importance_->data(*info), importance_copy->size() * 4);
-      q.objective = Objective::kWmse;
+      q.objective = options_.objective;
       *importance = {ImportanceLayout::kPerColumn, importance_copy->data(),
                      static_cast<int64_t>(importance_copy->size())};
     }
@@ -502,9 +501,9 @@ absl::Status Job::WriteShard(size_t shard) {
       const QuantizedTensor& qt = *q.result;
       report_.totals.quantize_seconds += q.seconds;
       report_.totals.read_seconds += q.read_seconds;
-      row.objective = q.weighted                               ? "wmse"
-                      : options_.objective == Objective::kWmse ? "mse (no importance)"
-                                                               : "mse";
+      row.objective = options_.objective != Objective::kWmse ? "mse"
+                      : q.weighted                           ? "wmse"
+                                                             : "mse (no importance)";
       row.amax = qt.amax;
       row.global_scale = qt.global_scale;
       row.metrics = qt.metrics;
@@ -674,9 +673,10 @@ absl::StatusOr<CheckpointReport> Job::Run() {
       }
     }
     if (fallback > 0) {
-      report_.notes.push_back(absl::StrCat(fallback, " of ", plan_.quantized_count,
-                                           " quantized modules have no importance vector in ",
-                                           options_.importance_path, " and use mse"));
+      report_.notes.push_back(absl::StrCat(
+          fallback, " of ", plan_.quantized_count, " quantized modules have no importance vector in ",
+          options_.importance_path,
+          options_.objective == Objective::kWmse ? " and use mse" : ": no WMSE figures for them"));
     }
   }
   RETURN_IF_ERROR(PrepareStaging());

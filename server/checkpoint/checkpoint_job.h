@@ -48,7 +48,7 @@ struct CheckpointJobOptions {
   std::vector<std::string> exclude;
   std::string importance_path;   // safetensors of <module>.importance; needs objective wmse
   std::string calibration_path;  // JSON {"<module>": activation amax}; makes it W4A4
-  uint64_t shard_bytes = uint64_t{5} << 30;
+  uint64_t shard_bytes = 5'000'000'000;  // "5GB" as Hugging Face and nvfp4q count it
   int concurrency = 1;  // tensors quantized at once (the engine also parallelises inside one)
   // Server-side jobs: every path read or written must pass this policy (default: anything).
   PathPolicy paths;
@@ -63,6 +63,7 @@ struct CheckpointEvent {
   uint64_t bytes_total = 0;
   const TensorReport* tensor = nullptr;  // the tensor just finished (quantize phase)
   std::string message = {};              // e.g. "resumed shard model-00001-of-00003.safetensors"
+  bool warning = false;                  // the message is worth showing even to a quiet client
 };
 using CheckpointProgressFn = std::function<void(const CheckpointEvent&)>;
 

@@ -37,7 +37,7 @@ struct PlanOptions {
   std::vector<std::string> include;
   std::vector<std::string> exclude;
   bool w4a4 = false;  // activation scales present (input_scale / input_global_scale)
-  uint64_t shard_bytes = uint64_t{5} << 30;
+  uint64_t shard_bytes = 5'000'000'000;  // "5GB" as Hugging Face and nvfp4q count it
 };
 
 // One output tensor: its safetensors layout and what produces its bytes.

@@ -10,6 +10,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/file_status.h"
 
 namespace nvfp4::checkpoint {
 namespace {
@@ -19,7 +20,7 @@ namespace fs = std::filesystem;
 absl::StatusOr<std::string> RealPath(const std::string& path) {
   char buffer[PATH_MAX];
   if (::realpath(path.c_str(), buffer) == nullptr) {
-    return absl::ErrnoToStatus(errno, absl::StrCat(path, ": cannot resolve"));
+    return io::FileErrnoStatus(errno, path, "cannot resolve");
   }
   return std::string(buffer);
 }

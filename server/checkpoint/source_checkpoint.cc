@@ -96,7 +96,7 @@ absl::StatusOr<std::unique_ptr<SourceCheckpoint>> SourceCheckpoint::Open(const s
         shard_names.push_back(name);
       }
     }
-    if (ec) return absl::InternalError(absl::StrCat(dir, ": cannot list: ", ec.message()));
+    if (ec) return io::FileErrorCodeStatus(ec, dir, "cannot list");
     std::sort(shard_names.begin(), shard_names.end());
   }
   if (shard_names.empty()) {
@@ -163,7 +163,7 @@ absl::StatusOr<std::unique_ptr<SourceCheckpoint>> SourceCheckpoint::Open(const s
     // and the copy would land outside the output.
     source->other_files_.push_back(it->path().lexically_relative(root).string());
   }
-  if (ec) return absl::InternalError(absl::StrCat(dir, ": cannot list: ", ec.message()));
+  if (ec) return io::FileErrorCodeStatus(ec, dir, "cannot list");
   std::sort(source->other_files_.begin(), source->other_files_.end());
 
   if (fs::exists(root / "config.json", ec)) {

@@ -823,3 +823,27 @@ def test_wmse_checkpoint_report_shows_the_objectives_gain(bins, llama, tmp_path)
     weighted = [t for t in rows if t["quantized"] and "wmse_gain" in t]
     assert weighted and all(t["wmse_gain"] < 1.0 for t in weighted)
 
+
+
+def test_importance_with_the_mse_objective_adds_the_wmse_figures(bins, llama, tmp_path):
+    # As for one tensor: the MSE scales (the same bytes as without importance), WMSE reported.
+    plain, weighted = tmp_path / "plain", tmp_path / "weighted"
+    run(bins["nvfp4q"], "quantize", "--model", llama / "src", "--out", plain, "--quiet")
+    result = run(bins["nvfp4q"], "quantize", "--model", llama / "src", "--out", weighted,
+                 "--importance", llama / "imp.safetensors", "--json", "--quiet")
+    report = json.loads(result.stdout)
+    assert report["objective"] == "mse"
+    rows = [t for t in report["tensors"] if t["quantized"] and "wmse_gain" in t]
+    assert rows and all(t["objective"] == "mse" for t in rows)
+    assert report["totals"]["absmax_wmse"] > 0
+    assert_same_tree(plain, weighted)
+
+
+def test_quiet_still_warns_that_a_stale_partial_output_is_discarded(bins, llama, tmp_path):
+    staging = tmp_path / ".out.nvfp4-partial"
+    staging.mkdir()
+    (staging / "model-00001-of-00002.safetensors").write_bytes(b"left by another run")
+    result = run(bins["nvfp4q"], "quantize", "--model", llama / "src", "--out", tmp_path / "out",
+                 "--quiet")
+    assert "discarding the partial output" in result.stderr, result.stderr
+    assert "reading" not in result.stderr  # progress stays quiet

@@ -3,7 +3,11 @@ F = 448 against an independent numpy implementation of ModelOpt's export math
 (nvfp4-formats.md sections 1.2 and 7), the fake-quant output against a numpy decoder, and the
 stable JSON fields and exit codes."""
 import json
+import os
+import pathlib
+import signal
 import subprocess
+import time
 
 import ml_dtypes
 import numpy as np
@@ -134,8 +138,41 @@ def test_errors_have_distinct_exit_codes(nvfp4q, tmp_path):
     assert r.returncode == 2
     np.save(tmp_path / "ok.npy", np.ones((4, 32), np.float32))
     r = run(nvfp4q, "quantize-tensor", "--input", tmp_path / "ok.npy", "--output",
-            tmp_path / "o.safetensors", "--objective", "wmse", check=False)
+            tmp_path / "o.safetensors", "--importance", tmp_path / "nan.npy", check=False)
     assert r.returncode == 3 and "importance" in r.stderr
+    assert not (tmp_path / "o.safetensors").exists()
+    # Every error of this machine's file system is an I/O error (4), whatever its errno says
+    # (ENOTDIR would be FAILED_PRECONDITION, EACCES PERMISSION_DENIED, a server's refusal: 6).
+    r = run(nvfp4q, "quantize-tensor", "--input", tmp_path / "ok.npy", "--output",
+            tmp_path / "ok.npy" / "o.safetensors", check=False)
+    assert r.returncode == 4 and "ok.npy/o.safetensors" in r.stderr, (r.returncode, r.stderr)
+    r = run(nvfp4q, "quantize-tensor", "--input", tmp_path / "ok.npy" / "x.npy", "--output",
+            tmp_path / "o.safetensors", check=False)
+    assert r.returncode == 4, (r.returncode, r.stderr)
+
+
+def test_ctrl_c_cancels_a_local_quantization_with_exit_7(nvfp4q, tmp_path):
+    # Exhaustive on 32M elements: about 1.8 CPU-seconds on 2 cores, after a load of about 0.15.
+    # The signal goes once the process has used 0.4 CPU-seconds: while the engine runs.
+    np.save(tmp_path / "big.npy", RNG.standard_normal((4096, 8192), dtype=np.float32))
+    proc = subprocess.Popen([nvfp4q, "quantize-tensor", "--input", tmp_path / "big.npy",
+                             "--output", tmp_path / "o.safetensors", "--method", "exhaustive",
+                             "--threads", "2"], stderr=subprocess.PIPE, text=True)
+    stat = pathlib.Path(f"/proc/{proc.pid}/stat")
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def cpu_seconds():
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+    deadline = time.time() + 60
+    while proc.poll() is None and time.time() < deadline and cpu_seconds() < 0.4:
+        time.sleep(0.005)
+    assert proc.poll() is None, "nvfp4q finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 7, (proc.returncode, stderr)
+    assert "interrupted" in stderr
     assert not (tmp_path / "o.safetensors").exists()
 
 
@@ -164,6 +201,18 @@ def test_usage_errors_exit_2_before_any_work(nvfp4q, tmp_path):
           "0.003"], "--amax excludes --global-scale"),
         (["quantize-tensor", "--input", w, "--output", out, "--dequantized-dtype", "bf16"],
          "--dequantized-dtype requires --dequantized"),
+        (["quantize-tensor", "--input", w, "--output", out, "--objective", "wmse"],
+         "--objective wmse needs --importance"),
+        (["quantize-tensor", "--input", w, "--output", out, "--amax", "-1"],
+         "--amax: must be a number >= 0, got '-1'"),
+        (["quantize-tensor", "--input", w, "--output", out, "--global-scale", "inf"],
+         "--global-scale: must be a number > 0, got 'inf'"),
+        (["quantize-tensor", "--input", w, "--output", out, "--token-file", w],
+         "--token-file requires --server"),
+        (["quantize", "--model", str(tmp_path), "--out", str(tmp_path / "q"), "--shard-size",
+          "1000"], "--shard-size must be at least 1MiB"),
+        (["quantize", "--model", str(tmp_path), "--out", str(tmp_path / "q"), "--objective",
+          "wmse"], "--objective wmse needs --importance"),
     ]:
         r = run(nvfp4q, *args, check=False)
         assert r.returncode == 2 and message in r.stderr, (args, r.returncode, r.stderr)

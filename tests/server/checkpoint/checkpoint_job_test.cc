@@ -917,10 +917,48 @@ TEST_F(CheckpointJobTest, WmseOptionErrors) {
   EXPECT_EQ(report.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(report.status().message(), HasSubstr("model.layers.0.mlp.down_proj.importance"));
 
-  // An importance file without wmse.
+  // A wrong length is an error with the MSE objective too.
   options.objective = Objective::kMse;
-  EXPECT_EQ(Run(options).status().code(), absl::StatusCode::kInvalidArgument);
+  report = Run(options);
+  EXPECT_EQ(report.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(report.status().message(), HasSubstr("model.layers.0.mlp.down_proj.importance"));
   EXPECT_FALSE(fs::exists(Path("out")));
+}
+
+// With the MSE objective an importance file changes no byte; it adds the WMSE figures (AbsMax's
+// too) to the tensors it covers, as `quantize-tensor --importance` does.
+TEST_F(CheckpointJobTest, MseWithImportanceKeepsTheMseBytesAndReportsWmse) {
+  TinyModel();
+  const std::string down = "model.layers.0.mlp.down_proj";
+  std::vector<float> w(96);
+  for (int i = 0; i < 96; ++i) w[i] = (i % 5 == 0) ? 20.0f : 1.0f;
+  ASSERT_TRUE(WriteSafetensors(Path("imp.safetensors"),
+                               {{{down + ".importance", "F32", {96}}, w.data(), w.size() * 4}}, {})
+                  .ok());
+  CheckpointJobOptions plain_options = Options("plain");
+  const CheckpointReport plain = RunOk(plain_options);
+  CheckpointJobOptions options = Options("out");
+  options.importance_path = Path("imp.safetensors");
+  const CheckpointReport report = RunOk(options);
+  EXPECT_EQ(report.objective, "mse");
+  const TensorReport* r = Row(report, down + ".weight");
+  ASSERT_NE(r, nullptr);
+  EXPECT_EQ(r->objective, "mse");
+  EXPECT_TRUE(r->metrics.weighted);
+  EXPECT_FALSE(r->metrics.wmse_objective);
+  EXPECT_GT(r->metrics.wmse, 0.0);
+  EXPECT_GT(r->metrics.absmax_wmse, 0.0);
+  EXPECT_EQ(r->metrics.mse, Row(plain, down + ".weight")->metrics.mse);
+  const TensorReport* other = Row(report, "model.layers.1.mlp.down_proj.weight");
+  ASSERT_NE(other, nullptr);
+  EXPECT_FALSE(other->metrics.weighted);
+  EXPECT_THAT(report.notes, ::testing::Contains(HasSubstr("no WMSE figures")));
+  const Output a = ReadOutput(Path("plain"));
+  const Output b = ReadOutput(Path("out"));
+  ASSERT_EQ(a.tensors.size(), b.tensors.size());
+  for (const auto& [name, tensor] : a.tensors) {
+    EXPECT_TRUE(b.tensors.at(name).bytes == tensor.bytes) << name;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
