@@ -31,8 +31,8 @@ inline absl::Status FileErrnoStatus(int err, absl::string_view path, absl::strin
 // categories become Unknown.
 inline absl::Status FileErrorCodeStatus(const std::error_code& error, absl::string_view path,
                                         absl::string_view what) {
-  const bool has_errno = error.category() == std::generic_category() ||
-                         error.category() == std::system_category();
+  const bool has_errno =
+      error.category() == std::generic_category() || error.category() == std::system_category();
   absl::Status status =
       has_errno ? absl::ErrnoToStatus(error.value(), absl::StrCat(path, ": ", what))
                 : absl::UnknownError(absl::StrCat(path, ": ", what, ": ", error.message()));

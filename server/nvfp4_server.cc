@@ -182,6 +182,7 @@ void Nvfp4Server::Housekeeping(const std::vector<int>& gpus) {
     (void)gpus;
 #endif
     CheckEngineHealth();
+    service_->ExpireStalledUploads();
     // While idle, hand the heap pages freed by finished jobs (gRPC and protobuf buffers; job
     // tensors have their own mappings) back to the OS, so the resident size follows the load
     // rather than its peak. Connections wind down after their last job, so this repeats on

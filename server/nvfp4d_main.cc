@@ -68,7 +68,8 @@ int main(int argc, char** argv) {
       ->check(nvfp4::cli_checks::NonNegative())
       ->capture_default_str();
   app.add_option("--upload-idle-timeout", upload_idle_seconds,
-                 "seconds a started job waits for more tensor data before failing")
+                 "seconds an upload may make no progress before its job fails (and gives "
+                 "back its worker and memory reservation)")
       ->check(nvfp4::cli_checks::Positive())
       ->capture_default_str();
   int64_t stream_window_mib = options.service.stream_window_bytes >> 20;

@@ -62,8 +62,8 @@ absl::StatusOr<checkpoint::CheckpointJobOptions> JobOptions(const QuantizeCheckp
   options.calibration_path = flags.calibration;
   ASSIGN_OR_RETURN(options.shard_bytes, ParseByteSize(flags.shard_size));
   if (options.shard_bytes < (uint64_t{1} << 20)) {
-    return UsageError(absl::StrCat("--shard-size must be at least 1MiB, got '", flags.shard_size,
-                                   "'"));
+    return UsageError(
+        absl::StrCat("--shard-size must be at least 1MiB, got '", flags.shard_size, "'"));
   }
   if (options.objective == Objective::kWmse && flags.importance.empty()) {
     return UsageError("--objective wmse needs --importance");

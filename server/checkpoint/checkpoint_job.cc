@@ -674,8 +674,8 @@ absl::StatusOr<CheckpointReport> Job::Run() {
     }
     if (fallback > 0) {
       report_.notes.push_back(absl::StrCat(
-          fallback, " of ", plan_.quantized_count, " quantized modules have no importance vector in ",
-          options_.importance_path,
+          fallback, " of ", plan_.quantized_count,
+          " quantized modules have no importance vector in ", options_.importance_path,
           options_.objective == Objective::kWmse ? " and use mse" : ": no WMSE figures for them"));
     }
   }

@@ -105,12 +105,15 @@ void RecordSuccess(QuantizerService& service, const api::TensorSpec& spec,
 // reports), overlapping the download with the quantisation; scales, dequantized and metrics
 // follow when the job is done. Otherwise all results go out after the job.
 class TensorStreamReactor final
-    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>,
+      public QuantizerService::WatchedUpload {
  public:
   TensorStreamReactor(QuantizerService* service, grpc::CallbackServerContext* context)
       : service_(service), context_(context), start_(absl::Now()) {
+    service_->WatchUpload(this);
     const absl::Status auth = service_->Authenticate(*context);
     absl::MutexLock lock(&mu_);
+    last_message_ = start_;
     if (!auth.ok()) {
       SetFinalLocked(auth);
     } else {
@@ -131,6 +134,7 @@ class TensorStreamReactor final
     {
       absl::MutexLock lock(&mu_);
       read_in_flight_ = false;
+      if (ok) last_message_ = absl::Now();
       if (!ok) {
         if (phase_ != Phase::kDone && !final_status_) {
           SetFinalLocked(context_->IsCancelled()
@@ -190,7 +194,37 @@ class TensorStreamReactor final
 
   // Nothing is held any more: chunks are only held once the job is submitted, and every
   // submitted job reports (OnJobDone releases them) before the call can finish.
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    service_->UnwatchUpload(this);
+    delete this;
+  }
+
+  bool ExpireIfIdle(absl::Time now, absl::Duration idle) override {
+    absl::MutexLock lock(&mu_);
+    if (final_status_ || submitted_ || phase_ == Phase::kHeader || now - last_message_ <= idle) {
+      return false;
+    }
+    SetFinalLocked(absl::DeadlineExceededError(absl::StrCat(
+        "no tensor data for ", absl::FormatDuration(idle), " (", ProgressLocked(), ")")));
+    expiring_ = true;  // PumpAndUnlock does not finish the call (and so delete it) meanwhile
+    return true;
+  }
+
+  void EndExpired() override {
+    std::shared_ptr<Scheduler::Admission> admission;
+    TensorJobInput input;
+    {
+      absl::MutexLock lock(&mu_);
+      admission = std::move(admission_);  // released outside this call's lock
+      input = std::move(input_);          // the job was never submitted: nothing reads it
+    }
+    admission.reset();
+    input = {};
+    context_->TryCancel();  // ends the read waiting for data that does not come
+    mu_.Lock();
+    expiring_ = false;
+    PumpAndUnlock();
+  }
 
  private:
   // Reading progress. A job is submitted when its data is complete, or, when its global scale
@@ -670,7 +704,7 @@ class TensorStreamReactor final
       StartWrite(&current_);
       return;
     }
-    if (!final_status_ || read_in_flight_ || (submitted_ && !job_reported_)) {
+    if (!final_status_ || read_in_flight_ || expiring_ || (submitted_ && !job_reported_)) {
       mu_.Unlock();
       return;
     }
@@ -696,6 +730,8 @@ class TensorStreamReactor final
   bool submitted_ ABSL_GUARDED_BY(mu_) = false;
   bool cancel_sent_ ABSL_GUARDED_BY(mu_) = false;   // the job was told to stop
   bool job_reported_ ABSL_GUARDED_BY(mu_) = false;  // the submitted job called OnJobDone
+  bool expiring_ ABSL_GUARDED_BY(mu_) = false;      // between ExpireIfIdle and EndExpired
+  absl::Time last_message_ ABSL_GUARDED_BY(mu_);    // when the last message was read
   bool streaming_ = false;                          // set with the header, before submission
   std::optional<absl::Status> final_status_ ABSL_GUARDED_BY(mu_);
   std::deque<grpc::ByteBuffer> outbox_ ABSL_GUARDED_BY(mu_);
@@ -879,6 +915,30 @@ void QuantizerService::StreamHeld(int64_t delta) {
   while (now > peak && !stream_held_peak_bytes_.compare_exchange_weak(peak, now)) {
   }
   if (metrics_ != nullptr) metrics_->SetStreamHeldBytes(static_cast<double>(now));
+}
+
+void QuantizerService::WatchUpload(WatchedUpload* upload) {
+  absl::MutexLock lock(&uploads_mu_);
+  uploads_.insert(upload);
+}
+
+void QuantizerService::UnwatchUpload(WatchedUpload* upload) {
+  absl::MutexLock lock(&uploads_mu_);
+  uploads_.erase(upload);
+}
+
+int QuantizerService::ExpireStalledUploads() {
+  const absl::Time now = absl::Now();
+  std::vector<WatchedUpload*> expired;
+  {
+    absl::MutexLock lock(&uploads_mu_);
+    for (WatchedUpload* upload : uploads_) {
+      if (upload->ExpireIfIdle(now, options_.upload_idle_timeout)) expired.push_back(upload);
+    }
+  }
+  // Alive without the registry lock: an expiring call does not finish before EndExpired.
+  for (WatchedUpload* upload : expired) upload->EndExpired();
+  return static_cast<int>(expired.size());
 }
 
 absl::Status QuantizerService::Authenticate(const grpc::CallbackServerContext& context) const {

@@ -14,7 +14,9 @@
 #include <cstdint>
 #include <string>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "nvfp4/v1/quantizer.grpc.pb.h"
@@ -32,8 +34,9 @@ struct ServiceOptions {
   int64_t max_message_bytes = int64_t{64} << 20;
   // Non-empty: every Quantizer call needs metadata "authorization: Bearer <token>".
   std::string auth_token;
-  // A streaming job whose upload makes no progress this long fails with DEADLINE_EXCEEDED
-  // (it holds a worker while it waits).
+  // A tensor upload that makes no progress this long fails with DEADLINE_EXCEEDED: a started
+  // streamed job holds a worker while it waits, any admitted job its memory reservation
+  // (checked every 2 s by nvfp4d's housekeeping before the job starts).
   absl::Duration upload_idle_timeout = absl::Seconds(120);
   // QuantizeCheckpoint may only touch paths inside these roots; unconfined (no roots) disables
   // the RPC.
@@ -127,6 +130,29 @@ class QuantizerService final : public QuantizerServiceBase {
   };
   int active_calls() const { return active_calls_.load(std::memory_order_acquire); }
 
+  // An upload the service watches for stalls: the streaming QuantizeTensor call, registered from
+  // its construction to OnDone. Its job holds a memory reservation from the header on, and a
+  // job that is not submitted yet has nothing else watching it (ReadRows watches a started
+  // streamed job).
+  class WatchedUpload {
+   public:
+    virtual ~WatchedUpload() = default;
+    // Called with the registry locked. When the call's job is admitted but not submitted and
+    // no message came for `idle`: fails the call with DEADLINE_EXCEEDED, keeps the call from
+    // finishing and returns true; the caller then calls EndExpired without the registry lock.
+    virtual bool ExpireIfIdle(absl::Time now, absl::Duration idle) = 0;
+    // Releases the job's reservation and buffers, ends the pending read (TryCancel) and lets
+    // the call finish.
+    virtual void EndExpired() = 0;
+  };
+  void WatchUpload(WatchedUpload* upload);
+  void UnwatchUpload(WatchedUpload* upload);
+  // Fails the watched uploads idle for options().upload_idle_timeout before their job was
+  // submitted (a header without amax waits for all the data first), so that a stalled client
+  // does not hold its memory reservation until its connection dies. Returns how many. Called
+  // periodically (nvfp4d's housekeeping, every 2 s). Thread-safe.
+  int ExpireStalledUploads();
+
  private:
   const ServiceOptions options_;
   Scheduler* const scheduler_;
@@ -137,6 +163,8 @@ class QuantizerService final : public QuantizerServiceBase {
   std::atomic<int64_t> stream_held_bytes_{0};
   std::atomic<int64_t> stream_held_peak_bytes_{0};
   std::atomic<int> active_calls_{0};
+  absl::Mutex uploads_mu_;  // taken before a call's own lock, never while holding it
+  absl::flat_hash_set<WatchedUpload*> uploads_ ABSL_GUARDED_BY(uploads_mu_);
 };
 
 }  // namespace nvfp4::server

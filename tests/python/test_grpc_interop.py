@@ -86,6 +86,8 @@ def test_nvfp4d_usage_errors_exit_2_with_a_plain_message(nvfp4q):
     nvfp4d = pathlib.Path(nvfp4q).parent / "nvfp4d"
     for args, message in [(["--max-queue", "0"], "--max-queue: must be a number > 0, got '0'"),
                           (["--memory-mib", "-5"], "--memory-mib: must be a number > 0"),
+                          (["--tls-cert", "server.pem"], "--tls-cert requires --tls-key"),
+                          (["--tls-key", "server.key"], "--tls-key requires --tls-cert"),
                           (["--bogus"], "--bogus")]:
         r = subprocess.run([nvfp4d, *args], capture_output=True, text=True, timeout=30)
         assert r.returncode == 2 and message in r.stderr, (args, r.returncode, r.stderr)

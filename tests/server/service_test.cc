@@ -558,6 +558,38 @@ v1::QuantizeTensorRequest StreamingHeader(int64_t rows, int64_t cols) {
   return r;
 }
 
+// Without amax in the header the job waits for all its data before it starts; its memory is
+// reserved from the header on. A client that stops sending holds that reservation only for the
+// idle timeout (checked every 2 s), not until its connection dies.
+TEST(Service, StalledUploadBeforeTheJobStartsGivesBackItsReservation) {
+  server::ServerOptions options;
+  options.service.upload_idle_timeout = absl::Milliseconds(300);
+  Harness h = StartServer(false, options);
+  auto stub = StubFor(h.target);
+  grpc::ClientContext context;
+  // Without the server's check the call would wait for this deadline (and fail the test).
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  auto stream = stub->QuantizeTensor(&context);
+  ASSERT_TRUE(stream->Write(Header(v1::DTYPE_F32, {1024, 1024})));
+  ASSERT_TRUE(stream->Write(Data(std::string(1 << 20, '\0'))));  // 1 of 4 MiB
+  WaitFor([&] { return h.server->scheduler().reserved_bytes() > 0; });
+  EXPECT_EQ(h.server->scheduler().running(), 0);  // nothing runs: the data is not complete
+  v1::QuantizeTensorResponse response;
+  while (stream->Read(&response)) {
+  }
+  const grpc::Status status = stream->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED) << status.error_message();
+  WaitFor([&] { return h.server->scheduler().reserved_bytes() == 0; });
+  EXPECT_EQ(h.server->scheduler().reserved_bytes(), 0);
+  auto jobs = h.client->ListJobs();
+  ASSERT_TRUE(jobs.ok() && jobs->size() == 1);
+  EXPECT_EQ((*jobs)[0].state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ((*jobs)[0].error_code(), "DEADLINE_EXCEEDED");
+  EXPECT_THAT((*jobs)[0].error_message(), HasSubstr("1048576 of 4194304 data bytes received"));
+  std::vector<float> x = Gaussian(16 * 64, 13);
+  EXPECT_TRUE(h.client->QuantizeTensor({DType::kF32, 16, 64, x.data()}, {}, {}).ok());
+}
+
 TEST(Service, StalledStreamingUploadTimesOutAndFreesTheWorker) {
   server::ServerOptions options;
   options.service.upload_idle_timeout = absl::Milliseconds(300);
