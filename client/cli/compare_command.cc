@@ -58,6 +58,8 @@ absl::StatusOr<int> Run(const CompareFlags& flags) {
       if (flags.json) {
         nlohmann::json j = QuantizationJson(options, q);
         j["tensor"] = path;
+        j["backend"] = std::string(backend->name());
+        j["threads"] = backend->threads();
         rows.push_back(j);
       } else {
         std::printf("%-40s %-13s %-13s %12.5g %+8.1f%% %9.2f %10.2f %10.1f\n",

@@ -52,7 +52,7 @@ absl::Status WriteModelOptTensor(const std::string& path, const QuantizeOptions&
       {{"weight_scale_2", "F32", {}}, &q.global_scale, sizeof(float)},
   };
   const std::map<std::string, std::string> metadata = {
-      {"format", "nvfp4"},
+      {"format", "pt"},  // the safetensors key's meaning (framework), as in our checkpoints
       {"producer", absl::StrCat("nvfp4-scalesweep ", kVersion)},
       {"method", std::string(MethodName(options.method))},
       {"objective", std::string(ObjectiveName(options.objective))},

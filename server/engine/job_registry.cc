@@ -23,7 +23,7 @@ std::shared_ptr<Job> JobRegistry::Create(v1::JobKind kind, std::string name, int
   return job;
 }
 
-void JobRegistry::TrimLocked() {
+void JobRegistry::TrimLocked() const {
   // Forget the oldest finished jobs beyond the history size; live jobs always stay.
   int finished = 0;
   for (const auto& job : order_) finished += job->finished() ? 1 : 0;
@@ -40,12 +40,14 @@ void JobRegistry::TrimLocked() {
 
 std::shared_ptr<Job> JobRegistry::Find(const std::string& id) const {
   absl::MutexLock lock(&mu_);
+  TrimLocked();
   auto it = by_id_.find(id);
   return it == by_id_.end() ? nullptr : it->second;
 }
 
 std::vector<std::shared_ptr<Job>> JobRegistry::List(const std::vector<v1::JobState>& states) const {
   absl::MutexLock lock(&mu_);
+  TrimLocked();
   std::vector<std::shared_ptr<Job>> out;
   for (auto it = order_.rbegin(); it != order_.rend(); ++it) {
     if (states.empty() || std::find(states.begin(), states.end(), (*it)->state()) != states.end()) {

@@ -28,13 +28,14 @@ class JobRegistry {
   int history() const { return history_; }
 
  private:
-  void TrimLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void TrimLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const int history_;
   mutable absl::Mutex mu_;
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
-  std::deque<std::shared_ptr<Job>> order_ ABSL_GUARDED_BY(mu_);  // oldest first
-  absl::flat_hash_map<std::string, std::shared_ptr<Job>> by_id_ ABSL_GUARDED_BY(mu_);
+  // Trimmed by every call (jobs finish between calls), so mutable.
+  mutable std::deque<std::shared_ptr<Job>> order_ ABSL_GUARDED_BY(mu_);  // oldest first
+  mutable absl::flat_hash_map<std::string, std::shared_ptr<Job>> by_id_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace nvfp4::server

@@ -279,3 +279,17 @@ def test_bench_json(nvfp4q):
     for x in report["results"]:
         assert x["memcpy_ratio"] == pytest.approx(
             x["elements_per_second"] / report["memcpy_elements_per_second"])
+
+
+def test_compare_json_has_the_quantize_tensor_fields_of_each_method(nvfp4q, tmp_path):
+    np.save(tmp_path / "w.npy", RNG.standard_normal((64, 256), dtype=np.float32))
+    single = json.loads(run(nvfp4q, "quantize-tensor", "--input", tmp_path / "w.npy", "--output",
+                            tmp_path / "w.safetensors", "--json").stdout)
+    r = run(nvfp4q, "compare", tmp_path / "w.npy", "--methods", "absmax,scalesweep", "--json")
+    results = json.loads(r.stdout)["results"]
+    assert [x["method"] for x in results] == ["absmax", "scalesweep"]
+    for x in results:
+        assert set(x) == (set(single) - {"input", "output"}) | {"tensor"}, set(x) ^ set(single)
+    # The same engine and math: the scalesweep row is the quantize-tensor run's.
+    assert results[1]["mse"] == single["mse"] and results[1]["gain"] == single["gain"]
+    assert results[0]["gain"] == 1.0

@@ -43,6 +43,28 @@ std::unique_ptr<Scheduler> Make(int max_queue, int64_t budget, int64_t max_job) 
                                      std::move(engines), nullptr);
 }
 
+// The registry keeps `history` finished jobs: a job that finishes is forgotten by the next
+// lookup beyond that, not only when another job is created.
+TEST(JobRegistry, KeepsHistoryFinishedJobsAndEveryLiveOne) {
+  JobRegistry none(0);
+  std::shared_ptr<Job> job = none.Create(v1::JOB_KIND_TENSOR, "w", 16);
+  EXPECT_EQ(none.Find(job->id()), job);  // live
+  job->MarkFinished(absl::OkStatus(), std::nullopt, "cpu");
+  EXPECT_EQ(none.Find(job->id()), nullptr);
+  EXPECT_TRUE(none.List({}).empty());
+
+  JobRegistry two(2);
+  std::vector<std::shared_ptr<Job>> jobs;
+  for (int i = 0; i < 4; ++i) jobs.push_back(two.Create(v1::JOB_KIND_TENSOR, "w", 16));
+  for (int i = 0; i < 3; ++i) jobs[i]->MarkFinished(absl::OkStatus(), std::nullopt, "cpu");
+  const std::vector<std::shared_ptr<Job>> listed = two.List({});
+  ASSERT_EQ(listed.size(), 3u);  // newest first: the live one and the two newest finished
+  EXPECT_EQ(listed[0], jobs[3]);
+  EXPECT_EQ(listed[1], jobs[2]);
+  EXPECT_EQ(listed[2], jobs[1]);
+  EXPECT_EQ(two.Find(jobs[0]->id()), nullptr);
+}
+
 TEST(Scheduler, AdmissionLimits) {
   JobRegistry jobs(10);
   auto scheduler = Make(2, 1000, 600);
