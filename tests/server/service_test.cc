@@ -240,17 +240,24 @@ TEST(Service, ResultsAreByteIdenticalToTheEmbeddedEngine) {
   }
 }
 
+// A unary request for the f32 tensor x of shape [rows, cols].
+v1::QuantizeTensorUnaryRequest UnaryRequest(const std::vector<float>& x, int64_t rows,
+                                            int64_t cols) {
+  v1::QuantizeTensorUnaryRequest request;
+  request.mutable_header()->set_dtype(v1::DTYPE_F32);
+  request.mutable_header()->add_shape(rows);
+  request.mutable_header()->add_shape(cols);
+  request.set_data(x.data(), x.size() * 4);
+  return request;
+}
+
 TEST(Service, UnaryCallMatchesTheStream) {
   Harness h = StartServer(false);
   auto stub = StubFor(h.target);
   std::vector<float> x = Gaussian(32 * 128, 9);
-  v1::QuantizeTensorUnaryRequest request;
-  request.mutable_header()->set_dtype(v1::DTYPE_F32);
-  request.mutable_header()->add_shape(32);
-  request.mutable_header()->add_shape(128);
+  v1::QuantizeTensorUnaryRequest request = UnaryRequest(x, 32, 128);
   request.mutable_header()->set_output_mode(v1::OUTPUT_MODE_BOTH);
   request.mutable_header()->set_dequantized_dtype(v1::DTYPE_BF16);
-  request.set_data(x.data(), x.size() * 4);
   v1::QuantizeTensorUnaryResponse response;
   grpc::ClientContext context;
   ASSERT_TRUE(stub->QuantizeTensorUnary(&context, request, &response).ok());
@@ -362,12 +369,7 @@ TEST(Service, DeadlineExceededCancelsTheJob) {
 TEST(Service, UnaryDeadlineIsRecordedAsSuch) {
   Harness h = StartServer(true);
   auto stub = StubFor(h.target);
-  std::vector<float> x = Gaussian(16 * 64, 6);
-  v1::QuantizeTensorUnaryRequest request;
-  request.mutable_header()->set_dtype(v1::DTYPE_F32);
-  request.mutable_header()->add_shape(16);
-  request.mutable_header()->add_shape(64);
-  request.set_data(x.data(), x.size() * 4);
+  const v1::QuantizeTensorUnaryRequest request = UnaryRequest(Gaussian(16 * 64, 6), 16, 64);
   v1::QuantizeTensorUnaryResponse response;
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
