@@ -142,6 +142,15 @@ void WaitFor(const std::function<bool()>& condition) {
   ASSERT_TRUE(condition()) << "condition not reached in 20 s";
 }
 
+// The server's only job ended CANCELLED with DEADLINE_EXCEEDED and a message containing `text`.
+void ExpectTheOnlyJobTimedOut(Harness& h, const std::string& text) {
+  auto jobs = h.client->ListJobs();
+  ASSERT_TRUE(jobs.ok() && jobs->size() == 1);
+  EXPECT_EQ((*jobs)[0].state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ((*jobs)[0].error_code(), "DEADLINE_EXCEEDED");
+  EXPECT_THAT((*jobs)[0].error_message(), HasSubstr(text));
+}
+
 std::unique_ptr<v1::Quantizer::Stub> StubFor(const std::string& target) {
   return v1::Quantizer::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
 }
@@ -359,11 +368,7 @@ TEST(Service, DeadlineExceededCancelsTheJob) {
   WaitFor([&] { return h.server->scheduler().reserved_bytes() == 0; });
   WaitFor([&] { return h.server->scheduler().running() == 0; });
   // The job record says the deadline ended it, not that someone cancelled it.
-  auto jobs = h.client->ListJobs();
-  ASSERT_TRUE(jobs.ok() && jobs->size() == 1);
-  EXPECT_EQ((*jobs)[0].state(), v1::JOB_STATE_CANCELLED);
-  EXPECT_EQ((*jobs)[0].error_code(), "DEADLINE_EXCEEDED");
-  EXPECT_THAT((*jobs)[0].error_message(), HasSubstr("deadline passed"));
+  ExpectTheOnlyJobTimedOut(h, "deadline passed");
 }
 
 TEST(Service, UnaryDeadlineIsRecordedAsSuch) {
@@ -376,10 +381,7 @@ TEST(Service, UnaryDeadlineIsRecordedAsSuch) {
   const grpc::Status status = stub->QuantizeTensorUnary(&context, request, &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << status.error_message();
   WaitFor([&] { return h.server->scheduler().running() == 0; });
-  auto jobs = h.client->ListJobs();
-  ASSERT_TRUE(jobs.ok() && jobs->size() == 1);
-  EXPECT_EQ((*jobs)[0].error_code(), "DEADLINE_EXCEEDED");
-  EXPECT_THAT((*jobs)[0].error_message(), HasSubstr("deadline passed"));
+  ExpectTheOnlyJobTimedOut(h, "deadline passed");
 }
 
 TEST(Service, ClientDisconnectMidUploadReleasesTheAdmission) {
@@ -583,11 +585,7 @@ TEST(Service, StalledUploadBeforeTheJobStartsGivesBackItsReservation) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED) << status.error_message();
   WaitFor([&] { return h.server->scheduler().reserved_bytes() == 0; });
   EXPECT_EQ(h.server->scheduler().reserved_bytes(), 0);
-  auto jobs = h.client->ListJobs();
-  ASSERT_TRUE(jobs.ok() && jobs->size() == 1);
-  EXPECT_EQ((*jobs)[0].state(), v1::JOB_STATE_CANCELLED);
-  EXPECT_EQ((*jobs)[0].error_code(), "DEADLINE_EXCEEDED");
-  EXPECT_THAT((*jobs)[0].error_message(), HasSubstr("1048576 of 4194304 data bytes received"));
+  ExpectTheOnlyJobTimedOut(h, "1048576 of 4194304 data bytes received");
   std::vector<float> x = Gaussian(16 * 64, 13);
   EXPECT_TRUE(h.client->QuantizeTensor({DType::kF32, 16, 64, x.data()}, {}, {}).ok());
 }
@@ -610,10 +608,7 @@ TEST(Service, StalledStreamingUploadTimesOutAndFreesTheWorker) {
   const grpc::Status status = stream->Finish();
   EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED) << status.error_message();
   WaitFor([&] { return h.server->scheduler().running() == 0; });
-  auto jobs = h.client->ListJobs();
-  ASSERT_TRUE(jobs.ok() && jobs->size() == 1);
-  EXPECT_EQ((*jobs)[0].error_code(), "DEADLINE_EXCEEDED");
-  EXPECT_THAT((*jobs)[0].error_message(), HasSubstr("no tensor data"));
+  ExpectTheOnlyJobTimedOut(h, "no tensor data");
   WaitFor([&] { return h.server->scheduler().reserved_bytes() == 0; });
   std::vector<float> x = Gaussian(16 * 64, 12);
   EXPECT_TRUE(h.client->QuantizeTensor({DType::kF32, 16, 64, x.data()}, {}, {}).ok());
