@@ -195,7 +195,9 @@ void Nvfp4Server::Housekeeping(const std::vector<int>& gpus) {
       ::malloc_trim(0);
     }
     absl::MutexLock lock(&shutdown_mu_);
-    if (shutdown_mu_.AwaitWithTimeout(absl::Condition(&shut_down_), absl::Seconds(2))) return;
+    if (shutdown_mu_.AwaitWithTimeout(absl::Condition(&shut_down_), options_.housekeeping_period)) {
+      return;
+    }
   }
 }
 

@@ -42,6 +42,9 @@ struct ServerOptions {
   std::string auth_token_file;  // set: bearer-token auth
   // QuantizeCheckpoint reads and writes only inside these directories; none: RPC disabled.
   std::vector<std::string> allowed_roots;
+  // How often the housekeeping thread runs: GPU memory gauge, engine health, stalled uploads,
+  // idle buffers (tests lengthen it to drive those by hand).
+  absl::Duration housekeeping_period = absl::Seconds(2);
 };
 
 class Nvfp4Server {

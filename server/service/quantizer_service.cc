@@ -110,22 +110,27 @@ class TensorStreamReactor final
  public:
   TensorStreamReactor(QuantizerService* service, grpc::CallbackServerContext* context)
       : service_(service), context_(context), start_(absl::Now()) {
-    service_->WatchUpload(this);
     const absl::Status auth = service_->Authenticate(*context);
-    absl::MutexLock lock(&mu_);
-    last_message_ = start_;
-    if (!auth.ok()) {
-      SetFinalLocked(auth);
-    } else {
-      read_in_flight_ = true;
+    {
+      absl::MutexLock lock(&mu_);
+      last_message_ = start_;
+      if (!auth.ok()) {
+        SetFinalLocked(auth);
+      } else {
+        read_in_flight_ = true;
+      }
+      // The constructor may issue its first operation directly (reactions and OnDone come
+      // after it returns).
+      if (read_in_flight_) {
+        StartRead(&request_);
+      } else {
+        finished_ = true;
+        Finish(api::ToGrpcStatus(*final_status_));
+      }
     }
-    // The constructor may issue its first operation directly.
-    if (read_in_flight_) {
-      StartRead(&request_);
-    } else {
-      finished_ = true;
-      Finish(api::ToGrpcStatus(*final_status_));
-    }
+    // Last, without this call's lock (the watch list's comes first): nothing after it can throw
+    // and leave a deleted call in the watch list.
+    service_->WatchUpload(this);
   }
 
   void OnReadDone(bool ok) override {
@@ -200,26 +205,35 @@ class TensorStreamReactor final
   }
 
   bool ExpireIfIdle(absl::Time now, absl::Duration idle) override {
-    absl::MutexLock lock(&mu_);
-    if (final_status_ || submitted_ || phase_ == Phase::kHeader || now - last_message_ <= idle) {
-      return false;
+    // A call whose lock is busy is handling a message (progress) or finishing: not idle. The
+    // sweep never waits for a chunk copy or an admission with the watch list locked.
+    if (!mu_.TryLock()) return false;
+    const bool idle_upload =
+        !final_status_ && !submitted_ && phase_ != Phase::kHeader && now - last_message_ > idle;
+    if (idle_upload) {
+      SetFinalLocked(absl::DeadlineExceededError(absl::StrCat(
+          "no tensor data for ", absl::FormatDuration(idle), " (", ProgressLocked(), ")")));
+      expiring_ = true;  // PumpAndUnlock does not finish the call (and so delete it) meanwhile
     }
-    SetFinalLocked(absl::DeadlineExceededError(absl::StrCat(
-        "no tensor data for ", absl::FormatDuration(idle), " (", ProgressLocked(), ")")));
-    expiring_ = true;  // PumpAndUnlock does not finish the call (and so delete it) meanwhile
-    return true;
+    mu_.Unlock();
+    return idle_upload;
   }
 
   void EndExpired() override {
+    // The job was never submitted: nothing else reads its buffers. They go back to the pool
+    // before the reservation that covers them is released.
     std::shared_ptr<Scheduler::Admission> admission;
     TensorJobInput input;
+    std::shared_ptr<TensorJobOutput> output;
     {
       absl::MutexLock lock(&mu_);
-      admission = std::move(admission_);  // released outside this call's lock
-      input = std::move(input_);          // the job was never submitted: nothing reads it
+      admission = std::move(admission_);
+      input = std::move(input_);
+      output = std::move(engine_output_);
     }
-    admission.reset();
     input = {};
+    output.reset();
+    admission.reset();
     context_->TryCancel();  // ends the read waiting for data that does not come
     mu_.Lock();
     expiring_ = false;
@@ -936,7 +950,7 @@ int QuantizerService::ExpireStalledUploads() {
       if (upload->ExpireIfIdle(now, options_.upload_idle_timeout)) expired.push_back(upload);
     }
   }
-  // Alive without the registry lock: an expiring call does not finish before EndExpired.
+  // Alive without the watch list lock: an expiring call does not finish before EndExpired.
   for (WatchedUpload* upload : expired) upload->EndExpired();
   return static_cast<int>(expired.size());
 }

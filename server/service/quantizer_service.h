@@ -130,19 +130,19 @@ class QuantizerService final : public QuantizerServiceBase {
   };
   int active_calls() const { return active_calls_.load(std::memory_order_acquire); }
 
-  // An upload the service watches for stalls: the streaming QuantizeTensor call, registered from
-  // its construction to OnDone. Its job holds a memory reservation from the header on, and a
-  // job that is not submitted yet has nothing else watching it (ReadRows watches a started
-  // streamed job).
+  // An upload the service watches for stalls: the streaming QuantizeTensor call, in the upload
+  // watch list (uploads_) from its construction to OnDone. Its job holds a memory reservation
+  // and a queue slot from the header on, and a job that is not submitted yet has nothing else
+  // watching it (ReadRows watches a started streamed job).
   class WatchedUpload {
    public:
     virtual ~WatchedUpload() = default;
-    // Called with the registry locked. When the call's job is admitted but not submitted and
+    // Called with the watch list locked. When the call's job is admitted but not submitted and
     // no message came for `idle`: fails the call with DEADLINE_EXCEEDED, keeps the call from
-    // finishing and returns true; the caller then calls EndExpired without the registry lock.
+    // finishing and returns true; the caller then calls EndExpired without the list locked.
     virtual bool ExpireIfIdle(absl::Time now, absl::Duration idle) = 0;
-    // Releases the job's reservation and buffers, ends the pending read (TryCancel) and lets
-    // the call finish.
+    // Releases the job's buffers, then its reservation and queue slot, ends the pending read
+    // (TryCancel) and lets the call finish.
     virtual void EndExpired() = 0;
   };
   void WatchUpload(WatchedUpload* upload);

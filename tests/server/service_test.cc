@@ -590,6 +590,49 @@ TEST(Service, StalledUploadBeforeTheJobStartsGivesBackItsReservation) {
   EXPECT_TRUE(h.client->QuantizeTensor({DType::kF32, 16, 64, x.data()}, {}, {}).ok());
 }
 
+// The sweep itself (nvfp4d's housekeeping calls it every 2 s): an upload that keeps sending,
+// however slowly, is never expired; one that stops is, once; calls starting and ending while
+// sweeps run concurrently all complete (under ASan, a sweep touching a finished call fails).
+TEST(Service, UploadSweepExpiresOnlyIdleUploadsAndToleratesChurn) {
+  server::ServerOptions options;
+  options.service.upload_idle_timeout = absl::Milliseconds(400);
+  options.housekeeping_period = absl::Hours(1);  // only this test sweeps (after the first tick)
+  Harness h = StartServer(false, options);
+  server::QuantizerService& service = h.server->service();
+  auto stub = StubFor(h.target);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  auto stream = stub->QuantizeTensor(&context);
+  ASSERT_TRUE(stream->Write(Header(v1::DTYPE_F32, {1024, 1024})));
+  for (int i = 0; i < 5; ++i) {
+    absl::SleepFor(absl::Milliseconds(150));
+    ASSERT_TRUE(stream->Write(Data(std::string(256 << 10, '\0'))));
+    absl::SleepFor(absl::Milliseconds(50));  // the chunk is read
+    EXPECT_EQ(service.ExpireStalledUploads(), 0) << "chunk " << i;
+  }
+  absl::SleepFor(absl::Milliseconds(600));
+  EXPECT_EQ(service.ExpireStalledUploads(), 1);
+  EXPECT_EQ(service.ExpireStalledUploads(), 0);  // already failed
+  v1::QuantizeTensorResponse response;
+  while (stream->Read(&response)) {
+  }
+  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  ExpectTheOnlyJobTimedOut(h, "1310720 of 4194304 data bytes received");
+
+  std::atomic<bool> stop{false};
+  std::thread sweeper([&] {
+    while (!stop.load()) service.ExpireStalledUploads();
+  });
+  std::vector<float> x = Gaussian(64 * 256, 14);
+  for (int i = 0; i < 40; ++i) {
+    EXPECT_TRUE(h.client->QuantizeTensor({DType::kF32, 64, 256, x.data()}, {}, {}).ok()) << i;
+  }
+  stop.store(true);
+  sweeper.join();
+  WaitFor([&] { return h.server->scheduler().reserved_bytes() == 0; });
+  EXPECT_EQ(h.server->scheduler().reserved_bytes(), 0);
+}
+
 TEST(Service, StalledStreamingUploadTimesOutAndFreesTheWorker) {
   server::ServerOptions options;
   options.service.upload_idle_timeout = absl::Milliseconds(300);
