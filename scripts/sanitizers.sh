@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sanitizer builds of the unit and service tests (docs/testing.md), CPU only (NVFP4_CUDA=OFF):
-#   asan  build-asan: -fsanitize=address,undefined, RelWithDebInfo; kernels_test, checkpoint_test,
+#   asan  build-asan: -fsanitize=address,undefined, RelWithDebInfo; common_test, kernels_test, checkpoint_test,
 #         client_io_test, client_test, proto_test, scheduler_test, server_test and the GPU tests
 #         that run on the host (gpu_device_code_test; gpu_simulated_test where the CUDA headers
 #         are installed) (every GoogleTest case; no Python tests).

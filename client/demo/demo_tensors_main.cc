@@ -1,6 +1,6 @@
 // nvfp4_demo_tensors DIR: writes a small, deterministic set of LLM-like tensors as .npy files
-// for `make demo`: Gaussian and heavy-tailed weights at realistic scales, weights with outlier
-// input channels, and activations with outlier channels.
+// to try `nvfp4q compare` and `quantize-tensor` on: Gaussian and heavy-tailed weights at realistic
+// scales, weights with outlier input channels, and activations with outlier channels.
 #include <sys/stat.h>
 #include <cstdio>
 #include <string>
@@ -36,7 +36,7 @@ void OutlierColumns(std::vector<float>& values, int64_t cols, int every, float f
 int main(int argc, char** argv) {
   const std::string usage =
       "usage: nvfp4_demo_tensors OUTPUT_DIR\n"
-      "writes a small deterministic set of LLM-like f32 tensors (.npy) for `make demo`\n";
+      "writes a small deterministic set of LLM-like f32 tensors (.npy) to try nvfp4q compare on\n";
   if (argc == 2 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h")) {
     std::printf("%s", usage.c_str());
     return 0;
