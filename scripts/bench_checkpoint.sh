@@ -21,6 +21,9 @@ cat "$work"/model/*.safetensors >/dev/null
 run() {  # name, nvfp4q arguments...
   local name=$1
   shift
+  # Every run starts with no dirty pages: otherwise a run's fsyncs also wait for the writeback of
+  # the runs before it (1 GB each), which made the last run (streamed) up to 2x slower.
+  sync
   "$bin/nvfp4q" quantize --quiet --model "$work/model" --out "$work/out-$name" \
     --report "$work/report-$name.json" "$@" >/dev/null
 }
