@@ -2,14 +2,15 @@
 //
 // What: FileErrnoStatus / FileErrorCodeStatus build "<path>: <what>: <strerror>" with the code
 // absl::ErrnoToStatus derives from the errno (ENOENT -> NotFound, EACCES -> PermissionDenied,
-// ENOSPC -> ResourceExhausted, ...) and mark the status as a local file error, so that a
-// front end can tell "this machine's file system said no" from the same code coming from a
-// server (a token refused, a path outside --allowed-root): nvfp4q exits 4 for every local file
-// error. The mark is a status payload; it does not cross gRPC.
+// ENOSPC -> ResourceExhausted, ...) and mark the status as a local file error (ENOMEM aside),
+// so that a front end can tell "this machine's file system said no" from the same code coming
+// from a server (a token refused, a path outside --allowed-root): nvfp4q exits 4 for every
+// local file error. The mark is a status payload; it does not cross gRPC.
 // Thread-safety: plain functions. Errors: these build them; nothing here throws.
 #ifndef NVFP4_COMMON_FILE_STATUS_H_
 #define NVFP4_COMMON_FILE_STATUS_H_
 
+#include <cerrno>
 #include <system_error>
 
 #include "absl/status/status.h"
@@ -23,7 +24,8 @@ inline constexpr absl::string_view kFileErrorPayload = "type.nvfp4/io.file";
 
 inline absl::Status FileErrnoStatus(int err, absl::string_view path, absl::string_view what) {
   absl::Status status = absl::ErrnoToStatus(err, absl::StrCat(path, ": ", what));
-  status.SetPayload(kFileErrorPayload, absl::Cord("file"));
+  // ENOMEM (an mmap of a large file, say) is this machine's memory, not its file system.
+  if (err != ENOMEM) status.SetPayload(kFileErrorPayload, absl::Cord("file"));
   return status;
 }
 
@@ -31,11 +33,10 @@ inline absl::Status FileErrnoStatus(int err, absl::string_view path, absl::strin
 // categories become Unknown.
 inline absl::Status FileErrorCodeStatus(const std::error_code& error, absl::string_view path,
                                         absl::string_view what) {
-  const bool has_errno =
-      error.category() == std::generic_category() || error.category() == std::system_category();
-  absl::Status status =
-      has_errno ? absl::ErrnoToStatus(error.value(), absl::StrCat(path, ": ", what))
-                : absl::UnknownError(absl::StrCat(path, ": ", what, ": ", error.message()));
+  if (error.category() == std::generic_category() || error.category() == std::system_category()) {
+    return FileErrnoStatus(error.value(), path, what);
+  }
+  absl::Status status = absl::UnknownError(absl::StrCat(path, ": ", what, ": ", error.message()));
   status.SetPayload(kFileErrorPayload, absl::Cord("file"));
   return status;
 }

@@ -218,13 +218,15 @@ std::function<int()> AddQuantizeCheckpointCommand(CLI::App& app) {
       ->check(CLI::IsMember({"modelopt", "compressed-tensors"}));
   cmd->add_option(
       "--importance", flags->importance,
-      "WMSE importance: safetensors of <module>.importance F32 [K] (with --objective wmse)");
+      "importance: safetensors of <module>.importance F32 [K] (the WMSE objective's weights; "
+      "with mse, the report adds the WMSE figures)");
   cmd->add_option("--calibration", flags->calibration,
                   "W4A4: JSON {\"<module>\": activation amax}; without it the output is W4A16");
   cmd->add_option("--report", flags->report, "write the per-tensor report as JSON");
   cmd->add_option("--include", flags->include, "also quantize modules matching this glob");
   cmd->add_option("--exclude", flags->exclude, "never quantize modules matching this glob");
-  cmd->add_option("--shard-size", flags->shard_size, "maximum output shard size (default 5GB)");
+  cmd->add_option("--shard-size", flags->shard_size,
+                  "maximum tensor bytes per output shard (default 5GB)");
   cmd->add_option("--concurrency", flags->concurrency,
                   "tensors in flight (default 1 embedded, 2 with --stream-tensors)")
       ->check(CLI::Range(0, 64));

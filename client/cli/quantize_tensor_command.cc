@@ -147,6 +147,7 @@ absl::StatusOr<int> Run(const QuantizeTensorFlags& flags) {
                               bar.Update(done, total, phase);
                             },
                             &job_id));
+    if (interrupt.interrupted()) return absl::CancelledError("interrupted");
     backend_name = "nvfp4d " + flags.remote.server;
   } else {
     ASSIGN_OR_RETURN(std::unique_ptr<cpu::CpuBackend> backend, flags.engine.MakeBackend());
@@ -155,6 +156,8 @@ absl::StatusOr<int> Run(const QuantizeTensorFlags& flags) {
     InterruptCancels interrupt(nullptr, &cancelled);  // Ctrl-C: the engine stops, exit 7
     ASSIGN_OR_RETURN(q, backend->Quantize(tensor.view(), importance.view(), options));
     options.cancelled = nullptr;
+    // A Ctrl-C as the engine finished: still nothing written.
+    if (interrupt.interrupted()) return absl::CancelledError("interrupted");
     backend_name = std::string(backend->name());
     threads = backend->threads();
   }

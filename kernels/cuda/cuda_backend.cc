@@ -489,13 +489,16 @@ absl::StatusOr<QuantizedSummary> CudaBackend::State::RunFromHost(
         return kept;
       }
     }
-  } else if (amax_pass && HasHeadroomFor(input.bytes())) {
-    absl::StatusOr<DeviceBuffer> full = DeviceBuffer::Create(input.bytes());
-    if (full.ok()) {
-      resident = std::move(*full);
-      resident_input = resident.as<uint8_t>();
-    } else if (full.status().code() != absl::StatusCode::kResourceExhausted) {
-      return full.status();
+  } else if (amax_pass) {
+    kept_resident.Reset();  // a large input may need its memory (the streams are idle here)
+    if (HasHeadroomFor(input.bytes())) {
+      absl::StatusOr<DeviceBuffer> full = DeviceBuffer::Create(input.bytes());
+      if (full.ok()) {
+        resident = std::move(*full);
+        resident_input = resident.as<uint8_t>();
+      } else if (full.status().code() != absl::StatusCode::kResourceExhausted) {
+        return full.status();
+      }
     }
   }
   const bool use_resident = resident_input != nullptr;

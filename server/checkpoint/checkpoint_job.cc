@@ -295,6 +295,7 @@ absl::Status Job::PrepareStaging() {
   lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (lock_fd_ < 0) return io::internal::PathErrnoStatus(errno, lock_path, "cannot open");
   if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    if (errno != EWOULDBLOCK) return io::internal::PathErrnoStatus(errno, lock_path, "flock");
     return absl::AbortedError(
         absl::StrCat("another job is writing ", options_.out_dir, " (", lock_path, " is locked)"));
   }

@@ -46,8 +46,9 @@ struct CheckpointJobOptions {
   int scale_max = 256;
   std::vector<std::string> include;
   std::vector<std::string> exclude;
-  std::string importance_path;   // safetensors of <module>.importance; needs objective wmse
-  std::string calibration_path;  // JSON {"<module>": activation amax}; makes it W4A4
+  std::string importance_path;           // safetensors of <module>.importance; wmse needs it, mse
+                                         // only reports the WMSE figures
+  std::string calibration_path;          // JSON {"<module>": activation amax}; makes it W4A4
   uint64_t shard_bytes = 5'000'000'000;  // "5GB" as Hugging Face and nvfp4q count it
   int concurrency = 1;  // tensors quantized at once (the engine also parallelises inside one)
   // Server-side jobs: every path read or written must pass this policy (default: anything).

@@ -23,7 +23,7 @@ std::shared_ptr<Job> JobRegistry::Create(v1::JobKind kind, std::string name, int
   return job;
 }
 
-void JobRegistry::TrimLocked() const {
+void JobRegistry::TrimLocked() {
   // Forget the oldest finished jobs beyond the history size; live jobs always stay.
   int finished = 0;
   for (const auto& job : order_) finished += job->finished() ? 1 : 0;
@@ -38,14 +38,14 @@ void JobRegistry::TrimLocked() const {
   }
 }
 
-std::shared_ptr<Job> JobRegistry::Find(const std::string& id) const {
+std::shared_ptr<Job> JobRegistry::Find(const std::string& id) {
   absl::MutexLock lock(&mu_);
   TrimLocked();
   auto it = by_id_.find(id);
   return it == by_id_.end() ? nullptr : it->second;
 }
 
-std::vector<std::shared_ptr<Job>> JobRegistry::List(const std::vector<v1::JobState>& states) const {
+std::vector<std::shared_ptr<Job>> JobRegistry::List(const std::vector<v1::JobState>& states) {
   absl::MutexLock lock(&mu_);
   TrimLocked();
   std::vector<std::shared_ptr<Job>> out;

@@ -22,20 +22,20 @@ class JobRegistry {
 
   std::shared_ptr<Job> Create(v1::JobKind kind, std::string name, int64_t elements,
                               std::string request_id = "");
-  std::shared_ptr<Job> Find(const std::string& id) const;  // nullptr when unknown
+  // Find and List first forget the finished jobs beyond the history (jobs finish between calls).
+  std::shared_ptr<Job> Find(const std::string& id);  // nullptr when unknown
   // Newest first, optionally filtered by state.
-  std::vector<std::shared_ptr<Job>> List(const std::vector<v1::JobState>& states) const;
+  std::vector<std::shared_ptr<Job>> List(const std::vector<v1::JobState>& states);
   int history() const { return history_; }
 
  private:
-  void TrimLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void TrimLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const int history_;
   mutable absl::Mutex mu_;
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
-  // Trimmed by every call (jobs finish between calls), so mutable.
-  mutable std::deque<std::shared_ptr<Job>> order_ ABSL_GUARDED_BY(mu_);  // oldest first
-  mutable absl::flat_hash_map<std::string, std::shared_ptr<Job>> by_id_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::shared_ptr<Job>> order_ ABSL_GUARDED_BY(mu_);  // oldest first
+  absl::flat_hash_map<std::string, std::shared_ptr<Job>> by_id_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace nvfp4::server

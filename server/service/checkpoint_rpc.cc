@@ -14,6 +14,7 @@
 #include "server/engine/job_registry.h"
 #include "server/engine/scheduler.h"
 #include "server/metrics/server_metrics.h"
+#include "server/service/call_status.h"
 #include "server/service/quantizer_service.h"
 
 namespace nvfp4::server {

@@ -18,6 +18,7 @@
 #include "common/version.h"
 #include "proto/chunk_wire.h"
 #include "proto/convert.h"
+#include "server/service/call_status.h"
 #include "server/service/checkpoint_rpc.h"
 #include "server/service/tensor_job.h"
 
@@ -26,20 +27,6 @@ namespace {
 
 using StreamRequest = v1::QuantizeTensorRequest;
 using StreamResponse = v1::QuantizeTensorResponse;
-
-}  // namespace
-
-absl::Status ClientEndedCall(const grpc::CallbackServerContext& context) {
-  // The server's copy of the deadline starts when the call arrived (the grpc-timeout header), so
-  // the client's own deadline fires, and its cancel arrives, a little before it.
-  constexpr auto kDeadlineSkew = std::chrono::milliseconds(500);
-  if (context.deadline() <= std::chrono::system_clock::now() + kDeadlineSkew) {
-    return absl::DeadlineExceededError("the client's deadline passed before the job finished");
-  }
-  return absl::CancelledError("the client cancelled the call");
-}
-
-namespace {
 
 absl::Status CheckDeadline(const grpc::CallbackServerContext& context) {
   if (context.deadline() <= std::chrono::system_clock::now()) {
@@ -814,6 +801,11 @@ class TensorUnaryReactor final : public grpc::ServerUnaryReactor {
   }
 
   void OnCancel() override {
+    {
+      // Why, decided now: by the time the job reports, a distant deadline may be near.
+      absl::MutexLock lock(&ended_mu_);
+      client_ended_ = ClientEndedCall(*context_);
+    }
     if (!job_) return;
     job_->RequestCancel();
     service_->scheduler()->CancelQueued(*job_);
@@ -868,10 +860,11 @@ class TensorUnaryReactor final : public grpc::ServerUnaryReactor {
       return;
     }
     // A job the client stopped (its deadline, or a cancel) is recorded as such.
-    const absl::Status final_status =
-        context_->IsCancelled() && status.code() == absl::StatusCode::kCancelled
-            ? ClientEndedCall(*context_)
-            : status;
+    absl::Status final_status = status;
+    if (status.code() == absl::StatusCode::kCancelled) {
+      absl::MutexLock lock(&ended_mu_);
+      if (client_ended_) final_status = *client_ended_;
+    }
     job_->MarkFinished(final_status, std::nullopt, "");
     service_->RecordOutcome(final_status, absl::ToDoubleSeconds(absl::Now() - start_));
     Finish(api::ToGrpcStatus(final_status));
@@ -886,6 +879,8 @@ class TensorUnaryReactor final : public grpc::ServerUnaryReactor {
   std::shared_ptr<Scheduler::Admission> admission_;
   TensorJobInput input_;
   std::shared_ptr<TensorJobOutput> output_;
+  absl::Mutex ended_mu_;
+  std::optional<absl::Status> client_ended_ ABSL_GUARDED_BY(ended_mu_);  // set by OnCancel
 };
 
 grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,

@@ -50,12 +50,6 @@ struct ServiceOptions {
   int64_t stream_window_bytes = int64_t{64} << 20;
 };
 
-// The status of a call the client ended (cancelled it, or its deadline passed: gRPC reports
-// both through OnCancel): DeadlineExceeded when the call's deadline has passed or is less than
-// 0.5 s away (the client's copy fires first), so the job record and the outcome metrics say
-// which, else Cancelled.
-absl::Status ClientEndedCall(const grpc::CallbackServerContext& context);
-
 // QuantizeTensor is a raw method (grpc::ByteBuffer messages, see the reactor); the others use
 // the generated message types.
 using QuantizerServiceBase = v1::Quantizer::WithRawCallbackMethod_QuantizeTensor<

@@ -562,6 +562,44 @@ v1::QuantizeTensorRequest StreamingHeader(int64_t rows, int64_t cols) {
   return r;
 }
 
+// The other side of the deadline tests: a client's cancel far from its deadline is recorded as
+// CANCELLED, for the streamed and the unary call.
+TEST(Service, AClientCancelFarFromTheDeadlineIsRecordedAsACancel) {
+  Harness h = StartServer(true);
+  auto stub = StubFor(h.target);
+  const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(30);
+  {
+    grpc::ClientContext context;
+    context.set_deadline(deadline);
+    auto stream = stub->QuantizeTensor(&context);
+    ASSERT_TRUE(stream->Write(Header(v1::DTYPE_F32, {16, 64})));
+    ASSERT_TRUE(stream->Write(Data(std::string(16 * 64 * 4, '\0'))));
+    WaitFor([&] { return h.gate->entered() == 1; });
+    context.TryCancel();
+    EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  {
+    grpc::ClientContext context;
+    context.set_deadline(deadline);
+    const v1::QuantizeTensorUnaryRequest request = UnaryRequest(Gaussian(16 * 64, 7), 16, 64);
+    v1::QuantizeTensorUnaryResponse response;
+    std::thread canceller([&] {
+      WaitFor([&] { return h.gate->entered() == 2; });
+      context.TryCancel();
+    });
+    EXPECT_EQ(stub->QuantizeTensorUnary(&context, request, &response).error_code(),
+              grpc::StatusCode::CANCELLED);
+    canceller.join();
+  }
+  WaitFor([&] { return h.server->scheduler().running() == 0; });
+  auto jobs = h.client->ListJobs();
+  ASSERT_TRUE(jobs.ok() && jobs->size() == 2);
+  for (const v1::Job& job : *jobs) {
+    EXPECT_EQ(job.state(), v1::JOB_STATE_CANCELLED);
+    EXPECT_EQ(job.error_code(), "CANCELLED") << job.error_message();
+  }
+}
+
 // Without amax in the header the job waits for all its data before it starts; its memory is
 // reserved from the header on. A client that stops sending holds that reservation only for the
 // idle timeout (checked every 2 s), not until its connection dies.
