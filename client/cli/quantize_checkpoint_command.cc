@@ -84,7 +84,7 @@ class CheckpointProgress {
       bar_.Update(static_cast<int64_t>(e.bytes_done), static_cast<int64_t>(e.bytes_total),
                   "quantize");
     } else if (e.phase == "amax") {
-      bar_.Update(e.done, e.total, "amax");
+      bar_.Update(e.done, e.total, "amax", ProgressUnit::kItems);
     }
   }
 
