@@ -36,12 +36,6 @@
 
 namespace nvfp4::io::internal {
 
-// Builds "<path>: <what>: <strerror(err)>" with the status code derived from `err`, marked as
-// a file error.
-inline absl::Status PathErrnoStatus(int err, const std::string& path, absl::string_view what) {
-  return FileErrnoStatus(err, path, what);
-}
-
 class ReadOnlyFile {
  public:
   // Opens `path` for reading; fails unless it is a regular file.
@@ -50,10 +44,10 @@ class ReadOnlyFile {
     do {
       fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     } while (fd < 0 && errno == EINTR);
-    if (fd < 0) return PathErrnoStatus(errno, path, "cannot open for reading");
+    if (fd < 0) return FileErrnoStatus(errno, path, "cannot open for reading");
     ReadOnlyFile file(fd, path);
     struct stat st;
-    if (::fstat(fd, &st) != 0) return PathErrnoStatus(errno, path, "fstat failed");
+    if (::fstat(fd, &st) != 0) return FileErrnoStatus(errno, path, "fstat failed");
     if (!S_ISREG(st.st_mode)) {
       return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
     }
@@ -88,7 +82,7 @@ class ReadOnlyFile {
       const ssize_t got = ::pread(fd_, out + done, n - done, static_cast<off_t>(offset + done));
       if (got < 0) {
         if (errno == EINTR) continue;
-        return PathErrnoStatus(errno, path_, "read failed");
+        return FileErrnoStatus(errno, path_, "read failed");
       }
       if (got == 0) {
         return absl::DataLossError(absl::StrCat(path_, ": unexpected end of file at byte ",
@@ -147,7 +141,7 @@ inline absl::Status WriteAll(int fd, const void* data, size_t size, const std::s
     const ssize_t put = ::write(fd, in + done, size - done);
     if (put < 0) {
       if (errno == EINTR) continue;
-      return PathErrnoStatus(errno, path, "write failed");
+      return FileErrnoStatus(errno, path, "write failed");
     }
     done += static_cast<size_t>(put);
   }
@@ -176,17 +170,17 @@ inline absl::Status WriteFileAtomically(const std::string& path,
   do {
     fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
   } while (fd < 0 && errno == EINTR);
-  if (fd < 0) return PathErrnoStatus(errno, tmp, "cannot create temporary file");
+  if (fd < 0) return FileErrnoStatus(errno, tmp, "cannot create temporary file");
 
   absl::Status status;
   for (const ByteChunk& chunk : chunks) {
     status = WriteAll(fd, chunk.data, chunk.size, tmp);
     if (!status.ok()) break;
   }
-  if (status.ok() && ::fsync(fd) != 0) status = PathErrnoStatus(errno, tmp, "fsync failed");
-  if (::close(fd) != 0 && status.ok()) status = PathErrnoStatus(errno, tmp, "close failed");
+  if (status.ok() && ::fsync(fd) != 0) status = FileErrnoStatus(errno, tmp, "fsync failed");
+  if (::close(fd) != 0 && status.ok()) status = FileErrnoStatus(errno, tmp, "close failed");
   if (status.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
-    status = PathErrnoStatus(errno, path, absl::StrCat("cannot rename ", tmp, " to it"));
+    status = FileErrnoStatus(errno, path, absl::StrCat("cannot rename ", tmp, " to it"));
   }
   if (!status.ok()) {
     ::unlink(tmp.c_str());

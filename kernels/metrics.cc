@@ -33,6 +33,16 @@ ErrorAccumulator MakeErrorAccumulator(const double* sums, double max_abs_error, 
   return a;
 }
 
+namespace {
+
+// error / baseline: +inf when only the baseline is exact, 1 when both are.
+double GainOver(double error, double baseline) {
+  if (baseline > 0) return error / baseline;
+  return error > 0 ? std::numeric_limits<double>::infinity() : 1.0;
+}
+
+}  // namespace
+
 TensorMetrics FinalizeMetrics(const ErrorAccumulator& sums, int64_t elements, bool weighted,
                               bool wmse_objective, double seconds) {
   TensorMetrics m;
@@ -53,15 +63,10 @@ TensorMetrics FinalizeMetrics(const ErrorAccumulator& sums, int64_t elements, bo
   }
   m.max_abs_error = sums.max_abs_error;
   m.absmax_mse = sums.absmax_squared_error / n;
-  m.gain = sums.absmax_squared_error > 0
-               ? sums.squared_error / sums.absmax_squared_error
-               : (sums.squared_error > 0 ? std::numeric_limits<double>::infinity() : 1.0);
+  m.gain = GainOver(sums.squared_error, sums.absmax_squared_error);
   if (weighted && sums.weight_sum > 0) {
     m.absmax_wmse = sums.absmax_weighted_squared_error / sums.weight_sum;
-    m.wmse_gain =
-        sums.absmax_weighted_squared_error > 0
-            ? sums.weighted_squared_error / sums.absmax_weighted_squared_error
-            : (sums.weighted_squared_error > 0 ? std::numeric_limits<double>::infinity() : 1.0);
+    m.wmse_gain = GainOver(sums.weighted_squared_error, sums.absmax_weighted_squared_error);
   }
   m.candidates_per_block =
       sums.blocks > 0 ? static_cast<double>(sums.candidates) / static_cast<double>(sums.blocks) : 0;

@@ -34,7 +34,7 @@ struct TensorMetrics {
   int64_t elements = 0;
   int64_t blocks = 0;
   bool weighted = false;        // wmse is meaningful
-  bool wmse_objective = false;  // the scales were chosen for WMSE (with importance)
+  bool wmse_objective = false;  // the scales were chosen for WMSE (implies weighted)
   double mse = 0;               // mean squared error per element
   double wmse = 0;              // sum w e^2 / sum w (0 when not weighted)
   double nmse = 0;              // sum e^2 / sum x^2 (0 for an all-zero tensor)
@@ -57,7 +57,7 @@ TensorMetrics FinalizeMetrics(const ErrorAccumulator& sums, int64_t elements, bo
 // The ratio to AbsMax of the error the scales were chosen for: wmse_gain for the WMSE
 // objective (the plain MSE of a WMSE quantisation may well exceed AbsMax's), else gain.
 inline double ObjectiveGain(const TensorMetrics& m) {
-  return m.wmse_objective && m.weighted ? m.wmse_gain : m.gain;
+  return m.wmse_objective ? m.wmse_gain : m.gain;
 }
 
 }  // namespace nvfp4

@@ -114,10 +114,7 @@ void WarnIfSaturated(const LoadedTensor& tensor, float g) {
 }
 
 absl::StatusOr<int> Run(const QuantizeTensorFlags& flags) {
-  if (const std::string clash = PathClash(flags); !clash.empty()) {
-    std::fprintf(stderr, "nvfp4q: %s\n", clash.c_str());
-    return kExitUsage;
-  }
+  if (const std::string clash = PathClash(flags); !clash.empty()) return UsageError(clash);
   ASSIGN_OR_RETURN(QuantizeOptions options, flags.quantize.ToOptions());
   if (options.objective == Objective::kWmse && !flags.importance.has_value()) {
     return UsageError("--objective wmse needs --importance");

@@ -23,8 +23,7 @@ std::function<int()> AddCancelCommand(CLI::App& app);
 // client's calls in flight (so the server cancels the job) and sets *flag, instead of killing
 // the process; the command then ends with exit code 7. Otherwise, and on a second Ctrl-C, the
 // process dies of SIGINT as it would by default. A process started with SIGINT ignored keeps
-// ignoring it (no watcher). Thread-safe; at most one InterruptCancels at a
-// time.
+// ignoring it (no watcher). Thread-safe; at most one InterruptCancels at a time.
 void InstallInterruptWatcher();
 
 class InterruptCancels {

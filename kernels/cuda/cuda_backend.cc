@@ -478,26 +478,18 @@ absl::StatusOr<QuantizedSummary> CudaBackend::State::RunFromHost(
   const bool amax_pass = NeedsAmaxPass(options);
   DeviceBuffer resident;  // a resident input above kKeptResidentBytes, freed after the call
   uint8_t* resident_input = nullptr;
-  if (amax_pass && input.bytes() <= kKeptResidentBytes) {
-    const size_t growth =
-        input.bytes() > kept_resident.size() ? input.bytes() - kept_resident.size() : 0;
+  if (amax_pass) {
+    const bool keep = input.bytes() <= kKeptResidentBytes;
+    // A large input may need the kept buffer's memory (the streams are idle here).
+    if (!keep) kept_resident.Reset();
+    DeviceBuffer& buffer = keep ? kept_resident : resident;
+    const size_t growth = input.bytes() > buffer.size() ? input.bytes() - buffer.size() : 0;
     if (growth == 0 || HasHeadroomFor(growth)) {
-      const absl::Status kept = kept_resident.Reserve(input.bytes());
-      if (kept.ok()) {
-        resident_input = kept_resident.as<uint8_t>();
-      } else if (kept.code() != absl::StatusCode::kResourceExhausted) {
-        return kept;
-      }
-    }
-  } else if (amax_pass) {
-    kept_resident.Reset();  // a large input may need its memory (the streams are idle here)
-    if (HasHeadroomFor(input.bytes())) {
-      absl::StatusOr<DeviceBuffer> full = DeviceBuffer::Create(input.bytes());
-      if (full.ok()) {
-        resident = std::move(*full);
-        resident_input = resident.as<uint8_t>();
-      } else if (full.status().code() != absl::StatusCode::kResourceExhausted) {
-        return full.status();
+      const absl::Status reserved = buffer.Reserve(input.bytes());
+      if (reserved.ok()) {
+        resident_input = buffer.as<uint8_t>();
+      } else if (reserved.code() != absl::StatusCode::kResourceExhausted) {
+        return reserved;
       }
     }
   }

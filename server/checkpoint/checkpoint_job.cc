@@ -19,6 +19,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/file_status.h"
 #include "common/posix_file.h"
 #include "common/status_macros.h"
 #include "common/version.h"
@@ -293,9 +294,9 @@ absl::Status Job::PrepareStaging() {
   // killed job never blocks the resume.
   const std::string lock_path = (fs::path(staging_) / kLockName).string();
   lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (lock_fd_ < 0) return io::internal::PathErrnoStatus(errno, lock_path, "cannot open");
+  if (lock_fd_ < 0) return io::FileErrnoStatus(errno, lock_path, "cannot open");
   if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
-    if (errno != EWOULDBLOCK) return io::internal::PathErrnoStatus(errno, lock_path, "flock");
+    if (errno != EWOULDBLOCK) return io::FileErrnoStatus(errno, lock_path, "flock");
     return absl::AbortedError(
         absl::StrCat("another job is writing ", options_.out_dir, " (", lock_path, " is locked)"));
   }
@@ -610,8 +611,8 @@ absl::Status Job::Finalize() {
   fs::remove(staging / kLockName, ec);  // still held (fd open) until the job ends
   // An empty output directory (checked at the start) is replaced atomically by rename(2).
   if (::rename(staging_.c_str(), options_.out_dir.c_str()) != 0) {
-    return io::internal::PathErrnoStatus(errno, options_.out_dir,
-                                         absl::StrCat("cannot rename ", staging_, " to it"));
+    return io::FileErrnoStatus(errno, options_.out_dir,
+                               absl::StrCat("cannot rename ", staging_, " to it"));
   }
   io::internal::SyncParentDirectory(options_.out_dir);
   return absl::OkStatus();

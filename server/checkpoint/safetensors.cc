@@ -17,6 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/file_status.h"
 #include "common/posix_file.h"
 #include "common/status_macros.h"
 
@@ -279,12 +280,12 @@ absl::StatusOr<MappedSafetensors> MappedSafetensors::Open(const std::string& pat
   do {
     fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   } while (fd < 0 && errno == EINTR);
-  if (fd < 0) return io::internal::PathErrnoStatus(errno, path, "cannot open for reading");
+  if (fd < 0) return io::FileErrnoStatus(errno, path, "cannot open for reading");
   struct stat st;
   if (::fstat(fd, &st) != 0) {
     const int err = errno;
     ::close(fd);
-    return io::internal::PathErrnoStatus(err, path, "fstat failed");
+    return io::FileErrnoStatus(err, path, "fstat failed");
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
@@ -297,7 +298,7 @@ absl::StatusOr<MappedSafetensors> MappedSafetensors::Open(const std::string& pat
     void* base = ::mmap(nullptr, file.size_, PROT_READ, MAP_SHARED, fd, 0);
     const int err = errno;
     ::close(fd);
-    if (base == MAP_FAILED) return io::internal::PathErrnoStatus(err, path, "mmap failed");
+    if (base == MAP_FAILED) return io::FileErrnoStatus(err, path, "mmap failed");
     file.base_ = static_cast<const uint8_t*>(base);
     ::madvise(base, file.size_, MADV_SEQUENTIAL);
   } else {
@@ -392,7 +393,7 @@ absl::StatusOr<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::Create(
     writer->fd_ = ::open(writer->tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   } while (writer->fd_ < 0 && errno == EINTR);
   if (writer->fd_ < 0) {
-    return io::internal::PathErrnoStatus(errno, writer->tmp_path_, "cannot create temporary file");
+    return io::FileErrnoStatus(errno, writer->tmp_path_, "cannot create temporary file");
   }
   std::string prefix(8, '\0');
   const uint64_t n = header_text.size();
@@ -441,12 +442,11 @@ absl::Status SafetensorsWriter::Commit() {
         absl::StrCat(path_, ": only ", written_, " of ", data_bytes_, " data bytes were written"));
   }
   RETURN_IF_ERROR(Flush());
-  if (::fsync(fd_) != 0) return io::internal::PathErrnoStatus(errno, tmp_path_, "fsync failed");
+  if (::fsync(fd_) != 0) return io::FileErrnoStatus(errno, tmp_path_, "fsync failed");
   const int fd = std::exchange(fd_, -1);
-  if (::close(fd) != 0) return io::internal::PathErrnoStatus(errno, tmp_path_, "close failed");
+  if (::close(fd) != 0) return io::FileErrnoStatus(errno, tmp_path_, "close failed");
   if (::rename(tmp_path_.c_str(), path_.c_str()) != 0) {
-    return io::internal::PathErrnoStatus(errno, path_,
-                                         absl::StrCat("cannot rename ", tmp_path_, " to it"));
+    return io::FileErrnoStatus(errno, path_, absl::StrCat("cannot rename ", tmp_path_, " to it"));
   }
   committed_ = true;
   io::internal::SyncParentDirectory(path_);

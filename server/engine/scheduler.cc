@@ -137,12 +137,15 @@ void Scheduler::WorkerLoop(int index) {
     item.admission.reset();
     const absl::Status health = engine.health();
     std::deque<Queued> orphans;
+    absl::Status refusal;
     {
       absl::MutexLock lock(&mu_);
-      if (health.ok()) --running_;  // else: still busy until the orphans are abandoned
-      if (!health.ok()) {
+      if (health.ok()) {
+        --running_;
+      } else {  // still counted as running until the orphans are abandoned
         --healthy_workers_;
         last_engine_failure_ = health;
+        refusal = NoEngineError();
         if (healthy_workers_ == 0) {
           orphans.swap(queue_);
           for (Queued& q : orphans) {
@@ -156,9 +159,7 @@ void Scheduler::WorkerLoop(int index) {
     if (health.ok()) continue;
     // This worker retires; with no other left, nothing would ever run the queued jobs.
     for (Queued& q : orphans) {
-      q.task.abandon(
-          absl::UnavailableError(absl::StrCat("no engine of this server can take work (",
-                                              health.message(), "); retry on another replica")));
+      q.task.abandon(refusal);
       q.admission.reset();
     }
     absl::MutexLock lock(&mu_);

@@ -63,12 +63,15 @@ size_t EnvSize(const char* name, size_t fallback) {
   return static_cast<size_t>(std::strtoull(value, nullptr, 10));
 }
 
+constexpr int kMaxDevices = 8;  // NVFP4_SIM_DEVICES is capped here
+
 struct SimulatedDevice {
   std::mutex mu;
   std::map<uintptr_t, Allocation> allocations;  // by start address
   size_t device_bytes_used = 0;
   const size_t device_bytes_total = EnvSize("NVFP4_SIM_DEVICE_MEMORY_MIB", 2048) << 20;
-  const int device_count = static_cast<int>(std::min<size_t>(EnvSize("NVFP4_SIM_DEVICES", 1), 8));
+  const int device_count =
+      static_cast<int>(std::min<size_t>(EnvSize("NVFP4_SIM_DEVICES", 1), kMaxDevices));
 };
 
 SimulatedDevice& Device() {
@@ -80,7 +83,6 @@ thread_local cudaError_t last_error = cudaSuccess;
 thread_local int current_device = 0;
 
 // Per device: the error that lost its context, or cudaSuccess.
-constexpr int kMaxDevices = 8;
 std::atomic<cudaError_t> lost_context[kMaxDevices];
 
 cudaError_t Fail(cudaError_t error) {
