@@ -16,7 +16,11 @@
 #                                            # GoogleTest .debs into build-gpu-debs/ (ignored
 #                                            # by git through /build-*/; carry it)
 #   tests/gpu/device_check.sh                # on the GPU machine (run with carry build-gpu-debs)
+#   tests/gpu/device_check.sh --configure-only DIR   # generate and configure the project in DIR,
+#                                            # nothing else (ctest gpu_device_check_configure:
+#                                            # the main build cannot break the GPU run's build)
 set -euo pipefail
+caller_dir=$(pwd)
 cd "$(dirname "$0")/../.."
 repo=$(pwd)
 deb_dir=$repo/build-gpu-debs
@@ -31,6 +35,11 @@ fi
 
 start=$(date +%s)
 build=$repo/build-gpu
+configure_only=0
+if [[ ${1:-} == --configure-only ]]; then
+  configure_only=1
+  build=$(cd "$caller_dir" && realpath -m "${2:?--configure-only needs a build directory}")
+fi
 logs=${OUT:-$build/logs}
 mkdir -p "$build/project" "$logs"
 jobs=$(nproc)
@@ -107,6 +116,10 @@ step "configure (sm_90)"
 "$cmake" -S "$build/project" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CUDA_COMPILER="$nvcc" "${prefix_args[@]}" \
   >"$logs/build.log" 2>&1 || { tail -30 "$logs/build.log"; exit 1; }
+if ((configure_only)); then
+  step "configured in $build"
+  exit 0
+fi
 step "build (${ninja:+ninja }-j$jobs)"
 "$cmake" --build "$build" -j "$jobs" --target gpu_test gpu_device_code_test nvfp4_cuda_bench \
   >>"$logs/build.log" 2>&1 || { tail -40 "$logs/build.log"; exit 1; }
