@@ -6,10 +6,11 @@
 #   2. run gpu_device_code_test, gpu_test with NVFP4_GPU_LARGE=1 (64M-element tensors), a short
 #      compute-sanitizer memcheck of a few gpu_test cases, nvfp4_cuda_bench, and an Nsight
 #      Compute profile of the scan and quantize kernels of its AbsMax and ScaleSweep runs (is the
-#      quantize kernel issue- or memory-bound?);
+#      quantize kernel issue- or memory-bound?), and the issue's PyTorch baselines when the
+#      machine's python3 has torch (tests/gpu/torch_baseline.py, same run);
 #   3. print a summary. Logs (at most 8 files) go to $OUT when set, else build-gpu/logs.
-# Exit status: 0 only when every test passed and the benchmark ran (the profile is information:
-# a failed or missing ncu does not fail the check).
+# Exit status: 0 only when every test passed and the benchmark ran (the profile and the PyTorch
+# baselines are information: a failed or missing ncu or torch does not fail the check).
 #
 # Usage (docs/cuda.md):
 #   tests/gpu/device_check.sh --fetch-debs   # on the Debian 12 dev machine: Abseil and
@@ -164,16 +165,42 @@ cat "$logs/bench.txt"
 summary+=("nvfp4_cuda_bench: exit $bench_rc")
 ((bench_rc == 0)) || status=1
 
+# The issue's PyTorch baselines (plain AbsMax, torch.compile of a plain sweep), measured here in
+# the same run (tests/gpu/torch_baseline.py; information, not part of the verdict). Appended to
+# bench.txt: $OUT takes at most 8 files. Left out when torch is missing or time is short: the
+# whole check stays under 6 minutes (torch until 310 s, the profile until 350 s at the latest).
+seconds_left() { echo $(($1 - ($(date +%s) - start))); }
+left=$(seconds_left 310)
+if ((left < 60)); then
+  summary+=("torch baselines: skipped, only ${left}s left before 310s")
+elif ! python3 -c 'import torch' 2>/dev/null; then
+  summary+=("torch baselines: python3 has no torch, skipped")
+else
+  ((left > 120)) && left=120
+  step "torch baselines (at most ${left}s)"
+  torch_rc=0
+  timeout "$left" python3 "$repo/tests/gpu/torch_baseline.py" --compare-with "$logs/bench.json" \
+    >"$build/torch.txt" 2>&1 || torch_rc=$?
+  cat "$build/torch.txt"
+  { echo; echo "-- PyTorch baselines, same run (exit $torch_rc)"; cat "$build/torch.txt"; } \
+    >>"$logs/bench.txt"
+  summary+=("torch baselines: exit $torch_rc (not part of the verdict)")
+fi
+
 # Profile: the kernels in the benchmark's device-only order (docs/cuda.md, "Cost model"): scan and
 # quantize of absmax (g from the tensor), then of scalesweep-mse.
 ncu=$(cuda_tool ncu)
 profile=()
-if [[ -n $ncu ]]; then
-  step "ncu profile (absmax, scalesweep-mse)"
+left=$(seconds_left 350)
+((left > 90)) && left=90
+if [[ -n $ncu ]] && ((left < 30)); then
+  summary+=("ncu: skipped, only ${left}s left before 350s")
+elif [[ -n $ncu ]]; then
+  step "ncu profile (absmax, scalesweep-mse; at most ${left}s)"
   ncu_rc=0
   # --clock-control none: the lent card's clocks are left as found (the device tool's rule; ncu
   # would otherwise lock them to base while it profiles).
-  timeout 90 "$ncu" --clock-control none --kernel-name regex:'ScanKernel|QuantizeKernel' \
+  timeout "$left" "$ncu" --clock-control none --kernel-name regex:'ScanKernel|QuantizeKernel' \
     --launch-count 4 \
     --section SpeedOfLight --section ComputeWorkloadAnalysis --section SchedulerStats \
     --section WarpStateStats --section Occupancy \
