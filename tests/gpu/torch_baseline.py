@@ -232,9 +232,14 @@ def main():
 
     result = {"device": name, "torch": torch.__version__, "rows": args.rows, "cols": args.cols,
               "scale_max": args.scale_max, "runs": runs}
+    bench = None
     if args.compare_with:
-        with open(args.compare_with) as f:
-            bench = json.load(f)
+        try:
+            with open(args.compare_with) as f:
+                bench = json.load(f)
+        except (OSError, ValueError) as error:  # the benchmark failed: the figures still count
+            print(f"torch_baseline: no ratios: {args.compare_with}: {error}", file=sys.stderr)
+    if bench is not None:
         by_name = {r["method"]: r["gelem_per_s"] for r in runs}
         # Our two-pass runs (g from the tensor), as the PyTorch functions also scan for amax.
         pairs = [("absmax", "absmax eager"), ("absmax", "absmax compiled"),
