@@ -356,8 +356,10 @@ int Run(const Flags& flags) {
     const Target& t = targets[i];
     const bool met = t.at_most ? t.value <= t.goal : t.value >= t.goal;
     absl::StrAppendFormat(&json,
-                          "%s{\"name\": \"%s\", \"value\": %.4f, \"goal\": %.2f, \"met\": %s}",
-                          i == 0 ? "" : ", ", t.name, t.value, t.goal, met ? "true" : "false");
+                          "%s{\"name\": \"%s\", \"value\": %.4f, \"goal\": %.2f, "
+                          "\"at_most\": %s, \"met\": %s}",
+                          i == 0 ? "" : ", ", t.name, t.value, t.goal, t.at_most ? "true" : "false",
+                          met ? "true" : "false");
   }
   absl::StrAppendFormat(&json,
                         "], \"vs_torch_absmax\": %.3f, \"vs_torch_compile_sweep\": %.3f, "

@@ -167,7 +167,7 @@ summary+=("nvfp4_cuda_bench: exit $bench_rc")
 
 # The PyTorch baselines (plain AbsMax, torch.compile of a plain sweep), measured here in
 # the same run (tests/gpu/torch_baseline.py; information, not part of the verdict). Appended to
-# bench.txt: $OUT takes at most 8 files. Left out when torch is missing or time is short: the
+# bench.txt and recorded in bench.json: $OUT takes at most 8 files. Left out when torch is missing or time is short: the
 # whole check stays under 6 minutes (torch until 310 s, the profile until 350 s at the latest).
 seconds_left() { echo $(($1 - ($(date +%s) - start))); }
 left=$(seconds_left 310)
@@ -179,8 +179,8 @@ else
   ((left > 120)) && left=120
   step "torch baselines (at most ${left}s)"
   torch_rc=0
-  timeout "$left" python3 "$repo/tests/gpu/torch_baseline.py" --compare-with "$logs/bench.json" \
-    >"$build/torch.txt" 2>&1 || torch_rc=$?
+  timeout "$left" python3 "$repo/tests/gpu/torch_baseline.py" \
+    --compare-with "$logs/bench.json" --record >"$build/torch.txt" 2>&1 || torch_rc=$?
   cat "$build/torch.txt"
   { echo; echo "-- PyTorch baselines, same run (exit $torch_rc)"; cat "$build/torch.txt"; } \
     >>"$logs/bench.txt"

@@ -83,9 +83,12 @@ def test_script_prints_and_writes_the_ratios(tmp_path):
     result = subprocess.run(
         [sys.executable, pathlib.Path(__file__).parent / "torch_baseline.py", "--device", "cpu",
          "--rows", "64", "--cols", "256", "--iters", "2", "--no-compile", "--eager-sweep",
-         "--json-file", out, "--compare-with", bench], capture_output=True, text=True)
+         "--json-file", out, "--compare-with", bench, "--record"], capture_output=True,
+        text=True)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
+    recorded = json.loads(bench.read_text())  # --record: the run added, the benchmark's kept
+    assert recorded["torch_baselines"] == report and len(recorded["methods"]) == 2
     runs = {r["method"]: r for r in report["runs"]}
     assert set(runs) == {"absmax eager", "sweep eager"}
     assert runs["sweep eager"]["mse_vs_absmax"] < 0.9

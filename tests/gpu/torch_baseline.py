@@ -26,12 +26,13 @@ With --device cpu (for tests/gpu/test_torch_baseline.py) the same code runs on t
 
 Usage: torch_baseline.py [--rows 8192] [--cols 8192] [--iters 20] [--device cuda]
                          [--scale-max 256] [--no-compile] [--eager-sweep] [--compiled-absmax]
-                         [--json-file PATH] [--compare-with bench.json]
+                         [--json-file PATH] [--compare-with bench.json [--record]]
 Prints a table (and, with --compare-with, our ratios to the measured figures); exits 1 when
 torch or the device is missing, or when a run failed (the others are still printed).
 """
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -192,9 +193,14 @@ def main():
                         help="also time torch.compile of the AbsMax")
     parser.add_argument("--json-file")
     parser.add_argument("--compare-with", help="nvfp4_cuda_bench --json-file output")
+    parser.add_argument("--record", action="store_true",
+                        help="add this run to the --compare-with file as \"torch_baselines\" "
+                        "(scripts/cuda_bench_markdown.py reads it from there)")
     args = parser.parse_args()
     if args.cols % BLOCK:
         parser.error("--cols must be a multiple of 16")
+    if args.record and not args.compare_with:
+        parser.error("--record needs --compare-with")
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -255,6 +261,12 @@ def main():
     if args.json_file:
         with open(args.json_file, "w") as f:
             json.dump(result, f, indent=1)
+    if args.record and bench is not None:
+        bench["torch_baselines"] = result
+        partial = args.compare_with + ".partial"  # replaced whole: a timeout never leaves half
+        with open(partial, "w") as f:
+            json.dump(bench, f, indent=1)
+        os.replace(partial, args.compare_with)
     return 1 if failed else 0
 
 
