@@ -2,10 +2,12 @@
 // roofline.
 //
 //   nvfp4_cuda_bench [--rows N] [--cols N] [--iters N] [--warmup N] [--device D] [--json]
-//                    [--json-file PATH] [--device-only]
+//                    [--json-file PATH] [--device-only] [--profile]
 //
 // --json prints JSON instead of the table; --json-file also writes it to PATH; --device-only
-// skips the host path (for profiling: the quantize kernels then run in the order below).
+// skips the host path; --profile (for Nsight Compute) makes one held call each of absmax and
+// scalesweep (mse) on the device and nothing else: exactly four kernels match the scan and
+// quantize kernels' names, in that order.
 // Measures the device-to-device copy bandwidth (cudaMemcpyAsync of the input tensor; bytes read
 // plus written), then runs CudaBackend::QuantizeDeviceToDevice on a bf16 tensor already in
 // device memory (default 8192 x 8192) for absmax, scalesweep (mse), then both again with the
@@ -63,6 +65,7 @@ struct Flags {
   int device = 0;
   bool json = false;
   bool device_only = false;
+  bool profile = false;
   std::string json_file;
 };
 
@@ -73,6 +76,9 @@ bool ParseFlags(int argc, char** argv, Flags* flags) {
     if (arg == "--json") {
       flags->json = true;
     } else if (arg == "--device-only") {
+      flags->device_only = true;
+    } else if (arg == "--profile") {
+      flags->profile = true;
       flags->device_only = true;
     } else if (arg == "--json-file") {
       const char* v = value();
@@ -290,6 +296,9 @@ int Run(const Flags& flags) {
 
   std::vector<Row> results;
   for (const Config& config : configs) {
+    if (flags.profile) {
+      if (results.size() == 2) break;  // absmax and scalesweep-mse
+    }
     QuantizeOptions options;
     options.method = config.method;
     options.objective = config.objective;
@@ -307,6 +316,13 @@ int Run(const Flags& flags) {
     row.given_amax = config.given_amax;
     row.device_seconds = row.wall_seconds = row.device_seconds_as_called =
         std::numeric_limits<double>::infinity();
+    if (flags.profile) {
+      if (const absl::Status held = HoldLegacyStream(); !held.ok()) return Fail(held);
+      auto result = backend.QuantizeDeviceToDevice(view, weights, options, outputs);
+      if (!result.ok()) return Fail(result.status());
+      results.push_back(row);
+      continue;
+    }
     for (int i = 0; i < flags.warmup + flags.iters; ++i) {
       if (const absl::Status held = HoldLegacyStream(); !held.ok()) return Fail(held);
       auto result = backend.QuantizeDeviceToDevice(view, weights, options, outputs);
@@ -322,6 +338,11 @@ int Run(const Flags& flags) {
       row.gain = ObjectiveGain(result->metrics);
     }
     results.push_back(row);
+  }
+  if (flags.profile) {
+    std::printf("profile run: one held call each of absmax and scalesweep-mse on %s\n",
+                std::string(backend.name()).c_str());
+    return 0;
   }
 
   // Bytes a single-pass quantiser must move: input once, packed values and scales once.
@@ -456,7 +477,7 @@ int main(int argc, char** argv) {
   if (!nvfp4::cuda::ParseFlags(argc, argv, &flags)) {
     std::fprintf(stderr,
                  "usage: nvfp4_cuda_bench [--rows N] [--cols N] [--iters N] [--warmup N] "
-                 "[--device D] [--json] [--json-file PATH] [--device-only]\n");
+                 "[--device D] [--json] [--json-file PATH] [--device-only] [--profile]\n");
     return 2;
   }
   return nvfp4::cuda::Run(flags);

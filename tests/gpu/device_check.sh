@@ -4,13 +4,16 @@
 #      nvfp4_cuda_bench into build-gpu/, from a generated minimal CMake project that needs only
 #      CUDA, Abseil and GoogleTest (the lent image has no Debian packages and no network);
 #   2. run gpu_device_code_test, gpu_test with NVFP4_GPU_LARGE=1 (64M-element tensors), a short
-#      compute-sanitizer memcheck of a few gpu_test cases, nvfp4_cuda_bench, and an Nsight
-#      Compute profile of the scan and quantize kernels of its AbsMax and ScaleSweep runs (is the
+#      compute-sanitizer memcheck of a few gpu_test cases, nvfp4_cuda_bench, an Nsight Compute
+#      profile of the scan and quantize kernels of one AbsMax and one ScaleSweep call (is the
 #      quantize kernel issue- or memory-bound?), and the issue's PyTorch baselines when the
-#      machine's python3 has torch (tests/gpu/torch_baseline.py, same run);
-#   3. print a summary. Logs (at most 8 files) go to $OUT when set, else build-gpu/logs.
-# Exit status: 0 only when every test passed and the benchmark ran (the profile and the PyTorch
-# baselines are information: a failed or missing ncu or torch does not fail the check).
+#      machine's python3 has torch (tests/gpu/torch_baseline.py, same run); every step has a
+#      deadline, so the whole check ends within 6 minutes even if a step hangs;
+#   3. print a summary (card, clocks, tools found, each step). Logs (at most 8 files) go to $OUT
+#      when set, else build-gpu/logs.
+# Exit status: 0 only when every test passed, memcheck found no error, and the benchmark ran (the
+# profile and the PyTorch baselines are information; a memcheck that cannot run on the device
+# or runs out of time is reported, not counted).
 #
 # Usage (docs/cuda.md):
 #   tests/gpu/device_check.sh --fetch-debs   # on the Debian 12 dev machine: Abseil and
@@ -65,10 +68,28 @@ if compgen -G "$deb_dir/*.deb" >/dev/null; then
   done
   prefix_args=(-DCMAKE_PREFIX_PATH="$build/deps/usr")
   export LD_LIBRARY_PATH="$build/deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+elif ! compgen -G "/usr/lib/*/cmake/absl/abslConfig.cmake" >/dev/null &&
+  ! compgen -G "/usr/local/lib*/cmake/absl/abslConfig.cmake" >/dev/null; then
+  # The lent image has no Abseil: the packages must travel (a configure error would cost the run).
+  echo "device_check: no Abseil here and no carried packages in $deb_dir: run" >&2
+  echo "  tests/gpu/device_check.sh --fetch-debs on the development machine, then pass" >&2
+  echo "  carry=[\"build-gpu-debs\"] to the device tool's run" >&2
+  exit 1
 fi
 
-# CUDA tools: on the PATH, else in the toolkit's bin directory.
-cuda_tool() { command -v "$1" 2>/dev/null || { [[ -x /usr/local/cuda/bin/$1 ]] && echo "/usr/local/cuda/bin/$1"; } || true; }
+# CUDA tools: on the PATH, else in the toolkit's bin directory, the toolkit's compute-sanitizer
+# directory, or a stand-alone Nsight Compute under /opt/nvidia (where the lent image has one).
+cuda_tool() {
+  local found
+  for found in "$(command -v "$1" 2>/dev/null)" "/usr/local/cuda/bin/$1" \
+    "/usr/local/cuda/compute-sanitizer/$1" /opt/nvidia/nsight-compute/*/"$1"; do
+    if [[ -n $found && -x $found && ! -d $found ]]; then
+      echo "$found"
+      return 0
+    fi
+  done
+  return 0
+}
 # CMake and Ninja: on the PATH, else beside the Python that has them as packages (the lent image
 # installs both from PyPI); without Ninja, Makefiles.
 python_tool() {
@@ -133,84 +154,116 @@ if command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q '^GPU
 fi
 status=0
 summary=()
-run_gtest() {  # name, timeout, command...
-  local name=$1 limit=$2
+# Clocks decide the kernels' speed and the profile runs with --clock-control none: record them.
+if command -v nvidia-smi >/dev/null; then
+  clocks=$(nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem \
+    --format=csv,noheader 2>/dev/null | head -1) || true
+  summary+=("gpu, driver, SM clock, max SM clock, memory clock: ${clocks:-not read}")
+fi
+sanitizer=$(cuda_tool compute-sanitizer)
+ncu=$(cuda_tool ncu)
+summary+=("tools: compute-sanitizer ${sanitizer:-not found}; ncu ${ncu:-not found}")
+
+# Every step ends by a deadline (seconds since the start) so that the whole check, summary
+# included, stays under 6 minutes even when a step hangs: limit LIMIT DEADLINE gives the
+# step's timeout, at most LIMIT and what is left before DEADLINE.
+limit() {
+  local left=$(($2 - ($(date +%s) - start)))
+  ((left < $1)) && echo "$left" || echo "$1"
+}
+# timeout -k: a step that ignores SIGTERM is killed 5 s later.
+run_timed() {  # limit, command...
+  local seconds=$1
+  shift
+  ((seconds > 0)) || return 124
+  timeout -k 5 "$seconds" "$@"
+}
+run_gtest() {  # name, limit, command...
+  local name=$1 seconds=$2
   shift 2
-  step "$name"
+  step "$name (at most ${seconds}s)"
   local rc=0
-  timeout "$limit" "$@" >"$logs/$name.log" 2>&1 || rc=$?
+  run_timed "$seconds" "$@" >"$logs/$name.log" 2>&1 || rc=$?
   tail -25 "$logs/$name.log"
   local line pattern='^\[  (PASSED|FAILED|SKIPPED) +\] [0-9]+ tests?[,.]'
   line=$(grep -E "$pattern" "$logs/$name.log" | tr -s ' ' | paste -sd';' -) || true
   summary+=("$name: exit $rc ${line:-no gtest summary}")
-  ((rc == 0)) || status=1
+  last_rc=$rc
 }
 
-run_gtest gpu_device_code_test 60 "$build/bin/gpu_device_code_test"
-run_gtest gpu_test 200 env NVFP4_GPU_LARGE=1 "$build/bin/gpu_test"
-sanitizer=$(cuda_tool compute-sanitizer)
-if [[ -n $sanitizer ]]; then
-  run_gtest memcheck 90 "$sanitizer" --tool memcheck --error-exitcode 3 \
+run_gtest gpu_device_code_test "$(limit 60 330)" "$build/bin/gpu_device_code_test"
+((last_rc == 0)) || status=1
+run_gtest gpu_test "$(limit 200 330)" env NVFP4_GPU_LARGE=1 "$build/bin/gpu_test"
+((last_rc == 0)) || status=1
+gpu_test_rc=$last_rc
+if [[ -z $sanitizer ]]; then
+  summary+=("memcheck: compute-sanitizer not found, skipped")
+elif ((gpu_test_rc == 124 || gpu_test_rc == 137)); then
+  summary+=("memcheck: skipped, gpu_test did not finish (it would hang again under memcheck)")
+else
+  run_gtest memcheck "$(limit 90 330)" "$sanitizer" --tool memcheck --error-exitcode 3 \
     "$build/bin/gpu_test" \
     --gtest_filter='*DeviceOutputs*:*AllZero*:*ScaleTable*:*BadImportance*:*BadRequests*'
-else
-  summary+=("memcheck: compute-sanitizer not found, skipped")
+  # A memory error (3) or a failed test fails the check; a sanitizer that could not run on this
+  # device, or ran out of time, says nothing about the code.
+  if ((last_rc == 3)) || grep -q '^\[  FAILED  \]' "$logs/memcheck.log"; then
+    status=1
+  elif ((last_rc != 0)); then
+    summary+=("memcheck: did not complete (exit $last_rc; see memcheck.log), not counted")
+  fi
 fi
 
 step "nvfp4_cuda_bench"
 bench_rc=0
-timeout 120 "$build/bin/nvfp4_cuda_bench" --json-file "$logs/bench.json" \
+run_timed "$(limit 120 330)" "$build/bin/nvfp4_cuda_bench" --json-file "$logs/bench.json" \
   >"$logs/bench.txt" 2>&1 || bench_rc=$?
 cat "$logs/bench.txt"
 summary+=("nvfp4_cuda_bench: exit $bench_rc")
 ((bench_rc == 0)) || status=1
 
+# Profile (information, not part of the verdict): the scan and quantize kernels of one AbsMax
+# and one ScaleSweep-MSE call (nvfp4_cuda_bench --profile makes exactly those four launches),
+# which tell whether the quantize kernel is issue- or memory-bound (docs/cuda.md, "Cost model").
+# Before the PyTorch baselines: ncu prints nothing until its program ends, so it gets its time
+# first; the baselines print as they go.
+profile=()
+seconds=$(limit 90 290)
+if [[ -z $ncu ]]; then
+  summary+=("ncu: not found, no profile")
+elif ((seconds < 30)); then
+  summary+=("ncu: skipped, only ${seconds}s left before 290s")
+else
+  step "ncu profile (absmax, scalesweep-mse; at most ${seconds}s)"
+  ncu_rc=0
+  # --clock-control none: the lent card's clocks are left as found (the device tool's rule; ncu
+  # would otherwise lock them to base while it profiles).
+  run_timed "$seconds" "$ncu" --clock-control none --kernel-name regex:'ScanKernel|QuantizeKernel' \
+    --launch-count 4 \
+    --section SpeedOfLight --section ComputeWorkloadAnalysis --section SchedulerStats \
+    --section WarpStateStats --section Occupancy \
+    "$build/bin/nvfp4_cuda_bench" --profile >"$logs/ncu.txt" 2>&1 || ncu_rc=$?
+  summary+=("ncu: exit $ncu_rc (not part of the verdict; full report in ncu.txt)")
+  mapfile -t profile < <(grep -E '(Scan|Quantize)Kernel.*Context|Duration|SM Frequency|DRAM Throughput|Memory Throughput|Compute \(SM\) Throughput|Issue Slots Busy|Executed Ipc Active|No Eligible|Warp Cycles Per Issued Instruction|Achieved Occupancy' "$logs/ncu.txt" |
+    cut -c1-400 | head -60)
+fi
+
 # The issue's PyTorch baselines (plain AbsMax, torch.compile of a plain sweep), measured here in
 # the same run (tests/gpu/torch_baseline.py; information, not part of the verdict). Appended to
-# bench.txt and recorded in bench.json: $OUT takes at most 8 files. Left out when torch is missing or time is short: the
-# whole check stays under 6 minutes (torch until 310 s, the profile until 350 s at the latest).
-seconds_left() { echo $(($1 - ($(date +%s) - start))); }
-left=$(seconds_left 310)
-if ((left < 60)); then
-  summary+=("torch baselines: skipped, only ${left}s left before 310s")
+# bench.txt and recorded in bench.json: $OUT takes at most 8 files.
+seconds=$(limit 120 345)
+if ((seconds < 45)); then
+  summary+=("torch baselines: skipped, only ${seconds}s left before 345s")
 elif ! python3 -c 'import torch' 2>/dev/null; then
   summary+=("torch baselines: python3 has no torch, skipped")
 else
-  ((left > 120)) && left=120
-  step "torch baselines (at most ${left}s)"
+  step "torch baselines (at most ${seconds}s)"
   torch_rc=0
-  timeout "$left" python3 "$repo/tests/gpu/torch_baseline.py" \
+  PYTHONUNBUFFERED=1 run_timed "$seconds" python3 "$repo/tests/gpu/torch_baseline.py" \
     --compare-with "$logs/bench.json" --record >"$build/torch.txt" 2>&1 || torch_rc=$?
   cat "$build/torch.txt"
   { echo; echo "-- PyTorch baselines, same run (exit $torch_rc)"; cat "$build/torch.txt"; } \
     >>"$logs/bench.txt"
   summary+=("torch baselines: exit $torch_rc (not part of the verdict)")
-fi
-
-# Profile: the kernels in the benchmark's device-only order (docs/cuda.md, "Cost model"): scan and
-# quantize of absmax (g from the tensor), then of scalesweep-mse.
-ncu=$(cuda_tool ncu)
-profile=()
-left=$(seconds_left 350)
-((left > 90)) && left=90
-if [[ -n $ncu ]] && ((left < 30)); then
-  summary+=("ncu: skipped, only ${left}s left before 350s")
-elif [[ -n $ncu ]]; then
-  step "ncu profile (absmax, scalesweep-mse; at most ${left}s)"
-  ncu_rc=0
-  # --clock-control none: the lent card's clocks are left as found (the device tool's rule; ncu
-  # would otherwise lock them to base while it profiles).
-  timeout "$left" "$ncu" --clock-control none --kernel-name regex:'ScanKernel|QuantizeKernel' \
-    --launch-count 4 \
-    --section SpeedOfLight --section ComputeWorkloadAnalysis --section SchedulerStats \
-    --section WarpStateStats --section Occupancy \
-    "$build/bin/nvfp4_cuda_bench" --device-only --warmup 0 --iters 1 \
-    >"$logs/ncu.txt" 2>&1 || ncu_rc=$?
-  summary+=("ncu: exit $ncu_rc (not part of the verdict; full report in ncu.txt)")
-  mapfile -t profile < <(grep -E '(Scan|Quantize)Kernel.*Context|Duration|DRAM Throughput|Memory Throughput|Compute \(SM\) Throughput|Issue Slots Busy|Executed Ipc Active|No Eligible|Achieved Occupancy' "$logs/ncu.txt" |
-    cut -c1-400 | head -60)
-else
-  summary+=("ncu: not found, no profile")
 fi
 
 {

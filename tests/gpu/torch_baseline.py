@@ -206,11 +206,21 @@ def main():
     if device.type == "cuda" and not torch.cuda.is_available():
         print("torch_baseline: torch sees no CUDA device", file=sys.stderr)
         return 1
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"PyTorch {torch.__version__} baselines on {name}: {args.rows} x {args.cols} bf16, "
+          f"F = {args.scale_max}, {args.iters} timed calls")
+    print(f"{'method':<16} {'ms':>9} {'Gelem/s':>9} {'first call s':>13} {'MSE vs absmax':>14}")
+
+    def report(run):  # each row as soon as it is measured: a timeout keeps the rows before it
+        print(f"{run['method']:<16} {run['ms']:9.3f} {run['gelem_per_s']:9.2f} "
+              f"{run['first_call_s']:13.1f} {run['mse_vs_absmax']:14.4f}", flush=True)
+        return run
+
     x = make_input(args.rows, args.cols, device)
     absmax = lambda t: quantize_absmax(t, args.scale_max)  # noqa: E731
     sweep = lambda t: quantize_sweep(t, args.scale_max)  # noqa: E731
 
-    runs = [measure("absmax eager", absmax, x, args.iters, device, None)]
+    runs = [report(measure("absmax eager", absmax, x, args.iters, device, None))]
     reference = runs[0]["mse"]
     others = []
     if args.eager_sweep:
@@ -222,19 +232,12 @@ def main():
     failed = []
     for label, fn in others:
         try:  # a compiler failure on the lent image must not lose the other figures
-            runs.append(measure(label, fn, x, args.iters, device, reference))
+            runs.append(report(measure(label, fn, x, args.iters, device, reference)))
         except Exception as error:  # noqa: BLE001
             failed.append(label)
             print(f"torch_baseline: {label} failed: {type(error).__name__}: "
-                  f"{str(error).splitlines()[0] if str(error) else ''}", file=sys.stderr)
-
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"PyTorch {torch.__version__} baselines on {name}: {args.rows} x {args.cols} bf16, "
-          f"F = {args.scale_max}, {args.iters} timed calls")
-    print(f"{'method':<16} {'ms':>9} {'Gelem/s':>9} {'first call s':>13} {'MSE vs absmax':>14}")
-    for r in runs:
-        print(f"{r['method']:<16} {r['ms']:9.3f} {r['gelem_per_s']:9.2f} {r['first_call_s']:13.1f}"
-              f" {r['mse_vs_absmax']:14.4f}")
+                  f"{str(error).splitlines()[0] if str(error) else ''}", file=sys.stderr,
+                  flush=True)
 
     result = {"device": name, "torch": torch.__version__, "rows": args.rows, "cols": args.cols,
               "scale_max": args.scale_max, "runs": runs}
