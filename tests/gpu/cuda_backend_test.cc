@@ -702,6 +702,14 @@ TEST_F(CudaBackendTest, HostCallsKeepTheirResidentInputBuffer) {
       gpu_testing::MakeTensor(DType::kF32, 512, 4096, ImportanceLayout::kNone, 23);
   const HostTensor small =
       gpu_testing::MakeTensor(DType::kBF16, 100, 1000, ImportanceLayout::kNone, 24);
+  // Both dtypes' kernels run once through the device path first (it keeps no input buffer): a
+  // lazily loaded module takes device memory on first use, which must not count below, also
+  // when this test runs alone.
+  for (const HostTensor* t : {&big, &small}) {
+    auto d = Upload(*t);
+    ASSERT_TRUE(d.ok()) << d.status();
+    ASSERT_TRUE(gpu_->QuantizeDevice(d->view, {}, {}).ok());
+  }
   auto before = cuda::CudaMemoryUsedBytes(gpu_->device());
   ASSERT_TRUE(before.ok()) << before.status();
   CheckAgainstCpu(big, {}, "first call", /*device_path=*/false);
@@ -710,7 +718,10 @@ TEST_F(CudaBackendTest, HostCallsKeepTheirResidentInputBuffer) {
   EXPECT_GE(*after_first - *before, static_cast<int64_t>(big.view().bytes()));
   CheckAgainstCpu(small, {}, "smaller call", /*device_path=*/false);
   CheckAgainstCpu(big, {}, "same call again", /*device_path=*/false);
-  EXPECT_EQ(*cuda::CudaMemoryUsedBytes(gpu_->device()), *after_first);
+  // Unchanged up to the driver's own small allocations: a second buffer would add the input's
+  // 8 MiB.
+  const int64_t drift = *cuda::CudaMemoryUsedBytes(gpu_->device()) - *after_first;
+  EXPECT_LT(drift < 0 ? -drift : drift, static_cast<int64_t>(big.view().bytes() / 4));
   // An input above 256 MiB is resident for its call only, and the kept buffer is freed first
   // (the large one may need its memory): afterwards the device holds about the kept buffer less
   // than before it (the per-chunk metric records grew by a few KiB).
