@@ -718,10 +718,10 @@ TEST_F(CudaBackendTest, HostCallsKeepTheirResidentInputBuffer) {
   EXPECT_GE(*after_first - *before, static_cast<int64_t>(big.view().bytes()));
   CheckAgainstCpu(small, {}, "smaller call", /*device_path=*/false);
   CheckAgainstCpu(big, {}, "same call again", /*device_path=*/false);
-  // Unchanged up to the driver's own small allocations: a second buffer would add the input's
-  // 8 MiB.
+  // Unchanged up to the driver's own small allocations (device memory moves in 2 MiB pages): a
+  // second buffer would add the input's 8 MiB.
   const int64_t drift = *cuda::CudaMemoryUsedBytes(gpu_->device()) - *after_first;
-  EXPECT_LT(drift < 0 ? -drift : drift, static_cast<int64_t>(big.view().bytes() / 4));
+  EXPECT_LT(drift < 0 ? -drift : drift, static_cast<int64_t>(big.view().bytes() / 2));
   // An input above 256 MiB is resident for its call only, and the kept buffer is freed first
   // (the large one may need its memory): afterwards the device holds about the kept buffer less
   // than before it (the per-chunk metric records grew by a few KiB).

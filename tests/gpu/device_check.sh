@@ -142,28 +142,6 @@ if ((configure_only)); then
   step "configured in $build"
   exit 0
 fi
-step "build (${ninja:+ninja }-j$jobs)"
-"$cmake" --build "$build" -j "$jobs" --target gpu_test gpu_device_code_test nvfp4_cuda_bench \
-  >>"$logs/build.log" 2>&1 || { tail -40 "$logs/build.log"; exit 1; }
-
-# A machine that lists a GPU must run the GPU tests: a runtime that sees no device (say, a driver
-# older than the runtime) then fails gpu_test and the benchmark instead of skipping them.
-if command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
-  nvidia-smi -L
-  export NVFP4_REQUIRE_GPU=1
-fi
-status=0
-summary=()
-# Clocks decide the kernels' speed and the profile runs with --clock-control none: record them.
-if command -v nvidia-smi >/dev/null; then
-  clocks=$(nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem \
-    --format=csv,noheader 2>/dev/null | head -1) || true
-  summary+=("gpu, driver, SM clock, max SM clock, memory clock: ${clocks:-not read}")
-fi
-sanitizer=$(cuda_tool compute-sanitizer)
-ncu=$(cuda_tool ncu)
-summary+=("tools: compute-sanitizer ${sanitizer:-not found}; ncu ${ncu:-not found}")
-
 # Every step ends by a deadline (seconds since the start) so that the whole check, summary
 # included, stays under 6 minutes even when a step hangs: limit LIMIT DEADLINE gives the
 # step's timeout, at most LIMIT and what is left before DEADLINE.
@@ -178,6 +156,29 @@ run_timed() {  # limit, command...
   ((seconds > 0)) || return 124
   timeout -k 5 "$seconds" "$@"
 }
+
+step "build (${ninja:+ninja }-j$jobs; at most 150s)"
+build_rc=0
+run_timed "$(limit 150 150)" "$cmake" --build "$build" -j "$jobs" \
+  --target gpu_test gpu_device_code_test nvfp4_cuda_bench >>"$logs/build.log" 2>&1 || build_rc=$?
+if ((build_rc != 0)); then
+  tail -40 "$logs/build.log"
+  echo "device_check: build failed (exit $build_rc)"
+  exit 1
+fi
+
+# A machine that lists a GPU must run the GPU tests: a runtime that sees no device (say, a driver
+# older than the runtime) then fails gpu_test and the benchmark instead of skipping them.
+if command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+  nvidia-smi -L
+  export NVFP4_REQUIRE_GPU=1
+fi
+status=0
+summary=()
+sanitizer=$(cuda_tool compute-sanitizer)
+ncu=$(cuda_tool ncu)
+summary+=("tools: compute-sanitizer ${sanitizer:-not found}; ncu ${ncu:-not found}")
+
 run_gtest() {  # name, limit, command...
   local name=$1 seconds=$2
   shift 2
@@ -191,27 +192,13 @@ run_gtest() {  # name, limit, command...
   last_rc=$rc
 }
 
+# The tests and the benchmark (the verdict) by 330 s; the benchmark before memcheck, so that a
+# slow memcheck can never cost the run its figures.
 run_gtest gpu_device_code_test "$(limit 60 330)" "$build/bin/gpu_device_code_test"
 ((last_rc == 0)) || status=1
 run_gtest gpu_test "$(limit 200 330)" env NVFP4_GPU_LARGE=1 "$build/bin/gpu_test"
 ((last_rc == 0)) || status=1
 gpu_test_rc=$last_rc
-if [[ -z $sanitizer ]]; then
-  summary+=("memcheck: compute-sanitizer not found, skipped")
-elif ((gpu_test_rc == 124 || gpu_test_rc == 137)); then
-  summary+=("memcheck: skipped, gpu_test did not finish (it would hang again under memcheck)")
-else
-  run_gtest memcheck "$(limit 90 330)" "$sanitizer" --tool memcheck --error-exitcode 3 \
-    "$build/bin/gpu_test" \
-    --gtest_filter='*DeviceOutputs*:*AllZero*:*ScaleTable*:*BadImportance*:*BadRequests*'
-  # A memory error (3) or a failed test fails the check; a sanitizer that could not run on this
-  # device, or ran out of time, says nothing about the code.
-  if ((last_rc == 3)) || grep -q '^\[  FAILED  \]' "$logs/memcheck.log"; then
-    status=1
-  elif ((last_rc != 0)); then
-    summary+=("memcheck: did not complete (exit $last_rc; see memcheck.log), not counted")
-  fi
-fi
 
 step "nvfp4_cuda_bench"
 bench_rc=0
@@ -220,6 +207,37 @@ run_timed "$(limit 120 330)" "$build/bin/nvfp4_cuda_bench" --json-file "$logs/be
 cat "$logs/bench.txt"
 summary+=("nvfp4_cuda_bench: exit $bench_rc")
 ((bench_rc == 0)) || status=1
+# Clocks decide the kernels' speed and the profile runs with --clock-control none: read them
+# right after the benchmark's load (an idle card reads its idle clocks).
+if command -v nvidia-smi >/dev/null; then
+  clocks=$(nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem \
+    --format=csv,noheader 2>/dev/null | head -1) || true
+  summary+=("after the benchmark: gpu, driver, SM, max SM, memory clocks: ${clocks:-not read}")
+fi
+
+seconds=$(limit 90 300)
+if [[ -z $sanitizer ]]; then
+  summary+=("memcheck: compute-sanitizer not found, skipped")
+elif ((gpu_test_rc == 124 || gpu_test_rc == 137)); then
+  summary+=("memcheck: skipped, gpu_test did not finish (it would hang again under memcheck)")
+elif ((seconds < 20)); then
+  summary+=("memcheck: skipped, only ${seconds}s left before 300s")
+else
+  run_gtest memcheck "$seconds" "$sanitizer" --tool memcheck --error-exitcode 3 \
+    "$build/bin/gpu_test" \
+    --gtest_filter='*DeviceOutputs*:*AllZero*:*ScaleTable*:*BadImportance*:*BadRequests*'
+  # A memory error (3) or a failed test fails the check; a sanitizer that cannot run on this
+  # device (KINDS.md saw "Device not supported" on gVisor machines) or runs out of time says
+  # nothing about the code.
+  if grep -qE 'Device not supported|Internal Sanitizer Error|[Ff]ailed to initialize' \
+    "$logs/memcheck.log"; then
+    summary+=("memcheck: the sanitizer could not run on this device (memcheck.log), not counted")
+  elif ((last_rc == 3)) || grep -q '^\[  FAILED  \]' "$logs/memcheck.log"; then
+    status=1
+  elif ((last_rc != 0)); then
+    summary+=("memcheck: did not complete (exit $last_rc; see memcheck.log), not counted")
+  fi
+fi
 
 # Profile (information, not part of the verdict): the scan and quantize kernels of one AbsMax
 # and one ScaleSweep-MSE call (nvfp4_cuda_bench --profile makes exactly those four launches),
@@ -227,11 +245,11 @@ summary+=("nvfp4_cuda_bench: exit $bench_rc")
 # Before the PyTorch baselines: ncu prints nothing until its program ends, so it gets its time
 # first; the baselines print as they go.
 profile=()
-seconds=$(limit 90 290)
+seconds=$(limit 90 320)
 if [[ -z $ncu ]]; then
   summary+=("ncu: not found, no profile")
 elif ((seconds < 30)); then
-  summary+=("ncu: skipped, only ${seconds}s left before 290s")
+  summary+=("ncu: skipped, only ${seconds}s left before 320s")
 else
   step "ncu profile (absmax, scalesweep-mse; at most ${seconds}s)"
   ncu_rc=0
@@ -249,17 +267,24 @@ fi
 
 # The issue's PyTorch baselines (plain AbsMax, torch.compile of a plain sweep), measured here in
 # the same run (tests/gpu/torch_baseline.py; information, not part of the verdict). Appended to
-# bench.txt and recorded in bench.json: $OUT takes at most 8 files.
-seconds=$(limit 120 345)
-if ((seconds < 45)); then
-  summary+=("torch baselines: skipped, only ${seconds}s left before 345s")
-elif ! python3 -c 'import torch' 2>/dev/null; then
-  summary+=("torch baselines: python3 has no torch, skipped")
+# bench.txt and recorded in bench.json ($OUT takes at most 8 files: the script writes a copy
+# under build-gpu/, which replaces bench.json only when it is whole).
+if ! run_timed "$(limit 30 350)" python3 -c 'import torch' 2>/dev/null; then
+  summary+=("torch baselines: python3 has no torch (or it did not import in time), skipped")
+elif seconds=$(limit 120 350) && ((seconds < 45)); then
+  summary+=("torch baselines: skipped, only ${seconds}s left before 350s")
+elif [[ ! -s $logs/bench.json ]]; then
+  summary+=("torch baselines: skipped, the benchmark wrote no bench.json to compare with")
 else
   step "torch baselines (at most ${seconds}s)"
   torch_rc=0
+  cp "$logs/bench.json" "$build/bench-torch.json"
   PYTHONUNBUFFERED=1 run_timed "$seconds" python3 "$repo/tests/gpu/torch_baseline.py" \
-    --compare-with "$logs/bench.json" --record >"$build/torch.txt" 2>&1 || torch_rc=$?
+    --compare-with "$build/bench-torch.json" --record >"$build/torch.txt" 2>&1 || torch_rc=$?
+  if python3 -c 'import json, sys; json.load(open(sys.argv[1]))["torch_baselines"]' \
+    "$build/bench-torch.json" 2>/dev/null; then
+    cp "$build/bench-torch.json" "$logs/bench.json"
+  fi
   cat "$build/torch.txt"
   { echo; echo "-- PyTorch baselines, same run (exit $torch_rc)"; cat "$build/torch.txt"; } \
     >>"$logs/bench.txt"

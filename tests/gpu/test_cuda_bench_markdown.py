@@ -61,14 +61,14 @@ def test_recorded_torch_baselines_and_their_ratios_are_listed(tmp_path):
     bench = json.loads(path.read_text())
     bench["torch_baselines"] = {
         "torch": "2.11.0", "scale_max": 256,
-        "runs": [{"method": "absmax eager", "ms": 3.0, "gelem_per_s": 22.4,
+        "runs": [{"method": "absmax eager", "ms": 3.0, "mean_ms": 3.1, "gelem_per_s": 22.4,
                   "first_call_s": 0.5, "mse_vs_absmax": 1.0},
-                 {"method": "sweep compiled", "ms": 37.0, "gelem_per_s": 1.81,
+                 {"method": "sweep compiled", "ms": 37.0, "mean_ms": 37.5, "gelem_per_s": 1.81,
                   "first_call_s": 21.0, "mse_vs_absmax": 0.7816}],
         "ratios": [{"ours": "absmax", "torch": "absmax eager", "ratio": 30.25}]}
     path.write_text(json.dumps(bench))
     text = markdown(path).stdout
-    assert "| sweep compiled | 37.000 | 1.81 | 21.0 | 0.7816 |" in text
+    assert "| sweep compiled | 37.000 | 37.500 | 1.81 | 21.0 | 0.7816 |" in text
     assert "- ours (absmax) / PyTorch absmax eager: **30.2×**" in text
     assert "not measured" not in text
 
