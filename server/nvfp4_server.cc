@@ -195,7 +195,8 @@ void Nvfp4Server::Housekeeping(const std::vector<int>& gpus) {
       ::malloc_trim(0);
     }
     absl::MutexLock lock(&shutdown_mu_);
-    if (shutdown_mu_.AwaitWithTimeout(absl::Condition(&shut_down_), options_.housekeeping_period)) {
+    if (shutdown_mu_.AwaitWithTimeout(absl::Condition(&housekeeping_done_),
+                                      options_.housekeeping_period)) {
       return;
     }
   }
@@ -286,8 +287,12 @@ void Nvfp4Server::Shutdown(absl::Duration drain) {
     // cancel flag and stop between chunks).
     server_->Shutdown(absl::ToChronoTime(deadline));
   }
-  if (scheduler_) scheduler_->Stop();
+  {
+    absl::MutexLock lock(&shutdown_mu_);
+    housekeeping_done_ = true;
+  }
   if (housekeeping_.joinable()) housekeeping_.join();
+  if (scheduler_) scheduler_->Stop();
 }
 
 void Nvfp4Server::Wait() {

@@ -77,9 +77,13 @@ class Nvfp4Server {
   std::unique_ptr<grpc::Server> server_;
   absl::Mutex shutdown_mu_;
   bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
-  // Every 2 s: refreshes nvfp4_gpu_memory_used_bytes and nvfp4_worker_healthy, turns health to
-  // NOT_SERVING (liveness too) once an engine cannot take work, frees job buffers idle for
-  // longer than --buffer-idle-release, and trims the heap while the server is idle.
+  // Set once the gRPC server has shut down (after the drain): housekeeping runs until then.
+  bool housekeeping_done_ ABSL_GUARDED_BY(shutdown_mu_) = false;
+  // Every 2 s, also while draining: refreshes nvfp4_gpu_memory_used_bytes and
+  // nvfp4_worker_healthy, turns health to NOT_SERVING (liveness too) once an engine cannot take
+  // work, fails uploads stalled for --upload-idle-timeout (so that a client that stopped
+  // sending cannot hold a drain to its deadline), frees job buffers idle for longer than
+  // --buffer-idle-release, and trims the heap while the server is idle.
   void Housekeeping(const std::vector<int>& gpus);
   void CheckEngineHealth();
   std::set<size_t> lost_engines_;  // reported already; Housekeeping's thread only

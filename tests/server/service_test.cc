@@ -671,6 +671,30 @@ TEST(Service, UploadSweepExpiresOnlyIdleUploadsAndToleratesChurn) {
   EXPECT_EQ(h.server->scheduler().reserved_bytes(), 0);
 }
 
+// Housekeeping keeps failing stalled uploads while nvfp4d drains: a client that stopped sending
+// cannot hold a SIGTERM drain to its deadline (before, the drain waited all of it).
+TEST(Service, AStalledUploadDoesNotHoldTheDrainToItsDeadline) {
+  server::ServerOptions options;
+  options.service.upload_idle_timeout = absl::Milliseconds(300);
+  options.housekeeping_period = absl::Milliseconds(100);
+  Harness h = StartServer(false, options);
+  auto stub = StubFor(h.target);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  auto stream = stub->QuantizeTensor(&context);
+  ASSERT_TRUE(stream->Write(Header(v1::DTYPE_F32, {1024, 1024})));
+  ASSERT_TRUE(stream->Write(Data(std::string(1 << 20, '\0'))));  // 1 of 4 MiB, then silence
+  WaitFor([&] { return h.server->scheduler().reserved_bytes() > 0; });
+  const absl::Time start = absl::Now();
+  h.server->Shutdown(absl::Seconds(30));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+  v1::QuantizeTensorResponse response;
+  while (stream->Read(&response)) {
+  }
+  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_EQ(h.server->scheduler().reserved_bytes(), 0);
+}
+
 TEST(Service, StalledStreamingUploadTimesOutAndFreesTheWorker) {
   server::ServerOptions options;
   options.service.upload_idle_timeout = absl::Milliseconds(300);
