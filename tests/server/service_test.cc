@@ -603,18 +603,28 @@ TEST(Service, AClientCancelFarFromTheDeadlineIsRecordedAsACancel) {
 // Without amax in the header the job waits for all its data before it starts; its memory is
 // reserved from the header on. A client that stops sending holds that reservation only for the
 // idle timeout (checked every 2 s), not until its connection dies.
+// A QuantizeTensor call whose header has no amax, with 1 of its 4 MiB sent and then nothing:
+// its job holds a memory reservation while it waits for the rest. Without the server's check
+// the call would wait for the client's deadline (and fail the tests that use this).
+using UploadStream = std::unique_ptr<
+    grpc::ClientReaderWriter<v1::QuantizeTensorRequest, v1::QuantizeTensorResponse>>;
+UploadStream StartStalledUpload(Harness& h, v1::Quantizer::Stub* stub,
+                                grpc::ClientContext* context) {
+  context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  UploadStream stream = stub->QuantizeTensor(context);
+  EXPECT_TRUE(stream->Write(Header(v1::DTYPE_F32, {1024, 1024})));
+  EXPECT_TRUE(stream->Write(Data(std::string(1 << 20, '\0'))));
+  WaitFor([&] { return h.server->scheduler().reserved_bytes() > 0; });
+  return stream;
+}
+
 TEST(Service, StalledUploadBeforeTheJobStartsGivesBackItsReservation) {
   server::ServerOptions options;
   options.service.upload_idle_timeout = absl::Milliseconds(300);
   Harness h = StartServer(false, options);
   auto stub = StubFor(h.target);
   grpc::ClientContext context;
-  // Without the server's check the call would wait for this deadline (and fail the test).
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
-  auto stream = stub->QuantizeTensor(&context);
-  ASSERT_TRUE(stream->Write(Header(v1::DTYPE_F32, {1024, 1024})));
-  ASSERT_TRUE(stream->Write(Data(std::string(1 << 20, '\0'))));  // 1 of 4 MiB
-  WaitFor([&] { return h.server->scheduler().reserved_bytes() > 0; });
+  UploadStream stream = StartStalledUpload(h, stub.get(), &context);
   EXPECT_EQ(h.server->scheduler().running(), 0);  // nothing runs: the data is not complete
   v1::QuantizeTensorResponse response;
   while (stream->Read(&response)) {
@@ -680,11 +690,7 @@ TEST(Service, AStalledUploadDoesNotHoldTheDrainToItsDeadline) {
   Harness h = StartServer(false, options);
   auto stub = StubFor(h.target);
   grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-  auto stream = stub->QuantizeTensor(&context);
-  ASSERT_TRUE(stream->Write(Header(v1::DTYPE_F32, {1024, 1024})));
-  ASSERT_TRUE(stream->Write(Data(std::string(1 << 20, '\0'))));  // 1 of 4 MiB, then silence
-  WaitFor([&] { return h.server->scheduler().reserved_bytes() > 0; });
+  UploadStream stream = StartStalledUpload(h, stub.get(), &context);
   const absl::Time start = absl::Now();
   h.server->Shutdown(absl::Seconds(30));
   EXPECT_LT(absl::Now() - start, absl::Seconds(10));
