@@ -36,7 +36,8 @@ struct ServiceOptions {
   std::string auth_token;
   // A tensor upload that makes no progress this long fails with DEADLINE_EXCEEDED: a started
   // streamed job holds a worker while it waits, any admitted job its memory reservation
-  // (checked every 2 s by nvfp4d's housekeeping before the job starts).
+  // (checked by nvfp4d's housekeeping, every 2 s and also while draining, before the job
+  // starts).
   absl::Duration upload_idle_timeout = absl::Seconds(120);
   // QuantizeCheckpoint may only touch paths inside these roots; unconfined (no roots) disables
   // the RPC.
@@ -145,7 +146,7 @@ class QuantizerService final : public QuantizerServiceBase {
   // Fails the watched uploads idle for options().upload_idle_timeout before their job was
   // submitted (a header without amax waits for all the data first), so that a stalled client
   // does not hold its memory reservation until its connection dies. Returns how many. Called
-  // periodically (nvfp4d's housekeeping, every 2 s). Thread-safe.
+  // periodically (nvfp4d's housekeeping, every 2 s and also while it drains). Thread-safe.
   int ExpireStalledUploads();
 
  private:

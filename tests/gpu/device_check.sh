@@ -267,8 +267,9 @@ fi
 
 # The PyTorch baselines (plain AbsMax, torch.compile of a plain sweep), measured here in
 # the same run (tests/gpu/torch_baseline.py; information, not part of the verdict). Appended to
-# bench.txt and recorded in bench.json ($OUT takes at most 8 files: the script writes a copy
-# under build-gpu/, which replaces bench.json only when it is whole).
+# bench.txt and recorded in bench.json through a copy under build-gpu/: the script replaces
+# the file it records in whole (a .partial file, then a rename), and $OUT takes at most 8
+# files.
 if ! run_timed "$(limit 30 350)" python3 -c 'import torch' 2>/dev/null; then
   summary+=("torch baselines: python3 has no torch (or it did not import in time), skipped")
 elif seconds=$(limit 120 350) && ((seconds < 45)); then
@@ -281,10 +282,7 @@ else
   cp "$logs/bench.json" "$build/bench-torch.json"
   PYTHONUNBUFFERED=1 run_timed "$seconds" python3 "$repo/tests/gpu/torch_baseline.py" \
     --compare-with "$build/bench-torch.json" --record >"$build/torch.txt" 2>&1 || torch_rc=$?
-  if python3 -c 'import json, sys; json.load(open(sys.argv[1]))["torch_baselines"]' \
-    "$build/bench-torch.json" 2>/dev/null; then
-    cp "$build/bench-torch.json" "$logs/bench.json"
-  fi
+  cp "$build/bench-torch.json" "$logs/bench.json"  # whole: unchanged, or with the baselines
   cat "$build/torch.txt"
   { echo; echo "-- PyTorch baselines, same run (exit $torch_rc)"; cat "$build/torch.txt"; } \
     >>"$logs/bench.txt"

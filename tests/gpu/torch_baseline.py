@@ -74,6 +74,11 @@ def decode_e4m3(codes):
     return codes.to(torch.uint8).view(torch.float8_e4m3fn).float()
 
 
+def effective_scale(codes, g):
+    """S = fl32(e4m3(code) * g), one per block."""
+    return decode_e4m3(codes) * g
+
+
 def absmax_codes(blocks, g):
     """ModelOpt's AbsMax scale byte: RNE_E4M3(clamp(bamax / fl(6 g), 2^-9, 448)), 0 -> 1."""
     s = blocks.abs().amax(dim=-1) / (6.0 * g)
@@ -83,7 +88,7 @@ def absmax_codes(blocks, g):
 
 def encode(blocks, codes, g):
     """Packed E2M1 bytes [rows, cols / 2] of blocks [rows, cols / 16, 16] under scale codes."""
-    scale = (decode_e4m3(codes) * g).unsqueeze(-1)
+    scale = effective_scale(codes, g).unsqueeze(-1)
     nibbles = e2m1_index(blocks.abs() / scale) | ((blocks < 0).to(torch.uint8) << 3)
     nibbles = nibbles.flatten(start_dim=1)
     return nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)
@@ -106,7 +111,7 @@ def quantize_sweep(x, scale_max):
     best_code = q0
     for offset in SWEEP_OFFSETS:
         code = (q0 + offset).clamp(1, 126)
-        scale = (decode_e4m3(code) * g).unsqueeze(-1)
+        scale = effective_scale(code, g).unsqueeze(-1)
         error = magnitudes - grid[e2m1_index(magnitudes / scale).long()] * scale
         loss = (error * error).sum(dim=-1)
         better = loss < best_loss
@@ -120,7 +125,7 @@ def dequantize(packed, codes, g):
     grid = e2m1_grid(packed.device)
     nibbles = torch.stack([packed & 15, packed >> 4], dim=-1).flatten(start_dim=1)
     values = grid[(nibbles & 7).long()] * torch.where(nibbles >= 8, -1.0, 1.0)
-    scale = (decode_e4m3(codes) * g).repeat_interleave(BLOCK, dim=-1)
+    scale = effective_scale(codes, g).repeat_interleave(BLOCK, dim=-1)
     return values * scale
 
 
