@@ -9,7 +9,7 @@ CMAKE_FLAGS ?=
 FUZZ_DIR ?= build-fuzz
 
 .PHONY: all deps configure build test demo bench bench-checkpoint format clean release \
-	build-fuzz fuzz-smoke fuzz test-sanitizers test-asan test-tsan
+	build-fuzz fuzz-smoke fuzz test-sanitizers test-asan test-tsan bench-python-client
 
 all: build
 
@@ -65,6 +65,13 @@ bench: build
 # Checkpoint throughput: a 2.3 GB (2.14 GiB) bf16 checkpoint embedded, through nvfp4d, and streamed.
 bench-checkpoint: build
 	@scripts/bench_checkpoint.sh $(BUILD_DIR)
+
+# The Python client (client/python, installed into $(BUILD_DIR)/python) against nvfp4q.
+bench-python-client: build
+	.venv/bin/pip install -q --disable-pip-version-check --no-build-isolation --no-deps \
+	  --upgrade --target $(BUILD_DIR)/python ./client/python
+	PYTHONPATH=$(BUILD_DIR)/python .venv/bin/python scripts/bench_python_client.py \
+	  --bin $(BUILD_DIR)/bin
 
 release:
 	$(MAKE) build BUILD_DIR=build-release CUDA_ARCHS="80;90;100;120"

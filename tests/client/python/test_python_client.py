@@ -1,0 +1,473 @@
+"""nvfp4client (client/python) against a real nvfp4d: the bytes equal the embedded engine's
+(nvfp4q quantize-tensor, run here as an independent reference), shapes and dtypes are sent as
+they are, and retries, cancellation, auth and checkpoint jobs behave as docs/python.md says."""
+import dataclasses
+import json
+import subprocess
+import sys
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import ml_dtypes
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "tests" / "pylib"))
+from nvfp4_files import assert_same_tree  # noqa: E402
+from nvfp4_reference import decode  # noqa: E402
+
+RNG = np.random.default_rng(2026)
+np.float8_e4m3fn = ml_dtypes.float8_e4m3fn  # what safetensors.numpy looks up for F8_E4M3
+
+
+def reference(bin_dir, tmp_path, w, *args, importance=None):
+    """nvfp4q quantize-tensor, embedded (no server): packed, scale bytes, g."""
+    if w.dtype == ml_dtypes.bfloat16:
+        source = tmp_path / "w.bf16"
+        source.write_bytes(w.tobytes())
+        inputs = ["--input", source, "--dtype", "bf16", "--shape", f"{w.shape[0]},{w.shape[1]}"]
+    else:
+        source = tmp_path / "w.npy"
+        np.save(source, w)
+        inputs = ["--input", source]
+    if importance is not None:
+        np.save(tmp_path / "imp.npy", importance.astype(np.float32))
+        inputs += ["--importance", tmp_path / "imp.npy"]
+    out = tmp_path / "ref.safetensors"
+    subprocess.run([bin_dir / "nvfp4q", "quantize-tensor", *inputs, "--output", out, *args],
+                   check=True, capture_output=True)
+    st = load_file(str(out))
+    return st["weight"], st["weight_scale"].view(np.uint8), np.float32(st["weight_scale_2"])
+
+
+def assert_same_bytes(q, ref):
+    packed, scales, g = ref
+    assert q.packed.dtype == np.uint8 and q.scales.dtype == ml_dtypes.float8_e4m3fn
+    assert np.array_equal(q.packed, packed)
+    assert np.array_equal(q.scales.view(np.uint8), scales)
+    assert np.float32(q.global_scale) == g
+
+
+def gaussian(shape, dtype, scale=0.02):
+    return RNG.normal(0, scale, shape).astype(np.float32).astype(dtype)
+
+
+# -- the bytes -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, ml_dtypes.bfloat16],
+                         ids=["f32", "f16", "bf16"])
+@pytest.mark.parametrize("method", ["scalesweep", "absmax", "four-over-six", "exhaustive"])
+def test_bytes_equal_the_embedded_engine(nvfp4client, server, bin_dir, tmp_path, dtype, method):
+    w = gaussian((48, 200), dtype)  # 200 columns: the last block of each row is padded
+    w[3, :16] = 0  # an all-zero block
+    with nvfp4client.Client(server.target) as client:
+        q = client.quantize(w, method=method)
+        assert_same_bytes(q, reference(bin_dir, tmp_path, w, "--method", method))
+        # ModelOpt's own rule and F: the CLI's --scale-max 448 --method absmax.
+        q448 = client.quantize(w, method="absmax", scale_max=448)
+        assert_same_bytes(q448, reference(bin_dir, tmp_path, w, "--method", "absmax",
+                                          "--scale-max", "448"))
+    assert (q.rows, q.cols, q.padded_cols) == (48, 200, 208)
+    assert q.packed.shape == (48, 104) and q.scales.shape == (48, 13)
+    assert q.amax == float(np.abs(w.astype(np.float32)).max())
+    assert q.metrics.elements == 48 * 200 and q.metrics.objective == "mse"
+    if method != "absmax":
+        assert q.metrics.gain < 1
+
+
+@pytest.mark.parametrize("layout", ["per_column", "per_element"])
+def test_wmse_with_importance_equals_the_embedded_engine(nvfp4client, server, bin_dir, tmp_path,
+                                                         layout):
+    w = gaussian((32, 96), ml_dtypes.bfloat16)
+    shape = (96,) if layout == "per_column" else (32, 96)
+    importance = RNG.lognormal(0, 1.5, shape).astype(np.float32)
+    with nvfp4client.Client(server.target) as client:
+        q = client.quantize(w, objective="wmse", importance=importance)
+        plain = client.quantize(w, importance=importance)  # MSE: importance only adds figures
+    assert_same_bytes(q, reference(bin_dir, tmp_path, w, "--objective", "wmse",
+                                   importance=importance))
+    assert q.metrics.objective == "wmse" and q.metrics.wmse_gain < 1
+    assert plain.metrics.objective == "mse" and plain.metrics.wmse is not None
+    assert not np.array_equal(q.scales.view(np.uint8), plain.scales.view(np.uint8))
+
+
+def test_streamed_and_unary_calls_give_the_same_bytes(nvfp4client, server):
+    w = gaussian((256, 320), np.float32)
+    with nvfp4client.Client(server.target, chunk_bytes=4096) as client:
+        unary = client.quantize(w, output="both")
+        # Below every tensor's size the client streams: 80 data chunks of 4 KiB here.
+        client._limits = dataclasses.replace(client.info().limits, max_message_bytes=0)
+        uploads = []
+        streamed = client.quantize(w, output="both",
+                                   progress=lambda done, total, phase: uploads.append(
+                                       (done, total, phase)))
+    for field in ("packed", "scales", "dequantized"):
+        assert np.array_equal(getattr(unary, field).view(np.uint8),
+                              getattr(streamed, field).view(np.uint8)), field
+    sent = [u for u in uploads if u[2] == "upload"]
+    assert len(sent) == w.nbytes // 4096 and sent[-1][:2] == (w.nbytes, w.nbytes)
+    assert [u for u in uploads if u[2] == "download"][-1][0] == \
+        unary.packed.nbytes + unary.scales.nbytes + unary.dequantized.nbytes
+
+
+def test_dequantized_outputs_decode_the_packed_bytes(nvfp4client, server):
+    w = gaussian((40, 64), np.float32, scale=3.0)
+    with nvfp4client.Client(server.target) as client:
+        both = client.quantize(w, output="both")
+        only = client.quantize(w, output="dequantized", dequantized_dtype="bf16")
+    expected = decode(both.packed, both.scales.view(np.uint8), both.global_scale, 64)
+    assert both.dequantized.dtype == np.float32
+    assert np.array_equal(both.dequantized, expected)
+    assert only.packed is None and only.scales is None
+    assert only.dequantized.dtype == ml_dtypes.bfloat16
+    assert np.array_equal(only.dequantized, expected.astype(ml_dtypes.bfloat16))
+    with pytest.raises(ValueError, match="no packed output"):
+        only.modelopt_tensors()
+
+
+# -- what is sent ----------------------------------------------------------------------------
+
+def test_nd_and_1d_tensors_are_quantised_along_their_last_axis(nvfp4client, server):
+    x = gaussian((2, 3, 40), np.float32)
+    v = gaussian((40,), np.float32)
+    with nvfp4client.Client(server.target) as client:
+        q3 = client.quantize(x, output="both")
+        q2 = client.quantize(x.reshape(6, 40))
+        q1 = client.quantize(v, output="both")
+        row = client.quantize(v.reshape(1, 40))
+    assert q3.packed.shape == (2, 3, 24) and q3.scales.shape == (2, 3, 3)
+    assert q3.dequantized.shape == x.shape and (q3.rows, q3.cols) == (6, 40)
+    assert np.array_equal(q3.packed.reshape(6, 24), q2.packed)
+    assert q1.packed.shape == (24,) and q1.scales.shape == (3,) and q1.dequantized.shape == (40,)
+    assert np.array_equal(q1.packed, row.packed[0])
+
+
+def test_layouts_and_byte_orders_do_not_change_the_result(nvfp4client, server):
+    w = gaussian((64, 48), np.float32)
+    with nvfp4client.Client(server.target) as client:
+        base = client.quantize(np.ascontiguousarray(w.T))
+        transposed_view = client.quantize(w.T)  # not C-contiguous
+        big_endian = client.quantize(np.ascontiguousarray(w.T).astype(">f4"))
+    for q in (transposed_view, big_endian):
+        assert np.array_equal(q.packed, base.packed)
+        assert np.array_equal(q.scales.view(np.uint8), base.scales.view(np.uint8))
+
+
+def test_unsupported_inputs_are_refused_before_sending(nvfp4client, server):
+    with nvfp4client.Client(server.target) as client:
+        with pytest.raises(TypeError, match=r"float64.*astype\(np.float32\)"):
+            client.quantize(np.zeros((4, 16)))
+        with pytest.raises(TypeError, match="int32"):
+            client.quantize(np.zeros((4, 16), np.int32))
+        with pytest.raises(TypeError, match="numpy array or a torch tensor"):
+            client.quantize([[1.0] * 16])
+        with pytest.raises(ValueError, match="0-d"):
+            client.quantize(np.array(1.0, np.float32))
+        with pytest.raises(ValueError, match="no elements"):
+            client.quantize(np.zeros((0, 16), np.float32))
+        with pytest.raises(ValueError, match="method must be one of"):
+            client.quantize(np.ones((1, 16), np.float32), method="gptq")
+        with pytest.raises(ValueError, match="needs importance"):
+            client.quantize(np.ones((1, 16), np.float32), objective="wmse")
+        with pytest.raises(ValueError, match=r"importance: shape \(15,\)"):
+            client.quantize(np.ones((2, 16), np.float32), importance=np.ones(15, np.float32))
+        assert client.jobs() == []  # nothing reached the server
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, ml_dtypes.bfloat16],
+                         ids=["f32", "f16", "bf16"])
+def test_the_client_sends_the_exact_amax_and_the_server_names_bad_elements(
+        nvfp4client, server, dtype):
+    w = gaussian((8, 32), dtype)
+    w[5, 7] = -4 * float(np.abs(w.astype(np.float32)).max())  # the maximum is negative
+    seen = []
+    with nvfp4client.Client(server.target) as client:
+        q = client.quantize(w, request_id=f"amax-{np.dtype(dtype).name}")
+        seen.append(client.job(q.job_id))
+        for bad in (np.nan, np.inf):
+            x = w.copy()
+            x[2, 9] = bad
+            with pytest.raises(nvfp4client.InvalidArgumentError,
+                               match=r"element 73 \(row 2, column 9\)") as info:
+                client.quantize(x)
+            assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert q.amax == float(np.abs(w.astype(np.float32)).max())
+    assert seen[0].request_id == f"amax-{np.dtype(dtype).name}"
+    assert seen[0].state == "succeeded" and seen[0].kind == "tensor"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, ml_dtypes.bfloat16],
+                         ids=["f32", "f16", "bf16"])
+def test_the_amax_scan_is_exact_on_edge_values(nvfp4client, dtype):
+    from nvfp4client._tensors import finite_amax, tensor_bytes
+
+    tiny = float(ml_dtypes.finfo(dtype).smallest_subnormal)
+    cases = {
+        "negative max": [0.5, -3.25, 1.0, -0.0],
+        "subnormals only": [tiny, -2 * tiny, 0.0],
+        "zeros": [0.0, -0.0],
+        "largest finite": [float(ml_dtypes.finfo(dtype).max), -1.0],
+    }
+    for what, values in cases.items():
+        x = np.array(values * 8, np.float32).astype(dtype).reshape(2, -1)
+        expected = float(np.abs(x.astype(np.float32)).max())
+        assert finite_amax(tensor_bytes(x)) == expected, what
+    for bad in (np.nan, np.inf, -np.inf):
+        x = np.ones((2, 16), np.float32).astype(dtype)
+        x[1, 3] = bad
+        assert finite_amax(tensor_bytes(x)) is None
+
+
+def test_an_all_zero_tensor_gets_the_embedded_bytes(nvfp4client, server, bin_dir, tmp_path):
+    w = np.zeros((4, 32), np.float32)
+    with nvfp4client.Client(server.target) as client:
+        assert_same_bytes(client.quantize(w), reference(bin_dir, tmp_path, w))
+
+
+def test_a_fused_group_shares_its_global_scale(nvfp4client, server, bin_dir, tmp_path):
+    q_proj = gaussian((32, 64), np.float32, 0.02)
+    k_proj = gaussian((16, 64), np.float32, 0.05)
+    group_amax = float(max(np.abs(q_proj).max(), np.abs(k_proj).max()))
+    with nvfp4client.Client(server.target) as client:
+        q = client.quantize(q_proj, amax=group_amax)
+        k = client.quantize(k_proj, amax=group_amax)
+        by_g = client.quantize(q_proj, global_scale=q.global_scale)
+    assert q.global_scale == k.global_scale and q.amax == group_amax
+    assert np.array_equal(by_g.packed, q.packed)
+    _, _, own_g = reference(bin_dir, tmp_path, q_proj)
+    assert own_g != np.float32(q.global_scale)  # q_proj alone would get its own g
+
+
+# -- many tensors, retries, cancellation, auth -----------------------------------------------
+
+def test_quantize_many_keeps_the_order_and_raises_the_first_failure(nvfp4client, server):
+    tensors = [gaussian((16 * (i + 1), 48), np.float32) for i in range(7)]
+    with nvfp4client.Client(server.target) as client:
+        singles = [client.quantize(t) for t in tensors]
+        many = list(client.quantize_many([(f"t{i}", t) for i, t in enumerate(tensors)],
+                                         max_in_flight=3))
+        names = {j.id: j.name for j in client.jobs()}
+        bad = [t.copy() for t in tensors]
+        bad[4][0, 0] = np.nan
+        got = []
+        with pytest.raises(nvfp4client.InvalidArgumentError, match="NaN"):
+            for q in client.quantize_many(bad, max_in_flight=2):
+                got.append(q)
+    assert [q.packed.shape for q in many] == [q.packed.shape for q in singles]
+    for a, b in zip(many, singles):
+        assert np.array_equal(a.packed, b.packed)
+    assert [names[q.job_id] for q in many] == [f"t{i}" for i in range(7)]
+    assert len(got) == 4
+
+
+class FlakyProxy:
+    """A gRPC proxy in front of nvfp4d that answers the first `failures` QuantizeTensor calls
+    with `code` and forwards everything else byte for byte (what a replica that is draining,
+    or whose queue is full, looks like to the client)."""
+
+    def __init__(self, upstream, failures, code):
+        self.failures = failures
+        self.attempts = 0
+        self.channel = grpc.insecure_channel(upstream)
+        self.server = grpc.server(futures.ThreadPoolExecutor(8))
+        self.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+            "nvfp4.v1.Quantizer", {
+                "QuantizeTensorUnary": grpc.unary_unary_rpc_method_handler(self.unary),
+                "GetServerInfo": grpc.unary_unary_rpc_method_handler(
+                    lambda request, context: self.channel.unary_unary(
+                        "/nvfp4.v1.Quantizer/GetServerInfo")(request)),
+            })])
+        self.code = code
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def unary(self, request, context):
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            context.abort(self.code, "replica draining (test proxy)")
+        return self.channel.unary_unary("/nvfp4.v1.Quantizer/QuantizeTensorUnary")(request)
+
+    def stop(self):
+        self.server.stop(0)
+        self.channel.close()
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE,
+                                  grpc.StatusCode.RESOURCE_EXHAUSTED])
+def test_retries_carry_one_request_id_and_stop_at_the_limit(nvfp4client, server, code):
+    w = gaussian((16, 32), np.float32)
+    proxy = FlakyProxy(server.target, failures=2, code=code)
+    try:
+        with nvfp4client.Client(f"127.0.0.1:{proxy.port}", retries=3) as client:
+            q = client.quantize(w, request_id="retry-me")
+        assert proxy.attempts == 3
+        with nvfp4client.Client(server.target) as direct:
+            assert direct.job(q.job_id).request_id == "retry-me"
+        proxy.attempts = 0
+        with nvfp4client.Client(f"127.0.0.1:{proxy.port}", retries=2) as client:
+            with pytest.raises(nvfp4client.Nvfp4Error, match="draining") as info:
+                client.quantize(w)
+        assert info.value.code == code and info.value.retryable and proxy.attempts == 2
+    finally:
+        proxy.stop()
+
+
+def test_bad_requests_are_not_retried(nvfp4client, server):
+    proxy = FlakyProxy(server.target, failures=5, code=grpc.StatusCode.INVALID_ARGUMENT)
+    try:
+        with nvfp4client.Client(f"127.0.0.1:{proxy.port}", retries=3) as client:
+            with pytest.raises(nvfp4client.InvalidArgumentError):
+                client.quantize(gaussian((4, 16), np.float32))
+        assert proxy.attempts == 1
+    finally:
+        proxy.stop()
+
+
+def wait_for_state(client, state, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        jobs = client.jobs(states=[state])
+        if jobs:
+            return jobs[0]
+        time.sleep(0.02)
+    raise AssertionError(f"no {state} job within {timeout} s")
+
+
+@pytest.mark.parametrize("how", ["cancel_all", "cancel_job"])
+def test_a_running_call_can_be_cancelled(nvfp4client, server, how):
+    w = gaussian((2048, 2048), np.float32)  # exhaustive: seconds of work on two threads
+    client = nvfp4client.Client(server.target)
+    outcome = []
+
+    def work():
+        try:
+            client.quantize(w, method="exhaustive")
+            outcome.append("finished")
+        except nvfp4client.Nvfp4Error as e:
+            outcome.append(e)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    try:
+        running = wait_for_state(client, "running")
+        if how == "cancel_all":
+            client.cancel_all()
+        else:
+            client.cancel(running.id)
+        thread.join(60)
+        assert not thread.is_alive()
+        assert isinstance(outcome[0], nvfp4client.Nvfp4Error), outcome
+        assert outcome[0].code == grpc.StatusCode.CANCELLED
+        deadline = time.time() + 10
+        while client.job(running.id).state != "cancelled" and time.time() < deadline:
+            time.sleep(0.02)
+        assert client.job(running.id).state == "cancelled"
+    finally:
+        client.close()
+
+
+def test_auth_token_and_health(nvfp4client, nvfp4d, tmp_path):
+    (tmp_path / "token").write_text("s3cret\n")
+    daemon = nvfp4d("--auth-token-file", tmp_path / "token")
+    w = gaussian((4, 16), np.float32)
+    with nvfp4client.Client(daemon.target) as anonymous:
+        with pytest.raises(nvfp4client.Nvfp4Error) as info:
+            anonymous.quantize(w)
+        assert info.value.code == grpc.StatusCode.UNAUTHENTICATED and not info.value.retryable
+    with nvfp4client.Client(daemon.target, token="s3cret") as client:
+        client.wait_until_ready(timeout=10)
+        assert client.health() == "SERVING"
+        assert client.health("liveness") == "SERVING"
+        assert client.info().auth_required
+        assert client.quantize(w).packed.shape == (4, 8)
+
+
+def test_wait_until_ready_gives_up_with_the_last_answer(nvfp4client):
+    with nvfp4client.Client("127.0.0.1:1", timeout=0.2) as client:
+        start = time.monotonic()
+        with pytest.raises(nvfp4client.Nvfp4Error, match="not ready after 0.5 s") as info:
+            client.wait_until_ready(timeout=0.5)
+        assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert time.monotonic() - start < 5
+
+
+def test_server_lists_are_ip_literals_or_dns(nvfp4client):
+    target = nvfp4client.channel_target
+    assert target("10.0.0.1:50051") == "10.0.0.1:50051"
+    assert target("10.0.0.1:1,10.0.0.2:2") == "ipv4:10.0.0.1:1,10.0.0.2:2"
+    assert target("[::1]:1, [::2]:2") == "ipv6:[::1]:1,[::2]:2"
+    assert target("dns:///nvfp4d.svc:50051") == "dns:///nvfp4d.svc:50051"
+    with pytest.raises(ValueError, match="dns:///"):
+        target("a.example:1,b.example:2")
+    with pytest.raises(ValueError, match="no port"):
+        target("10.0.0.1,10.0.0.2:2")
+    with pytest.raises(ValueError, match="all IPv4 or all IPv6"):
+        target("10.0.0.1:1,[::1]:2")
+
+
+def test_two_replicas_share_the_calls(nvfp4client, nvfp4d):
+    a, b = nvfp4d(), nvfp4d()
+    w = gaussian((4, 16), np.float32)
+    direct = [nvfp4client.Client(d.target) for d in (a, b)]
+    results = []
+    with nvfp4client.Client(f"127.0.0.1:{a.port},127.0.0.1:{b.port}") as client:
+        client.wait_until_ready(timeout=10)
+        # Round robin over the replicas that are ready: both, once both connections are up.
+        while len(results) < 100 and not all(c.jobs() for c in direct):
+            results.append(client.quantize(w))
+    assert all(c.jobs() for c in direct), f"one replica got all {len(results)} calls"
+    assert len({q.packed.tobytes() for q in results}) == 1
+    for c in direct:
+        c.close()
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+
+def test_checkpoint_job_writes_what_nvfp4q_writes(nvfp4client, nvfp4d, bin_dir, tmp_path):
+    root = (tmp_path / "root").resolve()
+    root.mkdir()
+    subprocess.run([bin_dir / "nvfp4_demo_checkpoint", "--out", root / "src", "--layers", "1",
+                    "--hidden", "256", "--intermediate", "512", "--vocab", "128"],
+                   check=True, capture_output=True)
+    subprocess.run([bin_dir / "nvfp4q", "quantize", "--model", root / "src", "--out",
+                    tmp_path / "embedded", "--quiet", "--report", tmp_path / "report.json"],
+                   check=True, capture_output=True)
+    daemon = nvfp4d("--allowed-root", root)
+    events = []
+    with nvfp4client.Client(daemon.target) as client:
+        report = client.quantize_checkpoint(str(root / "src"), str(root / "out"),
+                                            progress=events.append)
+        (tmp_path / "elsewhere").mkdir()
+        with pytest.raises(nvfp4client.Nvfp4Error) as info:
+            client.quantize_checkpoint(str(tmp_path / "elsewhere"), str(root / "out2"))
+        assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert_same_tree(root / "out", tmp_path / "embedded")
+    embedded_report = json.loads((tmp_path / "report.json").read_text())
+    finished = [e.tensor for e in events if e.tensor is not None]
+    assert len(finished) == len(report["tensors"]) > 0
+    assert {e.phase for e in events} >= {"quantize", "done"}
+    assert report["totals"]["mse"] == embedded_report["totals"]["mse"]
+
+
+# -- torch -----------------------------------------------------------------------------------
+
+def test_torch_tensors_give_the_numpy_bytes(nvfp4client, server):
+    torch = pytest.importorskip("torch", reason="torch is not in the test venv (a 2 GB "
+                                "download); run with a venv that has it")
+    w = gaussian((32, 64), np.float32)
+    t = torch.from_numpy(w).to(torch.bfloat16)
+    with nvfp4client.Client(server.target) as client:
+        from_torch = client.quantize(t, output="both", dequantized_dtype="bf16")
+        from_numpy = client.quantize(w.astype(ml_dtypes.bfloat16))
+    assert np.array_equal(from_torch.packed, from_numpy.packed)
+    tensors = from_torch.modelopt_tensors("layer.", as_torch=True)
+    assert tensors["layer.weight"].dtype == torch.uint8
+    assert tensors["layer.weight_scale"].dtype == torch.float8_e4m3fn
+    assert tensors["layer.weight_scale_2"].dtype == torch.float32
+    deq = from_torch.dequantized_torch()
+    assert deq.dtype == torch.bfloat16 and tuple(deq.shape) == (32, 64)
