@@ -550,13 +550,18 @@ class Client:
                             = None) -> dict:
         """Runs a checkpoint job on nvfp4d: model_dir and out_dir are paths on the server,
         inside its --allowed-root directories (docs/checkpoints.md). Returns the report (the
-        JSON of `nvfp4q quantize --report`) as a dict; progress sees every event."""
+        JSON of `nvfp4q quantize --report`) as a dict; progress sees every event. A job lost
+        with its replica (UNAVAILABLE, ...) is resubmitted like a tensor (retries); on a shared
+        file system the next replica resumes after the finished shards."""
         request = pb.QuantizeCheckpointRequest(
             model_dir=model_dir, out_dir=out_dir, format=_choice(FORMATS, format, "format"),
             method=_choice(METHODS, method, "method"),
             objective=_choice(OBJECTIVES, objective, "objective"), scale_max=scale_max,
             include=list(include), exclude=list(exclude), importance_path=importance_path,
             calibration_path=calibration_path, shard_bytes=shard_bytes, name=name)
+        return self._with_retries(lambda: self._checkpoint_once(request, timeout, progress))
+
+    def _checkpoint_once(self, request, timeout, progress) -> dict:
         call = self._checkpoint(request, timeout=timeout or self.timeout,
                                 metadata=self._metadata)
         job_id, report = "", None

@@ -278,6 +278,7 @@ class FlakyProxy:
         self.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
             "nvfp4.v1.Quantizer", {
                 "QuantizeTensorUnary": grpc.unary_unary_rpc_method_handler(self.unary),
+                "QuantizeCheckpoint": grpc.unary_stream_rpc_method_handler(self.checkpoint),
                 "GetServerInfo": grpc.unary_unary_rpc_method_handler(
                     lambda request, context: self.channel.unary_unary(
                         "/nvfp4.v1.Quantizer/GetServerInfo")(request)),
@@ -291,6 +292,12 @@ class FlakyProxy:
         if self.attempts <= self.failures:
             context.abort(self.code, "replica draining (test proxy)")
         return self.channel.unary_unary("/nvfp4.v1.Quantizer/QuantizeTensorUnary")(request)
+
+    def checkpoint(self, request, context):
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            context.abort(self.code, "replica lost (test proxy)")
+        yield from self.channel.unary_stream("/nvfp4.v1.Quantizer/QuantizeCheckpoint")(request)
 
     def stop(self):
         self.server.stop(0)
@@ -439,9 +446,16 @@ def test_checkpoint_job_writes_what_nvfp4q_writes(nvfp4client, nvfp4d, bin_dir, 
                    check=True, capture_output=True)
     daemon = nvfp4d("--allowed-root", root)
     events = []
+    # The first attempt fails as if its replica were lost; the client resubmits the job.
+    proxy = FlakyProxy(daemon.target, failures=1, code=grpc.StatusCode.UNAVAILABLE)
+    try:
+        with nvfp4client.Client(f"127.0.0.1:{proxy.port}") as client:
+            report = client.quantize_checkpoint(str(root / "src"), str(root / "out"),
+                                                progress=events.append)
+        assert proxy.attempts == 2
+    finally:
+        proxy.stop()
     with nvfp4client.Client(daemon.target) as client:
-        report = client.quantize_checkpoint(str(root / "src"), str(root / "out"),
-                                            progress=events.append)
         (tmp_path / "elsewhere").mkdir()
         with pytest.raises(nvfp4client.Nvfp4Error) as info:
             client.quantize_checkpoint(str(tmp_path / "elsewhere"), str(root / "out2"))
