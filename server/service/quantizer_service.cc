@@ -198,15 +198,22 @@ class TensorStreamReactor final
     // A call whose lock is busy is handling a message (progress) or finishing: not idle. The
     // sweep never waits for a chunk copy or an admission with the watch list locked.
     if (!mu_.TryLock()) return false;
-    const bool idle_upload =
-        !final_status_ && !submitted_ && phase_ != Phase::kHeader && now - last_message_ > idle;
-    if (idle_upload) {
+    const bool receiving = !final_status_ && !submitted_ && phase_ != Phase::kHeader;
+    // A job cancelled (CancelJob) before its tensor is complete is never submitted, so nothing
+    // else would end its call before the client's next chunk.
+    const bool cancelled = receiving && job_ && job_->cancel_requested();
+    const bool idle_upload = receiving && !cancelled && now - last_message_ > idle;
+    if (cancelled) {
+      SetFinalLocked(absl::CancelledError(absl::StrCat(
+          "the job was cancelled while its tensor was uploading (", ProgressLocked(), ")")));
+    } else if (idle_upload) {
       SetFinalLocked(absl::DeadlineExceededError(absl::StrCat(
           "no tensor data for ", absl::FormatDuration(idle), " (", ProgressLocked(), ")")));
-      expiring_ = true;  // PumpAndUnlock does not finish the call (and so delete it) meanwhile
     }
+    // PumpAndUnlock does not finish the call (and so delete it) meanwhile.
+    if (cancelled || idle_upload) expiring_ = true;
     mu_.Unlock();
-    return idle_upload;
+    return cancelled || idle_upload;
   }
 
   void EndExpired() override {
@@ -508,6 +515,17 @@ class TensorStreamReactor final
   // lock is released without a write in flight the reactor may finish and be deleted.
   void OnJobDone(absl::Status status) {
     mu_.Lock();
+    // A job cancelled (CancelJob) while the client's upload is still open: the read waiting
+    // for its next chunk would hold the call, until the upload-idle timeout when the client
+    // has stalled. The outcome is CANCELLED either way, so the read is ended now. The final
+    // status is set first, so that OnCancel does not record the call as ended by the client.
+    if (status.code() == absl::StatusCode::kCancelled && !final_status_ && read_in_flight_ &&
+        !context_->IsCancelled()) {
+      SetFinalLocked(status);
+      mu_.Unlock();
+      context_->TryCancel();  // the job has not reported: the call cannot finish meanwhile
+      mu_.Lock();
+    }
     job_reported_ = true;
     engine_output_.reset();  // the task holds its own reference until it returns
     // The engine is done with the input (reactions stop writing it once the job ran): back to
@@ -1029,6 +1047,8 @@ grpc::ServerUnaryReactor* QuantizerService::CancelJob(grpc::CallbackServerContex
   if (!job->finished()) {
     job->RequestCancel();
     scheduler_->CancelQueued(*job);
+    // A job still receiving its tensor ends now, not at the next housekeeping sweep.
+    ExpireStalledUploads();
   }
   *response = job->ToProto();
   return FinishNow(context, absl::OkStatus());

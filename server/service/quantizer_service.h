@@ -134,8 +134,9 @@ class QuantizerService final : public QuantizerServiceBase {
    public:
     virtual ~WatchedUpload() = default;
     // Called with the watch list locked. When the call's job is admitted but not submitted and
-    // no message came for `idle`: fails the call with DEADLINE_EXCEEDED, keeps the call from
-    // finishing and returns true; the caller then calls EndExpired without the list locked.
+    // was cancelled (CancelJob), or no message came for `idle`: fails the call with CANCELLED
+    // or DEADLINE_EXCEEDED, keeps the call from finishing and returns true; the caller then
+    // calls EndExpired without the list locked.
     virtual bool ExpireIfIdle(absl::Time now, absl::Duration idle) = 0;
     // Releases the job's buffers, then its reservation and queue slot, ends the pending read
     // (TryCancel) and lets the call finish.
@@ -145,8 +146,9 @@ class QuantizerService final : public QuantizerServiceBase {
   void UnwatchUpload(WatchedUpload* upload);
   // Fails the watched uploads idle for options().upload_idle_timeout before their job was
   // submitted (a header without amax waits for all the data first), so that a stalled client
-  // does not hold its memory reservation until its connection dies. Returns how many. Called
-  // periodically (nvfp4d's housekeeping, every 2 s and also while it drains). Thread-safe.
+  // does not hold its memory reservation until its connection dies, and those whose job was
+  // cancelled meanwhile. Returns how many. Called periodically (nvfp4d's housekeeping, every
+  // 2 s and also while it drains) and by CancelJob. Thread-safe.
   int ExpireStalledUploads();
 
  private:
