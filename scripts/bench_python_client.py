@@ -80,7 +80,11 @@ def main():
 
             np.float8_e4m3fn = ml_dtypes.float8_e4m3fn
             reference = load_file(str(tmp / "out.safetensors"))
-            assert np.array_equal(reference["weight"], results[-1].packed), "bytes differ"
+            q = results[-1]
+            assert np.array_equal(reference["weight"], q.packed), "packed bytes differ"
+            assert np.array_equal(reference["weight_scale"].view(np.uint8),
+                                  q.scales.view(np.uint8)), "scales differ"
+            assert reference["weight_scale_2"] == np.float32(q.global_scale), "g differs"
         finally:
             daemon.stop()
     embedded = rows["embedded (nvfp4q)"]

@@ -10,6 +10,7 @@ import contextlib
 import concurrent.futures
 import ipaddress
 import json
+import random
 import threading
 import time
 import uuid
@@ -49,17 +50,27 @@ RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXH
 
 _SERVICE = "/nvfp4.v1.Quantizer/"
 _MESSAGE_SLACK = 64 << 10  # headers and framing next to the tensor bytes of a unary message
+# Larger tensors are streamed even when the server would take them in one message: a unary
+# call copies the whole tensor three times (bytes, message, serialisation) and cannot
+# overlap the upload with the quantisation (docs/python.md: even at 1 MiB, 2x slower at 2 MiB).
+_UNARY_MAX_BYTES = 1 << 20
 
 
 class Nvfp4Error(Exception):
     """A call nvfp4d (or the connection to it) failed: code is the grpc.StatusCode, details
-    the server's message, job_id the job's id when one was admitted."""
+    the server's message, job_id the job's id when the call learnt it (streamed calls, once
+    admitted), request_id the tensor's idempotency key."""
 
-    def __init__(self, code: grpc.StatusCode, details: str, job_id: str = ""):
+    def __init__(self, code: grpc.StatusCode, details: str, job_id: str = "",
+                 request_id: str = ""):
         super().__init__(f"{code.name}: {details}" + (f" (job {job_id})" if job_id else ""))
         self.code = code
         self.details = details
         self.job_id = job_id
+        self.request_id = request_id  # the tensor's idempotency key (jobs() shows it)
+
+    def __reduce__(self):  # picklable (multiprocessing, ProcessPoolExecutor)
+        return (type(self), (self.code, self.details, self.job_id, self.request_id))
 
     @property
     def retryable(self) -> bool:
@@ -75,6 +86,10 @@ def _error(rpc_error: grpc.RpcError, job_id: str = "") -> Nvfp4Error:
     details = (rpc_error.details() if hasattr(rpc_error, "details") else None) or str(rpc_error)
     cls = InvalidArgumentError if code == grpc.StatusCode.INVALID_ARGUMENT else Nvfp4Error
     return cls(code, details, job_id)
+
+
+def _cancelled() -> Nvfp4Error:
+    return Nvfp4Error(grpc.StatusCode.CANCELLED, "cancelled by the client")
 
 
 def _choice(table: dict, value: str, what: str) -> int:
@@ -113,8 +128,9 @@ class _Assembly:
     """Puts a streamed result back together: the ResultHeader says how many bytes of each
     output follow, the chunks fill them in order."""
 
-    def __init__(self, t: TensorBytes, progress):
+    def __init__(self, t: TensorBytes, sizes: dict, progress):
         self.t = t
+        self.sizes = sizes  # what the request asked for: _output_sizes
         self.progress = progress
         self.job_id = ""
         self.header = None
@@ -124,10 +140,17 @@ class _Assembly:
         self.received = 0
 
     def start(self, header):
+        got = {"packed": header.packed_bytes, "scales": header.scales_bytes,
+               "dequantized": header.dequantized_bytes}
+        padded = (self.t.cols + 15) // 16 * 16
+        if ((header.rows, header.cols, header.padded_cols) != (self.t.rows, self.t.cols, padded)
+                or got != self.sizes):
+            raise Nvfp4Error(grpc.StatusCode.INTERNAL, "protocol: the result header "
+                             f"(rows {header.rows}, cols {header.cols}, padded_cols "
+                             f"{header.padded_cols}, sizes {got}) does not match the request "
+                             f"([{self.t.rows}, {self.t.cols}], sizes {self.sizes})", self.job_id)
         self.header = header
-        sizes = {"packed": header.packed_bytes, "scales": header.scales_bytes,
-                 "dequantized": header.dequantized_bytes}
-        self.buffers = {k: bytearray(n) for k, n in sizes.items() if n > 0}
+        self.buffers = {k: bytearray(n) for k, n in got.items() if n > 0}
         self.filled = {k: 0 for k in self.buffers}
 
     def add(self, kind: str, piece: bytes):
@@ -169,6 +192,15 @@ class _Assembly:
             padded_cols=h.padded_cols, global_scale=h.global_scale, amax=h.amax, packed=packed,
             scales=scales, dequantized=dequantized,
             metrics=results.metrics_from(self.metrics, pb.Objective))
+
+
+class _Scope:
+    """Calls cancelled together: one quantize() or quantize_checkpoint() with its retries, or a
+    quantize_many batch. Guarded by the client's lock."""
+
+    def __init__(self):
+        self.cancelled = threading.Event()
+        self.calls = set()
 
 
 class Client:
@@ -245,24 +277,47 @@ class Client:
             response_deserializer=health_pb2.HealthCheckResponse.FromString)
         self._lock = threading.Lock()
         self._limits = None
-        self._calls = set()  # calls in flight, for cancel_all
-        self._local = threading.local()  # .batch: the quantize_many batch of this thread
+        self._scopes = set()  # _Scope of every quantize / checkpoint call or batch in progress
+        self._local = threading.local()  # .scope: the quantize_many batch of a worker thread
 
     @contextlib.contextmanager
-    def _tracked(self, call):
-        """Registers a call in flight (cancel_all, and the caller's quantize_many batch)."""
-        batch = getattr(self._local, "batch", None)
+    def _scope(self):
+        """The cancellation scope of a call: the quantize_many batch this thread works for, or
+        a new one that lives as long as the call (its retries included)."""
+        batch = getattr(self._local, "scope", None)
+        if batch is not None:
+            yield batch
+            return
+        scope = _Scope()
         with self._lock:
-            self._calls.add(call)
-            if batch is not None:
-                batch.add(call)
+            self._scopes.add(scope)
+        try:
+            yield scope
+        finally:
+            with self._lock:
+                self._scopes.discard(scope)
+
+    @contextlib.contextmanager
+    def _tracked(self, scope, call):
+        """Registers an RPC in flight in its scope; one started after the scope was cancelled
+        is cancelled at once (a cancel can come between the RPC's start and this)."""
+        with self._lock:
+            scope.calls.add(call)
+            cancelled = scope.cancelled.is_set()
+        if cancelled:
+            call.cancel()
         try:
             yield call
         finally:
             with self._lock:
-                self._calls.discard(call)
-                if batch is not None:
-                    batch.discard(call)
+                scope.calls.discard(call)
+
+    def _cancel_scope(self, scope):
+        with self._lock:
+            scope.cancelled.set()
+            calls = list(scope.calls)
+        for call in calls:
+            call.cancel()
 
     # -- lifetime ------------------------------------------------------------------------------
     def close(self):
@@ -276,17 +331,21 @@ class Client:
         self.close()
 
     def cancel_all(self):
-        """Cancels every call of this client in progress (from any thread); their callers get
-        Nvfp4Error(CANCELLED) and the server cancels the jobs."""
+        """Cancels every call of this client in progress, from any thread: RPCs in flight, calls
+        waiting to retry and quantize_many batches. Their callers get Nvfp4Error(CANCELLED)
+        and the server cancels the jobs. Later calls are not affected."""
         with self._lock:
-            calls = list(self._calls)
-        for call in calls:
-            call.cancel()
+            scopes = list(self._scopes)
+        for scope in scopes:
+            self._cancel_scope(scope)
 
     # -- small calls ---------------------------------------------------------------------------
+    def _deadline(self, timeout):
+        return self.timeout if timeout is None else timeout
+
     def _call(self, method, request, timeout=None):
         try:
-            return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+            return method(request, timeout=self._deadline(timeout), metadata=self._metadata)
         except grpc.RpcError as e:
             raise _error(e) from None
 
@@ -300,10 +359,10 @@ class Client:
             limits=results.from_message(results.Limits, m.limits),
             auth_required=m.auth_required, draining=m.draining)
 
-    def health(self, service: str = "") -> str:
+    def health(self, service: str = "", timeout: Optional[float] = None) -> str:
         """grpc.health.v1 status of `service`: "" (the server), "nvfp4.v1.Quantizer"
         (readiness) or "liveness"; "SERVING", "NOT_SERVING", ..."""
-        m = self._call(self._health, health_pb2.HealthCheckRequest(service=service))
+        m = self._call(self._health, health_pb2.HealthCheckRequest(service=service), timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(m.status)
 
     def wait_until_ready(self, timeout: float = 30.0):
@@ -317,7 +376,7 @@ class Client:
                 raise Nvfp4Error(grpc.StatusCode.DEADLINE_EXCEEDED,
                                  f"nvfp4d not ready after {timeout} s (last: {last})")
             try:
-                status = self.health("nvfp4.v1.Quantizer")
+                status = self.health("nvfp4.v1.Quantizer", timeout=max(left, 0.01))
                 if status == "SERVING":
                     return
                 last = status
@@ -376,7 +435,10 @@ class Client:
             so that nvfp4d quantises rows while the rest is still uploading.
         output: "packed", "dequantized" (fake-quant only) or "both"; dequantized_dtype "f32" or
             "bf16". name labels the job; request_id is the idempotency key (generated).
-        progress(done_bytes, total_bytes, phase) is called with phase "upload" and "download".
+        progress(done_bytes, total_bytes, phase) is called with phase "upload" and "download":
+            per chunk when streamed (upload calls then come from gRPC's request thread), once
+            each way for a tensor small enough for one message. An exception it raises ends
+            the call (cancelled on the server) and reaches the caller.
         """
         t = tensor_bytes(tensor)
         header = pb.TensorHeader(
@@ -400,65 +462,91 @@ class Client:
             own = finite_amax(t)  # None with NaN/Inf: nvfp4d then names the first one
             if own is not None:
                 header.amax = own
-        return self._with_retries(lambda: self._quantize_once(t, header, weights, timeout,
-                                                              progress))
+        try:
+            with self._scope() as scope:
+                return self._with_retries(scope, lambda: self._quantize_once(
+                    scope, t, header, weights, timeout, progress))
+        except Nvfp4Error as e:
+            e.request_id = header.request_id
+            raise
 
-    def _with_retries(self, attempt):
+    def _with_retries(self, scope, attempt):
+        """attempt() until it succeeds, fails for good or the scope is cancelled; the backoff
+        is jittered so that many clients refused at once do not come back at once."""
         backoff = 0.5
         for number in range(1, self.retries + 1):
+            if scope.cancelled.is_set():
+                raise _cancelled()
             try:
                 return attempt()
             except Nvfp4Error as e:
-                if not e.retryable or number == self.retries:
+                if not e.retryable or number == self.retries or scope.cancelled.is_set():
                     raise
-            time.sleep(backoff)
+            if scope.cancelled.wait(backoff * random.uniform(0.5, 1.0)):
+                raise _cancelled()
             backoff = min(backoff * 2, 8.0)
 
-    def _quantize_once(self, t: TensorBytes, header, weights, timeout, progress):
+    @staticmethod
+    def _output_sizes(t: TensorBytes, header) -> dict:
+        """Bytes of each output the request asks for: packed values and scales (a half and a
+        sixteenth of a byte per padded element), the fake-quant tensor."""
+        padded = t.rows * ((t.cols + 15) // 16 * 16)
+        packed = header.output_mode != pb.OUTPUT_MODE_DEQUANTIZED
+        element = 2 if header.dequantized_dtype == pb.DTYPE_BF16 else 4
+        return {"packed": padded // 2 if packed else 0, "scales": padded // 16 if packed else 0,
+                "dequantized": 0 if header.output_mode == pb.OUTPUT_MODE_PACKED
+                else t.rows * t.cols * element}
+
+    def _quantize_once(self, scope, t: TensorBytes, header, weights, timeout, progress):
         limits = self._server_limits()
         data = t.data()
         weight_bytes = memoryview(weights.view(np.uint8)) if weights is not None else None
         upload = len(data) + (len(weight_bytes) if weight_bytes is not None else 0)
-        # Outputs: packed values and scales (a half and a sixteenth of a byte per padded
-        # element) and the fake-quant tensor, as asked.
-        padded = t.rows * ((t.cols + 15) // 16 * 16)
-        download = 0
-        if header.output_mode != pb.OUTPUT_MODE_DEQUANTIZED:
-            download += padded // 2 + padded // 16
-        if header.output_mode != pb.OUTPUT_MODE_PACKED:
-            download += t.rows * t.cols * (2 if header.dequantized_dtype == pb.DTYPE_BF16 else 4)
-        if upload + download + _MESSAGE_SLACK <= limits.max_message_bytes:
-            return self._quantize_unary(t, header, data, weight_bytes, timeout)
-        return self._quantize_stream(t, header, data, weight_bytes, timeout, progress,
-                                     min(self.chunk_bytes, limits.max_chunk_bytes))
+        sizes = self._output_sizes(t, header)
+        if (upload + sum(sizes.values()) + _MESSAGE_SLACK
+                <= min(_UNARY_MAX_BYTES, limits.max_message_bytes)):
+            return self._quantize_unary(scope, t, sizes, header, data, weight_bytes, timeout,
+                                        progress)
+        return self._quantize_stream(scope, t, sizes, header, data, weight_bytes, timeout,
+                                     progress, min(self.chunk_bytes, limits.max_chunk_bytes))
 
-    def _quantize_unary(self, t, header, data, weight_bytes, timeout):
+    def _quantize_unary(self, scope, t, sizes, header, data, weight_bytes, timeout, progress):
         request = pb.QuantizeTensorUnaryRequest(
             header=header, data=data.tobytes(),
             importance=weight_bytes.tobytes() if weight_bytes is not None else b"")
-        future = self._unary.future(request, timeout=timeout or self.timeout,
+        future = self._unary.future(request, timeout=self._deadline(timeout),
                                     metadata=self._metadata)
         try:
-            with self._tracked(future):
+            with self._tracked(scope, future):
                 m = future.result()
         except grpc.FutureCancelledError:
-            raise Nvfp4Error(grpc.StatusCode.CANCELLED, "cancelled by the client") from None
+            raise _cancelled() from None
         except grpc.RpcError as e:
             raise _error(e) from None
         except BaseException:
             future.cancel()
             raise
-        assembly = _Assembly(t, None)
+        if progress:  # one message each way: the upload is whole once the answer is here
+            upload = len(request.data) + len(request.importance)
+            progress(upload, upload, "upload")
+        assembly = _Assembly(t, sizes, progress)
         assembly.job_id = m.job_id
         assembly.start(m.result)
         for kind in ("packed", "scales", "dequantized"):
-            if getattr(m, kind):
-                assembly.add(kind, getattr(m, kind))
+            piece = getattr(m, kind)
+            if piece:
+                assembly.add(kind, piece)
         assembly.metrics = m.metrics
         return assembly.finish()
 
-    def _quantize_stream(self, t, header, data, weight_bytes, timeout, progress, chunk):
+    def _quantize_stream(self, scope, t, sizes, header, data, weight_bytes, timeout, progress,
+                         chunk):
         total = len(data) + (len(weight_bytes) if weight_bytes is not None else 0)
+        # The request iterator runs on a gRPC thread: an exception of the progress callback
+        # there (a KeyboardInterrupt, a closed progress bar) is kept, the call cancelled, and
+        # the exception raised to the caller instead of gRPC's "Exception iterating requests".
+        failure = []
+        started = []
 
         def requests():
             yield pb.QuantizeTensorRequest(header=header)
@@ -471,13 +559,19 @@ class Client:
                     yield pb.QuantizeTensorRequest(**{kind: piece})
                     sent += len(piece)
                     if progress:
-                        progress(sent, total, "upload")
+                        try:
+                            progress(sent, total, "upload")
+                        except BaseException as e:  # noqa: B036 - handed to the caller
+                            failure.append(e)
+                            started[0].cancel()
+                            return
 
-        assembly = _Assembly(t, progress)
-        call = self._stream(requests(), timeout=timeout or self.timeout,
+        assembly = _Assembly(t, sizes, progress)
+        call = self._stream(requests(), timeout=self._deadline(timeout),
                             metadata=self._metadata)
+        started.append(call)
         try:
-            with self._tracked(call):
+            with self._tracked(scope, call):
                 for response in call:
                     kind = response.WhichOneof("payload")
                     if kind == "accepted":
@@ -489,10 +583,14 @@ class Client:
                     elif kind is not None:
                         assembly.add(kind, getattr(response, kind))
         except grpc.RpcError as e:
+            if failure:
+                raise failure[0] from None
             raise _error(e, assembly.job_id) from None
         except BaseException:
             call.cancel()  # e.g. KeyboardInterrupt: the server cancels the job too
             raise
+        if failure:
+            raise failure[0]
         return assembly.finish()
 
     def quantize_many(self, tensors: Iterable, *, max_in_flight: int = 4,
@@ -504,15 +602,19 @@ class Client:
         flight are cancelled (also when the caller stops iterating early)."""
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
+        if options.get("request_id"):
+            raise ValueError("request_id is per tensor: quantize_many makes one for each")
         pending = collections.deque()
-        batch = set()  # this batch's calls in flight (cancel_all would stop other threads')
+        batch = _Scope()  # this batch's calls (cancel_all would also stop other threads')
+        with self._lock:
+            self._scopes.add(batch)
 
         def run(tensor, call_options):
-            self._local.batch = batch
+            self._local.scope = batch
             try:
                 return self.quantize(tensor, **call_options)
             finally:
-                self._local.batch = None
+                self._local.scope = None
 
         with concurrent.futures.ThreadPoolExecutor(max_in_flight) as pool:
             try:
@@ -526,18 +628,22 @@ class Client:
                                         importance=importance)
                     pending.append(pool.submit(run, tensor, call_options))
                     if len(pending) >= max_in_flight:
-                        yield pending.popleft().result()
+                        # Left in `pending` while awaited, so that an interrupt cancels it too.
+                        result = pending[0].result()
+                        pending.popleft()
+                        yield result
                 while pending:
-                    yield pending.popleft().result()
+                    result = pending[0].result()
+                    pending.popleft()
+                    yield result
             finally:
                 if pending:
                     for future in pending:
                         future.cancel()  # not started yet
-                    with self._lock:
-                        started = list(batch)
-                    for call in started:
-                        call.cancel()  # started: nvfp4d cancels their jobs
+                    self._cancel_scope(batch)  # started, or waiting to retry
                     concurrent.futures.wait(pending)
+                with self._lock:
+                    self._scopes.discard(batch)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def quantize_checkpoint(self, model_dir: str, out_dir: str, *, format: str = "modelopt",
@@ -551,22 +657,25 @@ class Client:
         """Runs a checkpoint job on nvfp4d: model_dir and out_dir are paths on the server,
         inside its --allowed-root directories (docs/checkpoints.md). Returns the report (the
         JSON of `nvfp4q quantize --report`) as a dict; progress sees every event. A job lost
-        with its replica (UNAVAILABLE, ...) is resubmitted like a tensor (retries); on a shared
-        file system the next replica resumes after the finished shards."""
+        with its replica (UNAVAILABLE, ...) is resubmitted like a tensor (retries; progress
+        then starts again with the new job's events); on a shared file system the next replica
+        resumes after the finished shards."""
         request = pb.QuantizeCheckpointRequest(
             model_dir=model_dir, out_dir=out_dir, format=_choice(FORMATS, format, "format"),
             method=_choice(METHODS, method, "method"),
             objective=_choice(OBJECTIVES, objective, "objective"), scale_max=scale_max,
             include=list(include), exclude=list(exclude), importance_path=importance_path,
             calibration_path=calibration_path, shard_bytes=shard_bytes, name=name)
-        return self._with_retries(lambda: self._checkpoint_once(request, timeout, progress))
+        with self._scope() as scope:
+            return self._with_retries(scope, lambda: self._checkpoint_once(
+                scope, request, timeout, progress))
 
-    def _checkpoint_once(self, request, timeout, progress) -> dict:
-        call = self._checkpoint(request, timeout=timeout or self.timeout,
+    def _checkpoint_once(self, scope, request, timeout, progress) -> dict:
+        call = self._checkpoint(request, timeout=self._deadline(timeout),
                                 metadata=self._metadata)
         job_id, report = "", None
         try:
-            with self._tracked(call):
+            with self._tracked(scope, call):
                 for response in call:
                     kind = response.WhichOneof("payload")
                     if kind == "accepted":

@@ -73,6 +73,9 @@ def tensor_bytes(x, what: str = "tensor") -> TensorBytes:
     dtypes, ValueError for a 0-d or empty tensor."""
     if _is_torch(x):
         arr, name = _torch_to_numpy(x, what)
+    elif isinstance(x, np.ma.MaskedArray):
+        raise TypeError(f"{what}: a masked array would be sent with the values under its mask; "
+                        "fill it first, e.g. x.filled(0)")
     elif isinstance(x, np.ndarray):
         arr = x
         name = _numpy_dtype_name(np.dtype(arr.dtype).newbyteorder("="))
@@ -122,7 +125,11 @@ def importance_bytes(w, rows: int, cols: int, shape: Tuple[int, ...]) -> Tuple[s
     """("per_column" | "per_element", f32 values) for importance weights w: [cols] weights one
     column each (broadcast over rows), or one per element (the tensor's shape, or [rows, cols]).
     Any float dtype is accepted and converted to f32, the wire type of importance."""
+    if isinstance(w, np.ma.MaskedArray):
+        raise TypeError("importance: a masked array; fill it first, e.g. w.filled(0)")
     if _is_torch(w):
+        if not w.is_floating_point():
+            raise TypeError(f"importance: expected floating-point weights, got {w.dtype}")
         w = w.detach().to("cpu").float().contiguous().numpy()
     w = np.asarray(w)
     if w.dtype.kind != "f" and w.dtype != ml_dtypes.bfloat16:

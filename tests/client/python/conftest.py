@@ -3,6 +3,7 @@ user installs it (pip, from client/python, into a fresh directory), nvfp4d as a 
 and the CLI that writes the reference bytes."""
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -25,10 +26,16 @@ def bin_dir():
 def nvfp4client(tmp_path_factory):
     """`pip install ./client/python` into a fresh directory, then imported from there: the
     package's build step (message classes generated from proto/) runs every time."""
+    # Built from a copy laid out like the repository (client/python next to proto/), so the
+    # build writes nothing into the checkout.
+    tree = tmp_path_factory.mktemp("tree")
+    shutil.copytree(REPO / "client" / "python", tree / "client" / "python",
+                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", "proto"))
+    shutil.copytree(REPO / "proto", tree / "proto")
     target = tmp_path_factory.mktemp("site")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
                     "--no-build-isolation", "--no-deps", "--target", str(target),
-                    str(REPO / "client" / "python")], check=True)
+                    str(tree / "client" / "python")], check=True)
     sys.path.insert(0, str(target))
     import nvfp4client as module
 

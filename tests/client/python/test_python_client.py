@@ -3,6 +3,8 @@
 they are, and retries, cancellation, auth and checkpoint jobs behave as docs/python.md says."""
 import dataclasses
 import json
+import pickle
+import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +23,6 @@ sys.path.insert(0, str(REPO / "tests" / "pylib"))
 from nvfp4_files import assert_same_tree  # noqa: E402
 from nvfp4_reference import decode  # noqa: E402
 
-RNG = np.random.default_rng(2026)
 np.float8_e4m3fn = ml_dtypes.float8_e4m3fn  # what safetensors.numpy looks up for F8_E4M3
 
 
@@ -53,8 +54,10 @@ def assert_same_bytes(q, ref):
     assert np.float32(q.global_scale) == g
 
 
-def gaussian(shape, dtype, scale=0.02):
-    return RNG.normal(0, scale, shape).astype(np.float32).astype(dtype)
+def gaussian(shape, dtype, scale=0.02, seed=2026):
+    """The same data for the same arguments, whichever tests ran before."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(0, scale, shape).astype(np.float32).astype(dtype)
 
 
 # -- the bytes -------------------------------------------------------------------------------
@@ -85,7 +88,7 @@ def test_wmse_with_importance_equals_the_embedded_engine(nvfp4client, server, bi
                                                          layout):
     w = gaussian((32, 96), ml_dtypes.bfloat16)
     shape = (96,) if layout == "per_column" else (32, 96)
-    importance = RNG.lognormal(0, 1.5, shape).astype(np.float32)
+    importance = np.random.default_rng(7).lognormal(0, 1.5, shape).astype(np.float32)
     with nvfp4client.Client(server.target) as client:
         q = client.quantize(w, objective="wmse", importance=importance)
         plain = client.quantize(w, importance=importance)  # MSE: importance only adds figures
@@ -176,6 +179,10 @@ def test_unsupported_inputs_are_refused_before_sending(nvfp4client, server):
             client.quantize(np.ones((1, 16), np.float32), objective="wmse")
         with pytest.raises(ValueError, match=r"importance: shape \(15,\)"):
             client.quantize(np.ones((2, 16), np.float32), importance=np.ones(15, np.float32))
+        with pytest.raises(TypeError, match="masked array"):
+            client.quantize(np.ma.masked_array(np.ones((2, 16), np.float32)))
+        with pytest.raises(ValueError, match="request_id is per tensor"):
+            list(client.quantize_many([np.ones((2, 16), np.float32)], request_id="x"))
         assert client.jobs() == []  # nothing reached the server
 
 
@@ -345,37 +352,123 @@ def wait_for_state(client, state, timeout=30):
     raise AssertionError(f"no {state} job within {timeout} s")
 
 
-@pytest.mark.parametrize("how", ["cancel_all", "cancel_job"])
-def test_a_running_call_can_be_cancelled(nvfp4client, server, how):
-    w = gaussian((2048, 2048), np.float32)  # exhaustive: seconds of work on two threads
-    client = nvfp4client.Client(server.target)
+class StalledUpload:
+    """A progress callback that holds the upload of tensors of `nbytes` after its first chunk
+    until released: the job (running from the first rows on, since the client sends the amax)
+    then waits for its input on any machine, however fast its engine."""
+
+    def __init__(self, nbytes):
+        self.nbytes = nbytes
+        self.release = threading.Event()
+
+    def __call__(self, done, total, phase):
+        if phase == "upload" and total == self.nbytes:
+            self.release.wait(60)
+
+
+def in_thread(fn):
     outcome = []
 
     def work():
         try:
-            client.quantize(w, method="exhaustive")
-            outcome.append("finished")
-        except nvfp4client.Nvfp4Error as e:
+            outcome.append(fn())
+        except BaseException as e:  # noqa: B036 - the test inspects it
             outcome.append(e)
 
     thread = threading.Thread(target=work)
     thread.start()
+    return thread, outcome
+
+
+@pytest.mark.parametrize("how", ["cancel_all", "cancel_job"])
+def test_a_call_in_progress_can_be_cancelled(nvfp4client, server, how):
+    w = gaussian((1024, 1024), np.float32)  # 4 MiB: streamed in 64 KiB chunks
+    stall = StalledUpload(w.nbytes)
+    client = nvfp4client.Client(server.target, chunk_bytes=64 << 10)
+    thread, outcome = in_thread(lambda: client.quantize(w, progress=stall))
     try:
-        running = wait_for_state(client, "running")
+        stalled = wait_for_state(client, "running")
         if how == "cancel_all":
             client.cancel_all()
         else:
-            client.cancel(running.id)
-        thread.join(60)
+            client.cancel(stalled.id)
+        thread.join(30)
+        assert not thread.is_alive()
+        assert isinstance(outcome[0], nvfp4client.Nvfp4Error), outcome
+        assert outcome[0].code == grpc.StatusCode.CANCELLED and outcome[0].request_id
+        deadline = time.time() + 10
+        while client.job(stalled.id).state != "cancelled" and time.time() < deadline:
+            time.sleep(0.02)
+        assert client.job(stalled.id).state == "cancelled"
+        assert client.quantize(w[:4]).packed.shape == (4, 512)  # the client still works
+    finally:
+        stall.release.set()
+        client.close()
+
+
+def test_an_interrupt_in_the_progress_callback_reaches_the_caller(nvfp4client, server):
+    w = gaussian((1024, 1024), np.float32)
+
+    def interrupt(done, total, phase):
+        if phase == "upload" and done >= 4 * (64 << 10):
+            raise KeyboardInterrupt
+
+    with nvfp4client.Client(server.target, chunk_bytes=64 << 10) as client:
+        with pytest.raises(KeyboardInterrupt):
+            client.quantize(w, progress=interrupt)
+        deadline = time.time() + 10
+        while time.time() < deadline and \
+                any(j.state not in ("cancelled", "failed") for j in client.jobs()):
+            time.sleep(0.02)
+        assert [j.state for j in client.jobs()] == ["cancelled"]
+        assert client.quantize(w[:4]).packed.shape == (4, 512)
+
+
+def test_closing_quantize_many_early_cancels_the_calls_in_flight(nvfp4client, nvfp4d):
+    # Two workers: the stalled job holds one (it runs while its rows arrive), whichever of the
+    # two calls reaches the server first.
+    server = nvfp4d("--cpu-workers", "2", "--threads", "1")
+    small = gaussian((16, 64), np.float32)
+    large = gaussian((1024, 1024), np.float32, seed=1)
+    stall = StalledUpload(large.nbytes)
+    with nvfp4client.Client(server.target, chunk_bytes=64 << 10) as client:
+        try:
+            results = client.quantize_many([("small", small), ("large", large)],
+                                           max_in_flight=2, progress=stall)
+            first = next(results)
+            wait_for_state(client, "running")
+            start = time.monotonic()
+            results.close()  # what leaving a for loop early does
+            assert time.monotonic() - start < 10
+        finally:
+            stall.release.set()
+        deadline = time.time() + 10  # the server records the cancel once its engine stops
+        while client.jobs(states=["running"]) and time.time() < deadline:
+            time.sleep(0.02)
+        states = {j.name: j.state for j in client.jobs()}
+    assert first.packed.shape == (16, 32)
+    assert states == {"small": "succeeded", "large": "cancelled"}
+
+
+def test_cancel_all_stops_a_call_that_waits_to_retry(nvfp4client, server):
+    proxy = FlakyProxy(server.target, failures=100, code=grpc.StatusCode.UNAVAILABLE)
+    try:
+        client = nvfp4client.Client(f"127.0.0.1:{proxy.port}", retries=10)
+        thread, outcome = in_thread(lambda: client.quantize(gaussian((4, 16), np.float32)))
+        deadline = time.time() + 10
+        while proxy.attempts < 2 and time.time() < deadline:
+            time.sleep(0.01)
+        client.cancel_all()  # during a backoff (0.25 to 1 s after the second attempt)
+        thread.join(5)
+        attempts = proxy.attempts
+        time.sleep(1.5)
         assert not thread.is_alive()
         assert isinstance(outcome[0], nvfp4client.Nvfp4Error), outcome
         assert outcome[0].code == grpc.StatusCode.CANCELLED
-        deadline = time.time() + 10
-        while client.job(running.id).state != "cancelled" and time.time() < deadline:
-            time.sleep(0.02)
-        assert client.job(running.id).state == "cancelled"
-    finally:
+        assert 2 <= attempts <= 3 and proxy.attempts == attempts  # no attempt after the cancel
         client.close()
+    finally:
+        proxy.stop()
 
 
 def test_auth_token_and_health(nvfp4client, nvfp4d, tmp_path):
@@ -401,6 +494,78 @@ def test_wait_until_ready_gives_up_with_the_last_answer(nvfp4client):
             client.wait_until_ready(timeout=0.5)
         assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
         assert time.monotonic() - start < 5
+
+
+def test_wait_until_ready_keeps_its_timeout_against_a_silent_listener(nvfp4client):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # connections are accepted by the kernel, and nothing ever answers
+    try:
+        with nvfp4client.Client(f"127.0.0.1:{listener.getsockname()[1]}") as client:
+            start = time.monotonic()
+            with pytest.raises(nvfp4client.Nvfp4Error, match="not ready after 1.0 s"):
+                client.wait_until_ready(timeout=1.0)
+            assert time.monotonic() - start < 3
+    finally:
+        listener.close()
+
+
+def test_tls_with_a_token(nvfp4client, nvfp4d, tmp_path):
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", tmp_path / "key.pem", "-out", tmp_path / "cert.pem",
+                    "-subj", "/CN=localhost", "-addext",
+                    "subjectAltName=IP:127.0.0.1,DNS:localhost"], check=True, capture_output=True)
+    (tmp_path / "token").write_text("t0ken\n")
+    daemon = nvfp4d("--tls-cert", tmp_path / "cert.pem", "--tls-key", tmp_path / "key.pem",
+                    "--auth-token-file", tmp_path / "token")
+    w = gaussian((8, 32), np.float32)
+    with nvfp4client.Client(daemon.target, tls_ca_file=str(tmp_path / "cert.pem"),
+                            token="t0ken") as client:
+        assert client.info().auth_required
+        assert client.quantize(w).packed.shape == (8, 16)
+    with nvfp4client.Client(daemon.target, retries=1, timeout=5) as plain:  # no TLS
+        with pytest.raises(nvfp4client.Nvfp4Error) as info:
+            plain.quantize(w)
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_errors_survive_pickling(nvfp4client):
+    for error in (nvfp4client.Nvfp4Error(grpc.StatusCode.UNAVAILABLE, "draining", "t-1", "r-1"),
+                  nvfp4client.InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, "NaN")):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error)
+        assert (copy.code, copy.details, copy.job_id, copy.request_id) == \
+            (error.code, error.details, error.job_id, error.request_id)
+
+
+def test_progress_of_a_one_message_call(nvfp4client, server):
+    w = gaussian((16, 64), np.float32)
+    calls = []
+    with nvfp4client.Client(server.target) as client:
+        q = client.quantize(w, progress=lambda *a: calls.append(a))
+    assert calls[0] == (w.nbytes, w.nbytes, "upload")
+    assert calls[-1][2] == "download" and calls[-1][0] == calls[-1][1] == \
+        q.packed.nbytes + q.scales.nbytes
+
+
+def test_a_result_header_that_does_not_match_the_request_is_refused(nvfp4client):
+    from nvfp4client._client import Client, _Assembly, pb
+    from nvfp4client._tensors import tensor_bytes
+
+    t = tensor_bytes(np.zeros((2, 40), np.float32))
+    header = pb.TensorHeader(output_mode=pb.OUTPUT_MODE_PACKED)
+    sizes = Client._output_sizes(t, header)
+    assert sizes == {"packed": 48, "scales": 6, "dequantized": 0}
+    good = pb.ResultHeader(rows=2, cols=40, padded_cols=48, packed_bytes=48, scales_bytes=6)
+    _Assembly(t, sizes, None).start(good)
+    for bad in (dict(rows=1), dict(cols=48), dict(padded_cols=40), dict(packed_bytes=40),
+                dict(dequantized_bytes=320)):
+        header = pb.ResultHeader()
+        header.CopyFrom(good)
+        for field, value in bad.items():
+            setattr(header, field, value)
+        with pytest.raises(nvfp4client.Nvfp4Error, match="does not match the request"):
+            _Assembly(t, sizes, None).start(header)
 
 
 def test_server_lists_are_ip_literals_or_dns(nvfp4client):
