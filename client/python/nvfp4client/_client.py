@@ -14,7 +14,7 @@ import random
 import threading
 import time
 import uuid
-from typing import Callable, Iterable, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import grpc
 import ml_dtypes
@@ -245,36 +245,26 @@ class Client:
             self._channel = grpc.secure_channel(resolved, credentials, options)
         else:
             self._channel = grpc.insecure_channel(resolved, options)
-        ch = self._channel
-        self._stream = ch.stream_stream(
-            _SERVICE + "QuantizeTensor",
-            request_serializer=pb.QuantizeTensorRequest.SerializeToString,
-            response_deserializer=pb.QuantizeTensorResponse.FromString)
-        self._unary = ch.unary_unary(
-            _SERVICE + "QuantizeTensorUnary",
-            request_serializer=pb.QuantizeTensorUnaryRequest.SerializeToString,
-            response_deserializer=pb.QuantizeTensorUnaryResponse.FromString)
-        self._checkpoint = ch.unary_stream(
-            _SERVICE + "QuantizeCheckpoint",
-            request_serializer=pb.QuantizeCheckpointRequest.SerializeToString,
-            response_deserializer=pb.QuantizeCheckpointResponse.FromString)
-        self._get_job = ch.unary_unary(_SERVICE + "GetJob",
-                                       request_serializer=pb.GetJobRequest.SerializeToString,
-                                       response_deserializer=pb.Job.FromString)
-        self._list_jobs = ch.unary_unary(
-            _SERVICE + "ListJobs", request_serializer=pb.ListJobsRequest.SerializeToString,
-            response_deserializer=pb.ListJobsResponse.FromString)
-        self._cancel_job = ch.unary_unary(
-            _SERVICE + "CancelJob", request_serializer=pb.CancelJobRequest.SerializeToString,
-            response_deserializer=pb.Job.FromString)
-        self._server_info = ch.unary_unary(
-            _SERVICE + "GetServerInfo",
-            request_serializer=pb.GetServerInfoRequest.SerializeToString,
-            response_deserializer=pb.ServerInfo.FromString)
-        self._health = ch.unary_unary(
-            "/grpc.health.v1.Health/Check",
-            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-            response_deserializer=health_pb2.HealthCheckResponse.FromString)
+
+        def bind(kind, path, request, response):
+            # Each RPC bound by name: only the message classes are generated (setup.py).
+            return getattr(self._channel, kind)(path, request_serializer=request.SerializeToString,
+                                                response_deserializer=response.FromString)
+
+        self._stream = bind("stream_stream", _SERVICE + "QuantizeTensor",
+                            pb.QuantizeTensorRequest, pb.QuantizeTensorResponse)
+        self._unary = bind("unary_unary", _SERVICE + "QuantizeTensorUnary",
+                           pb.QuantizeTensorUnaryRequest, pb.QuantizeTensorUnaryResponse)
+        self._checkpoint = bind("unary_stream", _SERVICE + "QuantizeCheckpoint",
+                                pb.QuantizeCheckpointRequest, pb.QuantizeCheckpointResponse)
+        self._get_job = bind("unary_unary", _SERVICE + "GetJob", pb.GetJobRequest, pb.Job)
+        self._list_jobs = bind("unary_unary", _SERVICE + "ListJobs", pb.ListJobsRequest,
+                               pb.ListJobsResponse)
+        self._cancel_job = bind("unary_unary", _SERVICE + "CancelJob", pb.CancelJobRequest, pb.Job)
+        self._server_info = bind("unary_unary", _SERVICE + "GetServerInfo",
+                                 pb.GetServerInfoRequest, pb.ServerInfo)
+        self._health = bind("unary_unary", "/grpc.health.v1.Health/Check",
+                            health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse)
         self._lock = threading.Lock()
         self._limits = None
         self._scopes = set()  # _Scope of every quantize / checkpoint call or batch in progress
