@@ -6,7 +6,8 @@ One bf16 tensor (default 8192 x 4096, 64 MiB) quantised with ScaleSweep (MSE, F 
   nvfp4q remote the same through nvfp4d (the C++ client)
   python        nvfp4client.Client.quantize on the array in memory
 and, for the many-small-tensors case of calibration, the same tensor cut into 16 row slices,
-sent one after the other and with quantize_many (4 in flight). Best of --repeat runs each; the
+sent one after the other and with quantize_many (4 in flight); last, slices of 1 to 16 MiB sent
+as one unary message and as a stream. Best of --repeat runs each (of 7 for the transports); the
 ratios are of figures measured in this run. Run as `make bench-python-client`.
 """
 import argparse
@@ -32,6 +33,27 @@ def best_of(repeat, fn):
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def compare_transports(client, w):
+    """Best of 7 per size: one unary message against the stream, the choice the client makes
+    at 1 MiB (nvfp4client._client._UNARY_MAX_BYTES)."""
+    from nvfp4client import _client
+
+    chosen = _client._UNARY_MAX_BYTES
+    rows = []
+    try:
+        for mib in (1, 2, 8, 16):
+            x = w.reshape(-1)[:mib << 19].reshape(-1, w.shape[1])
+            times = {}
+            for name, cap in (("unary", 1 << 40), ("streamed", 0)):
+                _client._UNARY_MAX_BYTES = cap
+                client.quantize(x)
+                times[name] = best_of(7, lambda: client.quantize(x))
+            rows.append((mib, times["unary"], times["streamed"]))
+    finally:
+        _client._UNARY_MAX_BYTES = chosen
+    return rows
 
 
 def main():
@@ -75,6 +97,7 @@ def main():
                     args.repeat, lambda: [client.quantize(s) for s in slices])
                 rows["python, 16 slices, quantize_many"] = best_of(
                     args.repeat, lambda: list(client.quantize_many(slices, max_in_flight=4)))
+                transport = compare_transports(client, w)
             # The same bytes both ways (the tests check every method and dtype; this run too).
             from safetensors.numpy import load_file
 
@@ -96,6 +119,12 @@ def main():
     for name, seconds in rows.items():
         print(f"| {name} | {seconds:.3f} s | {mib / seconds:.0f} | {seconds / embedded:.2f} | "
               f"{seconds / remote:.2f} |")
+    print("\nOne unary message or a stream, per tensor size (bf16 row slices, best of 7):")
+    print("| size | unary | streamed | unary / streamed |")
+    print("|---|---|---|---|")
+    for size, unary, streamed in transport:
+        print(f"| {size} MiB | {unary * 1e3:.1f} ms | {streamed * 1e3:.1f} ms | "
+              f"{unary / streamed:.2f} |")
 
 
 if __name__ == "__main__":

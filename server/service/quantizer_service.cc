@@ -137,6 +137,10 @@ class TensorStreamReactor final
                              : absl::InvalidArgumentError(absl::StrCat(
                                    "the request stream ended early: ", ProgressLocked())));
         }
+      } else if (!final_status_ && !submitted_ && job_ && job_->cancel_requested()) {
+        // CancelJob while the tensor is still arriving: stop reading (CancelJob's own sweep
+        // skips a call busy with a chunk, as this one was).
+        SetFinalLocked(CancelledWhileUploadingLocked());
       } else if (!final_status_) {
         const absl::Status status = HandleMessageLocked(&submit);
         if (!status.ok()) {
@@ -204,8 +208,7 @@ class TensorStreamReactor final
     const bool cancelled = receiving && job_ && job_->cancel_requested();
     const bool idle_upload = receiving && !cancelled && now - last_message_ > idle;
     if (cancelled) {
-      SetFinalLocked(absl::CancelledError(absl::StrCat(
-          "the job was cancelled while its tensor was uploading (", ProgressLocked(), ")")));
+      SetFinalLocked(CancelledWhileUploadingLocked());
     } else if (idle_upload) {
       SetFinalLocked(absl::DeadlineExceededError(absl::StrCat(
           "no tensor data for ", absl::FormatDuration(idle), " (", ProgressLocked(), ")")));
@@ -558,6 +561,11 @@ class TensorStreamReactor final
   void DropResultsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     outbox_.clear();
     output_.reset();
+  }
+
+  absl::Status CancelledWhileUploadingLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return absl::CancelledError(absl::StrCat(
+        "the job was cancelled while its tensor was uploading (", ProgressLocked(), ")"));
   }
 
   // Decides the RPC's outcome (once) and records it.

@@ -763,6 +763,33 @@ TEST(Service, CancelJobEndsAQueuedJobWhoseUploadStalled) {
   ExpectCancelJobEndsTheCall(h, stream);
 }
 
+// The cancel flag of a job whose tensor is still arriving (no amax: not submitted) is seen at
+// the next chunk, without CancelJob's sweep (which skips a call busy with a chunk) and without
+// the housekeeping sweep: the rest of the upload is not read.
+TEST(Service, ACancelledUploadStopsAtItsNextChunk) {
+  server::ServerOptions options;
+  options.housekeeping_period = absl::Hours(1);
+  Harness h = StartServer(false, options);
+  auto stub = StubFor(h.target);
+  grpc::ClientContext context;
+  UploadStream stream = StartStalledUpload(h, stub.get(), &context);
+  auto jobs = h.client->ListJobs();
+  ASSERT_TRUE(jobs.ok() && jobs->size() == 1);
+  h.server->service().jobs()->Find((*jobs)[0].id())->RequestCancel();
+  int accepted = 0;
+  while (accepted < 3 && stream->Write(Data(std::string(1 << 20, '\0')))) ++accepted;
+  v1::QuantizeTensorResponse response;
+  while (stream->Read(&response)) {
+  }
+  const grpc::Status status = stream->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED) << status.error_message();
+  const v1::Job job = *h.client->GetJob((*jobs)[0].id());
+  EXPECT_EQ(job.state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_THAT(job.error_message(), HasSubstr("cancelled while its tensor was uploading"));
+  WaitFor([&] { return h.server->scheduler().reserved_bytes() == 0; });
+  EXPECT_EQ(h.server->scheduler().reserved_bytes(), 0);
+}
+
 TEST(Service, ABadChunkAfterAStreamingStartCancelsTheJob) {
   Harness h = StartServer(false);
   const grpc::Status status =

@@ -265,7 +265,9 @@ class Client:
                                  pb.GetServerInfoRequest, pb.ServerInfo)
         self._health = bind("unary_unary", "/grpc.health.v1.Health/Check",
                             health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse)
-        self._lock = threading.Lock()
+        # Reentrant: a garbage-collected quantize_many cleans up (_cancel_scope) on whichever
+        # thread the collector runs, possibly one inside a `with self._lock` block.
+        self._lock = threading.RLock()
         self._limits = None
         self._scopes = set()  # _Scope of every quantize / checkpoint call or batch in progress
         self._local = threading.local()  # .scope: the quantize_many batch of a worker thread
@@ -394,11 +396,25 @@ class Client:
         """Cancels a queued or running job (any client's); returns its state."""
         return self._job(self._call(self._cancel_job, pb.CancelJobRequest(job_id=job_id)))
 
-    def _server_limits(self) -> results.Limits:
+    def _server_limits(self, scope, timeout) -> results.Limits:
+        """The server's limits, asked once per client, in the scope of the call that needs them
+        first (cancel_all stops that question too)."""
         with self._lock:
             if self._limits is not None:
                 return self._limits
-        limits = self.info().limits
+        future = self._server_info.future(pb.GetServerInfoRequest(),
+                                          timeout=self._deadline(timeout),
+                                          metadata=self._metadata)
+        try:
+            with self._tracked(scope, future):
+                limits = results.from_message(results.Limits, future.result().limits)
+        except grpc.FutureCancelledError:
+            raise _cancelled() from None
+        except grpc.RpcError as e:
+            raise _error(e) from None
+        except BaseException:
+            future.cancel()
+            raise
         with self._lock:
             self._limits = limits
         return limits
@@ -488,7 +504,7 @@ class Client:
                 else t.rows * t.cols * element}
 
     def _quantize_once(self, scope, t: TensorBytes, header, weights, timeout, progress):
-        limits = self._server_limits()
+        limits = self._server_limits(scope, timeout)
         data = t.data()
         weight_bytes = memoryview(weights.view(np.uint8)) if weights is not None else None
         upload = len(data) + (len(weight_bytes) if weight_bytes is not None else 0)
@@ -553,7 +569,8 @@ class Client:
                             progress(sent, total, "upload")
                         except BaseException as e:  # noqa: B036 - handed to the caller
                             failure.append(e)
-                            started[0].cancel()
+                            if started:  # else the caller has not registered it yet
+                                started[0].cancel()
                             return
 
         assembly = _Assembly(t, sizes, progress)
@@ -606,32 +623,39 @@ class Client:
             finally:
                 self._local.scope = None
 
-        with concurrent.futures.ThreadPoolExecutor(max_in_flight) as pool:
-            try:
-                for item in tensors:
-                    name, tensor, importance = "", item, options.get("importance")
-                    if isinstance(item, tuple):
-                        name, tensor = item[0], item[1]
-                        if len(item) > 2:
-                            importance = item[2]
-                    call_options = dict(options, name=name or options.get("name", ""),
-                                        importance=importance)
-                    pending.append(pool.submit(run, tensor, call_options))
-                    if len(pending) >= max_in_flight:
-                        # Left in `pending` while awaited, so that an interrupt cancels it too.
-                        result = pending[0].result()
-                        pending.popleft()
-                        yield result
-                while pending:
+        pool = concurrent.futures.ThreadPoolExecutor(max_in_flight)
+        try:
+            for item in tensors:
+                name, tensor, importance = "", item, options.get("importance")
+                if isinstance(item, tuple):
+                    name, tensor = item[0], item[1]
+                    if len(item) > 2:
+                        importance = item[2]
+                call_options = dict(options, name=name or options.get("name", ""),
+                                    importance=importance)
+                pending.append(pool.submit(run, tensor, call_options))
+                if len(pending) >= max_in_flight:
+                    # Left in `pending` while awaited, so that an interrupt cancels it too.
                     result = pending[0].result()
                     pending.popleft()
                     yield result
-            finally:
+            while pending:
+                result = pending[0].result()
+                pending.popleft()
+                yield result
+        finally:
+            # A garbage collection of an abandoned generator can run this on one of the
+            # batch's own threads: that thread must not wait for itself.
+            own_thread = getattr(self._local, "scope", None) is batch
+            try:
                 if pending:
                     for future in pending:
                         future.cancel()  # not started yet
                     self._cancel_scope(batch)  # started, or waiting to retry
-                    concurrent.futures.wait(pending)
+                    if not own_thread:
+                        concurrent.futures.wait(pending)
+            finally:
+                pool.shutdown(wait=not own_thread)
                 with self._lock:
                     self._scopes.discard(batch)
 

@@ -2,6 +2,7 @@
 (nvfp4q quantize-tensor, run here as an independent reference), shapes and dtypes are sent as
 they are, and retries, cancellation, auth and checkpoint jobs behave as docs/python.md says."""
 import dataclasses
+import gc
 import json
 import pickle
 import socket
@@ -448,6 +449,64 @@ def test_closing_quantize_many_early_cancels_the_calls_in_flight(nvfp4client, nv
         states = {j.name: j.state for j in client.jobs()}
     assert first.packed.shape == (16, 32)
     assert states == {"small": "succeeded", "large": "cancelled"}
+
+
+def test_an_abandoned_quantize_many_collected_on_its_own_thread_does_not_hang(nvfp4client,
+                                                                              nvfp4d):
+    """The generator's cleanup can run wherever the garbage collector runs: here, inside the
+    download progress of the batch's own call, on the batch's own worker thread."""
+    server = nvfp4d("--cpu-workers", "2", "--threads", "1")
+    small = gaussian((16, 64), np.float32)
+    large = gaussian((512, 1024), np.float32, seed=1)
+    go = threading.Event()
+    where = []
+
+    def progress(done, total, phase):
+        if phase == "upload" and total == large.nbytes:
+            go.wait(30)  # the large tensor's download comes after the generator is garbage
+        elif phase == "download" and total > 10000 and not where:
+            where.append("collecting")
+            gc.collect()
+            where.append("collected")
+
+    client = nvfp4client.Client(server.target, chunk_bytes=64 << 10)
+    gc.disable()
+    try:
+        results = client.quantize_many([("small", small), ("large", large)], max_in_flight=2,
+                                       progress=progress)
+        first = next(results)
+        cycle = [results]
+        cycle.append(cycle)  # only a collection can reclaim the generator now
+        del results, cycle
+        go.set()
+        deadline = time.time() + 20
+        while where != ["collecting", "collected"] and time.time() < deadline:
+            time.sleep(0.02)
+        assert where == ["collecting", "collected"]
+        assert first.packed.shape == (16, 32)
+    finally:
+        gc.enable()
+        go.set()
+        client.close()
+
+
+def test_cancel_all_stops_the_first_calls_question_about_limits(nvfp4client):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # never answers: the first call waits for the server's limits
+    try:
+        client = nvfp4client.Client(f"127.0.0.1:{listener.getsockname()[1]}", timeout=30)
+        thread, outcome = in_thread(lambda: client.quantize(gaussian((4, 16), np.float32)))
+        time.sleep(0.5)
+        start = time.monotonic()
+        client.cancel_all()
+        thread.join(10)
+        assert not thread.is_alive() and time.monotonic() - start < 5
+        assert isinstance(outcome[0], nvfp4client.Nvfp4Error), outcome
+        assert outcome[0].code == grpc.StatusCode.CANCELLED
+        client.close()
+    finally:
+        listener.close()
 
 
 def test_cancel_all_stops_a_call_that_waits_to_retry(nvfp4client, server):
