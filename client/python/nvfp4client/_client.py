@@ -396,18 +396,12 @@ class Client:
         """Cancels a queued or running job (any client's); returns its state."""
         return self._job(self._call(self._cancel_job, pb.CancelJobRequest(job_id=job_id)))
 
-    def _server_limits(self, scope, timeout) -> results.Limits:
-        """The server's limits, asked once per client, in the scope of the call that needs them
-        first (cancel_all stops that question too)."""
-        with self._lock:
-            if self._limits is not None:
-                return self._limits
-        future = self._server_info.future(pb.GetServerInfoRequest(),
-                                          timeout=self._deadline(timeout),
-                                          metadata=self._metadata)
+    def _unary_in_scope(self, scope, method, request, timeout):
+        """A unary RPC that the scope's cancellation (cancel_all, a closed batch) stops."""
+        future = method.future(request, timeout=self._deadline(timeout), metadata=self._metadata)
         try:
             with self._tracked(scope, future):
-                limits = results.from_message(results.Limits, future.result().limits)
+                return future.result()
         except grpc.FutureCancelledError:
             raise _cancelled() from None
         except grpc.RpcError as e:
@@ -415,6 +409,15 @@ class Client:
         except BaseException:
             future.cancel()
             raise
+
+    def _server_limits(self, scope, timeout) -> results.Limits:
+        """The server's limits, asked once per client, in the scope of the call that needs them
+        first (cancel_all stops that question too)."""
+        with self._lock:
+            if self._limits is not None:
+                return self._limits
+        info = self._unary_in_scope(scope, self._server_info, pb.GetServerInfoRequest(), timeout)
+        limits = results.from_message(results.Limits, info.limits)
         with self._lock:
             self._limits = limits
         return limits
@@ -520,18 +523,7 @@ class Client:
         request = pb.QuantizeTensorUnaryRequest(
             header=header, data=data.tobytes(),
             importance=weight_bytes.tobytes() if weight_bytes is not None else b"")
-        future = self._unary.future(request, timeout=self._deadline(timeout),
-                                    metadata=self._metadata)
-        try:
-            with self._tracked(scope, future):
-                m = future.result()
-        except grpc.FutureCancelledError:
-            raise _cancelled() from None
-        except grpc.RpcError as e:
-            raise _error(e) from None
-        except BaseException:
-            future.cancel()
-            raise
+        m = self._unary_in_scope(scope, self._unary, request, timeout)
         if progress:  # one message each way: the upload is whole once the answer is here
             upload = len(request.data) + len(request.importance)
             progress(upload, upload, "upload")
