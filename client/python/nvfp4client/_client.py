@@ -232,7 +232,7 @@ class Client:
             ("grpc.http2.lookahead_bytes", 64 << 20),
             ("grpc.http2.max_frame_size", 16 << 20),
             ("grpc.http2.write_buffer_size", 8 << 20),
-            # Replicas: each call goes to the next ready one; a draining one is skipped.
+            # Replicas: each call goes to the next ready one (a refusal is retried, above).
             ("grpc.lb_policy_name", "round_robin"),
         ]
         resolved = channel_target(target)
