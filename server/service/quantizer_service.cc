@@ -198,7 +198,7 @@ class TensorStreamReactor final
     delete this;
   }
 
-  bool ExpireIfIdle(absl::Time now, absl::Duration idle) override {
+  bool ExpireIfStalledOrCancelled(absl::Time now, absl::Duration idle) override {
     // A call whose lock is busy is handling a message (progress) or finishing: not idle. The
     // sweep never waits for a chunk copy or an admission with the watch list locked.
     if (!mu_.TryLock()) return false;
@@ -760,9 +760,9 @@ class TensorStreamReactor final
   bool submitted_ ABSL_GUARDED_BY(mu_) = false;
   bool cancel_sent_ ABSL_GUARDED_BY(mu_) = false;   // the job was told to stop
   bool job_reported_ ABSL_GUARDED_BY(mu_) = false;  // the submitted job called OnJobDone
-  bool expiring_ ABSL_GUARDED_BY(mu_) = false;      // between ExpireIfIdle and EndExpired
-  absl::Time last_message_ ABSL_GUARDED_BY(mu_);    // when the last message was read
-  bool streaming_ = false;                          // set with the header, before submission
+  bool expiring_ ABSL_GUARDED_BY(mu_) = false;  // between ExpireIfStalledOrCancelled and EndExpired
+  absl::Time last_message_ ABSL_GUARDED_BY(mu_);  // when the last message was read
+  bool streaming_ = false;                        // set with the header, before submission
   std::optional<absl::Status> final_status_ ABSL_GUARDED_BY(mu_);
   std::deque<grpc::ByteBuffer> outbox_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<Job> job_ ABSL_GUARDED_BY(mu_);
@@ -971,7 +971,8 @@ int QuantizerService::ExpireStalledUploads() {
   {
     absl::MutexLock lock(&uploads_mu_);
     for (WatchedUpload* upload : uploads_) {
-      if (upload->ExpireIfIdle(now, options_.upload_idle_timeout)) expired.push_back(upload);
+      if (upload->ExpireIfStalledOrCancelled(now, options_.upload_idle_timeout))
+        expired.push_back(upload);
     }
   }
   // Alive without the watch list lock: an expiring call does not finish before EndExpired.

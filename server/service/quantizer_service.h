@@ -137,7 +137,7 @@ class QuantizerService final : public QuantizerServiceBase {
     // was cancelled (CancelJob), or no message came for `idle`: fails the call with CANCELLED
     // or DEADLINE_EXCEEDED, keeps the call from finishing and returns true; the caller then
     // calls EndExpired without the list locked.
-    virtual bool ExpireIfIdle(absl::Time now, absl::Duration idle) = 0;
+    virtual bool ExpireIfStalledOrCancelled(absl::Time now, absl::Duration idle) = 0;
     // Releases the job's buffers, then its reservation and queue slot, ends the pending read
     // (TryCancel) and lets the call finish.
     virtual void EndExpired() = 0;

@@ -38,6 +38,7 @@ OBJECTIVES = {"mse": pb.OBJECTIVE_MSE, "wmse": pb.OBJECTIVE_WMSE}
 OUTPUTS = {"packed": pb.OUTPUT_MODE_PACKED, "dequantized": pb.OUTPUT_MODE_DEQUANTIZED,
            "both": pb.OUTPUT_MODE_BOTH}
 DTYPES = {"f32": pb.DTYPE_F32, "bf16": pb.DTYPE_BF16, "f16": pb.DTYPE_F16}
+DEQUANTIZED_DTYPES = {"f32": pb.DTYPE_F32, "bf16": pb.DTYPE_BF16}
 FORMATS = {"modelopt": pb.CHECKPOINT_FORMAT_MODELOPT,
            "compressed-tensors": pb.CHECKPOINT_FORMAT_COMPRESSED_TENSORS}
 IMPORTANCE = {"per_column": pb.IMPORTANCE_LAYOUT_PER_COLUMN,
@@ -138,6 +139,7 @@ class _Assembly:
         self.filled = {}
         self.metrics = None
         self.received = 0
+        self.total = 0
 
     def start(self, header):
         got = {"packed": header.packed_bytes, "scales": header.scales_bytes,
@@ -152,6 +154,7 @@ class _Assembly:
         self.header = header
         self.buffers = {k: bytearray(n) for k, n in got.items() if n > 0}
         self.filled = {k: 0 for k in self.buffers}
+        self.total = sum(got.values())
 
     def add(self, kind: str, piece: bytes):
         if self.header is None or kind not in self.buffers:
@@ -165,7 +168,7 @@ class _Assembly:
         self.filled[kind] = start + len(piece)
         self.received += len(piece)
         if self.progress:
-            self.progress(self.received, sum(len(b) for b in self.buffers.values()), "download")
+            self.progress(self.received, self.total, "download")
 
     def finish(self) -> results.QuantizedTensor:
         if self.header is None or self.metrics is None:
@@ -292,7 +295,10 @@ class Client:
     @contextlib.contextmanager
     def _tracked(self, scope, call):
         """Registers an RPC in flight in its scope; one started after the scope was cancelled
-        is cancelled at once (a cancel can come between the RPC's start and this)."""
+        is cancelled at once (a cancel can come between the RPC's start and this). Anything
+        that leaves the block with an exception (a KeyboardInterrupt, a protocol error)
+        cancels the RPC, so that the server cancels its job too; for an RPC that already
+        failed that is a no-op."""
         with self._lock:
             scope.calls.add(call)
             cancelled = scope.cancelled.is_set()
@@ -300,6 +306,9 @@ class Client:
             call.cancel()
         try:
             yield call
+        except BaseException:
+            call.cancel()
+            raise
         finally:
             with self._lock:
                 scope.calls.discard(call)
@@ -406,9 +415,6 @@ class Client:
             raise _cancelled() from None
         except grpc.RpcError as e:
             raise _error(e) from None
-        except BaseException:
-            future.cancel()
-            raise
 
     def _server_limits(self, scope, timeout) -> results.Limits:
         """The server's limits, asked once per client, in the scope of the call that needs them
@@ -455,8 +461,8 @@ class Client:
             shape=[t.rows, t.cols], method=_choice(METHODS, method, "method"),
             objective=_choice(OBJECTIVES, objective, "objective"), scale_max=scale_max,
             output_mode=_choice(OUTPUTS, output, "output"),
-            dequantized_dtype=_choice({"f32": pb.DTYPE_F32, "bf16": pb.DTYPE_BF16},
-                                      dequantized_dtype, "dequantized_dtype"))
+            dequantized_dtype=_choice(DEQUANTIZED_DTYPES, dequantized_dtype,
+                                      "dequantized_dtype"))
         weights = None
         if importance is not None:
             layout, weights = importance_bytes(importance, t.rows, t.cols, t.shape)
@@ -514,18 +520,19 @@ class Client:
         sizes = self._output_sizes(t, header)
         if (upload + sum(sizes.values()) + _MESSAGE_SLACK
                 <= min(_UNARY_MAX_BYTES, limits.max_message_bytes)):
-            return self._quantize_unary(scope, t, sizes, header, data, weight_bytes, timeout,
-                                        progress)
-        return self._quantize_stream(scope, t, sizes, header, data, weight_bytes, timeout,
-                                     progress, min(self.chunk_bytes, limits.max_chunk_bytes))
+            return self._quantize_unary(scope, t, sizes, header, data, weight_bytes, upload,
+                                        timeout, progress)
+        return self._quantize_stream(scope, t, sizes, header, data, weight_bytes, upload,
+                                     timeout, progress,
+                                     min(self.chunk_bytes, limits.max_chunk_bytes))
 
-    def _quantize_unary(self, scope, t, sizes, header, data, weight_bytes, timeout, progress):
+    def _quantize_unary(self, scope, t, sizes, header, data, weight_bytes, upload, timeout,
+                        progress):
         request = pb.QuantizeTensorUnaryRequest(
             header=header, data=data.tobytes(),
             importance=weight_bytes.tobytes() if weight_bytes is not None else b"")
         m = self._unary_in_scope(scope, self._unary, request, timeout)
         if progress:  # one message each way: the upload is whole once the answer is here
-            upload = len(request.data) + len(request.importance)
             progress(upload, upload, "upload")
         assembly = _Assembly(t, sizes, progress)
         assembly.job_id = m.job_id
@@ -537,9 +544,8 @@ class Client:
         assembly.metrics = m.metrics
         return assembly.finish()
 
-    def _quantize_stream(self, scope, t, sizes, header, data, weight_bytes, timeout, progress,
-                         chunk):
-        total = len(data) + (len(weight_bytes) if weight_bytes is not None else 0)
+    def _quantize_stream(self, scope, t, sizes, header, data, weight_bytes, upload, timeout,
+                         progress, chunk):
         # The request iterator runs on a gRPC thread: an exception of the progress callback
         # there (a KeyboardInterrupt, a closed progress bar) is kept, the call cancelled, and
         # the exception raised to the caller instead of gRPC's "Exception iterating requests".
@@ -558,7 +564,7 @@ class Client:
                     sent += len(piece)
                     if progress:
                         try:
-                            progress(sent, total, "upload")
+                            progress(sent, upload, "upload")
                         except BaseException as e:  # noqa: B036 - handed to the caller
                             failure.append(e)
                             if started:  # else the caller has not registered it yet
@@ -585,9 +591,6 @@ class Client:
             if failure:
                 raise failure[0] from None
             raise _error(e, assembly.job_id) from None
-        except BaseException:
-            call.cancel()  # e.g. KeyboardInterrupt: the server cancels the job too
-            raise
         if failure:
             raise failure[0]
         return assembly.finish()
@@ -697,9 +700,6 @@ class Client:
                         report = json.loads(response.report_json)
         except grpc.RpcError as e:
             raise _error(e, job_id) from None
-        except BaseException:
-            call.cancel()
-            raise
         if report is None:
             raise Nvfp4Error(grpc.StatusCode.INTERNAL, "protocol: the checkpoint job ended "
                              "without its report", job_id)

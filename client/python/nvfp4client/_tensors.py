@@ -13,8 +13,8 @@ from typing import Optional, Tuple
 import ml_dtypes
 import numpy as np
 
-# dtype name -> (bytes per element, the unsigned integer type of its bits)
-_ELEMENT = {"f32": (4, np.uint32), "bf16": (2, np.uint16), "f16": (2, np.uint16)}
+# dtype name -> the unsigned integer type of its bits
+_BITS = {"f32": np.uint32, "bf16": np.uint16, "f16": np.uint16}
 # Magnitude mask and the smallest non-finite magnitude (Inf) of each dtype, as bits.
 _MAGNITUDE = {"f32": (0x7FFFFFFF, 0x7F800000), "bf16": (0x7FFF, 0x7F80), "f16": (0x7FFF, 0x7C00)}
 _SCAN_ELEMENTS = 1 << 22  # elements per step of the amax scan (bounds its temporary)
@@ -29,10 +29,6 @@ class TensorBytes:
     rows: int
     cols: int
     array: np.ndarray  # C-contiguous little-endian, shares memory with the input when it can
-
-    @property
-    def nbytes(self) -> int:
-        return self.rows * self.cols * _ELEMENT[self.dtype][0]
 
     def data(self) -> memoryview:
         return memoryview(self.array.reshape(-1).view(np.uint8))
@@ -109,7 +105,7 @@ def finite_amax(t: TensorBytes) -> Optional[float]:
     """max |x| over the tensor, exactly (the float nvfp4d would compute), or None when the
     tensor holds a NaN or an Inf (nvfp4d then reports the first one). Integer maxima of the
     magnitude bits: IEEE order of non-negative floats is the order of their bits."""
-    size, bits_type = _ELEMENT[t.dtype]
+    bits_type = _BITS[t.dtype]
     mask, non_finite = _MAGNITUDE[t.dtype]
     bits = t.array.reshape(-1).view(bits_type)
     largest = 0
