@@ -5,19 +5,27 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "client/cli/common_flags.h"
 #include "client/cli/exit_codes.h"
+#include "client/cli/path_checks.h"
 #include "client/cli/progress.h"
 #include "client/cli/remote_commands.h"
 #include "client/remote_backend.h"
 #include "common/posix_file.h"
 #include "common/status_macros.h"
 #include "server/checkpoint/checkpoint_job.h"
+#include "server/checkpoint/checkpoint_plan.h"
+#include "server/checkpoint/source_checkpoint.h"
 
 namespace nvfp4::cli {
 namespace {
@@ -34,6 +42,7 @@ struct QuantizeCheckpointFlags {
   std::string shard_size = "5GB";
   int concurrency = 0;
   bool stream_tensors = false;
+  bool dry_run = false;
   bool json = false;
   bool quiet = false;
   EngineFlags engine;
@@ -93,8 +102,106 @@ class CheckpointProgress {
   ProgressBar bar_;
 };
 
+// The flags naming paths the job would write over or into what it reads (a usage error, exit
+// code 2, before anything is read or written); empty when none do. The output directory is new
+// (the job refuses an existing non-empty one), so only its place matters. In --server modes the
+// paths are the server's: for a server sharing this file system the check holds; elsewhere a
+// clash of names alone is still refused, which costs nothing.
+std::string PathClash(const QuantizeCheckpointFlags& flags) {
+  if (IsInsideDirectory(flags.out, flags.model)) {
+    return absl::StrCat("--out (", flags.out, ") must not be --model or lie inside it");
+  }
+  if (IsInsideDirectory(flags.model, flags.out)) {
+    return absl::StrCat("--model (", flags.model, ") must not lie inside --out");
+  }
+  std::vector<std::pair<std::string, std::string>> inputs;  // flag, path
+  if (!flags.importance.empty()) inputs.push_back({"--importance", flags.importance});
+  if (!flags.calibration.empty()) inputs.push_back({"--calibration", flags.calibration});
+  for (const auto& [flag, path] : inputs) {
+    if (IsInsideDirectory(path, flags.out)) {
+      return absl::StrCat("--out (", flags.out, ") must not be ", flag, " or hold it");
+    }
+  }
+  if (flags.report.empty()) return "";
+  if (IsInsideDirectory(flags.report, flags.model)) {
+    return absl::StrCat("--report (", flags.report, ") must not name a file inside --model");
+  }
+  for (const auto& [flag, path] : inputs) {
+    if (SameFile(flags.report, path)) {
+      return absl::StrCat("--report and ", flag, " name the same file (", path, ")");
+    }
+  }
+  return "";
+}
+
+// --dry-run: the plan for the model on this machine, printed; nothing is written.
+absl::StatusOr<int> PrintPlan(const QuantizeCheckpointFlags& flags) {
+  checkpoint::PlanOptions plan_options;
+  const std::optional<checkpoint::OutputFormat> format =
+      checkpoint::ParseOutputFormat(flags.format);
+  if (!format.has_value()) return UsageError("--format must be modelopt or compressed-tensors");
+  plan_options.format = *format;
+  plan_options.include = flags.include;
+  plan_options.exclude = flags.exclude;
+  plan_options.w4a4 = !flags.calibration.empty();
+  ASSIGN_OR_RETURN(plan_options.shard_bytes, ParseByteSize(flags.shard_size));
+  if (plan_options.shard_bytes < (uint64_t{1} << 20)) {
+    return UsageError(
+        absl::StrCat("--shard-size must be at least 1MiB, got '", flags.shard_size, "'"));
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<checkpoint::SourceCheckpoint> source,
+                   checkpoint::SourceCheckpoint::Open(flags.model));
+  ASSIGN_OR_RETURN(const checkpoint::CheckpointPlan plan,
+                   checkpoint::BuildCheckpointPlan(*source, plan_options));
+  const auto shape_text = [](const std::vector<int64_t>& shape) {
+    return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+  };
+  if (flags.json) {
+    nlohmann::ordered_json tensors = nlohmann::ordered_json::array();
+    for (const checkpoint::PlannedTensor& t : plan.tensors) {
+      tensors.push_back({{"name", t.source->name},
+                         {"dtype", t.source->info->dtype},
+                         {"shape", t.source->info->shape},
+                         {"quantize", t.quantize},
+                         {"reason", t.reason},
+                         {"fused_group", t.group >= 0 ? plan.groups[t.group].name : ""},
+                         {"shard", plan.shard_files[t.shard]}});
+    }
+    const nlohmann::ordered_json out = {{"model_dir", flags.model},
+                                        {"format", flags.format},
+                                        {"quantized", plan.quantized_count},
+                                        {"ignore", plan.ignored_modules},
+                                        {"shards", plan.shard_files},
+                                        {"skipped_files", source->skipped_subdirectory_weights()},
+                                        {"tensors", tensors}};
+    std::printf("%s\n", out.dump().c_str());
+  } else {
+    for (const checkpoint::PlannedTensor& t : plan.tensors) {
+      std::printf(
+          "%-8s %-60s %-5s %-16s %s%s\n", t.quantize ? "quantize" : "copy", t.source->name.c_str(),
+          t.source->info->dtype.c_str(), shape_text(t.source->info->shape).c_str(),
+          t.group >= 0 ? absl::StrCat("fused ", plan.groups[t.group].name, " ").c_str() : "",
+          t.reason.c_str());
+    }
+    std::printf("%d of %zu tensors quantized into %zu shard(s) (%s); config ignore: [%s]\n",
+                plan.quantized_count, plan.tensors.size(), plan.shard_files.size(),
+                flags.format.c_str(), absl::StrJoin(plan.ignored_modules, ", ").c_str());
+    for (const std::string& file : source->skipped_subdirectory_weights()) {
+      std::printf("not copied: %s (a weight file in a subdirectory)\n", file.c_str());
+    }
+  }
+  if (plan.quantized_count == 0) {
+    std::fprintf(stderr, "nvfp4q: no tensor is selected for quantization\n");
+    return kExitInvalidInput;
+  }
+  return kExitOk;
+}
+
 absl::StatusOr<int> Run(const QuantizeCheckpointFlags& flags) {
+  if (flags.dry_run) return PrintPlan(flags);
+  if (flags.out.empty()) return UsageError("--out is required (unless --dry-run)");
   ASSIGN_OR_RETURN(checkpoint::CheckpointJobOptions options, JobOptions(flags));
+  if (const std::string clash = PathClash(flags); !clash.empty()) return UsageError(clash);
   std::atomic<bool> cancelled{false};
   CheckpointProgress progress(flags.quiet || flags.json);
   absl::StatusOr<checkpoint::CheckpointReport> report;
@@ -212,8 +319,8 @@ std::function<int()> AddQuantizeCheckpointCommand(CLI::App& app) {
       "quantize",
       "Quantize a Hugging Face safetensors checkpoint to an NVFP4 checkpoint that vLLM loads");
   cmd->add_option("--model", flags->model, "input checkpoint directory")->required();
-  cmd->add_option("--out", flags->out, "output directory (must not exist, or be empty)")
-      ->required();
+  cmd->add_option("--out", flags->out,
+                  "output directory (must not exist, or be empty); required unless --dry-run");
   cmd->add_option("--format", flags->format, "modelopt (default) or compressed-tensors")
       ->check(CLI::IsMember({"modelopt", "compressed-tensors"}));
   cmd->add_option(
@@ -233,6 +340,9 @@ std::function<int()> AddQuantizeCheckpointCommand(CLI::App& app) {
   cmd->add_flag("--stream-tensors", flags->stream_tensors,
                 "with --server: send the tensors to nvfp4d and write the output here (for a "
                 "server that cannot see the files)");
+  cmd->add_flag("--dry-run", flags->dry_run,
+                "print what would be quantized or copied (and why), the config's ignore list and "
+                "the shards, then exit without writing; reads --model on this machine");
   cmd->add_flag("--json", flags->json, "print the report as one JSON object");
   cmd->add_flag("--quiet", flags->quiet, "no progress output");
   flags->quantize.Register(cmd);

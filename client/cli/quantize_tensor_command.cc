@@ -2,7 +2,6 @@
 
 #include <atomic>
 #include <cstdio>
-#include <filesystem>
 #include <map>
 #include <memory>
 #include <optional>
@@ -13,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/cli/common_flags.h"
 #include "client/cli/exit_codes.h"
+#include "client/cli/path_checks.h"
 #include "client/cli/progress.h"
 #include "client/cli/remote_commands.h"
 #include "client/cli/report.h"
@@ -60,18 +60,6 @@ absl::Status WriteModelOptTensor(const std::string& path, const QuantizeOptions&
       {"cols", absl::StrCat(q.cols)},
   };
   return checkpoint::WriteSafetensors(path, blobs, metadata);
-}
-
-// Whether two paths name the same file (existing or not: a file about to be written).
-bool SameFile(const std::string& a, const std::string& b) {
-  std::error_code error;
-  if (std::filesystem::exists(a, error) && std::filesystem::exists(b, error)) {
-    return std::filesystem::equivalent(a, b, error);
-  }
-  const auto resolved = [&error](const std::string& path) {
-    return std::filesystem::weakly_canonical(std::filesystem::absolute(path, error), error);
-  };
-  return resolved(a) == resolved(b);
 }
 
 // The flags naming two files the command would write over each other, or over one it reads

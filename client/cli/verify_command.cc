@@ -1,12 +1,18 @@
 #include "client/cli/verify_command.h"
 
+#include <fnmatch.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
+#include <regex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -75,6 +81,143 @@ std::optional<Recipe> RecipeOf(const nlohmann::ordered_json& quantization_config
   return Recipe{*method, *objective, tool.value("scale_max", 256)};
 }
 
+// Whether a config's exclusion entry covers `module`, as vLLM matches them: compressed-tensors
+// `ignore` by exact name or a "re:" regular expression; ModelOpt `ignore` / `exclude_modules`
+// by exact name, substring or fnmatch wildcard.
+bool ExclusionCovers(const std::string& entry, const std::string& module, bool compressed_tensors) {
+  if (compressed_tensors) {
+    if (!absl::StartsWith(entry, "re:")) return entry == module;
+    try {
+      return std::regex_match(module, std::regex(entry.substr(3)));
+    } catch (const std::regex_error&) {
+      return false;  // an unusable pattern covers nothing (and is reported by the caller)
+    }
+  }
+  return absl::StrContains(module, entry) || ::fnmatch(entry.c_str(), module.c_str(), 0) == 0;
+}
+
+// A config's list of excluded modules: `key` of `object`, which must be a list of strings.
+struct Exclusions {
+  std::string where;  // e.g. "config.json quantization_config.ignore"
+  std::vector<std::string> entries;
+};
+
+// What a checkpoint's configs declare, checked against its tensors by CheckDeclarations.
+struct Declarations {
+  bool compressed_tensors = false;
+  std::optional<bool> w4a4;  // from quant_algo / input_activations; unset when undeclared
+  std::vector<Exclusions> exclusions;
+};
+
+// Reads what the configs declare, reporting malformed or missing parts as problems.
+Declarations ReadDeclarations(const nlohmann::ordered_json& quantization_config,
+                              const std::string& quantized_dir, bool compressed_tensors,
+                              const std::function<void(std::string)>& problem) {
+  Declarations d;
+  d.compressed_tensors = compressed_tensors;
+  const auto read_list = [&](const nlohmann::ordered_json& object, const std::string& key,
+                             const std::string& where) {
+    Exclusions e{where, {}};
+    const auto it = object.find(key);
+    if (it == object.end() || it->is_null()) {
+      d.exclusions.push_back(std::move(e));
+      return;
+    }
+    if (!it->is_array()) {
+      problem(absl::StrCat(where, " is not a list"));
+      return;
+    }
+    for (const auto& entry : *it) {
+      if (!entry.is_string()) {
+        problem(absl::StrCat(where, " holds a non-string entry"));
+        continue;
+      }
+      e.entries.push_back(entry.get<std::string>());
+      if (compressed_tensors && absl::StartsWith(e.entries.back(), "re:")) {
+        try {
+          std::regex(e.entries.back().substr(3));
+        } catch (const std::regex_error&) {
+          problem(absl::StrCat(where, ": '", e.entries.back(), "' is not a valid regex"));
+        }
+      }
+    }
+    d.exclusions.push_back(std::move(e));
+  };
+  read_list(quantization_config, "ignore", "config.json quantization_config.ignore");
+  if (compressed_tensors) {
+    if (const auto groups = quantization_config.find("config_groups");
+        groups != quantization_config.end() && groups->is_object()) {
+      for (const auto& [name, group] : groups->items()) {
+        if (!group.is_object() || !group.contains("input_activations")) continue;
+        const bool activations = !group["input_activations"].is_null();
+        if (d.w4a4.has_value() && *d.w4a4 != activations) {
+          problem("config.json config_groups disagree on input_activations");
+        }
+        d.w4a4 = activations;
+      }
+    }
+    return d;
+  }
+  if (const auto algo = quantization_config.find("quant_algo");
+      algo != quantization_config.end() && algo->is_string()) {
+    if (*algo == "NVFP4") d.w4a4 = true;
+    if (*algo == "W4A16_NVFP4") d.w4a4 = false;
+  }
+  // ModelOpt: hf_quant_config.json must exist with these keys (docs/checkpoints.md; older vLLM
+  // and TensorRT-LLM read it).
+  const std::filesystem::path hf_path =
+      std::filesystem::path(quantized_dir) / "hf_quant_config.json";
+  std::ifstream file(hf_path);
+  if (!file) {
+    problem("hf_quant_config.json is missing (a ModelOpt checkpoint needs it)");
+    return d;
+  }
+  const nlohmann::ordered_json hf = nlohmann::ordered_json::parse(file, nullptr, false);
+  if (!hf.is_object() || !hf.contains("quantization") || !hf["quantization"].is_object()) {
+    problem("hf_quant_config.json has no \"quantization\" object");
+    return d;
+  }
+  const nlohmann::ordered_json& q = hf["quantization"];
+  for (const char* key : {"quant_algo", "group_size", "kv_cache_quant_algo", "exclude_modules"}) {
+    if (!q.contains(key)) problem(absl::StrCat("hf_quant_config.json lacks quantization.", key));
+  }
+  if (q.contains("quant_algo") && quantization_config.contains("quant_algo") &&
+      q["quant_algo"] != quantization_config["quant_algo"]) {
+    problem("hf_quant_config.json and config.json name different quant_algo");
+  }
+  read_list(q, "exclude_modules", "hf_quant_config.json quantization.exclude_modules");
+  return d;
+}
+
+// Each declared exclusion list must cover every unquantized Linear-like weight (a loader would
+// otherwise build an NVFP4 layer for it) and no quantized module. Embeddings and LM or
+// classification heads are not Linear layers to vLLM and need not be listed.
+void CheckExclusions(const Declarations& d, const std::vector<std::string>& quantized_modules,
+                     const std::vector<std::string>& unquantized_linear,
+                     const std::function<void(std::string)>& problem) {
+  for (const Exclusions& e : d.exclusions) {
+    const auto covered = [&](const std::string& module) {
+      return std::any_of(e.entries.begin(), e.entries.end(), [&](const std::string& entry) {
+        return ExclusionCovers(entry, module, d.compressed_tensors);
+      });
+    };
+    for (const std::string& m : quantized_modules) {
+      if (covered(m)) problem(absl::StrCat(m, ": quantized, but ", e.where, " excludes it"));
+    }
+    for (const std::string& m : unquantized_linear) {
+      if (!covered(m)) {
+        problem(absl::StrCat(m, ": not quantized, and ", e.where,
+                             " does not list it (a loader would expect NVFP4 tensors)"));
+      }
+    }
+  }
+}
+
+// A per-tensor scale on disk: 0-d (ModelOpt) or [1] (compressed-tensors); loaders take both.
+bool IsScalarShape(const std::vector<int64_t>& shape) {
+  return shape.empty() || shape == std::vector<int64_t>{1};
+}
+
 float ScalarF32(const SourceTensor& t) {
   float v;
   std::memcpy(&v, t.data(), 4);
@@ -106,6 +249,10 @@ absl::StatusOr<int> Run(const VerifyFlags& flags) {
     return absl::InvalidArgumentError(absl::StrCat("unknown quant_method '", method, "'"));
   }
 
+  const Declarations declarations =
+      ReadDeclarations(config["quantization_config"], flags.quantized, names.reciprocal, problem);
+  std::vector<std::string> quantized_modules, unquantized_linear;
+
   // Our own checkpoints record how the scales were chosen; with an MSE objective they can be
   // chosen again from the source and must come out identical (WMSE would need the importance).
   const std::optional<Recipe> recipe = RecipeOf(config["quantization_config"]);
@@ -123,7 +270,7 @@ absl::StatusOr<int> Run(const VerifyFlags& flags) {
   // Fused groups are quantized whole or not at all: per group, its weights and the quantized.
   std::map<std::string, std::pair<int, int>> group_members;
   int quantized = 0, passed = 0;
-  double sq = 0, signal = 0;
+  double sq = 0, nmse_weighted = 0;
   int64_t elements = 0;
   for (const SourceTensor& s : source->tensors()) {
     const bool weight = absl::EndsWith(s.name, ".weight");
@@ -135,6 +282,13 @@ absl::StatusOr<int> Run(const VerifyFlags& flags) {
     }
     if (!weight || scales == nullptr) {
       ++passed;
+      if (weight && s.info->shape.size() == 2 && ParseDType(s.info->dtype).has_value()) {
+        const std::string reason = checkpoint::DefaultExclusionReason(module);
+        if (!absl::StartsWith(reason, "embedding") && !absl::StartsWith(reason, "lm_head") &&
+            !absl::StartsWith(reason, "classification head")) {
+          unquantized_linear.push_back(module);
+        }
+      }
       expected_outputs[s.name] = true;
       const SourceTensor* o = output->Find(s.name);
       if (o == nullptr) {
@@ -147,6 +301,7 @@ absl::StatusOr<int> Run(const VerifyFlags& flags) {
       continue;
     }
     ++quantized;
+    quantized_modules.push_back(module);
     const SourceTensor* packed = output->Find(module + names.packed);
     const SourceTensor* global = output->Find(module + names.global);
     const SourceTensor* input = output->Find(module + names.input);
@@ -171,10 +326,16 @@ absl::StatusOr<int> Run(const VerifyFlags& flags) {
         packed->info->shape != std::vector<int64_t>{rows, cols / 2} ||
         scales->info->dtype != "F8_E4M3" ||
         scales->info->shape != std::vector<int64_t>{rows, cols / 16} ||
-        global->info->dtype != "F32" || global->info->elements() != 1 ||
-        (input != nullptr && (input->info->dtype != "F32" || input->info->elements() != 1))) {
+        global->info->dtype != "F32" || !IsScalarShape(global->info->shape) ||
+        (input != nullptr && (input->info->dtype != "F32" || !IsScalarShape(input->info->shape)))) {
       problem(absl::StrCat(module, ": wrong dtype or shape of a quantized tensor"));
       continue;
+    }
+    if (declarations.w4a4.has_value() && *declarations.w4a4 != (input != nullptr)) {
+      problem(absl::StrCat(module, *declarations.w4a4 ? ": no activation scale, though the config "
+                                                        "declares W4A4"
+                                                      : ": an activation scale, though the config "
+                                                        "declares weight-only (W4A16)"));
     }
     const float stored = ScalarF32(*global);
     if (input != nullptr && !(ScalarF32(*input) > 0 && std::isfinite(ScalarF32(*input)))) {
@@ -212,7 +373,11 @@ absl::StatusOr<int> Run(const VerifyFlags& flags) {
     }
     if (!check) continue;
     sq += check->squared_error;
-    signal += check->squared_signal;
+    // As in the job's report: the element-weighted mean of the tensors' NMSE.
+    if (check->squared_signal > 0) {
+      nmse_weighted +=
+          static_cast<double>(rows * cols) * (check->squared_error / check->squared_signal);
+    }
     elements += rows * cols;
     if (check->mismatches > 0) {
       value_mismatches += check->mismatches;
@@ -276,8 +441,9 @@ absl::StatusOr<int> Run(const VerifyFlags& flags) {
   for (const SourceTensor& o : output->tensors()) {
     if (!expected_outputs.contains(o.name)) problem(absl::StrCat(o.name, ": unexpected tensor"));
   }
+  CheckExclusions(declarations, quantized_modules, unquantized_linear, problem);
   const double mse = elements > 0 ? sq / static_cast<double>(elements) : 0;
-  const double nmse = signal > 0 ? sq / signal : 0;
+  const double nmse = elements > 0 ? nmse_weighted / static_cast<double>(elements) : 0;
   if (flags.json) {
     nlohmann::ordered_json j = {{"ok", problems.empty()},
                                 {"format", method},

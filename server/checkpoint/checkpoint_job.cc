@@ -13,10 +13,12 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <system_error>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/file_status.h"
@@ -154,9 +156,12 @@ class Job {
     if (lock_fd_ >= 0) ::close(lock_fd_);
   }
 
+  // Runs the job. A failed or cancelled job whose staging directory holds no finished shard
+  // removes that directory (it has nothing to resume), so a bad input leaves no litter.
   absl::StatusOr<CheckpointReport> Run();
 
  private:
+  absl::StatusOr<CheckpointReport> RunSteps();
   bool Cancelled() const { return cancelled_ != nullptr && cancelled_->load(); }
   void Emit(const CheckpointEvent& event) {
     if (progress_) progress_(event);
@@ -164,6 +169,12 @@ class Job {
   absl::Status CheckOptions();
   absl::Status LoadInputs();
   std::string PlanKey() const;
+  // Warns (event and report note) about calibration and importance entries that name no
+  // quantized module: a typo there would otherwise go unnoticed.
+  void NoteUnusedEntries();
+  // Warns about modules --include forces in although the defaults leave them out: vLLM builds
+  // embeddings and LM heads as embedding layers, which have no NVFP4 form.
+  void NoteForcedModules();
   absl::Status PrepareStaging();
   absl::Status ComputeGroupAmax();
   QuantizeOptions OptionsFor(const PlannedTensor& t, ImportanceView* importance,
@@ -188,6 +199,7 @@ class Job {
   std::vector<float> group_input_amax_;
   std::string staging_;
   int lock_fd_ = -1;  // flock on the staging directory's lock file, held for the whole job
+  bool holds_lock_ = false;
   Journal journal_;
   CheckpointReport report_;
   std::vector<std::optional<TensorReport>> rows_;
@@ -226,21 +238,34 @@ absl::Status Job::CheckOptions() {
   }
   std::error_code ec;
   const fs::path out(options_.out_dir);
+  // Component-wise: the output must be neither the model directory nor inside it (a later run
+  // would copy it as part of the model).
+  const auto resolved = [&ec](const fs::path& path) {
+    fs::path p = fs::weakly_canonical(fs::absolute(path, ec), ec);
+    return p.has_filename() || !p.has_parent_path() ? p : p.parent_path();  // "dir/" -> "dir"
+  };
+  const fs::path out_resolved = resolved(out);
+  const fs::path model_resolved = resolved(options_.model_dir);
+  if (std::mismatch(model_resolved.begin(), model_resolved.end(), out_resolved.begin(),
+                    out_resolved.end())
+          .first == model_resolved.end()) {
+    return absl::InvalidArgumentError(
+        "the output directory must not be the model directory or lie inside it");
+  }
   if (fs::exists(out, ec)) {
     if (!fs::is_directory(out, ec) || !fs::is_empty(out, ec)) {
       return absl::FailedPreconditionError(absl::StrCat(
           options_.out_dir, " already exists and is not an empty directory; choose a new output"));
     }
   }
-  if (fs::weakly_canonical(out, ec) == fs::weakly_canonical(options_.model_dir, ec)) {
-    return absl::InvalidArgumentError("the output directory must differ from the model directory");
-  }
   return absl::OkStatus();
 }
 
 absl::Status Job::LoadInputs() {
   ASSIGN_OR_RETURN(source_, SourceCheckpoint::Open(options_.model_dir, options_.paths));
-  if (source_->config().contains("quantization_config")) {
+  // "quantization_config": null is what some exporters write for an unquantized model.
+  if (const auto q = source_->config().find("quantization_config");
+      q != source_->config().end() && !q->is_null()) {
     return absl::FailedPreconditionError(
         absl::StrCat(options_.model_dir,
                      "/config.json already has a quantization_config: the source must be "
@@ -300,6 +325,7 @@ absl::Status Job::PrepareStaging() {
     return absl::AbortedError(
         absl::StrCat("another job is writing ", options_.out_dir, " (", lock_path, " is locked)"));
   }
+  holds_lock_ = true;
   const std::string journal_path = (fs::path(staging_) / kJournalName).string();
   absl::StatusOr<Journal> journal = LoadJournal(journal_path);
   const bool reuse = journal.ok() && journal->plan_key == key;
@@ -618,11 +644,75 @@ absl::Status Job::Finalize() {
   return absl::OkStatus();
 }
 
+void Job::NoteUnusedEntries() {
+  std::set<std::string> quantized;
+  for (const PlannedTensor& t : plan_.tensors) {
+    if (t.quantize) quantized.insert(t.module);
+  }
+  const auto note = [this](const std::string& path, std::vector<std::string> unused) {
+    if (unused.empty()) return;
+    const size_t count = unused.size();
+    if (unused.size() > 5) unused.resize(5);
+    const std::string text =
+        absl::StrCat(path, ": ", count, count == 1 ? " entry matches" : " entries match",
+                     " no quantized module and ", count == 1 ? "is" : "are", " unused (",
+                     absl::StrJoin(unused, ", "), count > 5 ? ", ..." : "", ")");
+    report_.notes.push_back(text);
+    Emit({.phase = "plan", .message = text, .warning = true});
+  };
+  std::vector<std::string> unused;
+  for (const auto& [module, amax] : calibration_) {
+    if (!quantized.contains(module)) unused.push_back(module);
+  }
+  note(options_.calibration_path, std::move(unused));
+  if (importance_.has_value()) {
+    unused.clear();
+    for (const SafetensorsTensorInfo& info : importance_->header().tensors) {
+      const bool matches = absl::EndsWith(info.name, ".importance") &&
+                           quantized.contains(info.name.substr(0, info.name.size() - 11));
+      if (!matches) unused.push_back(info.name);
+    }
+    note(options_.importance_path, std::move(unused));
+  }
+}
+
+void Job::NoteForcedModules() {
+  std::vector<std::string> forced;
+  for (const PlannedTensor& t : plan_.tensors) {
+    if (t.quantize && !DefaultExclusionReason(t.module).empty()) forced.push_back(t.module);
+  }
+  if (forced.empty()) return;
+  const std::string text = absl::StrCat(
+      "--include quantizes modules the defaults leave out (", absl::StrJoin(forced, ", "),
+      "): vLLM keeps embeddings, LM and classification heads, norms, routers and vision/audio "
+      "towers unquantized and may refuse to load this checkpoint");
+  report_.notes.push_back(text);
+  Emit({.phase = "plan", .message = text, .warning = true});
+}
+
 absl::StatusOr<CheckpointReport> Job::Run() {
+  absl::StatusOr<CheckpointReport> report = RunSteps();
+  if (!report.ok() && holds_lock_ && journal_.shards.empty()) {
+    std::error_code ec;  // best effort: the job's own error is what the caller needs
+    fs::remove_all(staging_, ec);
+  }
+  return report;
+}
+
+absl::StatusOr<CheckpointReport> Job::RunSteps() {
   const auto start = Clock::now();
   RETURN_IF_ERROR(CheckOptions());
   Emit({.phase = "plan", .message = absl::StrCat("reading ", options_.model_dir)});
   RETURN_IF_ERROR(LoadInputs());
+  if (const std::vector<std::string>& skipped = source_->skipped_subdirectory_weights();
+      !skipped.empty()) {
+    const std::string text = absl::StrCat(
+        "not copied: weight files in subdirectories (", absl::StrJoin(skipped, ", "),
+        "); only the model's own weights are quantized, copy these by hand if the model needs "
+        "them");
+    report_.notes.push_back(text);
+    Emit({.phase = "plan", .message = text, .warning = true});
+  }
   PlanOptions plan_options;
   plan_options.format = options_.format;
   plan_options.include = options_.include;
@@ -631,8 +721,23 @@ absl::StatusOr<CheckpointReport> Job::Run() {
   plan_options.shard_bytes = options_.shard_bytes;
   ASSIGN_OR_RETURN(plan_, BuildCheckpointPlan(*source_, plan_options));
   if (plan_.quantized_count == 0) {
+    // Say why, most frequent reason first: "see --include" alone hides e.g. a GPT-2 checkpoint.
+    std::map<std::string, int> count_of_reason;
+    for (const PlannedTensor& t : plan_.tensors) {
+      if (!t.reason.empty()) ++count_of_reason[t.reason];
+    }
+    std::vector<std::pair<int, std::string>> reasons;
+    for (const auto& [reason, count] : count_of_reason) reasons.push_back({-count, reason});
+    std::sort(reasons.begin(), reasons.end());
+    if (reasons.size() > 4) reasons.resize(4);
+    std::vector<std::string> why;
+    for (const auto& [minus_count, reason] : reasons) {
+      why.push_back(
+          absl::StrCat(reason, " (", -minus_count, minus_count == -1 ? " tensor)" : " tensors)"));
+    }
     return absl::InvalidArgumentError(absl::StrCat(
-        options_.model_dir, ": no tensor is selected for quantization (see --include/--exclude)"));
+        options_.model_dir, ": no tensor is selected for quantization (see --include/--exclude)",
+        why.empty() ? "" : ": ", absl::StrJoin(why, "; ")));
   }
   recipe_ = {options_.format,    plan_options.w4a4,  options_.method,
              options_.objective, options_.scale_max, plan_.ignored_modules};
@@ -681,6 +786,8 @@ absl::StatusOr<CheckpointReport> Job::Run() {
           options_.objective == Objective::kWmse ? " and use mse" : ": no WMSE figures for them"));
     }
   }
+  NoteUnusedEntries();
+  NoteForcedModules();
   RETURN_IF_ERROR(PrepareStaging());
   RETURN_IF_ERROR(ComputeGroupAmax());
   if (plan_options.w4a4) {

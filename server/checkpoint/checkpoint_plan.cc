@@ -69,15 +69,26 @@ std::string DefaultExclusionReason(std::string_view module) {
         part == "mm_projector" || part == "image_encoder") {
       return "vision tower (default exclusion)";
     }
+    if (absl::StrContains(part, "audio")) return "audio tower (default exclusion)";
   }
-  if (leaf == "lm_head" || leaf == "embed_out" || leaf == "output_layer") {
+  // vLLM builds these as ParallelLMHead (an embedding), which has no NVFP4 form. `output` is
+  // InternLM2's head when it is top-level; `shared_head` is DeepSeek-V3's MTP head.
+  if (leaf == "lm_head" || leaf == "embed_out" || leaf == "output_layer" ||
+      (parts.size() == 1 && leaf == "output") ||
+      std::find(parts.begin(), parts.end(), "shared_head") != parts.end()) {
     return "lm_head (default exclusion)";
+  }
+  // Sequence-classification and reward heads: a few rows, kept exact like the LM head.
+  if (leaf == "classifier" || leaf == "score") {
+    return "classification head (default exclusion)";
   }
   for (absl::string_view part : parts) {
     if (absl::StrContains(part, "embed") || part == "wte" || part == "wpe") {
       return "embedding (default exclusion)";
     }
   }
+  // T5/BART's shared token embedding ("shared", "model.shared").
+  if (leaf == "shared" && parts.size() <= 2) return "embedding (default exclusion)";
   if (absl::StrContains(leaf, "norm") || absl::StartsWith(leaf, "ln_") || leaf == "ln") {
     return "norm (default exclusion)";
   }
@@ -85,6 +96,16 @@ std::string DefaultExclusionReason(std::string_view module) {
     return "router/gate (default exclusion)";
   }
   return "";
+}
+
+std::string Gpt2Conv1DReason(std::string_view module, const nlohmann::ordered_json& config) {
+  const auto model_type = config.find("model_type");
+  if (model_type == config.end() || !model_type->is_string() || *model_type != "gpt2") return "";
+  const size_t dot = module.rfind('.');
+  const std::string_view leaf = dot == std::string_view::npos ? module : module.substr(dot + 1);
+  if (leaf != "c_attn" && leaf != "c_proj" && leaf != "c_fc") return "";
+  return "GPT-2 Conv1D weight, stored [in, out]: its 16-element blocks would run along the "
+         "output features, and vLLM transposes it on load, so it cannot be loaded quantized";
 }
 
 absl::StatusOr<CheckpointPlan> BuildCheckpointPlan(const SourceCheckpoint& source,
@@ -115,11 +136,15 @@ absl::StatusOr<CheckpointPlan> BuildCheckpointPlan(const SourceCheckpoint& sourc
       for (const std::string& glob : options.include) {
         if (GlobMatches(glob, t.module, name)) included = true;
       }
-      // --include adds to the default selection; --exclude wins over both.
+      // --include adds to the default selection; --exclude wins over both. A transposed
+      // Conv1D weight cannot be quantized at all.
       std::string reason = included ? "" : DefaultExclusionReason(t.module);
       for (const std::string& glob : options.exclude) {
         if (GlobMatches(glob, t.module, name))
           reason = absl::StrCat("excluded by --exclude '", glob, "'");
+      }
+      if (std::string conv1d = Gpt2Conv1DReason(t.module, source.config()); !conv1d.empty()) {
+        reason = std::move(conv1d);
       }
       if (reason.empty() && (t.cols % 16 != 0 || t.rows == 0 || t.cols == 0)) {
         reason = absl::StrCat("shape [", t.rows, ", ", t.cols,

@@ -2,8 +2,9 @@
 //
 // What: decides per tensor quantize / pass through (docs/checkpoints.md "Which tensors"):
 // by default the 2-D floating-point `*.weight` of Linear layers are quantized; embeddings,
-// lm_head, norms, routers/gates, vision towers and everything that is not a 2-D F32/BF16/F16
-// `.weight` pass through byte for byte. --include globs add modules the defaults leave out,
+// LM and classification heads, norms, routers/gates, vision and audio towers, GPT-2's Conv1D
+// weights and everything that is not a 2-D F32/BF16/F16 `.weight` pass through byte for byte.
+// --include globs add modules the defaults leave out,
 // --exclude globs drop modules (exclude wins) (globs match the module name, i.e. the tensor name
 // without
 // ".weight", or the tensor name). A weight whose row length K is not a multiple of 16 passes
@@ -81,6 +82,10 @@ absl::StatusOr<CheckpointPlan> BuildCheckpointPlan(const SourceCheckpoint& sourc
 
 // The default rule alone: why `module` (2-D float weight) is not quantized, or "" if it is.
 std::string DefaultExclusionReason(std::string_view module);
+
+// Why `module` cannot be quantized in a GPT-2 checkpoint (config model_type "gpt2"), or "": its
+// c_attn / c_proj / c_fc are Conv1D weights stored [in, out].
+std::string Gpt2Conv1DReason(std::string_view module, const nlohmann::ordered_json& config);
 
 // The fused-group key of `module` ("<prefix>.{q,k,v}_proj" ...), or "" when it is in none.
 std::string FusedGroupKey(std::string_view module);

@@ -157,7 +157,14 @@ absl::StatusOr<std::unique_ptr<SourceCheckpoint>> SourceCheckpoint::Open(const s
       if (it->is_directory(ec)) it.disable_recursion_pending();
       continue;
     }
-    if (!it->is_regular_file(ec) || IsWeightFileName(name)) continue;
+    if (!it->is_regular_file(ec)) continue;
+    if (IsWeightFileName(name)) {
+      if (it.depth() > 0) {
+        source->skipped_subdirectory_weights_.push_back(
+            it->path().lexically_relative(root).string());
+      }
+      continue;
+    }
     RETURN_IF_ERROR(paths.CheckExisting(it->path().string()).status());
     // lexically: fs::relative would resolve a symlink (an HF cache snapshot's ../../blobs/...)
     // and the copy would land outside the output.
@@ -165,6 +172,8 @@ absl::StatusOr<std::unique_ptr<SourceCheckpoint>> SourceCheckpoint::Open(const s
   }
   if (ec) return io::FileErrorCodeStatus(ec, dir, "cannot list");
   std::sort(source->other_files_.begin(), source->other_files_.end());
+  std::sort(source->skipped_subdirectory_weights_.begin(),
+            source->skipped_subdirectory_weights_.end());
 
   if (fs::exists(root / "config.json", ec)) {
     RETURN_IF_ERROR(paths.CheckExisting((root / "config.json").string()).status());

@@ -48,6 +48,11 @@ class SourceCheckpoint {
   const SourceTensor* Find(std::string_view name) const;
   // Paths relative to dir() of the non-weight files to copy, sorted.
   const std::vector<std::string>& other_files() const { return other_files_; }
+  // Paths relative to dir() of weight files in subdirectories (e.g. a sentence-transformers
+  // `2_Dense/model.safetensors`), which are neither quantized nor copied; sorted.
+  const std::vector<std::string>& skipped_subdirectory_weights() const {
+    return skipped_subdirectory_weights_;
+  }
   // config.json, or null when the directory has none.
   const nlohmann::ordered_json& config() const { return config_; }
   // Total size of the weight files in bytes.
@@ -63,6 +68,7 @@ class SourceCheckpoint {
   std::vector<SourceTensor> tensors_;
   absl::flat_hash_map<std::string, size_t> index_;
   std::vector<std::string> other_files_;
+  std::vector<std::string> skipped_subdirectory_weights_;
   nlohmann::ordered_json config_;
   uint64_t weight_bytes_ = 0;
   std::string fingerprint_;

@@ -704,6 +704,36 @@ def patch_tensor(directory, name, edit):
     raise AssertionError(f"{name} not found")
 
 
+def rewrite_shard_of(directory, name, edit):
+    """Rewrites the shard holding tensor `name`: edit(tensors) changes the dict
+    {name: (dtype, shape, bytes)} in place; the index's weight_map follows."""
+    directory = pathlib.Path(directory)
+    index_path = directory / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    shard_name = index["weight_map"][name]
+    shard = directory / shard_name
+    header, metadata, start = st_header(shard)
+    data = shard.read_bytes()
+    tensors = {n: (info["dtype"], info["shape"],
+                   data[start + info["data_offsets"][0]:start + info["data_offsets"][1]])
+               for n, info in header.items()}
+    before = set(tensors)
+    edit(tensors)
+    new_header, offset, blob = {"__metadata__": metadata}, 0, b""
+    for n, (dtype, shape, raw) in tensors.items():
+        new_header[n] = {"dtype": dtype, "shape": shape,
+                         "data_offsets": [offset, offset + len(raw)]}
+        offset += len(raw)
+        blob += raw
+    text = json.dumps(new_header).encode()
+    shard.write_bytes(struct.pack("<Q", len(text)) + text + blob)
+    for n in before - set(tensors):
+        del index["weight_map"][n]
+    for n in set(tensors) - before:
+        index["weight_map"][n] = shard_name
+    index_path.write_text(json.dumps(index))
+
+
 def verify(bins, src, out):
     result = run(bins["nvfp4q"], "verify", "--model", src, "--quantized", out, "--json",
                  check=False)
@@ -777,26 +807,12 @@ def test_verify_finds_damaged_values_scales_and_a_wrong_source(bins, runs, llama
     shutil.copytree(good, partial)
     module = "model.layers.1.self_attn.k_proj"
     source_weight = checkpoint_raw(runs.src)[module + ".weight"]
-    index_path = partial / "model.safetensors.index.json"
-    index = json.loads(index_path.read_text())
-    shard = partial / index["weight_map"][module + ".weight"]
-    header, metadata, start = st_header(shard)
-    data = shard.read_bytes()
-    tensors = {name: (info["dtype"], info["shape"],
-                      data[start + info["data_offsets"][0]:start + info["data_offsets"][1]])
-               for name, info in header.items() if not name.startswith(module + ".")}
-    tensors[module + ".weight"] = (source_weight[0], list(source_weight[1]), source_weight[2])
-    new_header, offset, blob = {"__metadata__": metadata}, 0, b""
-    for name, (dtype, shape, raw) in tensors.items():
-        new_header[name] = {"dtype": dtype, "shape": shape,
-                            "data_offsets": [offset, offset + len(raw)]}
-        offset += len(raw)
-        blob += raw
-    text = json.dumps(new_header).encode()
-    shard.write_bytes(struct.pack("<Q", len(text)) + text + blob)
-    for suffix in (".weight_scale", ".weight_scale_2", ".input_scale"):
-        index["weight_map"].pop(module + suffix, None)
-    index_path.write_text(json.dumps(index))
+
+    def pass_through(tensors):
+        for suffix in (".weight_scale", ".weight_scale_2", ".input_scale"):
+            del tensors[module + suffix]
+        tensors[module + ".weight"] = (source_weight[0], list(source_weight[1]), source_weight[2])
+    rewrite_shard_of(partial, module + ".weight", pass_through)
     rc, report = verify(bins, runs.src, partial)
     assert rc == 3, report
     assert any("self_attn.{q,k,v}_proj: 2 of the 3 fused modules are quantized" in p
@@ -847,3 +863,97 @@ def test_quiet_still_warns_that_a_stale_partial_output_is_discarded(bins, llama,
                  "--quiet")
     assert "discarding the partial output" in result.stderr, result.stderr
     assert "reading" not in result.stderr  # progress stays quiet
+
+
+def test_verify_checks_what_the_configs_declare(bins, runs, tmp_path):
+    """The configs must agree with the tensors: exclusion lists cover every unquantized Linear
+    and no quantized module, ModelOpt has its hf_quant_config.json, per-tensor scales are
+    scalars, and activation scales are there exactly when the config declares W4A4."""
+    def problems_of(out):
+        rc, report = verify(bins, runs.src, out)
+        assert rc == 3 and not report["ok"], report
+        return report["problems"]
+
+    def edit_json(path, edit):
+        data = json.loads(path.read_text())
+        edit(data)
+        path.write_text(json.dumps(data))
+
+    good, _ = runs("mo_sweep")  # ModelOpt, W4A4
+    down = "model.layers.0.mlp.down_proj"
+    case = tmp_path / "ignores_a_quantized_module"
+    shutil.copytree(good, case)
+    edit_json(case / "config.json", lambda c: c["quantization_config"]["ignore"].append(down))
+    assert f"{down}: quantized, but config.json quantization_config.ignore excludes it" in \
+        problems_of(case)
+
+    case = tmp_path / "hf_excludes_by_wildcard"
+    shutil.copytree(good, case)
+    edit_json(case / "hf_quant_config.json",
+              lambda c: c["quantization"]["exclude_modules"].append("*.down_proj"))
+    found = problems_of(case)
+    assert sum("hf_quant_config.json quantization.exclude_modules excludes it" in p
+               for p in found) == 2, found
+
+    case = tmp_path / "no_hf_quant_config"
+    shutil.copytree(good, case)
+    (case / "hf_quant_config.json").unlink()
+    assert "hf_quant_config.json is missing (a ModelOpt checkpoint needs it)" in problems_of(case)
+
+    case = tmp_path / "global_scale_1x1"
+    shutil.copytree(good, case)
+
+    def reshape(tensors):
+        dtype, _, raw = tensors[down + ".weight_scale_2"]
+        tensors[down + ".weight_scale_2"] = (dtype, [1, 1], raw)
+    rewrite_shard_of(case, down + ".weight_scale_2", reshape)
+    assert f"{down}: wrong dtype or shape of a quantized tensor" in problems_of(case)
+
+    case = tmp_path / "w4a4_without_an_input_scale"
+    shutil.copytree(good, case)
+    rewrite_shard_of(case, down + ".input_scale", lambda t: t.pop(down + ".input_scale"))
+    assert f"{down}: no activation scale, though the config declares W4A4" in problems_of(case)
+
+    weight_only, _ = runs("ct_w4a16")  # compressed-tensors, W4A16
+    case = tmp_path / "w4a16_with_an_input_scale"
+    shutil.copytree(weight_only, case)
+    rewrite_shard_of(case, down + ".weight_scale", lambda t: t.__setitem__(
+        down + ".input_global_scale", ("F32", [1], struct.pack("<f", 100.0))))
+    assert (f"{down}: an activation scale, though the config declares weight-only (W4A16)"
+            in problems_of(case))
+
+    # A Linear left unquantized (--exclude) is listed in both ModelOpt lists: dropping it from
+    # one is a problem, since a loader would then build an NVFP4 layer for its bf16 weight.
+    excluded = tmp_path / "excluded"
+    run(bins["nvfp4q"], "quantize", "--model", runs.src, "--out", excluded, "--quiet",
+        "--exclude", down)
+    rc, report = verify(bins, runs.src, excluded)
+    assert rc == 0, report
+    edit_json(excluded / "config.json",
+              lambda c: c["quantization_config"]["ignore"].remove(down))
+    assert (f"{down}: not quantized, and config.json quantization_config.ignore does not list "
+            "it (a loader would expect NVFP4 tensors)") in problems_of(excluded)
+
+
+def test_dry_run_prints_the_plan_the_job_then_follows(bins, runs, tmp_path, monkeypatch):
+    out, _ = runs("mo_sweep")
+    r = run(bins["nvfp4q"], "quantize", "--model", runs.src, "--dry-run", "--json",
+            "--shard-size", "1MiB", "--calibration", runs.calib)
+    plan = json.loads(r.stdout)
+    quantized = {t["name"][:-len(".weight")] for t in plan["tensors"] if t["quantize"]}
+    assert quantized == set(quantized_modules(out)) and plan["quantized"] == len(quantized)
+    assert all(t["reason"] for t in plan["tensors"]
+               if not t["quantize"] and t["name"].endswith(".weight"))
+    config = json.loads((out / "config.json").read_text())
+    assert plan["ignore"] == config["quantization_config"]["ignore"]
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert plan["shards"] == sorted(set(index["weight_map"].values()))
+    # The table form says the same in words, and nothing is written anywhere.
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    text = run(bins["nvfp4q"], "quantize", "--model", runs.src, "--dry-run", "--exclude",
+               "*.down_proj").stdout
+    assert "copy     model.layers.0.mlp.down_proj.weight" in text
+    assert "excluded by --exclude '*.down_proj'" in text
+    assert f"{len(quantized) - 2} of {len(plan['tensors'])} tensors quantized" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -190,9 +190,9 @@ def test_usage_errors_exit_2_before_any_work(nvfp4q, tmp_path):
           "4x32"], "--shape must be N,K"),
         (["quantize-tensor", "--input", w, "--output", out, "--threads", "-1"],
          "--threads: must be a number >= 0, got '-1'"),
-        (["quantize", "--model", str(tmp_path), "--out", str(tmp_path / "q"), "--shard-size",
+        (["quantize", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "q"), "--shard-size",
           "5XB"], "is not a size"),
-        (["quantize", "--model", str(tmp_path), "--out", str(tmp_path / "q"),
+        (["quantize", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "q"),
           "--stream-tensors"], "--stream-tensors needs --server"),
         (["compare", w, "--methods", "absmax,bogus"], "unknown method 'bogus'"),
         (["bench", "--methods", "foo"], "unknown method 'foo'"),
@@ -209,9 +209,9 @@ def test_usage_errors_exit_2_before_any_work(nvfp4q, tmp_path):
          "--global-scale: must be a number > 0, got 'inf'"),
         (["quantize-tensor", "--input", w, "--output", out, "--token-file", w],
          "--token-file requires --server"),
-        (["quantize", "--model", str(tmp_path), "--out", str(tmp_path / "q"), "--shard-size",
+        (["quantize", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "q"), "--shard-size",
           "1000"], "--shard-size must be at least 1MiB"),
-        (["quantize", "--model", str(tmp_path), "--out", str(tmp_path / "q"), "--objective",
+        (["quantize", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "q"), "--objective",
           "wmse"], "--objective wmse needs --importance"),
     ]:
         r = run(nvfp4q, *args, check=False)
@@ -241,6 +241,37 @@ def test_a_given_scale_that_saturates_the_tensor_is_warned_about(nvfp4q, tmp_pat
             r = run(nvfp4q, "quantize-tensor", "--input", tmp_path / "y.npy", "--output",
                     tmp_path / "o.st", "--amax", amax, "--scale-max", f)
             assert "warning" not in r.stderr, (i, f, amax, r.stderr)
+
+
+def test_checkpoint_outputs_never_land_on_or_in_an_input(nvfp4q, tmp_path, monkeypatch):
+    # Refused before anything is read: the "weights" need not even be valid.
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "model"
+    model.mkdir()
+    files = {model / "config.json": b"{}", model / "model.safetensors": b"weights",
+             tmp_path / "cal.json": b"{}", tmp_path / "imp.safetensors": b"importance"}
+    for path, data in files.items():
+        path.write_bytes(data)
+    base = ["quantize", "--model", "model"]
+    for args, message in [
+        (["--out", "model"], "--out (model) must not be --model or lie inside it"),
+        (["--out", "./model/"], "must not be --model or lie inside it"),
+        (["--out", "model/q"], "must not be --model or lie inside it"),
+        (["--out", "q", "--report", "model/config.json"], "must not name a file inside --model"),
+        (["--out", "q", "--report", tmp_path / "model" / "model.safetensors"],
+         "must not name a file inside --model"),
+        (["--out", "q", "--report", "model/new.json"], "must not name a file inside --model"),
+        (["--out", "q", "--calibration", "cal.json", "--report", "cal.json"],
+         "--report and --calibration name the same file"),
+        (["--out", "q", "--importance", "imp.safetensors", "--report", "./imp.safetensors"],
+         "--report and --importance name the same file"),
+    ]:
+        r = run(nvfp4q, *base, *args, check=False)
+        assert r.returncode == 2 and message in r.stderr, (args, r.returncode, r.stderr)
+    for path, data in files.items():
+        assert path.read_bytes() == data, path
+    assert sorted(p.name for p in model.iterdir()) == ["config.json", "model.safetensors"]
+    assert not (tmp_path / "q").exists()
 
 
 def test_outputs_never_overwrite_an_input_or_each_other(nvfp4q, tmp_path, monkeypatch):

@@ -44,9 +44,12 @@ namespace {
 
 namespace fs = std::filesystem;
 using Json = nlohmann::ordered_json;
+using ::testing::AllOf;
+using ::testing::Contains;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
+using ::testing::Not;
 
 // ---------------------------------------------------------------------------------------------
 // Source checkpoints.
@@ -731,12 +734,14 @@ TEST_F(CheckpointJobTest, W4A4InputScalesComeFromTheCalibrationGroupMax) {
     calibration[m] = v;
     v += 0.75f;  // exactly representable; q < k < v so the group max is v_proj's
   }
-  calibration["model.layers.9.unused"] = 100.0;  // extra entries are ignored
+  calibration["model.layers.9.unused"] = 100.0;  // extra entries are ignored, with a note
   WriteBytes(Path("calib.json"), calibration.dump());
   CheckpointJobOptions options = Options("out");
   options.calibration_path = Path("calib.json");
   const CheckpointReport report = RunOk(options);
   EXPECT_TRUE(report.w4a4);
+  EXPECT_THAT(report.notes, Contains(AllOf(HasSubstr("calib.json: 1 entry matches no quantized"),
+                                           HasSubstr("model.layers.9.unused"))));
   const Output output = ReadOutput(Path("out"));
   for (int l = 0; l < 2; ++l) {
     const std::string p = absl::StrCat("model.layers.", l, ".");
@@ -1164,6 +1169,54 @@ TEST_F(CheckpointJobTest, AlreadyQuantizedSourceIsFailedPrecondition) {
   EXPECT_EQ(report.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(report.status().message(), HasSubstr("quantization_config"));
   EXPECT_FALSE(fs::exists(Path("out")));
+  // "quantization_config": null (written by some exporters) means unquantized.
+  config["quantization_config"] = nullptr;
+  WriteBytes(Path("model/config.json"), config.dump());
+  RunOk(Options("out"));
+  EXPECT_EQ(ReadJson(Path("out/config.json"))["quantization_config"]["quant_method"], "modelopt");
+}
+
+TEST_F(CheckpointJobTest, OutputInsideTheModelIsInvalidArgument) {
+  TinyModel();
+  for (const std::string& out :
+       {Path("model"), Path("model/"), Path("model/quantized"), Path("model/../model/sub/q")}) {
+    CheckpointJobOptions options = Options("out");
+    options.out_dir = out;
+    absl::StatusOr<CheckpointReport> report = Run(options);
+    EXPECT_EQ(report.status().code(), absl::StatusCode::kInvalidArgument) << out;
+    EXPECT_THAT(report.status().message(), HasSubstr("inside")) << out;
+  }
+  EXPECT_FALSE(fs::exists(Path("model/quantized")));
+  EXPECT_FALSE(fs::exists(Path("model/sub")));
+  // A sibling whose name merely starts with the model's is fine.
+  CheckpointJobOptions sibling = Options("out");
+  sibling.out_dir = Path("model-nvfp4");
+  RunOk(sibling);
+}
+
+TEST_F(CheckpointJobTest, WeightFilesInSubdirectoriesAreReportedNotCopied) {
+  const Model model = TinyModel();
+  // A sentence-transformers layout: a Dense head with its own config and weights.
+  fs::create_directories(Path("model/2_Dense"));
+  ASSERT_TRUE(
+      WriteTensors(Path("model/2_Dense/model.safetensors"), model, {"model.norm.weight"}).ok());
+  WriteBytes(Path("model/2_Dense/config.json"), "{}");
+  const CheckpointReport report = RunOk(Options("out"));
+  EXPECT_TRUE(fs::exists(Path("out/2_Dense/config.json")));
+  EXPECT_FALSE(fs::exists(Path("out/2_Dense/model.safetensors")));
+  EXPECT_THAT(report.notes, Contains(HasSubstr("2_Dense/model.safetensors")));
+  bool warned = false;
+  for (const Event& e : events_) warned = warned || absl::StrContains(e.message, "2_Dense");
+  EXPECT_TRUE(warned);
+}
+
+TEST_F(CheckpointJobTest, IncludingAnLmHeadIsNoted) {
+  TinyModel();
+  CheckpointJobOptions options = Options("out");
+  options.include = {"lm_head"};
+  const CheckpointReport report = RunOk(options);
+  EXPECT_THAT(report.notes, Contains(AllOf(HasSubstr("--include"), HasSubstr("lm_head"))));
+  EXPECT_THAT(RunOk(Options("out2")).notes, Not(Contains(HasSubstr("--include"))));
 }
 
 TEST_F(CheckpointJobTest, ModelWithoutSafetensorsIsNotFound) {
@@ -1220,6 +1273,8 @@ TEST_F(CheckpointJobTest, NoTensorSelectedIsInvalidArgument) {
   absl::StatusOr<CheckpointReport> report = Run(options);
   EXPECT_EQ(report.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(report.status().message(), HasSubstr("no tensor"));
+  // It says why for the first weights.
+  EXPECT_THAT(report.status().message(), HasSubstr("excluded by --exclude 'model.layers.*'"));
   EXPECT_FALSE(fs::exists(Path("out")));
   EXPECT_FALSE(fs::exists(StagingDirFor(Path("out"))));
 }
@@ -1250,6 +1305,8 @@ TEST_F(CheckpointJobTest, NonFiniteWeightIsInvalidArgumentNamingTheTensor) {
   EXPECT_EQ(report.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(report.status().message(), HasSubstr("model.layers.1.self_attn.o_proj.weight"));
   EXPECT_FALSE(fs::exists(Path("out")));
+  // No shard was finished: no staging directory is left behind either.
+  EXPECT_FALSE(fs::exists(StagingDirFor(Path("out"))));
 }
 
 TEST_F(CheckpointJobTest, HuggingFaceCacheSnapshotIsFollowedAndCopiedAsFiles) {

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <set>
@@ -52,7 +53,12 @@ struct Spec {
 // A checkpoint directory holding `specs` (zero-filled) in one model.safetensors, opened.
 class Checkpoint {
  public:
-  explicit Checkpoint(const std::vector<Spec>& specs) : dir_(TestDir()) {
+  // `config_json`, when given, is written as config.json.
+  explicit Checkpoint(const std::vector<Spec>& specs, const std::string& config_json = "")
+      : dir_(TestDir()) {
+    if (!config_json.empty()) {
+      std::ofstream(dir_ + "/config.json") << config_json;
+    }
     std::vector<std::vector<uint8_t>> storage;
     std::vector<SafetensorsBlob> blobs;
     storage.reserve(specs.size());
@@ -244,6 +250,38 @@ TEST(CheckpointPlanTest, DefaultExclusionReasonRules) {
   EXPECT_THAT(DefaultExclusionReason("model.vision_tower.blocks.0.attn.qkv"), HasSubstr("vision"));
   EXPECT_THAT(DefaultExclusionReason("visual.blocks.0.mlp.fc1"), HasSubstr("vision"));
   EXPECT_THAT(DefaultExclusionReason("model.multi_modal_projector.linear_1"), HasSubstr("vision"));
+  // Heads and embeddings of other families: InternLM2's top-level `output`, DeepSeek-V3's MTP
+  // head, classification/reward heads, T5/BART's shared embedding, audio towers.
+  EXPECT_THAT(DefaultExclusionReason("output"), HasSubstr("lm_head"));
+  EXPECT_THAT(DefaultExclusionReason("model.layers.61.shared_head.head"), HasSubstr("lm_head"));
+  EXPECT_THAT(DefaultExclusionReason("classifier"), HasSubstr("classification head"));
+  EXPECT_THAT(DefaultExclusionReason("score"), HasSubstr("classification head"));
+  EXPECT_THAT(DefaultExclusionReason("shared"), HasSubstr("embedding"));
+  EXPECT_THAT(DefaultExclusionReason("model.shared"), HasSubstr("embedding"));
+  EXPECT_THAT(DefaultExclusionReason("model.audio_tower.layers.0.fc1"), HasSubstr("audio"));
+  // ... but not Linear layers whose names merely contain those words.
+  EXPECT_THAT(DefaultExclusionReason("bert.encoder.layer.0.output.dense"), IsEmpty());
+  EXPECT_THAT(DefaultExclusionReason("model.layers.0.attention.output"), IsEmpty());
+  EXPECT_THAT(DefaultExclusionReason("model.layers.0.mlp.shared_experts.gate_proj"), IsEmpty());
+  EXPECT_THAT(DefaultExclusionReason("model.layers.0.mlp.shared_expert.up_proj"), IsEmpty());
+}
+
+// GPT-2's Conv1D weights are stored [in, out]: never quantized, even when --include names them;
+// the same names in other families (GPTBigCode, Qwen) are ordinary Linear weights.
+TEST(CheckpointPlanTest, Gpt2Conv1DWeightsAreNotQuantized) {
+  const std::vector<Spec> specs = {{"transformer.h.0.attn.c_attn.weight", "F32", {64, 192}},
+                                   {"transformer.h.0.attn.c_proj.weight", "F32", {64, 64}},
+                                   {"transformer.h.0.mlp.c_fc.weight", "F32", {64, 256}}};
+  Checkpoint gpt2(specs, R"({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]})");
+  ASSERT_TRUE(gpt2.ok());
+  PlanOptions options;
+  options.include = {"*"};
+  const CheckpointPlan plan = Plan(gpt2, options);
+  EXPECT_EQ(plan.quantized_count, 0);
+  EXPECT_THAT(Find(plan, "transformer.h.0.mlp.c_fc.weight").reason, HasSubstr("Conv1D"));
+  Checkpoint bigcode(specs, R"({"model_type": "gpt_bigcode"})");
+  ASSERT_TRUE(bigcode.ok());
+  EXPECT_EQ(Plan(bigcode, {}).quantized_count, 3);
 }
 
 // ---------------------------------------------------------------------------------------------
