@@ -26,6 +26,7 @@ namespace nvfp4::server {
 namespace {
 
 constexpr absl::Duration kShutdownLinger = absl::Milliseconds(500);
+constexpr absl::Duration kIdleCallsGrace = absl::Milliseconds(200);
 
 absl::StatusOr<std::string> ReadFile(const std::string& path, const char* what) {
   absl::StatusOr<std::string> bytes = io::internal::ReadFileToString(path);
@@ -140,6 +141,10 @@ absl::StatusOr<std::unique_ptr<Nvfp4Server>> Nvfp4Server::Start(
   // and memory released.
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 60 * 1000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20 * 1000);
+  // Clients ping every 30 s to detect a frozen server (nvfp4q, nvfp4client); gRPC's default
+  // policy answers pings more often than every 5 min on a call without data (a job running for
+  // minutes) with GOAWAY "too_many_pings". Allow one per 10 s.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10 * 1000);
   // Large tensors: let HTTP/2 keep several chunks in flight.
   builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 20);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, 16 << 20);
@@ -149,6 +154,21 @@ absl::StatusOr<std::unique_ptr<Nvfp4Server>> Nvfp4Server::Start(
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   s->server_ = builder.BuildAndStart();
   if (!s->server_ || s->port_ == 0) {
+    // gRPC says only that the port could not be added. With TLS, find out whether the address
+    // or the certificate is at fault: the same address without TLS.
+    if (!options.tls_cert_file.empty()) {
+      grpc::ServerBuilder probe;
+      int probe_port = 0;
+      probe.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &probe_port);
+      probe.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+      if (std::unique_ptr<grpc::Server> plain = probe.BuildAndStart(); plain && probe_port != 0) {
+        plain->Shutdown(std::chrono::system_clock::now());
+        return absl::InvalidArgumentError(
+            absl::StrCat("cannot serve TLS on ", options.listen, ": the certificate (",
+                         options.tls_cert_file, ") or key (", options.tls_key_file,
+                         ") is not valid PEM, or the key does not match the certificate"));
+      }
+    }
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", options.listen,
                      ": the address is in use, or not host:port or unix:path"));
@@ -284,8 +304,15 @@ void Nvfp4Server::Shutdown(absl::Duration drain) {
       absl::SleepFor(std::min(kShutdownLinger, deadline - absl::Now()));
     }
     // Waits for in-flight calls until the deadline, then cancels them (their jobs see the
-    // cancel flag and stop between chunks).
-    server_->Shutdown(absl::ToChronoTime(deadline));
+    // cancel flag and stop between chunks). Once no tensor or checkpoint call is left, what
+    // remains is health Watch streams (client-side health checking keeps one open per
+    // connection; they have seen NOT_SERVING) and instant job queries: they get a moment, not
+    // the rest of the drain timeout.
+    absl::Time end = deadline;
+    if (service_ && service_->active_calls() == 0) {
+      end = std::min(deadline, absl::Now() + kIdleCallsGrace);
+    }
+    server_->Shutdown(absl::ToChronoTime(end));
   }
   {
     absl::MutexLock lock(&shutdown_mu_);

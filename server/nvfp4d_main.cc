@@ -54,7 +54,9 @@ int main(int argc, char** argv) {
   app.add_option("--max-job-mib", max_job_mib, "largest job: input + importance + outputs (MiB)")
       ->check(nvfp4::cli_checks::Positive())
       ->capture_default_str();
-  app.add_option("--max-message-mib", max_message_mib, "largest unary request (MiB)")
+  app.add_option("--max-message-mib", max_message_mib,
+                 "largest message either way: a unary request or its response (MiB); "
+                 "stream chunks are at most min(4, this)")
       ->check(CLI::Range(1, 2000))
       ->capture_default_str();
   app.add_option("--drain-timeout", drain_seconds, "seconds running calls get on SIGTERM")

@@ -6,6 +6,7 @@
 #define NVFP4_SERVER_METRICS_SERVER_METRICS_H_
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -35,7 +36,9 @@ class ServerMetrics {
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
   // kind: "tensor" or "checkpoint"; code: gRPC code name.
-  void JobFinished(const std::string& kind, const std::string& code, double duration_seconds);
+  // admitted_seconds: nullopt for a call refused before admission (counted, no duration).
+  void JobFinished(const std::string& kind, const std::string& code,
+                   std::optional<double> admitted_seconds);
   void JobStarted(double queue_wait_seconds);
   void TensorQuantized(double elements, double input_bytes, double output_bytes, double nmse,
                        double gain);

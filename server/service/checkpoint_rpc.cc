@@ -78,8 +78,15 @@ class CheckpointReactor final : public grpc::ServerWriteReactor<Response> {
     const std::string name = request.name().empty() ? request.model_dir() : request.name();
     std::shared_ptr<Job> job = service_->jobs()->Create(v1::JOB_KIND_CHECKPOINT, name, 0);
     // The job streams tensors through mmap; its transient buffers are one tensor's results.
-    ASSIGN_OR_RETURN(std::shared_ptr<Scheduler::Admission> admission,
-                     service_->scheduler()->Admit(job, 0));
+    absl::StatusOr<std::shared_ptr<Scheduler::Admission>> admitted =
+        service_->scheduler()->Admit(job, 0);
+    if (!admitted.ok()) {
+      // Refused: no job id reached the client, so no record is kept (job_ stays null).
+      job->MarkFinished(admitted.status(), std::nullopt, "");
+      service_->jobs()->Forget(job->id());
+      return admitted.status();
+    }
+    std::shared_ptr<Scheduler::Admission> admission = *std::move(admitted);
     absl::MutexLock lock(&mu_);
     job_ = std::move(job);
     admission_ = std::move(admission);
@@ -156,7 +163,9 @@ class CheckpointReactor final : public grpc::ServerWriteReactor<Response> {
     if (final_status_) return;
     final_status_ = status;
     if (!status.ok() && job_) job_->MarkFinished(status, std::nullopt, "");
-    service_->RecordOutcome(status, absl::ToDoubleSeconds(absl::Now() - start_), "checkpoint");
+    service_->RecordOutcome(
+        status, job_ ? std::optional(absl::ToDoubleSeconds(absl::Now() - start_)) : std::nullopt,
+        "checkpoint");
   }
 
   void PumpAndUnlock() ABSL_UNLOCK_FUNCTION(mu_) {

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "absl/base/casts.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -28,6 +29,9 @@ namespace {
 using StreamRequest = v1::QuantizeTensorRequest;
 using StreamResponse = v1::QuantizeTensorResponse;
 
+// A result chunk message is one bytes field: a tag byte and a length varint of at most 5 bytes.
+constexpr size_t kResultChunkFramingBytes = 16;
+
 absl::Status CheckDeadline(const grpc::CallbackServerContext& context) {
   if (context.deadline() <= std::chrono::system_clock::now()) {
     return absl::DeadlineExceededError("the call's deadline passed before the job was admitted");
@@ -45,7 +49,10 @@ absl::Status AdmitTensorJob(QuantizerService& service, const api::TensorSpec& sp
   absl::StatusOr<std::shared_ptr<Scheduler::Admission>> admitted =
       service.scheduler()->Admit(*job, service.ReservedBytes(spec, streamed));
   if (!admitted.ok()) {
+    // Refused: no job id reached the client, so no record is kept (job stays null).
     (*job)->MarkFinished(admitted.status(), std::nullopt, "");
+    service.jobs()->Forget((*job)->id());
+    job->reset();
     return admitted.status();
   }
   *admission = std::move(*admitted);
@@ -202,7 +209,9 @@ class TensorStreamReactor final
     // A call whose lock is busy is handling a message (progress) or finishing: not idle. The
     // sweep never waits for a chunk copy or an admission with the watch list locked.
     if (!mu_.TryLock()) return false;
-    const bool receiving = !final_status_ && !submitted_ && phase_ != Phase::kHeader;
+    // A call that never sends its header holds no job, but it holds a call slot and a drain
+    // waits for it: it expires like a stalled upload.
+    const bool receiving = !final_status_ && !submitted_;
     // A job cancelled (CancelJob) before its tensor is complete is never submitted, so nothing
     // else would end its call before the client's next chunk.
     const bool cancelled = receiving && job_ && job_->cancel_requested();
@@ -577,7 +586,8 @@ class TensorStreamReactor final
       output_.reset();
       if (job_) job_->MarkFinished(status, std::nullopt, "");
     }
-    service_->RecordOutcome(status, absl::ToDoubleSeconds(absl::Now() - start_));
+    service_->RecordOutcome(
+        status, job_ ? std::optional(absl::ToDoubleSeconds(absl::Now() - start_)) : std::nullopt);
   }
 
   struct Bytes {
@@ -667,8 +677,11 @@ class TensorStreamReactor final
           // The byte sections, each sent in chunks; an empty one is skipped.
           const Bytes bytes = SectionBytesLocked(section_);
           if (bytes.size > 0) {
-            const size_t n = std::min(static_cast<size_t>(service_->options().max_chunk_bytes),
-                                      bytes.size - offset_);
+            // The whole message (payload + field tag and length) stays within max_chunk_bytes,
+            // so clients with gRPC's default 4 MiB receive limit can read every chunk.
+            const size_t n = std::min(
+                static_cast<size_t>(service_->options().max_chunk_bytes) - kResultChunkFramingBytes,
+                bytes.size - offset_);
             if (FinalBytesLocked(section_, bytes.size) < offset_ + n) {
               // Not final yet (early results): wait for the rows that complete this chunk.
               const int64_t rows =
@@ -814,7 +827,7 @@ class TensorUnaryReactor final : public grpc::ServerUnaryReactor {
       : service_(service), context_(context), response_(response), start_(absl::Now()) {
     const absl::Status status = Start(*request);
     if (!status.ok()) {
-      service_->RecordOutcome(status, 0.0);
+      service_->RecordOutcome(status, std::nullopt);  // refused before admission
       Finish(api::ToGrpcStatus(status));
       return;
     }
@@ -853,6 +866,16 @@ class TensorUnaryReactor final : public grpc::ServerUnaryReactor {
                                                      " bytes; header.importance_layout "
                                                      "implies ",
                                                      spec.importance_values() * 4));
+    }
+    // The response is one message too: refuse now what the send limit would refuse after the
+    // work (a RESOURCE_EXHAUSTED then would be retried, and the job redone, in vain).
+    const int64_t response_bytes =
+        ResultPackedBytes(spec) + ResultScaleBytes(spec) + spec.dequantized_bytes();
+    if (response_bytes > service_->options().max_message_bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the result (", response_bytes, " bytes) would exceed the largest message (",
+                       service_->options().max_message_bytes,
+                       " bytes, limits.max_message_bytes): use the streamed QuantizeTensor"));
     }
     RETURN_IF_ERROR(CheckDeadline(*context_));
     RETURN_IF_ERROR(
@@ -918,9 +941,18 @@ grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,
 
 }  // namespace
 
+namespace {
+// A chunk never exceeds the largest message: with --max-message-mib below 4 the advertised chunk
+// size shrinks with it (else every streamed upload would be refused by gRPC's own limit).
+ServiceOptions WithConsistentLimits(ServiceOptions options) {
+  options.max_chunk_bytes = std::min(options.max_chunk_bytes, options.max_message_bytes);
+  return options;
+}
+}  // namespace
+
 QuantizerService::QuantizerService(const ServiceOptions& options, Scheduler* scheduler,
                                    JobRegistry* jobs, ServerMetrics* metrics)
-    : options_(options),
+    : options_(WithConsistentLimits(options)),
       scheduler_(scheduler),
       jobs_(jobs),
       metrics_(metrics),
@@ -984,9 +1016,13 @@ absl::Status QuantizerService::Authenticate(const grpc::CallbackServerContext& c
   if (options_.auth_token.empty()) return absl::OkStatus();
   const auto& metadata = context.client_metadata();
   const auto it = metadata.find("authorization");
-  const std::string expected = "Bearer " + options_.auth_token;
-  if (it != metadata.end()) {
-    const std::string_view got(it->second.data(), it->second.size());
+  const std::string& expected = options_.auth_token;
+  // The scheme name is case-insensitive (RFC 7235): "Bearer", "bearer", "BEARER".
+  constexpr absl::string_view kScheme = "bearer ";
+  if (it != metadata.end() && it->second.size() >= kScheme.size() &&
+      absl::EqualsIgnoreCase(absl::string_view(it->second.data(), kScheme.size()), kScheme)) {
+    const std::string_view got(it->second.data() + kScheme.size(),
+                               it->second.size() - kScheme.size());
     // Constant-time comparison: the time taken does not reveal the matching prefix.
     unsigned char diff = got.size() == expected.size() ? 0 : 1;
     for (size_t i = 0; i < expected.size(); ++i) {
@@ -998,9 +1034,10 @@ absl::Status QuantizerService::Authenticate(const grpc::CallbackServerContext& c
       "missing or invalid bearer token (metadata 'authorization: Bearer <token>')");
 }
 
-void QuantizerService::RecordOutcome(const absl::Status& status, double seconds,
+void QuantizerService::RecordOutcome(const absl::Status& status,
+                                     std::optional<double> admitted_seconds,
                                      const std::string& kind) {
-  if (metrics_) metrics_->JobFinished(kind, api::StatusCodeName(status.code()), seconds);
+  if (metrics_) metrics_->JobFinished(kind, api::StatusCodeName(status.code()), admitted_seconds);
 }
 
 grpc::ServerWriteReactor<v1::QuantizeCheckpointResponse>* QuantizerService::QuantizeCheckpoint(
@@ -1042,7 +1079,13 @@ grpc::ServerUnaryReactor* QuantizerService::ListJobs(grpc::CallbackServerContext
                                                      v1::ListJobsResponse* response) {
   if (absl::Status auth = Authenticate(*context); !auth.ok()) return FinishNow(context, auth);
   std::vector<v1::JobState> states;
-  for (int s : request->states()) states.push_back(static_cast<v1::JobState>(s));
+  for (int s : request->states()) {
+    if (!v1::JobState_IsValid(s) || s == v1::JOB_STATE_UNSPECIFIED) {
+      return FinishNow(context,
+                       absl::InvalidArgumentError(absl::StrCat("states: unknown job state ", s)));
+    }
+    states.push_back(static_cast<v1::JobState>(s));
+  }
   for (const auto& job : jobs_->List(states)) *response->add_jobs() = job->ToProto();
   return FinishNow(context, absl::OkStatus());
 }

@@ -89,8 +89,10 @@ class QuantizerService final : public QuantizerServiceBase {
   // Authenticate, then the job called `job_id` (NotFound when unknown).
   absl::StatusOr<std::shared_ptr<Job>> FindJob(const grpc::CallbackServerContext& context,
                                                const std::string& job_id) const;
-  // kind: the job kind label of the metrics ("tensor", "checkpoint").
-  void RecordOutcome(const absl::Status& status, double seconds,
+  // kind: the job kind label of the metrics ("tensor", "checkpoint"). admitted_seconds: the
+  // job's time since its call started, or nullopt for a call refused before admission (counted
+  // by code, but not a job duration).
+  void RecordOutcome(const absl::Status& status, std::optional<double> admitted_seconds,
                      const std::string& kind = "tensor");
   const ServiceOptions& options() const { return options_; }
   Scheduler* scheduler() const { return scheduler_; }

@@ -312,6 +312,22 @@ def test_tls_and_token_from_the_cli_and_python(pb, nvfp4d, nvfp4q, tmp_path):
     assert json.loads(r.stdout)["job_id"]
 
 
+def test_bad_tls_material_is_named_not_blamed_on_the_address(nvfp4q, tmp_path):
+    nvfp4d = pathlib.Path(nvfp4q).parent / "nvfp4d"
+    for name in ("a", "b"):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-keyout", tmp_path / f"{name}.key", "-out", tmp_path / f"{name}.pem",
+                        "-subj", "/CN=localhost"], check=True, capture_output=True)
+    (tmp_path / "garbage.pem").write_text("not a certificate\n")
+    for cert, key in [("a.pem", "b.key"), ("garbage.pem", "a.key")]:
+        r = subprocess.run([nvfp4d, "--listen", "127.0.0.1:0", "--metrics-listen", "",
+                            "--tls-cert", tmp_path / cert, "--tls-key", tmp_path / key],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1, (cert, key, r.stderr)
+        assert "is not valid PEM, or the key does not match the certificate" in r.stderr, r.stderr
+        assert "address is in use" not in r.stderr
+
+
 def test_a_client_started_with_sigint_ignored_keeps_ignoring_it(nvfp4d, nvfp4q, tmp_path):
     # A background job of a non-interactive shell: Ctrl-C on the shell must not reach it.
     daemon = nvfp4d("--threads", "1")

@@ -65,6 +65,34 @@ TEST(JobRegistry, KeepsHistoryFinishedJobsAndEveryLiveOne) {
   EXPECT_EQ(two.Find(jobs[0]->id()), nullptr);
 }
 
+// The history keeps the jobs that finished last (not the last created), and Forget drops a job
+// whatever its state.
+TEST(JobRegistry, KeepsTheMostRecentlyFinishedAndForgets) {
+  JobRegistry three(3);
+  std::vector<std::shared_ptr<Job>> jobs;
+  for (int i = 0; i < 8; ++i) jobs.push_back(three.Create(v1::JOB_KIND_TENSOR, "w", 16));
+  for (int i = 7; i >= 0; --i) {
+    jobs[i]->MarkFinished(absl::OkStatus(), std::nullopt, "cpu");
+    EXPECT_EQ(three.Find(jobs[i]->id()), jobs[i]);  // just finished: kept
+  }
+  const std::vector<std::shared_ptr<Job>> listed = three.List({});
+  ASSERT_EQ(listed.size(), 3u);
+  EXPECT_EQ(listed[0], jobs[2]);
+  EXPECT_EQ(listed[1], jobs[1]);
+  EXPECT_EQ(listed[2], jobs[0]);
+
+  std::shared_ptr<Job> live = three.Create(v1::JOB_KIND_TENSOR, "live", 16);
+  three.Forget(live->id());
+  three.Forget(jobs[1]->id());
+  three.Forget("no-such-job");
+  EXPECT_EQ(three.Find(live->id()), nullptr);
+  EXPECT_EQ(three.Find(jobs[1]->id()), nullptr);
+  EXPECT_EQ(three.List({}).size(), 2u);
+  // A forgotten job that finishes later does not come back.
+  live->MarkFinished(absl::OkStatus(), std::nullopt, "cpu");
+  EXPECT_EQ(three.List({}).size(), 2u);
+}
+
 TEST(Scheduler, AdmissionLimits) {
   JobRegistry jobs(10);
   auto scheduler = Make(2, 1000, 600);

@@ -311,6 +311,13 @@ TEST(Service, QueueFullIsResourceExhaustedAndCounted) {
   const std::string after = HttpGet(h.server->metrics_port(), "/metrics");
   EXPECT_EQ(MetricValue(after, "nvfp4_jobs_total{code=\"OK\",kind=\"tensor\"}"), 2);
   EXPECT_EQ(MetricValue(after, "nvfp4_jobs_total{code=\"RESOURCE_EXHAUSTED\",kind=\"tensor\"}"), 1);
+  // The refusal is no job: no duration (it would drag the percentiles toward zero under
+  // overload) and no record (it would push real jobs out of the history).
+  EXPECT_EQ(MetricValue(after, "nvfp4_job_duration_seconds_count{kind=\"tensor\"}"), 2);
+  auto jobs = h.client->ListJobs();
+  ASSERT_TRUE(jobs.ok());
+  EXPECT_EQ(jobs->size(), 2u);
+  for (const v1::Job& job : *jobs) EXPECT_EQ(job.state(), v1::JOB_STATE_SUCCEEDED);
   EXPECT_EQ(MetricValue(after, "nvfp4_elements_quantized_total"), 2 * 16 * 64);
   // Both jobs started: the second after waiting in the queue for the gate.
   EXPECT_EQ(MetricValue(after, "nvfp4_queue_wait_seconds_count"), 2);
@@ -495,6 +502,71 @@ grpc::Status SendWire(const std::string& target, const std::vector<std::string>&
   return stream.Finish();
 }
 
+// A client with gRPC's default 4 MiB receive limit (SendWire's channel) reads every response
+// message: a 4 MiB packed section used to go out as one chunk of 4 MiB + 5 bytes of framing.
+TEST(Service, ResultChunksFitADefaultClientsReceiveLimit) {
+  Harness h = StartServer(false);
+  const int64_t rows = 2048, cols = 4096;  // packed output: exactly 4 MiB
+  std::vector<float> x = Gaussian(rows * cols, 91);
+  const std::string bytes(reinterpret_cast<const char*>(x.data()), x.size() * 4);
+  v1::QuantizeTensorRequest header = Header(v1::DTYPE_F32, {rows, cols});
+  header.mutable_header()->set_method(v1::METHOD_ABSMAX);
+  std::vector<std::string> messages = {header.SerializeAsString()};
+  for (size_t at = 0; at < bytes.size(); at += 4 << 20) {
+    messages.push_back(Data(bytes.substr(at, 4 << 20)).SerializeAsString());
+  }
+  std::vector<v1::QuantizeTensorResponse> responses;
+  const grpc::Status status = SendWire(h.target, messages, &responses);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  std::string packed;
+  for (const auto& r : responses) {
+    EXPECT_LE(r.ByteSizeLong(), size_t{4} << 20);
+    packed += r.packed();
+  }
+  QuantizeOptions absmax;
+  absmax.method = Method::kAbsMax;
+  auto embedded = Cpu()->Quantize({DType::kF32, rows, cols, x.data()}, {}, absmax);
+  ASSERT_TRUE(embedded.ok());
+  EXPECT_TRUE(packed == std::string(embedded->packed.begin(), embedded->packed.end()));
+}
+
+// --max-message-mib below 4 lowers the advertised chunk size with it, and a unary call whose
+// response would not fit one message is refused before any work (not RESOURCE_EXHAUSTED after).
+TEST(Service, MessageLimitBoundsChunksAndUnaryResponses) {
+  server::ServerOptions options;
+  options.service.max_message_bytes = 1 << 20;
+  Harness h = StartServer(false, options);
+  auto info = h.client->GetServerInfo();
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->limits().max_chunk_bytes(), 1 << 20);
+  EXPECT_EQ(info->limits().max_message_bytes(), 1 << 20);
+  // 0.94 MiB of bf16 in; with the f32 fake-quant output the response is about 2.2 MiB.
+  auto stub = StubFor(h.target);
+  const std::vector<float> x = Gaussian(240 * 2048, 7);
+  std::vector<uint16_t> bf16(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, &x[i], 4);
+    bf16[i] = static_cast<uint16_t>(bits >> 16);
+  }
+  v1::QuantizeTensorUnaryRequest request;
+  request.mutable_header()->set_dtype(v1::DTYPE_BF16);
+  request.mutable_header()->add_shape(240);
+  request.mutable_header()->add_shape(2048);
+  request.set_data(bf16.data(), bf16.size() * 2);
+  request.mutable_header()->set_output_mode(v1::OUTPUT_MODE_BOTH);
+  request.mutable_header()->set_dequantized_dtype(v1::DTYPE_F32);
+  v1::QuantizeTensorUnaryResponse response;
+  grpc::ClientContext context;
+  const grpc::Status status = stub->QuantizeTensorUnary(&context, request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("use the streamed QuantizeTensor"));
+  // The packed result alone fits.
+  request.mutable_header()->set_output_mode(v1::OUTPUT_MODE_PACKED);
+  grpc::ClientContext again;
+  EXPECT_TRUE(stub->QuantizeTensorUnary(&again, request, &response).ok());
+}
+
 // The server reads byte chunks straight from the wire when a message is exactly one field and
 // hands anything else to the generated parser: other valid encodings must work the same.
 TEST(Service, ChunksInOtherValidEncodingsTakeTheGeneratedParser) {
@@ -550,7 +622,35 @@ TEST(Service, BearerTokenAuthentication) {
   auto ok = (*client::QuantizerClient::Connect(right))
                 ->QuantizeTensor({DType::kF32, 4, 16, x.data()}, {}, {});
   EXPECT_TRUE(ok.ok()) << ok.status();
+  // The scheme name is case-insensitive (RFC 7235); the token is not.
+  auto stub = StubFor(h.target);
+  for (const auto& [header, code] : std::vector<std::pair<std::string, grpc::StatusCode>>{
+           {"bearer s3cret", grpc::StatusCode::OK},
+           {"BEARER s3cret", grpc::StatusCode::OK},
+           {"Bearer S3CRET", grpc::StatusCode::UNAUTHENTICATED},
+           {"Basic s3cret", grpc::StatusCode::UNAUTHENTICATED},
+           {"Bearer", grpc::StatusCode::UNAUTHENTICATED},
+           {"s3cret", grpc::StatusCode::UNAUTHENTICATED}}) {
+    grpc::ClientContext context;
+    context.AddMetadata("authorization", header);
+    v1::ServerInfo info;
+    EXPECT_EQ(stub->GetServerInfo(&context, {}, &info).error_code(), code) << header;
+  }
   // (Health checks stay unauthenticated: tests/python/test_grpc_interop.py checks them.)
+}
+
+TEST(Service, ListJobsRefusesUnknownStates) {
+  Harness h = StartServer(false);
+  auto stub = StubFor(h.target);
+  for (int state : {0, 99}) {
+    grpc::ClientContext context;
+    v1::ListJobsRequest request;
+    request.add_states(static_cast<v1::JobState>(state));
+    v1::ListJobsResponse response;
+    const grpc::Status status = stub->ListJobs(&context, request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << state;
+    EXPECT_THAT(status.error_message(), HasSubstr("unknown job state")) << state;
+  }
 }
 
 v1::QuantizeTensorRequest StreamingHeader(int64_t rows, int64_t cols) {
@@ -699,6 +799,49 @@ TEST(Service, AStalledUploadDoesNotHoldTheDrainToItsDeadline) {
   }
   EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
   EXPECT_EQ(h.server->scheduler().reserved_bytes(), 0);
+}
+
+// Client-side health checking keeps a grpc.health.v1 Watch open per connection: it sees
+// NOT_SERVING and then ends with the drain, which does not wait its full timeout for it.
+TEST(Service, AnOpenHealthWatchDoesNotHoldTheDrain) {
+  Harness h = StartServer(false);
+  auto channel = grpc::CreateChannel(h.target, grpc::InsecureChannelCredentials());
+  grpc::ClientContext context;
+  client::BlockingRawStream watch(channel, &context, "/grpc.health.v1.Health/Watch");
+  grpc::Slice empty_request("", 0);  // HealthCheckRequest{service: ""}
+  ASSERT_TRUE(watch.Write(grpc::ByteBuffer(&empty_request, 1)));
+  ASSERT_TRUE(watch.WritesDone());
+  grpc::ByteBuffer update;
+  ASSERT_TRUE(watch.Read(&update));  // SERVING
+  const absl::Time start = absl::Now();
+  h.server->Shutdown(absl::Seconds(20));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  int updates = 0;
+  while (watch.Read(&update)) ++updates;
+  EXPECT_GE(updates, 1);  // NOT_SERVING came before the end
+}
+
+// A stream that never sends its header holds no job, but it held its call (and a drain) until
+// the client's own deadline.
+TEST(Service, AStreamWithoutAHeaderTimesOut) {
+  server::ServerOptions options;
+  options.service.upload_idle_timeout = absl::Milliseconds(300);
+  options.housekeeping_period = absl::Milliseconds(100);
+  Harness h = StartServer(false, options);
+  auto stub = StubFor(h.target);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(15));
+  auto stream = stub->QuantizeTensor(&context);
+  const absl::Time start = absl::Now();
+  v1::QuantizeTensorResponse response;
+  while (stream->Read(&response)) {
+  }
+  const grpc::Status status = stream->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED) << status.error_message();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+  auto jobs = h.client->ListJobs();
+  ASSERT_TRUE(jobs.ok());
+  EXPECT_TRUE(jobs->empty());
 }
 
 TEST(Service, StalledStreamingUploadTimesOutAndFreesTheWorker) {
@@ -1122,6 +1265,33 @@ TEST(ServiceCheckpoint, DisabledWithoutAllowedRoots) {
   auto report = h.client->QuantizeCheckpoint(CheckpointOptions(root));
   EXPECT_EQ(report.status().code(), absl::StatusCode::kFailedPrecondition) << report.status();
   EXPECT_THAT(report.status().message(), HasSubstr("--allowed-root"));
+}
+
+// A checkpoint call refused at admission leaves no job behind (it used to stay "queued" in the
+// registry for good, since nothing ever finished it).
+TEST(ServiceCheckpoint, RefusedAtAdmissionLeavesNoJob) {
+  const std::string root = FreshDir("refused");
+  WriteTinyCheckpoint(root + "/model");
+  server::ServerOptions options;
+  options.allowed_roots = {root};
+  options.scheduler.max_queue = 1;
+  Harness h = StartServer(true, options);
+  std::vector<float> x = Gaussian(16 * 64, 3);
+  const TensorView input{DType::kF32, 16, 64, x.data()};
+  absl::Status first, second;
+  std::thread a([&] { first = h.client->QuantizeTensor(input, {}, {}).status(); });
+  WaitFor([&] { return h.gate->entered() == 1; });
+  std::thread b([&] { second = h.client->QuantizeTensor(input, {}, {}).status(); });
+  WaitFor([&] { return h.server->scheduler().queue_depth() == 1; });
+  auto report = h.client->QuantizeCheckpoint(CheckpointOptions(root));
+  EXPECT_EQ(report.status().code(), absl::StatusCode::kResourceExhausted) << report.status();
+  h.gate->Open();
+  a.join();
+  b.join();
+  auto jobs = h.client->ListJobs();
+  ASSERT_TRUE(jobs.ok());
+  for (const v1::Job& job : *jobs) EXPECT_EQ(job.kind(), v1::JOB_KIND_TENSOR) << job.id();
+  EXPECT_EQ(jobs->size(), 2u);
 }
 
 TEST(ServiceCheckpoint, RunsOnTheServerAndMatchesTheEmbeddedJobByteForByte) {
