@@ -8,13 +8,17 @@ caught before sending raise TypeError / ValueError.
 import collections
 import contextlib
 import concurrent.futures
+import inspect
 import ipaddress
 import json
+import math
+import operator
 import random
+import re
 import threading
 import time
 import uuid
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import grpc
 import ml_dtypes
@@ -22,7 +26,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2
 
 from . import _results as results
-from ._tensors import TensorBytes, finite_amax, importance_bytes, tensor_bytes
+from ._tensors import TensorBytes, finite_amax, importance_bytes, is_torch, tensor_bytes
 
 try:
     from ._proto import quantizer_pb2 as pb
@@ -45,9 +49,18 @@ IMPORTANCE = {"per_column": pb.IMPORTANCE_LAYOUT_PER_COLUMN,
               "per_element": pb.IMPORTANCE_LAYOUT_PER_ELEMENT}
 
 # nvfp4d's answers that mean "try again, here or on another replica" (proto header comment):
-# the queue or memory budget is full, the server is draining or unreachable.
+# the queue or memory budget is full, the server is draining or unreachable. gRPC's own
+# message size errors share RESOURCE_EXHAUSTED but are not retried (_is_message_size_error).
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
                        grpc.StatusCode.ABORTED})
+# gRPC's wording when a message exceeds a size limit, on either side: "Received message larger
+# than max (N vs. M)", "CLIENT: Sent message larger than max (N vs. M)". The same message would
+# be refused on every attempt, so it is not a full queue to wait for.
+_MESSAGE_SIZE_ERROR = re.compile(r"\b(Received|Sent) message larger than max\b")
+_MESSAGE_SIZE_HINT = ("; this is gRPC's message size limit, not a full queue, so it is not "
+                      "retried: a message of the call is larger than nvfp4d's --max-message-mib "
+                      "or the client's grpc.max_send_message_length / "
+                      "grpc.max_receive_message_length")
 
 _SERVICE = "/nvfp4.v1.Quantizer/"
 _MESSAGE_SLACK = 64 << 10  # headers and framing next to the tensor bytes of a unary message
@@ -55,6 +68,30 @@ _MESSAGE_SLACK = 64 << 10  # headers and framing next to the tensor bytes of a u
 # call copies the whole tensor three times (bytes, message, serialisation) and cannot
 # overlap the upload with the quantisation (docs/python.md: even at 1 MiB, 2x slower at 2 MiB).
 _UNARY_MAX_BYTES = 1 << 20
+# Channel options of every client; channel_options= replaces or adds to them.
+_CHANNEL_OPTIONS = (
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", -1),
+    # Large tensors: several chunks in flight instead of a window grown from 64 KiB.
+    ("grpc.http2.lookahead_bytes", 64 << 20),
+    ("grpc.http2.max_frame_size", 16 << 20),
+    ("grpc.http2.write_buffer_size", 8 << 20),
+    # Replicas: each call goes to the next ready one (a refusal is retried, above).
+    ("grpc.lb_policy_name", "round_robin"),
+    # A server that stops answering without closing the connection (SIGSTOP, a hung host, a
+    # dropped route) would hold a call until its deadline (an hour by default): a ping after
+    # 30 s without incoming data, unanswered for 20 s, ends the calls with UNAVAILABLE. Only
+    # while calls are open, and without a limit on pings between data frames (a long
+    # quantisation sends none). nvfp4d must allow pings this often (docs/python.md,
+    # "Keepalive").
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    # A keepalive that finds another ping in flight (gRPC's flow control pings) waits for
+    # that one's answer instead, for the ping timeout: 1 min unless set.
+    ("grpc.http2.ping_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 0),
+)
 
 
 class Nvfp4Error(Exception):
@@ -75,16 +112,23 @@ class Nvfp4Error(Exception):
 
     @property
     def retryable(self) -> bool:
-        return self.code in RETRYABLE
+        return self.code in RETRYABLE and not _is_message_size_error(self.code, self.details)
 
 
 class InvalidArgumentError(Nvfp4Error, ValueError):
     """nvfp4d refused the request (INVALID_ARGUMENT); details name the field or element."""
 
 
+def _is_message_size_error(code: grpc.StatusCode, details: str) -> bool:
+    return (code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            and _MESSAGE_SIZE_ERROR.search(details) is not None)
+
+
 def _error(rpc_error: grpc.RpcError, job_id: str = "") -> Nvfp4Error:
     code = rpc_error.code() if hasattr(rpc_error, "code") else grpc.StatusCode.UNKNOWN
     details = (rpc_error.details() if hasattr(rpc_error, "details") else None) or str(rpc_error)
+    if _is_message_size_error(code, details):
+        details += _MESSAGE_SIZE_HINT
     cls = InvalidArgumentError if code == grpc.StatusCode.INVALID_ARGUMENT else Nvfp4Error
     return cls(code, details, job_id)
 
@@ -96,8 +140,99 @@ def _cancelled() -> Nvfp4Error:
 def _choice(table: dict, value: str, what: str) -> int:
     try:
         return table[value]
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: an unhashable value, such as a list
         raise ValueError(f"{what} must be one of {', '.join(table)}; got {value!r}") from None
+
+
+def _integer(value, what: str, minimum: Optional[int] = None) -> int:
+    """value as an int; TypeError naming `what` for a float, a str or a bool (448.0 and "448"
+    are not silently taken for 448), ValueError below `minimum`."""
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be an integer, got {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be an integer, got {type(value).__name__} "
+                        f"{value!r}") from None
+    if minimum is not None and number < minimum:
+        raise ValueError(f"{what} must be at least {minimum}, got {number}")
+    return number
+
+
+def _scale_max(value) -> int:
+    number = _integer(value, "scale_max")
+    if number not in (256, 448):  # nvfp4q's --scale-max takes these two
+        raise ValueError(f"scale_max (F in g = amax / (6 F)) must be 256 or 448, got {number}")
+    return number
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _float32(value, what: str) -> float:
+    """value as the float32 nvfp4d receives (the proto field is a float): finite, and within
+    float32's range, so that a float64 value is not turned into inf on the way."""
+    if isinstance(value, (str, bytes, bool)):
+        raise TypeError(f"{what} must be a number, got {value!r}")
+    try:
+        number = float(value)  # also a 0-d numpy array or torch tensor
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be a number, got {type(value).__name__}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{what} must be finite, got {number}")
+    with np.errstate(over="ignore"):
+        if not np.isfinite(np.float32(number)):
+            raise ValueError(f"{what} = {number:g} is beyond float32's range (largest "
+                             f"{_FLOAT32_MAX:g}): it would be sent as inf")
+    return number
+
+
+def _strings(value, what: str) -> list:
+    """A list of strings from one str (one item: a glob, a state) or an iterable of them; a
+    bare str is one item, never its characters."""
+    if isinstance(value, str):
+        return [value]
+    items = list(value)
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"{what} takes strings, got {type(item).__name__} {item!r}")
+    return items
+
+
+def _bearer_token(token: Optional[str], token_file: Optional[str]) -> Optional[str]:
+    """The token to send: token=, or the contents of token_file (nvfp4q --token-file), without
+    the surrounding whitespace a file ends with. A header value is printable ASCII: anything
+    else would fail each call with gRPC's bare "Invalid metadata"."""
+    if token is not None and token_file is not None:
+        raise ValueError("token and token_file exclude each other: pass one of them")
+    what = "token"
+    if token_file is not None:
+        with open(token_file, encoding="utf-8") as f:
+            token = f.read()
+        what = f"token_file {token_file}"
+    elif not token:
+        return None  # None or "": no authorization header
+    if not isinstance(token, str):
+        raise TypeError(f"token must be a str, got {type(token).__name__}")
+    token = token.strip()
+    if not token:
+        raise ValueError(f"{what}: the token is empty")
+    for position, char in enumerate(token):
+        if not " " <= char <= "~":  # the value itself is a secret: only where, and what
+            raise ValueError(f"{what}: the token holds U+{ord(char):04X} at position "
+                             f"{position}; a bearer token is printable ASCII")
+    return token
+
+
+def _channel_options(extra) -> list:
+    """The client's channel options (_CHANNEL_OPTIONS) with `extra`, a dict or (name, value)
+    pairs, replacing those of the same name and adding the others."""
+    options = dict(_CHANNEL_OPTIONS)
+    for name, value in (extra.items() if isinstance(extra, dict) else extra or ()):
+        if not isinstance(name, str):
+            raise TypeError(f"channel_options: an option name is a str, got {name!r}")
+        options[name] = value
+    return list(options.items())
 
 
 def channel_target(servers: str) -> str:
@@ -123,6 +258,43 @@ def channel_target(servers: str) -> str:
     if len(families) != 1:
         raise ValueError("a list of servers must be all IPv4 or all IPv6 addresses")
     return ("ipv4:" if families == {4} else "ipv6:") + ",".join(parts)
+
+
+def _tensor_header(method, objective, scale_max, amax, global_scale, output,
+                   dequantized_dtype, name) -> "pb.TensorHeader":
+    """The options of quantize() as a TensorHeader (without the tensor's dtype and shape),
+    checked: quantize_many checks its options with it before it pulls a tensor."""
+    if amax is not None and global_scale is not None:
+        # As nvfp4q's --amax and --global-scale: with both, nvfp4d would use g and ignore amax.
+        raise ValueError("amax and global_scale exclude each other: pass the group's amax, or "
+                         "its g as global_scale")
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    header = pb.TensorHeader(
+        name=name, method=_choice(METHODS, method, "method"),
+        objective=_choice(OBJECTIVES, objective, "objective"), scale_max=_scale_max(scale_max),
+        output_mode=_choice(OUTPUTS, output, "output"),
+        dequantized_dtype=_choice(DEQUANTIZED_DTYPES, dequantized_dtype, "dequantized_dtype"))
+    if amax is not None:
+        header.amax = _float32(amax, "amax")
+    if global_scale is not None:
+        header.global_scale = _float32(global_scale, "global_scale")
+    return header
+
+
+def _batch_item(index: int, item, options: dict):
+    """(name, tensor, importance) of quantize_many's item number `index`: a tensor, (name,
+    tensor) or (name, tensor, importance); the options give the defaults."""
+    if not isinstance(item, tuple):
+        return options.get("name", ""), item, options.get("importance")
+    if len(item) not in (2, 3):
+        raise TypeError(f"quantize_many: item {index} is a tuple of {len(item)}; items are "
+                        "tensors, (name, tensor) or (name, tensor, importance)")
+    if not isinstance(item[0], str):
+        raise TypeError(f"quantize_many: item {index} is a tuple that starts with a "
+                        f"{type(item[0]).__name__}; the name comes first: (name, tensor)")
+    importance = item[2] if len(item) == 3 else options.get("importance")
+    return item[0] or options.get("name", ""), item[1], importance
 
 
 class _Assembly:
@@ -210,34 +382,27 @@ class Client:
     """A connection to nvfp4d (or to several replicas).
 
     target: "host:port", "ip:port,ip:port,..." or any gRPC target (channel_target).
-    token: bearer token (nvfp4d --auth-token-file); tls_ca_file: PEM bundle to trust (TLS on),
-    or tls=True for TLS with the system's roots. timeout: deadline of each call in seconds.
+    token: bearer token (nvfp4d --auth-token-file), surrounding whitespace stripped; or
+    token_file: a file holding it (nvfp4q --token-file). tls_ca_file: PEM bundle to trust (TLS
+    on), or tls=True for TLS with the system's roots. timeout: deadline of each call in seconds.
     retries: attempts per tensor when nvfp4d answers UNAVAILABLE, RESOURCE_EXHAUSTED or ABORTED
-    (backoff from 0.5 s doubling to 8 s; every attempt carries the same request_id).
-    chunk_bytes: upload chunk size (capped by the server's limit).
+    (backoff from 0.5 s doubling to 8 s, jittered: the default 8 attempts give up after 16 to
+    32 s of refusals; every attempt carries the same request_id).
+    chunk_bytes: upload chunk size (capped by the server's limits).
+    channel_options: gRPC channel options, a dict or (name, value) pairs, replacing the
+    client's own of the same name (such as the keepalive: docs/python.md).
     """
 
     def __init__(self, target: str = "127.0.0.1:50051", *, token: Optional[str] = None,
-                 tls: bool = False, tls_ca_file: Optional[str] = None,
-                 timeout: float = 3600.0, retries: int = 3, chunk_bytes: int = 4 << 20):
-        if retries < 1:
-            raise ValueError("retries counts attempts: at least 1")
-        if chunk_bytes <= 0:
-            raise ValueError("chunk_bytes must be positive")
+                 token_file: Optional[str] = None, tls: bool = False,
+                 tls_ca_file: Optional[str] = None, timeout: float = 3600.0, retries: int = 8,
+                 chunk_bytes: int = 4 << 20, channel_options=None):
         self.timeout = timeout
-        self.retries = retries
-        self.chunk_bytes = chunk_bytes
+        self.retries = _integer(retries, "retries (attempts per call)", 1)
+        self.chunk_bytes = _integer(chunk_bytes, "chunk_bytes", 1)
+        token = _bearer_token(token, token_file)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        options = [
-            ("grpc.max_receive_message_length", -1),
-            ("grpc.max_send_message_length", -1),
-            # Large tensors: several chunks in flight instead of a window grown from 64 KiB.
-            ("grpc.http2.lookahead_bytes", 64 << 20),
-            ("grpc.http2.max_frame_size", 16 << 20),
-            ("grpc.http2.write_buffer_size", 8 << 20),
-            # Replicas: each call goes to the next ready one (a refusal is retried, above).
-            ("grpc.lb_policy_name", "round_robin"),
-        ]
+        options = _channel_options(channel_options)
         resolved = channel_target(target)
         if tls or tls_ca_file:
             roots = None
@@ -392,10 +557,13 @@ class Client:
             metrics=results.metrics_from(m.metrics, pb.Objective) if m.HasField("metrics")
             else None)
 
-    def jobs(self, states: Sequence[str] = ()) -> list:
-        """Recent jobs, newest first; states filters ("running", "failed", ...)."""
-        names = {results.enum_name(pb.JobState, v): v for v in pb.JobState.values()}
-        request = pb.ListJobsRequest(states=[_choice(names, s, "state") for s in states])
+    def jobs(self, states: Union[str, Sequence[str]] = ()) -> list:
+        """Recent jobs, newest first; states filters: one state ("running") or several
+        (["running", "failed"])."""
+        names = {results.enum_name(pb.JobState, v): v for v in pb.JobState.values()
+                 if v != pb.JOB_STATE_UNSPECIFIED}
+        request = pb.ListJobsRequest(
+            states=[_choice(names, s, "state") for s in _strings(states, "states")])
         return [self._job(j) for j in self._call(self._list_jobs, request).jobs]
 
     def job(self, job_id: str) -> results.Job:
@@ -445,34 +613,32 @@ class Client:
             "four-over-six", "exhaustive". objective: "mse" or "wmse" (needs importance).
         importance: weights, one per column ([cols]) or per element (the tensor's shape);
             with objective="mse" they only add the WMSE figures to the metrics.
-        scale_max: F in g = amax / (6 F), 256 or 448. amax / global_scale: a fused group's
-            (q/k/v, gate/up) shared amax or g; by default the tensor's own amax, computed here
-            so that nvfp4d quantises rows while the rest is still uploading.
+        scale_max: F in g = amax / (6 F), 256 or 448. amax / global_scale (one or the other,
+            as nvfp4q's --amax and --global-scale): a fused group's (q/k/v, gate/up) shared
+            amax or g; by default the tensor's own amax, computed here so that nvfp4d quantises
+            rows while the rest is still uploading. The result's amax is the one g came from;
+            with global_scale given, the tensor's own.
         output: "packed", "dequantized" (fake-quant only) or "both"; dequantized_dtype "f32" or
             "bf16". name labels the job; request_id is the idempotency key (generated).
-        progress(done_bytes, total_bytes, phase) is called with phase "upload" and "download":
-            per chunk when streamed (upload calls then come from gRPC's request thread), once
-            each way for a tensor small enough for one message. An exception it raises ends
-            the call (cancelled on the server) and reaches the caller.
+        progress(done_bytes, total_bytes, phase) is called with phase "upload" and "download".
+            Streamed: per chunk (upload calls then come from gRPC's request thread); an
+            exception it raises ends the call (cancelled on the server) and reaches the
+            caller. One message: "upload" once before it is sent (an exception sends nothing)
+            and "download" once with the whole result (the server's job is done by then; the
+            exception reaches the caller).
         """
+        header = _tensor_header(method, objective, scale_max, amax, global_scale, output,
+                                dequantized_dtype, name)
         t = tensor_bytes(tensor)
-        header = pb.TensorHeader(
-            name=name, request_id=request_id or uuid.uuid4().hex, dtype=DTYPES[t.dtype],
-            shape=[t.rows, t.cols], method=_choice(METHODS, method, "method"),
-            objective=_choice(OBJECTIVES, objective, "objective"), scale_max=scale_max,
-            output_mode=_choice(OUTPUTS, output, "output"),
-            dequantized_dtype=_choice(DEQUANTIZED_DTYPES, dequantized_dtype,
-                                      "dequantized_dtype"))
+        header.request_id = request_id or uuid.uuid4().hex
+        header.dtype = DTYPES[t.dtype]
+        header.shape[:] = [t.rows, t.cols]
         weights = None
         if importance is not None:
             layout, weights = importance_bytes(importance, t.rows, t.cols, t.shape)
             header.importance_layout = IMPORTANCE[layout]
         elif objective == "wmse":
             raise ValueError("objective 'wmse' needs importance weights")
-        if global_scale is not None:
-            header.global_scale = global_scale
-        if amax is not None:
-            header.amax = amax
         if amax is None and global_scale is None:
             own = finite_amax(t)  # None with NaN/Inf: nvfp4d then names the first one
             if own is not None:
@@ -512,6 +678,18 @@ class Client:
                 "dequantized": 0 if header.output_mode == pb.OUTPUT_MODE_PACKED
                 else t.rows * t.cols * element}
 
+    def _chunk_bytes(self, limits: results.Limits) -> int:
+        """The upload chunk: chunk_bytes, at most the server's max_chunk_bytes, and small
+        enough for its max_message_bytes (the server refuses a larger message with gRPC's
+        "Received message larger than max", whatever max_chunk_bytes it advertises). A limit
+        of 0 is one the server did not advertise."""
+        chunk = self.chunk_bytes
+        if limits.max_chunk_bytes > 0:
+            chunk = min(chunk, limits.max_chunk_bytes)
+        if limits.max_message_bytes > _MESSAGE_SLACK:
+            chunk = min(chunk, limits.max_message_bytes - _MESSAGE_SLACK)
+        return chunk
+
     def _quantize_once(self, scope, t: TensorBytes, header, weights, timeout, progress):
         limits = self._server_limits(scope, timeout)
         data = t.data()
@@ -523,18 +701,20 @@ class Client:
             return self._quantize_unary(scope, t, sizes, header, data, weight_bytes, upload,
                                         timeout, progress)
         return self._quantize_stream(scope, t, sizes, header, data, weight_bytes, upload,
-                                     timeout, progress,
-                                     min(self.chunk_bytes, limits.max_chunk_bytes))
+                                     timeout, progress, self._chunk_bytes(limits))
 
     def _quantize_unary(self, scope, t, sizes, header, data, weight_bytes, upload, timeout,
                         progress):
         request = pb.QuantizeTensorUnaryRequest(
             header=header, data=data.tobytes(),
             importance=weight_bytes.tobytes() if weight_bytes is not None else b"")
-        m = self._unary_in_scope(scope, self._unary, request, timeout)
-        if progress:  # one message each way: the upload is whole once the answer is here
+        # One message each way, so one call each way: the upload before the message is sent
+        # (an exception there sends nothing), the download once the whole result is here.
+        # The server's job is done by then: an exception there cannot cancel it.
+        if progress:
             progress(upload, upload, "upload")
-        assembly = _Assembly(t, sizes, progress)
+        m = self._unary_in_scope(scope, self._unary, request, timeout)
+        assembly = _Assembly(t, sizes, None)
         assembly.job_id = m.job_id
         assembly.start(m.result)
         for kind in ("packed", "scales", "dequantized"):
@@ -542,7 +722,10 @@ class Client:
             if piece:
                 assembly.add(kind, piece)
         assembly.metrics = m.metrics
-        return assembly.finish()
+        result = assembly.finish()
+        if progress:
+            progress(assembly.total, assembly.total, "download")
+        return result
 
     def _quantize_stream(self, scope, t, sizes, header, data, weight_bytes, upload, timeout,
                          progress, chunk):
@@ -601,11 +784,31 @@ class Client:
         overlap the quantisation of others), yielding the results in input order. Items are
         tensors, (name, tensor) or (name, tensor, importance) tuples; options are quantize()'s.
         The first failure is raised where its result would be yielded, and the calls still in
-        flight are cancelled (also when the caller stops iterating early)."""
-        if max_in_flight < 1:
-            raise ValueError("max_in_flight must be at least 1")
-        if options.get("request_id"):
+        flight are cancelled (also when the caller stops iterating early).
+
+        Items are taken up to max_in_flight ahead of the result being yielded and read later,
+        on worker threads (like an asynchronous copy): a tensor, and its importance, must not
+        be changed until its result has been yielded. A generator that refills one buffer
+        for each item must yield a copy (buffer.copy()) or a fresh array instead.
+
+        The arguments and options are checked here, before the first tensor is taken; the
+        items are checked as they are taken."""
+        max_in_flight = _integer(max_in_flight, "max_in_flight", 1)
+        unknown = options.keys() - _QUANTIZE_DEFAULTS.keys()
+        if unknown:
+            raise TypeError(f"quantize_many got options quantize() does not take: "
+                            f"{', '.join(sorted(unknown))}")
+        if options.get("request_id") is not None:
             raise ValueError("request_id is per tensor: quantize_many makes one for each")
+        _tensor_header(**{k: v for k, v in dict(_QUANTIZE_DEFAULTS, **options).items()
+                          if k in _HEADER_OPTIONS})
+        if isinstance(tensors, np.ndarray) or is_torch(tensors):
+            # Iterating a tensor yields its rows: each would be quantised on its own.
+            raise TypeError("quantize_many takes an iterable of tensors (a list, a generator); "
+                            "quantise one tensor with quantize()")
+        return self._quantize_many(iter(tensors), max_in_flight, options)
+
+    def _quantize_many(self, items: Iterator, max_in_flight: int, options: dict):
         pending = collections.deque()
         batch = _Scope()  # this batch's calls (cancel_all would also stop other threads')
         with self._lock:
@@ -620,14 +823,16 @@ class Client:
 
         pool = concurrent.futures.ThreadPoolExecutor(max_in_flight)
         try:
-            for item in tensors:
-                name, tensor, importance = "", item, options.get("importance")
-                if isinstance(item, tuple):
-                    name, tensor = item[0], item[1]
-                    if len(item) > 2:
-                        importance = item[2]
-                call_options = dict(options, name=name or options.get("name", ""),
-                                    importance=importance)
+            for index, item in enumerate(items):
+                try:
+                    name, tensor, importance = _batch_item(index, item, options)
+                except TypeError as e:
+                    # Raised in input order, after the results of the items before it.
+                    refused = concurrent.futures.Future()
+                    refused.set_exception(e)
+                    pending.append(refused)
+                    break
+                call_options = dict(options, name=name, importance=importance)
                 pending.append(pool.submit(run, tensor, call_options))
                 if len(pending) >= max_in_flight:
                     # Left in `pending` while awaited, so that an interrupt cancels it too.
@@ -657,24 +862,27 @@ class Client:
     # -- checkpoints ---------------------------------------------------------------------------
     def quantize_checkpoint(self, model_dir: str, out_dir: str, *, format: str = "modelopt",
                             method: str = "scalesweep", objective: str = "mse",
-                            scale_max: int = 256, include: Sequence[str] = (),
-                            exclude: Sequence[str] = (), importance_path: str = "",
+                            scale_max: int = 256, include: Union[str, Sequence[str]] = (),
+                            exclude: Union[str, Sequence[str]] = (), importance_path: str = "",
                             calibration_path: str = "", shard_bytes: int = 0, name: str = "",
                             timeout: Optional[float] = None,
                             progress: Optional[Callable[[results.CheckpointProgress], None]]
                             = None) -> dict:
         """Runs a checkpoint job on nvfp4d: model_dir and out_dir are paths on the server,
         inside its --allowed-root directories (docs/checkpoints.md). Returns the report (the
-        JSON of `nvfp4q quantize --report`) as a dict; progress sees every event. A job lost
+        JSON of `nvfp4q quantize --report`) as a dict; progress sees every event. include and
+        exclude are globs (nvfp4q's --include / --exclude): one str or a list. A job lost
         with its replica (UNAVAILABLE, ...) is resubmitted like a tensor (retries; progress
         then starts again with the new job's events); on a shared file system the next replica
         resumes after the finished shards."""
         request = pb.QuantizeCheckpointRequest(
             model_dir=model_dir, out_dir=out_dir, format=_choice(FORMATS, format, "format"),
             method=_choice(METHODS, method, "method"),
-            objective=_choice(OBJECTIVES, objective, "objective"), scale_max=scale_max,
-            include=list(include), exclude=list(exclude), importance_path=importance_path,
-            calibration_path=calibration_path, shard_bytes=shard_bytes, name=name)
+            objective=_choice(OBJECTIVES, objective, "objective"),
+            scale_max=_scale_max(scale_max), include=_strings(include, "include"),
+            exclude=_strings(exclude, "exclude"), importance_path=importance_path,
+            calibration_path=calibration_path,
+            shard_bytes=_integer(shard_bytes, "shard_bytes", 0), name=name)
         with self._scope() as scope:
             return self._with_retries(scope, lambda: self._checkpoint_once(
                 scope, request, timeout, progress))
@@ -704,3 +912,10 @@ class Client:
             raise Nvfp4Error(grpc.StatusCode.INTERNAL, "protocol: the checkpoint job ended "
                              "without its report", job_id)
         return report
+
+
+# quantize()'s options and their defaults: what quantize_many takes and checks up front.
+_QUANTIZE_DEFAULTS = {name: parameter.default for name, parameter
+                      in inspect.signature(Client.quantize).parameters.items()
+                      if parameter.kind == parameter.KEYWORD_ONLY}
+_HEADER_OPTIONS = frozenset(inspect.signature(_tensor_header).parameters)

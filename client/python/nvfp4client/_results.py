@@ -12,6 +12,16 @@ import ml_dtypes
 import numpy as np
 
 
+def _import_torch(what: str, instead: str):
+    """torch, or a ModuleNotFoundError that says what needed it and how to do without."""
+    try:
+        import torch
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError(f"{what} needs torch, which cannot be imported (pip install "
+                                  f"torch); without torch, {instead}", name="torch") from error
+    return torch
+
+
 def enum_name(enum_type, value: int) -> str:
     """JOB_STATE_RUNNING -> "running", METHOD_FOUR_OVER_SIX -> "four-over-six", ..."""
     name = enum_type.Name(value)
@@ -100,7 +110,8 @@ class QuantizedTensor:
         if not as_torch:
             return {prefix + "weight": self.packed, prefix + "weight_scale": self.scales,
                     prefix + "weight_scale_2": g}
-        import torch
+        torch = _import_torch("modelopt_tensors(as_torch=True)",
+                              "modelopt_tensors() returns numpy arrays")
 
         scales = torch.from_numpy(self.scales.view(np.uint8)).view(torch.float8_e4m3fn)
         return {prefix + "weight": torch.from_numpy(self.packed),
@@ -112,7 +123,7 @@ class QuantizedTensor:
         if self.dequantized is None:
             raise ValueError("no dequantized output: quantize with output='dequantized' or "
                              "'both'")
-        import torch
+        torch = _import_torch("dequantized_torch()", "use the numpy array .dequantized")
 
         if self.dequantized.dtype == ml_dtypes.bfloat16:
             return torch.from_numpy(self.dequantized.view(np.int16)).view(torch.bfloat16)

@@ -7,6 +7,7 @@ Nothing here changes a value: other dtypes are refused with the conversion to ma
 silent float64 -> float32 rounding would quantise a different tensor than the caller holds.
 """
 import struct
+import sys
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -34,8 +35,13 @@ class TensorBytes:
         return memoryview(self.array.reshape(-1).view(np.uint8))
 
 
-def _is_torch(x) -> bool:
-    return type(x).__module__.split(".")[0] == "torch"
+def is_torch(x) -> bool:
+    """Whether x is a torch.Tensor, subclasses of other modules included (nn.Parameter,
+    bitsandbytes' Params4bit, ...). torch is only looked up, never imported: without torch
+    imported there is no torch tensor, and importing it would cost seconds."""
+    torch = sys.modules.get("torch")
+    tensor_type = getattr(torch, "Tensor", None)
+    return isinstance(tensor_type, type) and isinstance(x, tensor_type)
 
 
 def _torch_to_numpy(x, what: str) -> Tuple[np.ndarray, str]:
@@ -67,7 +73,7 @@ def tensor_bytes(x, what: str = "tensor") -> TensorBytes:
     """The bytes nvfp4d reads for x: a numpy array (float32, float16, ml_dtypes.bfloat16) or a
     torch tensor (float32, bfloat16, float16; moved to the CPU). TypeError for other types and
     dtypes, ValueError for a 0-d or empty tensor."""
-    if _is_torch(x):
+    if is_torch(x):
         arr, name = _torch_to_numpy(x, what)
     elif isinstance(x, np.ma.MaskedArray):
         raise TypeError(f"{what}: a masked array would be sent with the values under its mask; "
@@ -123,14 +129,25 @@ def importance_bytes(w, rows: int, cols: int, shape: Tuple[int, ...]) -> Tuple[s
     Any float dtype is accepted and converted to f32, the wire type of importance."""
     if isinstance(w, np.ma.MaskedArray):
         raise TypeError("importance: a masked array; fill it first, e.g. w.filled(0)")
-    if _is_torch(w):
+    if is_torch(w):
         if not w.is_floating_point():
             raise TypeError(f"importance: expected floating-point weights, got {w.dtype}")
-        w = w.detach().to("cpu").float().contiguous().numpy()
+        w = w.detach().to("cpu")
+        # float64 stays float64 (numpy has it) so that the range check below sees the values.
+        w = (w.double() if w.element_size() > 4 else w.float()).contiguous().numpy()
     w = np.asarray(w)
     if w.dtype.kind != "f" and w.dtype != ml_dtypes.bfloat16:
         raise TypeError(f"importance: expected floating-point weights, got dtype {w.dtype}")
-    values = np.ascontiguousarray(w, dtype="<f4")
+    with np.errstate(over="ignore"):
+        values = np.ascontiguousarray(w, dtype="<f4")
+    if w.dtype.itemsize > 4 and not np.isfinite(values).all():
+        # Only a wider float can overflow f32: a finite weight would be sent as inf.
+        overflow = np.flatnonzero(np.isinf(values) & np.isfinite(w.reshape(values.shape)))
+        if overflow.size:
+            index = int(overflow[0])
+            raise ValueError(f"importance value {index} ({float(w.reshape(-1)[index]):g}) is "
+                             "beyond float32's range, the type importance is sent in: scale "
+                             "the weights down")
     if values.shape == (cols,):  # (for one row, per column and per element are the same)
         return "per_column", values
     if values.shape in (shape, (rows, cols)):

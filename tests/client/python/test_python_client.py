@@ -5,6 +5,7 @@ import dataclasses
 import gc
 import json
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -184,6 +185,24 @@ def test_unsupported_inputs_are_refused_before_sending(nvfp4client, server):
             client.quantize(np.ma.masked_array(np.ones((2, 16), np.float32)))
         with pytest.raises(ValueError, match="request_id is per tensor"):
             list(client.quantize_many([np.ones((2, 16), np.float32)], request_id="x"))
+        w = np.ones((2, 16), np.float32)
+        for scale_max, error in ((448.0, TypeError), ("448", TypeError), (True, TypeError),
+                                 (-1, ValueError), (300, ValueError)):
+            with pytest.raises(error, match="scale_max"):
+                client.quantize(w, scale_max=scale_max)
+        with pytest.raises(TypeError, match="scale_max"):
+            client.quantize_checkpoint("/m", "/o", scale_max=448.0)
+        # Finite float64 values that float32 (the wire type) cannot hold would become inf.
+        with pytest.raises(ValueError, match="amax = 1e\\+39 is beyond float32's range"):
+            client.quantize(w, amax=1e39)
+        with pytest.raises(ValueError, match="global_scale must be finite"):
+            client.quantize(w, global_scale=float("inf"))
+        with pytest.raises(TypeError, match="amax must be a number"):
+            client.quantize(w, amax="1.5")
+        big = np.ones(16)
+        big[3] = 1e39
+        with pytest.raises(ValueError, match=r"importance value 3 \(1e\+39\) is beyond float32"):
+            client.quantize(w, importance=big)
         assert client.jobs() == []  # nothing reached the server
 
 
@@ -237,6 +256,16 @@ def test_an_all_zero_tensor_gets_the_embedded_bytes(nvfp4client, server, bin_dir
         assert_same_bytes(client.quantize(w), reference(bin_dir, tmp_path, w))
 
 
+def test_amax_and_global_scale_exclude_each_other(nvfp4client, server):
+    # As nvfp4q's --amax and --global-scale: with both, nvfp4d would take g and ignore amax.
+    with nvfp4client.Client(server.target) as client:
+        with pytest.raises(ValueError, match="amax and global_scale exclude each other"):
+            client.quantize(gaussian((4, 16), np.float32), amax=1.0, global_scale=0.001)
+        with pytest.raises(ValueError, match="amax and global_scale exclude each other"):
+            client.quantize_many([gaussian((4, 16), np.float32)], amax=1.0, global_scale=0.001)
+        assert client.jobs() == []
+
+
 def test_a_fused_group_shares_its_global_scale(nvfp4client, server, bin_dir, tmp_path):
     q_proj = gaussian((32, 64), np.float32, 0.02)
     k_proj = gaussian((16, 64), np.float32, 0.05)
@@ -247,6 +276,8 @@ def test_a_fused_group_shares_its_global_scale(nvfp4client, server, bin_dir, tmp
         by_g = client.quantize(q_proj, global_scale=q.global_scale)
     assert q.global_scale == k.global_scale and q.amax == group_amax
     assert np.array_equal(by_g.packed, q.packed)
+    # Given g, the result's amax is the tensor's own: g did not come from an amax.
+    assert by_g.amax == float(np.abs(q_proj).max()) != group_amax
     _, _, own_g = reference(bin_dir, tmp_path, q_proj)
     assert own_g != np.float32(q.global_scale)  # q_proj alone would get its own g
 
@@ -271,6 +302,33 @@ def test_quantize_many_keeps_the_order_and_raises_the_first_failure(nvfp4client,
         assert np.array_equal(a.packed, b.packed)
     assert [names[q.job_id] for q in many] == [f"t{i}" for i in range(7)]
     assert len(got) == 4
+
+
+def test_quantize_many_checks_its_arguments_when_called(nvfp4client, server):
+    w = gaussian((4, 16), np.float32)
+    with nvfp4client.Client(server.target) as client:
+        # Each raises from the call itself, not from the first next() of the generator.
+        for options, error, match in (
+                (dict(max_in_flight=0), ValueError, "max_in_flight must be at least 1"),
+                (dict(max_in_flight=2.0), TypeError, "max_in_flight must be an integer"),
+                (dict(request_id="x"), ValueError, "request_id is per tensor"),
+                (dict(methd="absmax"), TypeError, "options quantize.. does not take: methd"),
+                (dict(method="gptq"), ValueError, "method must be one of"),
+                (dict(scale_max=100), ValueError, "scale_max")):
+            with pytest.raises(error, match=match):
+                client.quantize_many([w], **options)
+        # An array is a batch of its rows to a for loop: refused, not quantised row by row.
+        with pytest.raises(TypeError, match="iterable of tensors"):
+            client.quantize_many(w)
+        assert client.jobs() == []
+        # A malformed item is raised in input order, after the results before it.
+        for bad, match in (((w,), "item 1 is a tuple of 1"),
+                           ((w, "b"), "item 1 is a tuple that starts with a ndarray")):
+            got = []
+            with pytest.raises(TypeError, match=match):
+                for q in client.quantize_many([("a", w), bad, ("c", w)]):
+                    got.append(q)
+            assert len(got) == 1
 
 
 class FlakyProxy:
@@ -341,6 +399,48 @@ def test_bad_requests_are_not_retried(nvfp4client, server):
         assert proxy.attempts == 1
     finally:
         proxy.stop()
+
+
+def test_upload_chunks_fit_the_servers_message_limit(nvfp4client, nvfp4d):
+    # nvfp4d takes messages up to --max-message-mib (1 MiB here), whatever max_chunk_bytes it
+    # advertises: a server that advertises 4 MiB chunks (as nvfp4d did before it capped them
+    # by the message limit) would refuse each of the client's 4 MiB chunks.
+    server = nvfp4d("--max-message-mib", "1", "--threads", "2")
+    w = gaussian((1024, 1024), np.float32)  # 4 MiB: streamed
+    uploads = []
+    with nvfp4client.Client(server.target, retries=1) as client:
+        client._limits = dataclasses.replace(client.info().limits, max_chunk_bytes=4 << 20)
+        q = client.quantize(w, progress=lambda done, total, phase: uploads.append(done)
+                            if phase == "upload" else None)
+    steps = np.diff([0] + uploads)
+    assert uploads[-1] == w.nbytes and steps.max() < 1 << 20
+    assert q.packed.shape == (1024, 512)
+
+
+@pytest.mark.parametrize("limit", ["server", "client"])
+def test_message_size_errors_are_not_retried(nvfp4client, nvfp4d, limit):
+    """gRPC's "message larger than max" is RESOURCE_EXHAUSTED like a full queue, but every
+    attempt would get it again."""
+    w = gaussian((1024, 1024), np.float32)  # 4 MiB: streamed in 4 MiB chunks by default
+    if limit == "server":
+        server = nvfp4d("--max-message-mib", "1", "--threads", "2")
+        client = nvfp4client.Client(server.target, retries=3)
+        # A server that advertises larger limits than it takes.
+        client._limits = dataclasses.replace(client.info().limits, max_chunk_bytes=4 << 20,
+                                             max_message_bytes=64 << 20)
+    else:
+        server = nvfp4d("--threads", "2")
+        client = nvfp4client.Client(server.target, retries=3, channel_options={
+            "grpc.max_send_message_length": 1 << 20})
+    attempts = []
+    stream = client._stream
+    client._stream = lambda *args, **kwargs: attempts.append(1) or stream(*args, **kwargs)
+    with client:
+        with pytest.raises(nvfp4client.Nvfp4Error, match="message larger than max.*not "
+                           "retried") as info:
+            client.quantize(w)
+    assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert not info.value.retryable and len(attempts) == 1
 
 
 def wait_for_state(client, state, timeout=30):
@@ -544,6 +644,24 @@ def test_auth_token_and_health(nvfp4client, nvfp4d, tmp_path):
         assert client.health("liveness") == "SERVING"
         assert client.info().auth_required
         assert client.quantize(w).packed.shape == (4, 8)
+    # The file's trailing newline is not part of the token (as nvfp4q --token-file).
+    for options in (dict(token=(tmp_path / "token").read_text()),
+                    dict(token_file=str(tmp_path / "token"))):
+        with nvfp4client.Client(daemon.target, **options) as client:
+            assert client.quantize(w).packed.shape == (4, 8)
+
+
+def test_tokens_that_grpc_cannot_send_are_refused(nvfp4client, tmp_path):
+    (tmp_path / "token").write_text("s3cret\n")
+    for token, match in (("s3\ncret", "U\\+000A at position 2"), ("s3cr\u00e9t", "U\\+00E9"),
+                         ("  \n", "empty")):
+        with pytest.raises(ValueError, match="^token: .*" + match):
+            nvfp4client.Client("127.0.0.1:1", token=token)
+    (tmp_path / "blank").write_text("\n")
+    with pytest.raises(ValueError, match="token_file .*blank: the token is empty"):
+        nvfp4client.Client("127.0.0.1:1", token_file=str(tmp_path / "blank"))
+    with pytest.raises(ValueError, match="token and token_file exclude each other"):
+        nvfp4client.Client("127.0.0.1:1", token="s3cret", token_file=str(tmp_path / "token"))
 
 
 def test_wait_until_ready_gives_up_with_the_last_answer(nvfp4client):
@@ -588,6 +706,44 @@ def test_tls_with_a_token(nvfp4client, nvfp4d, tmp_path):
         assert info.value.code == grpc.StatusCode.UNAVAILABLE
 
 
+def test_a_stopped_server_ends_the_call_by_keepalive(nvfp4client, nvfp4d):
+    """A server that stops answering without closing the connection (SIGSTOP here): the
+    keepalive ping goes unanswered and the call ends with UNAVAILABLE, long before its
+    deadline. The client's own keepalive (30 s, 20 s) is shortened for the test."""
+    server = nvfp4d("--threads", "2")
+    keepalive = {"grpc.keepalive_time_ms": 1000, "grpc.keepalive_timeout_ms": 1000,
+                 "grpc.http2.ping_timeout_ms": 1000}
+    with nvfp4client.Client(server.target, retries=1, timeout=60,
+                            channel_options=keepalive) as client:
+        client.info()  # connected
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            start = time.monotonic()
+            with pytest.raises(nvfp4client.Nvfp4Error) as info:
+                client.quantize(gaussian((4, 16), np.float32))
+            elapsed = time.monotonic() - start
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE and elapsed < 10, (info.value, elapsed)
+
+
+def test_channel_options_replace_the_clients_own(nvfp4client):
+    from nvfp4client._client import _channel_options
+
+    defaults = dict(_channel_options(None))
+    assert defaults["grpc.keepalive_time_ms"] == 30000
+    assert defaults["grpc.keepalive_timeout_ms"] == 20000
+    assert defaults["grpc.http2.ping_timeout_ms"] == 20000
+    mine = _channel_options([("grpc.keepalive_time_ms", 60000), ("grpc.primary_user_agent", "x")])
+    assert len(mine) == len(defaults) + 1  # one value per name: replaced, not repeated
+    assert dict(mine)["grpc.keepalive_time_ms"] == 60000
+
+
+def test_the_default_retries_ride_out_a_full_queue_for_16_to_32_s(nvfp4client):
+    with nvfp4client.Client("127.0.0.1:1") as client:
+        assert client.retries == 8  # waits of 0.5, 1, 2, 4, 8, 8, 8 s, each jittered to 50-100 %
+
+
 def test_errors_survive_pickling(nvfp4client):
     for error in (nvfp4client.Nvfp4Error(grpc.StatusCode.UNAVAILABLE, "draining", "t-1", "r-1"),
                   nvfp4client.InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, "NaN")):
@@ -599,12 +755,22 @@ def test_errors_survive_pickling(nvfp4client):
 
 def test_progress_of_a_one_message_call(nvfp4client, server):
     w = gaussian((16, 64), np.float32)
+    importance = np.ones(64, np.float32)
     calls = []
     with nvfp4client.Client(server.target) as client:
-        q = client.quantize(w, progress=lambda *a: calls.append(a))
-    assert calls[0] == (w.nbytes, w.nbytes, "upload")
-    assert calls[-1][2] == "download" and calls[-1][0] == calls[-1][1] == \
-        q.packed.nbytes + q.scales.nbytes
+        q = client.quantize(w, importance=importance, output="both",
+                            progress=lambda *a: calls.append(a))
+        up = w.nbytes + importance.nbytes
+        down = q.packed.nbytes + q.scales.nbytes + q.dequantized.nbytes
+        # One message each way: one call each way, the upload before anything is sent.
+        assert calls == [(up, up, "upload"), (down, down, "download")]
+
+        def interrupt(done, total, phase):
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            client.quantize(w, progress=interrupt)
+        assert len(client.jobs()) == 1  # the interrupted call sent nothing
 
 
 def test_a_result_header_that_does_not_match_the_request_is_refused(nvfp4client):
@@ -692,6 +858,29 @@ def test_checkpoint_job_writes_what_nvfp4q_writes(nvfp4client, nvfp4d, bin_dir, 
     assert report["totals"]["mse"] == embedded_report["totals"]["mse"]
 
 
+def test_one_glob_or_state_given_as_a_str_is_one_item(nvfp4client, nvfp4d, bin_dir, tmp_path):
+    """include="lm_head" is one glob and jobs("succeeded") one state, not their characters
+    (the glob "*" among them would exclude every module)."""
+    root = (tmp_path / "root").resolve()
+    root.mkdir()
+    subprocess.run([bin_dir / "nvfp4_demo_checkpoint", "--out", root / "src", "--layers", "1",
+                    "--hidden", "256", "--intermediate", "512", "--vocab", "128"],
+                   check=True, capture_output=True)
+    daemon = nvfp4d("--allowed-root", root)
+    with nvfp4client.Client(daemon.target) as client:
+        report = client.quantize_checkpoint(str(root / "src"), str(root / "out"),
+                                            include="lm_head", exclude="*down_proj")
+        quantized = {t["name"] for t in report["tensors"] if t["quantized"]}
+        assert "lm_head.weight" in quantized
+        assert "model.layers.0.mlp.up_proj.weight" in quantized
+        assert "model.layers.0.mlp.down_proj.weight" not in quantized
+        succeeded = client.jobs("succeeded")
+        assert [j.kind for j in succeeded] == ["checkpoint"]
+        assert client.jobs(["succeeded", "failed"]) == succeeded
+        with pytest.raises(TypeError, match="include takes strings"):
+            client.quantize_checkpoint(str(root / "src"), str(root / "out2"), include=[1])
+
+
 # -- torch -----------------------------------------------------------------------------------
 
 def test_torch_tensors_give_the_numpy_bytes(nvfp4client, server):
@@ -709,3 +898,32 @@ def test_torch_tensors_give_the_numpy_bytes(nvfp4client, server):
     assert tensors["layer.weight_scale_2"].dtype == torch.float32
     deq = from_torch.dequantized_torch()
     assert deq.dtype == torch.bfloat16 and tuple(deq.shape) == (32, 64)
+
+
+def test_torch_tensor_subclasses_are_torch_tensors(nvfp4client, server):
+    """Subclasses from other modules (nn.Parameter, bitsandbytes' Params4bit, ...) are torch
+    tensors too; float64 torch importance is range-checked like numpy's."""
+    torch = pytest.importorskip("torch", reason="torch is not in the test venv")
+
+    class Weight(torch.Tensor):  # defined in this test module, not in torch
+        pass
+
+    w = gaussian((32, 64), np.float32)
+    with nvfp4client.Client(server.target) as client:
+        base = client.quantize(w)
+        for t in (torch.from_numpy(w).as_subclass(Weight), torch.nn.Parameter(torch.from_numpy(w))):
+            assert np.array_equal(client.quantize(t).packed, base.packed), type(t)
+        importance = torch.ones(64, dtype=torch.float64)
+        importance[5] = 1e39
+        with pytest.raises(ValueError, match=r"importance value 5 \(1e\+39\)"):
+            client.quantize(w, importance=importance)
+
+
+def test_torch_outputs_without_torch_say_what_needs_torch(nvfp4client, server, monkeypatch):
+    with nvfp4client.Client(server.target) as client:
+        q = client.quantize(gaussian((4, 16), np.float32), output="both")
+    monkeypatch.setitem(sys.modules, "torch", None)  # what `import torch` meets without torch
+    with pytest.raises(ModuleNotFoundError, match=r"as_torch=True\) needs torch.*numpy arrays"):
+        q.modelopt_tensors(as_torch=True)
+    with pytest.raises(ModuleNotFoundError, match=r"dequantized_torch\(\) needs torch"):
+        q.dequantized_torch()
