@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "absl/synchronization/mutex.h"
 #include "client/cli/bench_command.h"
 #include "client/cli/compare_command.h"
 #include "client/cli/exit_codes.h"
@@ -18,6 +19,11 @@
 int main(int argc, char** argv) {
   nvfp4::cli::InstallInterruptWatcher();  // before any thread: they inherit the signal mask
   nvfp4::TuneMallocForStreaming();
+  // Debian builds Abseil without NDEBUG, so every absl::Mutex taken while another is held adds
+  // an edge to a process-wide lock graph (deadlock detection): with thousands of job records
+  // alive, that graph cost nvfp4d half its small-job throughput (perf: GraphCycles::InsertEdge).
+  // The tests keep the detection on.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   CLI::App app{"nvfp4q: quantise tensors to NVFP4 with ScaleSweep block scales"};
   app.set_version_flag("--version", std::string("nvfp4q ") + nvfp4::kVersion);
   app.require_subcommand(1);
