@@ -166,6 +166,11 @@ class Job {
   void Emit(const CheckpointEvent& event) {
     if (progress_) progress_(event);
   }
+  // A warning of the planning phase: on the progress stream and in the report's notes.
+  void WarnAndNote(const std::string& text) {
+    report_.notes.push_back(text);
+    Emit({.phase = "plan", .message = text, .warning = true});
+  }
   absl::Status CheckOptions();
   absl::Status LoadInputs();
   std::string PlanKey() const;
@@ -657,8 +662,7 @@ void Job::NoteUnusedEntries() {
         absl::StrCat(path, ": ", count, count == 1 ? " entry matches" : " entries match",
                      " no quantized module and ", count == 1 ? "is" : "are", " unused (",
                      absl::StrJoin(unused, ", "), count > 5 ? ", ..." : "", ")");
-    report_.notes.push_back(text);
-    Emit({.phase = "plan", .message = text, .warning = true});
+    WarnAndNote(text);
   };
   std::vector<std::string> unused;
   for (const auto& [module, amax] : calibration_) {
@@ -686,8 +690,7 @@ void Job::NoteForcedModules() {
       "--include quantizes modules the defaults leave out (", absl::StrJoin(forced, ", "),
       "): vLLM keeps embeddings, LM and classification heads, norms, routers and vision/audio "
       "towers unquantized and may refuse to load this checkpoint");
-  report_.notes.push_back(text);
-  Emit({.phase = "plan", .message = text, .warning = true});
+  WarnAndNote(text);
 }
 
 absl::StatusOr<CheckpointReport> Job::Run() {
@@ -710,8 +713,7 @@ absl::StatusOr<CheckpointReport> Job::RunSteps() {
         "not copied: weight files in subdirectories (", absl::StrJoin(skipped, ", "),
         "); only the model's own weights are quantized, copy these by hand if the model needs "
         "them");
-    report_.notes.push_back(text);
-    Emit({.phase = "plan", .message = text, .warning = true});
+    WarnAndNote(text);
   }
   PlanOptions plan_options;
   plan_options.format = options_.format;
