@@ -227,7 +227,9 @@ def test_deployment_image_command_and_flags():
     assert args["--listen"][0].startswith("0.0.0.0:")
     assert port_of(args["--metrics-listen"][0]) == ports["metrics"]
     assert args["--metrics-listen"][0].startswith("0.0.0.0:")
-    assert args["--device"] == ["auto"]
+    # The pod requests a GPU: without one it must fail, not fall back to the CPU engine.
+    assert args["--device"] == ["cuda"]
+    assert container()["resources"]["limits"]["nvidia.com/gpu"] == 1
 
 
 def test_termination_grace_exceeds_drain():
