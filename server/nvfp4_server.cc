@@ -270,7 +270,8 @@ std::string Nvfp4Server::Describe() const {
           : absl::StrCat("http://", WithPort(options_.metrics_listen, metrics_->exposer_port()),
                          "/metrics (port ", metrics_->exposer_port(), ")"),
       engines, so.max_queue, so.memory_budget_bytes, so.max_job_bytes,
-      options_.service.max_chunk_bytes, options_.service.max_message_bytes,
+      // The service's own limits: it lowers the chunk size to fit a small message limit.
+      service_->options().max_chunk_bytes, service_->options().max_message_bytes,
       options_.auth_token_file.empty() ? "off" : "bearer token",
       options_.allowed_roots.empty() ? std::string("none (QuantizeCheckpoint disabled)")
                                      : absl::StrJoin(options_.allowed_roots, ", "));

@@ -65,6 +65,12 @@ int main(int argc, char** argv) {
                  "stream chunks are at most min(4, this)")
       ->check(CLI::Range(1, 2000))
       ->capture_default_str();
+  std::string job_log = "failed";
+  app.add_option("--log-jobs", job_log,
+                 "finished calls logged on stderr, one line each: none, failed (jobs ending "
+                 "neither OK nor CANCELLED), all (refusals too)")
+      ->check(CLI::IsMember({"none", "failed", "all"}))
+      ->capture_default_str();
   app.add_option("--drain-timeout", drain_seconds, "seconds running calls get on SIGTERM")
       ->check(nvfp4::cli_checks::NonNegative())
       ->capture_default_str();
@@ -108,6 +114,9 @@ int main(int argc, char** argv) {
   options.scheduler.memory_budget_bytes = memory_mib << 20;
   options.scheduler.max_job_bytes = max_job_mib << 20;
   options.service.max_message_bytes = max_message_mib << 20;
+  options.service.job_log = job_log == "none"  ? nvfp4::server::JobLog::kNone
+                            : job_log == "all" ? nvfp4::server::JobLog::kAll
+                                               : nvfp4::server::JobLog::kFailed;
   options.service.upload_idle_timeout = absl::Seconds(upload_idle_seconds);
   options.service.buffer_idle_release = absl::Seconds(buffer_idle_seconds);
   options.service.stream_window_bytes = stream_window_mib << 20;

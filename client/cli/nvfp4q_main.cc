@@ -19,9 +19,8 @@
 int main(int argc, char** argv) {
   nvfp4::cli::InstallInterruptWatcher();  // before any thread: they inherit the signal mask
   nvfp4::TuneMallocForStreaming();
-  // Debian builds Abseil without NDEBUG, so every absl::Mutex taken while another is held adds
-  // an edge to a process-wide lock graph (deadlock detection): with thousands of job records
-  // alive, that graph cost nvfp4d half its small-job throughput (perf: GraphCycles::InsertEdge).
+  // Debian builds Abseil without NDEBUG: every absl::Mutex taken while another is held would
+  // add an edge to a process-wide deadlock-detection graph (docs/benchmarks.md, "Small jobs").
   // The tests keep the detection on.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   CLI::App app{"nvfp4q: quantise tensors to NVFP4 with ScaleSweep block scales"};

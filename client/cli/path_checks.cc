@@ -9,11 +9,16 @@ namespace {
 
 std::filesystem::path Resolved(const std::string& path) {
   std::error_code error;
-  std::filesystem::path absolute = std::filesystem::absolute(path, error);
-  if (error) return std::filesystem::path(path).lexically_normal();
-  std::filesystem::path resolved = std::filesystem::weakly_canonical(absolute, error);
-  if (error) return absolute.lexically_normal();
-  // "dir/" resolves to "dir/": drop the empty last element so that it equals "dir".
+  std::filesystem::path resolved = std::filesystem::absolute(path, error);
+  if (error) {
+    resolved = std::filesystem::path(path).lexically_normal();
+  } else if (std::filesystem::path canonical = std::filesystem::weakly_canonical(resolved, error);
+             !error) {
+    resolved = canonical;
+  } else {
+    resolved = resolved.lexically_normal();
+  }
+  // "dir/" keeps an empty last element: drop it so that it equals "dir".
   if (!resolved.has_filename() && resolved.has_parent_path()) resolved = resolved.parent_path();
   return resolved;
 }

@@ -136,21 +136,21 @@ std::string PathClash(const QuantizeCheckpointFlags& flags) {
 
 // --dry-run: the plan for the model on this machine, printed; nothing is written.
 absl::StatusOr<int> PrintPlan(const QuantizeCheckpointFlags& flags) {
-  checkpoint::PlanOptions plan_options;
-  const std::optional<checkpoint::OutputFormat> format =
-      checkpoint::ParseOutputFormat(flags.format);
-  if (!format.has_value()) return UsageError("--format must be modelopt or compressed-tensors");
-  plan_options.format = *format;
-  plan_options.include = flags.include;
-  plan_options.exclude = flags.exclude;
-  plan_options.w4a4 = !flags.calibration.empty();
-  ASSIGN_OR_RETURN(plan_options.shard_bytes, ParseByteSize(flags.shard_size));
-  if (plan_options.shard_bytes < (uint64_t{1} << 20)) {
-    return UsageError(
-        absl::StrCat("--shard-size must be at least 1MiB, got '", flags.shard_size, "'"));
+  // The job's own flag checks and refusals first: a plan for a run that would not start is no
+  // plan.
+  ASSIGN_OR_RETURN(const checkpoint::CheckpointJobOptions options, JobOptions(flags));
+  if (flags.stream_tensors && flags.remote.server.empty()) {
+    return UsageError("--stream-tensors needs --server");
   }
+  checkpoint::PlanOptions plan_options;
+  plan_options.format = options.format;
+  plan_options.include = options.include;
+  plan_options.exclude = options.exclude;
+  plan_options.w4a4 = !options.calibration_path.empty();
+  plan_options.shard_bytes = options.shard_bytes;
   ASSIGN_OR_RETURN(std::unique_ptr<checkpoint::SourceCheckpoint> source,
                    checkpoint::SourceCheckpoint::Open(flags.model));
+  RETURN_IF_ERROR(checkpoint::CheckUnquantizedSource(*source));
   ASSIGN_OR_RETURN(const checkpoint::CheckpointPlan plan,
                    checkpoint::BuildCheckpointPlan(*source, plan_options));
   const auto shape_text = [](const std::vector<int64_t>& shape) {

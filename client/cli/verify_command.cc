@@ -82,13 +82,16 @@ std::optional<Recipe> RecipeOf(const nlohmann::ordered_json& quantization_config
 }
 
 // Whether a config's exclusion entry covers `module`, as vLLM matches them: compressed-tensors
-// `ignore` by exact name or a "re:" regular expression; ModelOpt `ignore` / `exclude_modules`
-// by exact name, substring or fnmatch wildcard.
+// `ignore` by exact name or a "re:" regular expression matched from the start of the name
+// (Python's re.match; the pattern is read as an ECMAScript regex here, which agrees for the
+// usual patterns); ModelOpt `ignore` / `exclude_modules` by exact name, substring or fnmatch
+// wildcard.
 bool ExclusionCovers(const std::string& entry, const std::string& module, bool compressed_tensors) {
   if (compressed_tensors) {
     if (!absl::StartsWith(entry, "re:")) return entry == module;
     try {
-      return std::regex_match(module, std::regex(entry.substr(3)));
+      return std::regex_search(module, std::regex(entry.substr(3)),
+                               std::regex_constants::match_continuous);
     } catch (const std::regex_error&) {
       return false;  // an unusable pattern covers nothing (and is reported by the caller)
     }

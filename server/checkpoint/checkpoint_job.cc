@@ -251,9 +251,10 @@ absl::Status Job::CheckOptions() {
   };
   const fs::path out_resolved = resolved(out);
   const fs::path model_resolved = resolved(options_.model_dir);
-  if (std::mismatch(model_resolved.begin(), model_resolved.end(), out_resolved.begin(),
-                    out_resolved.end())
-          .first == model_resolved.end()) {
+  // A path that cannot be resolved (a symlink loop, no permission) is reported by what reads it.
+  if (!ec && std::mismatch(model_resolved.begin(), model_resolved.end(), out_resolved.begin(),
+                           out_resolved.end())
+                     .first == model_resolved.end()) {
     return absl::InvalidArgumentError(
         "the output directory must not be the model directory or lie inside it");
   }
@@ -268,14 +269,7 @@ absl::Status Job::CheckOptions() {
 
 absl::Status Job::LoadInputs() {
   ASSIGN_OR_RETURN(source_, SourceCheckpoint::Open(options_.model_dir, options_.paths));
-  // "quantization_config": null is what some exporters write for an unquantized model.
-  if (const auto q = source_->config().find("quantization_config");
-      q != source_->config().end() && !q->is_null()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(options_.model_dir,
-                     "/config.json already has a quantization_config: the source must be "
-                     "an unquantized checkpoint"));
-  }
+  RETURN_IF_ERROR(CheckUnquantizedSource(*source_));
   if (!options_.importance_path.empty()) {
     ASSIGN_OR_RETURN(MappedSafetensors file, MappedSafetensors::Open(options_.importance_path));
     importance_ = std::move(file);
@@ -686,8 +680,11 @@ void Job::NoteForcedModules() {
     if (t.quantize && !DefaultExclusionReason(t.module).empty()) forced.push_back(t.module);
   }
   if (forced.empty()) return;
+  const size_t count = forced.size();
+  if (forced.size() > 5) forced.resize(5);
   const std::string text = absl::StrCat(
-      "--include quantizes modules the defaults leave out (", absl::StrJoin(forced, ", "),
+      "--include quantizes ", count, count == 1 ? " module" : " modules",
+      " the defaults leave out (", absl::StrJoin(forced, ", "), count > 5 ? ", ..." : "",
       "): vLLM keeps embeddings, LM and classification heads, norms, routers and vision/audio "
       "towers unquantized and may refuse to load this checkpoint");
   WarnAndNote(text);
@@ -696,8 +693,13 @@ void Job::NoteForcedModules() {
 absl::StatusOr<CheckpointReport> Job::Run() {
   absl::StatusOr<CheckpointReport> report = RunSteps();
   if (!report.ok() && holds_lock_ && journal_.shards.empty()) {
-    std::error_code ec;  // best effort: the job's own error is what the caller needs
-    fs::remove_all(staging_, ec);
+    // Renamed away while the lock is held, then removed: a job starting meanwhile finds no
+    // staging directory (it makes a fresh one with a fresh lock) rather than one being emptied
+    // under it. Best effort: the job's own error is what the caller needs.
+    const std::string discarded =
+        absl::StrCat(staging_, ".discarded.", ::getpid(), ".", reinterpret_cast<uintptr_t>(this));
+    std::error_code ec;
+    if (::rename(staging_.c_str(), discarded.c_str()) == 0) fs::remove_all(discarded, ec);
   }
   return report;
 }
@@ -845,6 +847,18 @@ absl::StatusOr<CheckpointReport> Job::RunSteps() {
 }
 
 }  // namespace
+
+absl::Status CheckUnquantizedSource(const SourceCheckpoint& source) {
+  // "quantization_config": null is what some exporters write for an unquantized model.
+  if (const auto q = source.config().find("quantization_config");
+      q != source.config().end() && !q->is_null()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(source.dir(),
+                     "/config.json already has a quantization_config: the source must be "
+                     "an unquantized checkpoint"));
+  }
+  return absl::OkStatus();
+}
 
 std::string StagingDirFor(const std::string& out_dir) {
   fs::path out(out_dir);

@@ -73,6 +73,10 @@ absl::StatusOr<CheckpointReport> RunCheckpointJob(const CheckpointJobOptions& op
                                                   const CheckpointProgressFn& progress,
                                                   const std::atomic<bool>* cancelled);
 
+// FailedPrecondition when `source` is already quantized (a non-null quantization_config in
+// its config.json): the job refuses it, and so does nvfp4q quantize --dry-run.
+absl::Status CheckUnquantizedSource(const SourceCheckpoint& source);
+
 // The staging directory used for `out_dir`.
 std::string StagingDirFor(const std::string& out_dir);
 

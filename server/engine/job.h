@@ -27,6 +27,7 @@ class Job {
   Job& operator=(const Job&) = delete;
 
   const std::string& id() const { return id_; }
+  const std::string& name() const { return name_; }
   v1::JobKind kind() const { return kind_; }
 
   // Cooperative cancellation: engines poll cancel_flag() between work chunks.

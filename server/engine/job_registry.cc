@@ -31,8 +31,12 @@ void JobRegistry::Forget(const std::string& id) {
   const uint64_t seq = it->second;
   seq_of_id_.erase(it);
   by_seq_.erase(seq);
-  live_.erase(std::remove(live_.begin(), live_.end(), seq), live_.end());
-  finished_.erase(std::remove(finished_.begin(), finished_.end(), seq), finished_.end());
+  // A refused job is live (the common case, cheap); only a finished one costs a history scan.
+  if (const auto live = std::find(live_.begin(), live_.end(), seq); live != live_.end()) {
+    live_.erase(live);
+  } else {
+    finished_.erase(std::remove(finished_.begin(), finished_.end(), seq), finished_.end());
+  }
 }
 
 void JobRegistry::TrimLocked() {

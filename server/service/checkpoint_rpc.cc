@@ -163,9 +163,8 @@ class CheckpointReactor final : public grpc::ServerWriteReactor<Response> {
     if (final_status_) return;
     final_status_ = status;
     if (!status.ok() && job_) job_->MarkFinished(status, std::nullopt, "");
-    service_->RecordOutcome(
-        status, job_ ? std::optional(absl::ToDoubleSeconds(absl::Now() - start_)) : std::nullopt,
-        "checkpoint");
+    service_->RecordOutcome(status, job_.get(), absl::ToDoubleSeconds(absl::Now() - start_),
+                            "checkpoint");
   }
 
   void PumpAndUnlock() ABSL_UNLOCK_FUNCTION(mu_) {

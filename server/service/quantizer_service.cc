@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <limits>
@@ -12,6 +13,7 @@
 #include "absl/base/casts.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/status_macros.h"
@@ -68,7 +70,10 @@ absl::Status AdmitTensorJob(QuantizerService& service, const api::TensorSpec& sp
   } catch (const std::bad_alloc&) {
     const absl::Status status =
         absl::ResourceExhaustedError("out of memory for the job's input and output buffers");
+    // A refusal like the admission's: its id never reached the client, so no record.
     (*job)->MarkFinished(status, std::nullopt, "");
+    service.jobs()->Forget((*job)->id());
+    job->reset();
     admission->reset();
     *input = {};
     return status;
@@ -586,8 +591,7 @@ class TensorStreamReactor final
       output_.reset();
       if (job_) job_->MarkFinished(status, std::nullopt, "");
     }
-    service_->RecordOutcome(
-        status, job_ ? std::optional(absl::ToDoubleSeconds(absl::Now() - start_)) : std::nullopt);
+    service_->RecordOutcome(status, job_.get(), absl::ToDoubleSeconds(absl::Now() - start_));
   }
 
   struct Bytes {
@@ -827,7 +831,7 @@ class TensorUnaryReactor final : public grpc::ServerUnaryReactor {
       : service_(service), context_(context), response_(response), start_(absl::Now()) {
     const absl::Status status = Start(*request);
     if (!status.ok()) {
-      service_->RecordOutcome(status, std::nullopt);  // refused before admission
+      service_->RecordOutcome(status, job_.get(), absl::ToDoubleSeconds(absl::Now() - start_));
       Finish(api::ToGrpcStatus(status));
       return;
     }
@@ -904,7 +908,7 @@ class TensorUnaryReactor final : public grpc::ServerUnaryReactor {
       // The response holds the bytes now: the buffers go back to the pool before it is sent.
       output_.reset();
       input_ = {};
-      service_->RecordOutcome(status, absl::ToDoubleSeconds(absl::Now() - start_));
+      service_->RecordOutcome(status, job_.get(), absl::ToDoubleSeconds(absl::Now() - start_));
       Finish(api::ToGrpcStatus(status));
       return;
     }
@@ -915,7 +919,7 @@ class TensorUnaryReactor final : public grpc::ServerUnaryReactor {
       if (client_ended_) final_status = *client_ended_;
     }
     job_->MarkFinished(final_status, std::nullopt, "");
-    service_->RecordOutcome(final_status, absl::ToDoubleSeconds(absl::Now() - start_));
+    service_->RecordOutcome(final_status, job_.get(), absl::ToDoubleSeconds(absl::Now() - start_));
     Finish(api::ToGrpcStatus(final_status));
   }
 
@@ -946,6 +950,8 @@ namespace {
 // size shrinks with it (else every streamed upload would be refused by gRPC's own limit).
 ServiceOptions WithConsistentLimits(ServiceOptions options) {
   options.max_chunk_bytes = std::min(options.max_chunk_bytes, options.max_message_bytes);
+  // Room for a result chunk's framing (kResultChunkFramingBytes) and some payload.
+  options.max_chunk_bytes = std::max<int64_t>(options.max_chunk_bytes, 4096);
   return options;
 }
 }  // namespace
@@ -1034,10 +1040,22 @@ absl::Status QuantizerService::Authenticate(const grpc::CallbackServerContext& c
       "missing or invalid bearer token (metadata 'authorization: Bearer <token>')");
 }
 
-void QuantizerService::RecordOutcome(const absl::Status& status,
-                                     std::optional<double> admitted_seconds,
+void QuantizerService::RecordOutcome(const absl::Status& status, const Job* job, double seconds,
                                      const std::string& kind) {
-  if (metrics_) metrics_->JobFinished(kind, api::StatusCodeName(status.code()), admitted_seconds);
+  const std::string code = api::StatusCodeName(status.code());
+  if (metrics_) {
+    metrics_->JobFinished(kind, code, job ? std::optional(seconds) : std::nullopt);
+  }
+  const bool failed = !status.ok() && !absl::IsCancelled(status);
+  if (options_.job_log == JobLog::kAll || (options_.job_log == JobLog::kFailed && job && failed)) {
+    // One line, one write: lines of concurrent calls do not interleave.
+    const std::string line =
+        job ? absl::StrCat("nvfp4d: ", kind, " job ", job->id(), " '", job->name(), "' ", code,
+                           " after ", absl::StrFormat("%.3f", seconds), " s",
+                           status.ok() ? "" : ": ", status.message(), "\n")
+            : absl::StrCat("nvfp4d: ", kind, " call refused: ", code, ": ", status.message(), "\n");
+    std::fputs(line.c_str(), stderr);
+  }
 }
 
 grpc::ServerWriteReactor<v1::QuantizeCheckpointResponse>* QuantizerService::QuantizeCheckpoint(

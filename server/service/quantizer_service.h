@@ -29,7 +29,15 @@
 
 namespace nvfp4::server {
 
+// Which finished calls nvfp4d logs (one line each on stderr).
+enum class JobLog {
+  kNone,
+  kFailed,  // admitted jobs that end neither OK nor CANCELLED (the default)
+  kAll,     // every call, refusals before admission included
+};
+
 struct ServiceOptions {
+  JobLog job_log = JobLog::kFailed;
   int64_t max_chunk_bytes = int64_t{4} << 20;
   int64_t max_message_bytes = int64_t{64} << 20;
   // Non-empty: every Quantizer call needs metadata "authorization: Bearer <token>".
@@ -89,10 +97,10 @@ class QuantizerService final : public QuantizerServiceBase {
   // Authenticate, then the job called `job_id` (NotFound when unknown).
   absl::StatusOr<std::shared_ptr<Job>> FindJob(const grpc::CallbackServerContext& context,
                                                const std::string& job_id) const;
-  // kind: the job kind label of the metrics ("tensor", "checkpoint"). admitted_seconds: the
-  // job's time since its call started, or nullopt for a call refused before admission (counted
-  // by code, but not a job duration).
-  void RecordOutcome(const absl::Status& status, std::optional<double> admitted_seconds,
+  // Counts a finished call in the metrics and logs it (ServiceOptions::job_log). job: the
+  // admitted job, or nullptr for a call refused before admission (counted by code, but not a
+  // job duration). seconds: since the call started. kind: "tensor" or "checkpoint".
+  void RecordOutcome(const absl::Status& status, const Job* job, double seconds,
                      const std::string& kind = "tensor");
   const ServiceOptions& options() const { return options_; }
   Scheduler* scheduler() const { return scheduler_; }

@@ -915,6 +915,15 @@ def test_verify_checks_what_the_configs_declare(bins, runs, tmp_path):
     assert f"{down}: no activation scale, though the config declares W4A4" in problems_of(case)
 
     weight_only, _ = runs("ct_w4a16")  # compressed-tensors, W4A16
+    # A "re:" entry matches from the start of the name, as Python's re.match (not the whole).
+    case = tmp_path / "ct_ignores_by_regex"
+    shutil.copytree(weight_only, case)
+    edit_json(case / "config.json",
+              lambda c: c["quantization_config"]["ignore"].append(r"re:.*mlp\.down"))
+    found = problems_of(case)
+    assert sum("quantized, but config.json quantization_config.ignore excludes it" in p
+               for p in found) == 2, found
+
     case = tmp_path / "w4a16_with_an_input_scale"
     shutil.copytree(weight_only, case)
     rewrite_shard_of(case, down + ".weight_scale", lambda t: t.__setitem__(
@@ -957,3 +966,6 @@ def test_dry_run_prints_the_plan_the_job_then_follows(bins, runs, tmp_path, monk
     assert "excluded by --exclude '*.down_proj'" in text
     assert f"{len(quantized) - 2} of {len(plan['tensors'])} tensors quantized" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+    # It refuses what the job refuses: an already quantized source.
+    r = run(bins["nvfp4q"], "quantize", "--model", out, "--dry-run", check=False)
+    assert r.returncode == 3 and "already has a quantization_config" in r.stderr, r.stderr

@@ -25,11 +25,11 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 RNG = np.random.default_rng(11)
 
 
-def quantize_stream(pb, channel, w, method, chunk=1 << 16):
+def quantize_stream(pb, channel, w, method, chunk=1 << 16, name="python"):
     quantizer_pb2, quantizer_pb2_grpc = pb
     stub = quantizer_pb2_grpc.QuantizerStub(channel)
     header = quantizer_pb2.TensorHeader(
-        name="python", dtype=quantizer_pb2.DTYPE_F32, shape=list(w.shape), method=method)
+        name=name, dtype=quantizer_pb2.DTYPE_F32, shape=list(w.shape), method=method)
     data = w.astype("<f4").tobytes()
 
     def requests():
@@ -310,6 +310,38 @@ def test_tls_and_token_from_the_cli_and_python(pb, nvfp4d, nvfp4q, tmp_path):
                         "--json"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["job_id"]
+
+
+def test_nvfp4d_logs_failed_jobs_by_default_and_every_call_on_request(pb, nvfp4d):
+    good = RNG.normal(0, 1, (16, 64)).astype(np.float32)
+    bad = good.copy()
+    bad[3, 7] = np.nan  # nvfp4q would refuse it before sending; a raw stub does not
+
+    def send(daemon, name, w):
+        with grpc.insecure_channel(daemon.target) as channel:
+            try:
+                quantize_stream(pb, channel, w, pb[0].METHOD_SCALESWEEP, name=name)
+                return grpc.StatusCode.OK
+            except grpc.RpcError as e:
+                return e.code()
+
+    def job_lines(daemon):
+        return [line for line in daemon.output().splitlines() if " job " in line]
+
+    default = nvfp4d()
+    assert send(default, "bad", bad) == grpc.StatusCode.INVALID_ARGUMENT
+    assert send(default, "good", good) == grpc.StatusCode.OK
+    lines = job_lines(default)
+    assert len(lines) == 1, default.output()
+    assert re.fullmatch(r"nvfp4d: tensor job t-\d+-[0-9a-f]{8} 'bad' INVALID_ARGUMENT after "
+                        r"\d+\.\d{3} s: .*row 3, column 7.*", lines[0]), lines[0]
+    everything = nvfp4d("--log-jobs", "all")
+    assert send(everything, "good", good) == grpc.StatusCode.OK
+    assert re.fullmatch(r"nvfp4d: tensor job t-\d+-[0-9a-f]{8} 'good' OK after \d+\.\d{3} s",
+                        job_lines(everything)[0]), everything.output()
+    quiet = nvfp4d("--log-jobs", "none")
+    assert send(quiet, "bad", bad) == grpc.StatusCode.INVALID_ARGUMENT
+    assert job_lines(quiet) == [], quiet.output()
 
 
 def test_bad_tls_material_is_named_not_blamed_on_the_address(nvfp4q, tmp_path):
