@@ -12,6 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "common/cpu_count.h"
 #include "common/posix_file.h"
 #include "common/status_macros.h"
 #include "common/version.h"
@@ -70,9 +71,7 @@ absl::StatusOr<std::vector<std::unique_ptr<QuantizerBackend>>> CreateEngines(
   if (options.cpu_workers < 1) return absl::InvalidArgumentError("--cpu-workers must be >= 1");
   const std::optional<cpu::CpuIsa> isa = cpu::ParseCpuIsa(options.cpu_isa);
   if (!isa) return absl::InvalidArgumentError("--isa must be auto, scalar, avx2 or avx512");
-  const int total = options.threads > 0
-                        ? options.threads
-                        : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int total = options.threads > 0 ? options.threads : UsableCpuCount();
   for (int i = 0; i < options.cpu_workers; ++i) {
     const int threads = std::max(1, total / options.cpu_workers);
     ASSIGN_OR_RETURN(std::unique_ptr<cpu::CpuBackend> backend,
@@ -247,6 +246,11 @@ std::string Nvfp4Server::Describe() const {
   std::string engines;
   for (const auto& e : scheduler_->engines()) {
     absl::StrAppend(&engines, engines.empty() ? "" : ", ", std::string(e->name()));
+    // The default follows the CPUs this process may use (cpuset, cgroup quota): say how many.
+    if (const auto* cpu = dynamic_cast<const cpu::CpuBackend*>(e.get())) {
+      absl::StrAppend(&engines, " (", cpu->threads(),
+                      cpu->threads() == 1 ? " thread)" : " threads)");
+    }
   }
   const SchedulerOptions& so = scheduler_->options();
   return absl::StrFormat(

@@ -44,7 +44,8 @@ int main(int argc, char** argv) {
   app.add_option("--cpu-workers", options.cpu_workers, "concurrent CPU jobs")
       ->check(nvfp4::cli_checks::Positive())
       ->capture_default_str();
-  app.add_option("--threads", options.threads, "CPU threads in total (0: all cores)")
+  app.add_option("--threads", options.threads,
+                 "CPU threads in total (0: the CPUs this process may use: affinity, cgroup quota)")
       ->check(nvfp4::cli_checks::NonNegative())
       ->capture_default_str();
   app.add_option("--isa", options.cpu_isa, "CPU kernels: auto, scalar, avx2, avx512")

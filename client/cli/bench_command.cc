@@ -7,7 +7,6 @@
 #include <limits>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -15,6 +14,7 @@
 #include "client/cli/exit_codes.h"
 #include "client/cli/report.h"
 #include "client/cli/synthetic.h"
+#include "common/cpu_count.h"
 #include "common/status_macros.h"
 
 namespace nvfp4::cli {
@@ -66,7 +66,7 @@ absl::StatusOr<int> Run(const BenchFlags& flags) {
   const std::vector<float> importance = LognormalTensor(flags.cols, 1.0, 43);
   std::vector<int> thread_counts = flags.threads;
   if (thread_counts.empty()) {
-    const int all = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    const int all = UsableCpuCount();
     thread_counts = all > 1 ? std::vector<int>{1, all} : std::vector<int>{1};
   }
   const double memcpy_eps = MemcpyElementsPerSecond(input, flags.repeat);

@@ -11,7 +11,9 @@
 namespace nvfp4::cli {
 
 void EngineFlags::Register(CLI::App* command) {
-  command->add_option("--threads", threads, "CPU threads (0 = all cores)")
+  command
+      ->add_option("--threads", threads,
+                   "CPU threads (0 = the CPUs this process may use: affinity, cgroup quota)")
       ->check(nvfp4::cli_checks::NonNegative());
   command->add_option("--isa", isa, "CPU kernels: auto, scalar, avx2, avx512")
       ->check(CLI::IsMember({"auto", "scalar", "avx2", "avx512"}));

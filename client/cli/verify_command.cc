@@ -14,7 +14,6 @@
 #include <optional>
 #include <regex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -23,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "client/cli/exit_codes.h"
+#include "common/cpu_count.h"
 #include "common/status_macros.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/encoding_check.h"
@@ -265,7 +265,7 @@ absl::StatusOr<int> Run(const VerifyFlags& flags) {
     ASSIGN_OR_RETURN(engine, cpu::CpuBackend::Create({0, cpu::CpuIsa::kAuto}));
   }
   int rederived = 0;
-  cpu::ThreadPool pool(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  cpu::ThreadPool pool(UsableCpuCount());
   int64_t value_mismatches = 0;
 
   std::map<std::string, bool> expected_outputs;  // output tensor name -> seen in source walk

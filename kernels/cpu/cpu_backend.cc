@@ -6,10 +6,10 @@
 #include <cstring>
 #include <mutex>
 #include <new>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/cpu_count.h"
 #include "common/large_buffer.h"
 #include "common/status_macros.h"
 #include "kernels/cpu/row_kernel.h"
@@ -148,7 +148,7 @@ absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(const CpuBackendO
         absl::StrCat("this CPU does not support the ", std::string(CpuIsaName(isa)), " kernels"));
   }
   int threads = options.threads;
-  if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  if (threads == 0) threads = UsableCpuCount();  // the pod's or cpuset's share, not the node's
   return std::unique_ptr<CpuBackend>(new CpuBackend(threads, isa));
 }
 

@@ -12,13 +12,13 @@
 #include <new>
 #include <optional>
 #include <string>
-#include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "common/cpu_count.h"
 #include "common/large_buffer.h"
 #include "common/status_macros.h"
 #include "kernels/cpu/parallel_copy.h"
@@ -734,7 +734,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device) {
   auto state = std::make_unique<State>();
   state->device = device;
   state->copy_pool = std::make_unique<cpu::ThreadPool>(
-      static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, kHostCopyThreads)));
+      std::clamp(UsableCpuCount(), 1, static_cast<int>(kHostCopyThreads)));
   state->sm_count = std::max(1, properties.multiProcessorCount);
   NVFP4_CUDA_RETURN_IF_ERROR(internal::QueryQuantizeOccupancy(&state->occupancy),
                              "cudaOccupancyMaxActiveBlocksPerMultiprocessor (quantize kernels)");

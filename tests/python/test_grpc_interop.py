@@ -344,6 +344,26 @@ def test_nvfp4d_logs_failed_jobs_by_default_and_every_call_on_request(pb, nvfp4d
     assert job_lines(quiet) == [], quiet.output()
 
 
+def test_default_engine_threads_follow_the_cpus_the_process_may_use(nvfp4q):
+    # A pod's CPU quota or a cpuset, not the node's core count (here: an affinity of one CPU).
+    nvfp4d = pathlib.Path(nvfp4q).parent / "nvfp4d"
+    one_cpu = {min(os.sched_getaffinity(0))}
+    proc = subprocess.Popen([nvfp4d, "--listen", "127.0.0.1:0", "--metrics-listen", ""],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: os.sched_setaffinity(0, one_cpu))
+    try:
+        banner = ""
+        for line in proc.stdout:
+            banner += line
+            if "nvfp4d: serving" in line:
+                break
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    engines = re.search(r"engines +(.*)", banner).group(1)
+    assert engines.endswith("(1 thread)"), banner
+
+
 def test_bad_tls_material_is_named_not_blamed_on_the_address(nvfp4q, tmp_path):
     nvfp4d = pathlib.Path(nvfp4q).parent / "nvfp4d"
     for name in ("a", "b"):
