@@ -743,8 +743,11 @@ class Client:
                     continue
                 for start in range(0, len(view), chunk):
                     piece = view[start:start + chunk].tobytes()
-                    yield pb.QuantizeTensorRequest(**{kind: piece})
                     sent += len(piece)
+                    # Reported as the chunk is handed to gRPC, not after: gRPC resumes this
+                    # iterator past the last chunk only when it wants more, which may be after
+                    # the call has ended, so a report after the yield could come after
+                    # quantize() returned, or never.
                     if progress:
                         try:
                             progress(sent, upload, "upload")
@@ -753,6 +756,7 @@ class Client:
                             if started:  # else the caller has not registered it yet
                                 started[0].cancel()
                             return
+                    yield pb.QuantizeTensorRequest(**{kind: piece})
 
         assembly = _Assembly(t, sizes, progress)
         call = self._stream(requests(), timeout=self._deadline(timeout),
