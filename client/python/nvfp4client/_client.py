@@ -661,7 +661,11 @@ class Client:
             try:
                 return attempt()
             except Nvfp4Error as e:
-                if not e.retryable or number == self.retries or scope.cancelled.is_set():
+                # A cancel that came while this attempt was failing wins over its error: the
+                # caller asked to stop, and gets CANCELLED whenever it asked.
+                if scope.cancelled.is_set():
+                    raise _cancelled() from None
+                if not e.retryable or number == self.retries:
                     raise
             if scope.cancelled.wait(backoff * random.uniform(0.5, 1.0)):
                 raise _cancelled()

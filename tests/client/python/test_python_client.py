@@ -609,6 +609,23 @@ def test_cancel_all_stops_the_first_calls_question_about_limits(nvfp4client):
         listener.close()
 
 
+def test_a_cancel_while_an_attempt_fails_gives_cancelled(nvfp4client):
+    # The window test_cancel_all_stops_a_call_that_waits_to_retry hits only by chance (CI did):
+    # cancel_all after an attempt's RPC failed, before the retry decision.
+    client = nvfp4client.Client("127.0.0.1:1", retries=5)
+    attempts = []
+
+    def attempt():
+        attempts.append(1)
+        client.cancel_all()
+        raise nvfp4client.Nvfp4Error(grpc.StatusCode.UNAVAILABLE, "replica draining")
+    with client._scope() as scope:
+        with pytest.raises(nvfp4client.Nvfp4Error) as error:
+            client._with_retries(scope, attempt)
+    assert error.value.code == grpc.StatusCode.CANCELLED and len(attempts) == 1
+    client.close()
+
+
 def test_cancel_all_stops_a_call_that_waits_to_retry(nvfp4client, server):
     proxy = FlakyProxy(server.target, failures=100, code=grpc.StatusCode.UNAVAILABLE)
     try:
