@@ -17,10 +17,10 @@
 #include "absl/time/clock.h"
 #include "client/cli/common_flags.h"
 #include "client/cli/exit_codes.h"
-#include "client/cli/path_checks.h"
 #include "client/cli/progress.h"
 #include "client/cli/remote_commands.h"
 #include "client/remote_backend.h"
+#include "common/path_checks.h"
 #include "common/posix_file.h"
 #include "common/status_macros.h"
 #include "server/checkpoint/checkpoint_job.h"
@@ -142,12 +142,7 @@ absl::StatusOr<int> PrintPlan(const QuantizeCheckpointFlags& flags) {
   if (flags.stream_tensors && flags.remote.server.empty()) {
     return UsageError("--stream-tensors needs --server");
   }
-  checkpoint::PlanOptions plan_options;
-  plan_options.format = options.format;
-  plan_options.include = options.include;
-  plan_options.exclude = options.exclude;
-  plan_options.w4a4 = !options.calibration_path.empty();
-  plan_options.shard_bytes = options.shard_bytes;
+  const checkpoint::PlanOptions plan_options = checkpoint::PlanOptionsFor(options);
   ASSIGN_OR_RETURN(std::unique_ptr<checkpoint::SourceCheckpoint> source,
                    checkpoint::SourceCheckpoint::Open(flags.model));
   RETURN_IF_ERROR(checkpoint::CheckUnquantizedSource(*source));

@@ -286,9 +286,9 @@ absl::StatusOr<int> Run(const VerifyFlags& flags) {
     if (!weight || scales == nullptr) {
       ++passed;
       if (weight && s.info->shape.size() == 2 && ParseDType(s.info->dtype).has_value()) {
-        const std::string reason = checkpoint::DefaultExclusionReason(module);
-        if (!absl::StartsWith(reason, "embedding") && !absl::StartsWith(reason, "lm_head") &&
-            !absl::StartsWith(reason, "classification head")) {
+        const checkpoint::ModuleRole role = checkpoint::DefaultModuleRole(module);
+        if (role != checkpoint::ModuleRole::kEmbedding && role != checkpoint::ModuleRole::kLmHead &&
+            role != checkpoint::ModuleRole::kClassificationHead) {
           unquantized_linear.push_back(module);
         }
       }

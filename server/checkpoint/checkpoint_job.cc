@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/file_status.h"
+#include "common/path_checks.h"
 #include "common/posix_file.h"
 #include "common/status_macros.h"
 #include "common/version.h"
@@ -147,6 +148,12 @@ struct Quantized {
   bool ready = false;
 };
 
+// "a, b, c, d, e, ...": the first names of a list for a message.
+std::string FirstNames(const std::vector<std::string>& names, size_t most = 5) {
+  const std::vector<std::string> first(names.begin(), names.begin() + std::min(names.size(), most));
+  return absl::StrCat(absl::StrJoin(first, ", "), names.size() > most ? ", ..." : "");
+}
+
 class Job {
  public:
   Job(const CheckpointJobOptions& options, QuantizerBackend& backend,
@@ -241,23 +248,14 @@ absl::Status Job::CheckOptions() {
                        options_.paths.CheckExisting(options_.calibration_path));
     }
   }
-  std::error_code ec;
-  const fs::path out(options_.out_dir);
-  // Component-wise: the output must be neither the model directory nor inside it (a later run
-  // would copy it as part of the model).
-  const auto resolved = [&ec](const fs::path& path) {
-    fs::path p = fs::weakly_canonical(fs::absolute(path, ec), ec);
-    return p.has_filename() || !p.has_parent_path() ? p : p.parent_path();  // "dir/" -> "dir"
-  };
-  const fs::path out_resolved = resolved(out);
-  const fs::path model_resolved = resolved(options_.model_dir);
-  // A path that cannot be resolved (a symlink loop, no permission) is reported by what reads it.
-  if (!ec && std::mismatch(model_resolved.begin(), model_resolved.end(), out_resolved.begin(),
-                           out_resolved.end())
-                     .first == model_resolved.end()) {
+  // The output must be neither the model directory nor inside it (a later run would copy it as
+  // part of the model).
+  if (IsInsideDirectory(options_.out_dir, options_.model_dir)) {
     return absl::InvalidArgumentError(
         "the output directory must not be the model directory or lie inside it");
   }
+  std::error_code ec;
+  const fs::path out(options_.out_dir);
   if (fs::exists(out, ec)) {
     if (!fs::is_directory(out, ec) || !fs::is_empty(out, ec)) {
       return absl::FailedPreconditionError(absl::StrCat(
@@ -648,21 +646,18 @@ void Job::NoteUnusedEntries() {
   for (const PlannedTensor& t : plan_.tensors) {
     if (t.quantize) quantized.insert(t.module);
   }
-  const auto note = [this](const std::string& path, std::vector<std::string> unused) {
+  const auto note = [this](const std::string& path, const std::vector<std::string>& unused) {
     if (unused.empty()) return;
     const size_t count = unused.size();
-    if (unused.size() > 5) unused.resize(5);
-    const std::string text =
-        absl::StrCat(path, ": ", count, count == 1 ? " entry matches" : " entries match",
-                     " no quantized module and ", count == 1 ? "is" : "are", " unused (",
-                     absl::StrJoin(unused, ", "), count > 5 ? ", ..." : "", ")");
-    WarnAndNote(text);
+    WarnAndNote(absl::StrCat(path, ": ", count, count == 1 ? " entry matches" : " entries match",
+                             " no quantized module and ", count == 1 ? "is" : "are", " unused (",
+                             FirstNames(unused), ")"));
   };
   std::vector<std::string> unused;
   for (const auto& [module, amax] : calibration_) {
     if (!quantized.contains(module)) unused.push_back(module);
   }
-  note(options_.calibration_path, std::move(unused));
+  note(options_.calibration_path, unused);
   if (importance_.has_value()) {
     unused.clear();
     for (const SafetensorsTensorInfo& info : importance_->header().tensors) {
@@ -670,24 +665,23 @@ void Job::NoteUnusedEntries() {
                            quantized.contains(info.name.substr(0, info.name.size() - 11));
       if (!matches) unused.push_back(info.name);
     }
-    note(options_.importance_path, std::move(unused));
+    note(options_.importance_path, unused);
   }
 }
 
 void Job::NoteForcedModules() {
   std::vector<std::string> forced;
   for (const PlannedTensor& t : plan_.tensors) {
-    if (t.quantize && !DefaultExclusionReason(t.module).empty()) forced.push_back(t.module);
+    if (t.quantize && DefaultModuleRole(t.module) != ModuleRole::kLinear) {
+      forced.push_back(t.module);
+    }
   }
   if (forced.empty()) return;
-  const size_t count = forced.size();
-  if (forced.size() > 5) forced.resize(5);
-  const std::string text = absl::StrCat(
-      "--include quantizes ", count, count == 1 ? " module" : " modules",
-      " the defaults leave out (", absl::StrJoin(forced, ", "), count > 5 ? ", ..." : "",
+  WarnAndNote(absl::StrCat(
+      "--include quantizes ", forced.size(), forced.size() == 1 ? " module" : " modules",
+      " the defaults leave out (", FirstNames(forced),
       "): vLLM keeps embeddings, LM and classification heads, norms, routers and vision/audio "
-      "towers unquantized and may refuse to load this checkpoint");
-  WarnAndNote(text);
+      "towers unquantized and may refuse to load this checkpoint"));
 }
 
 absl::StatusOr<CheckpointReport> Job::Run() {
@@ -717,12 +711,7 @@ absl::StatusOr<CheckpointReport> Job::RunSteps() {
         "them");
     WarnAndNote(text);
   }
-  PlanOptions plan_options;
-  plan_options.format = options_.format;
-  plan_options.include = options_.include;
-  plan_options.exclude = options_.exclude;
-  plan_options.w4a4 = !options_.calibration_path.empty();
-  plan_options.shard_bytes = options_.shard_bytes;
+  const PlanOptions plan_options = PlanOptionsFor(options_);
   ASSIGN_OR_RETURN(plan_, BuildCheckpointPlan(*source_, plan_options));
   if (plan_.quantized_count == 0) {
     // Say why, most frequent reason first: "see --include" alone hides e.g. a GPT-2 checkpoint.
@@ -847,6 +836,16 @@ absl::StatusOr<CheckpointReport> Job::RunSteps() {
 }
 
 }  // namespace
+
+PlanOptions PlanOptionsFor(const CheckpointJobOptions& options) {
+  PlanOptions plan;
+  plan.format = options.format;
+  plan.include = options.include;
+  plan.exclude = options.exclude;
+  plan.w4a4 = !options.calibration_path.empty();
+  plan.shard_bytes = options.shard_bytes;
+  return plan;
+}
 
 absl::Status CheckUnquantizedSource(const SourceCheckpoint& source) {
   // "quantization_config": null is what some exporters write for an unquantized model.

@@ -73,6 +73,9 @@ absl::StatusOr<CheckpointReport> RunCheckpointJob(const CheckpointJobOptions& op
                                                   const CheckpointProgressFn& progress,
                                                   const std::atomic<bool>* cancelled);
 
+// The planner's options of a job (format, --include/--exclude, W4A4 when calibrated, shards).
+PlanOptions PlanOptionsFor(const CheckpointJobOptions& options);
+
 // FailedPrecondition when `source` is already quantized (a non-null quantization_config in
 // its config.json): the job refuses it, and so does nvfp4q quantize --dry-run.
 absl::Status CheckUnquantizedSource(const SourceCheckpoint& source);

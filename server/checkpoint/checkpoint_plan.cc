@@ -60,40 +60,60 @@ std::string FusedGroupKey(std::string_view module_name) {
   return "";
 }
 
-std::string DefaultExclusionReason(std::string_view module) {
+ModuleRole DefaultModuleRole(std::string_view module) {
   const std::string lower = absl::AsciiStrToLower(absl::string_view(module.data(), module.size()));
   const std::vector<absl::string_view> parts = absl::StrSplit(lower, '.');
   const absl::string_view leaf = parts.back();
   for (absl::string_view part : parts) {
     if (absl::StrContains(part, "vision") || part == "visual" || part == "multi_modal_projector" ||
         part == "mm_projector" || part == "image_encoder") {
-      return "vision tower (default exclusion)";
+      return ModuleRole::kVisionTower;
     }
-    if (absl::StrContains(part, "audio")) return "audio tower (default exclusion)";
+    if (absl::StrContains(part, "audio")) return ModuleRole::kAudioTower;
   }
   // vLLM builds these as ParallelLMHead (an embedding), which has no NVFP4 form. `output` is
   // InternLM2's head when it is top-level; `shared_head` is DeepSeek-V3's MTP head.
   if (leaf == "lm_head" || leaf == "embed_out" || leaf == "output_layer" ||
       (parts.size() == 1 && leaf == "output") ||
       std::find(parts.begin(), parts.end(), "shared_head") != parts.end()) {
-    return "lm_head (default exclusion)";
+    return ModuleRole::kLmHead;
   }
   // Sequence-classification and reward heads: a few rows, kept exact like the LM head.
-  if (leaf == "classifier" || leaf == "score") {
-    return "classification head (default exclusion)";
-  }
+  if (leaf == "classifier" || leaf == "score") return ModuleRole::kClassificationHead;
   for (absl::string_view part : parts) {
     if (absl::StrContains(part, "embed") || part == "wte" || part == "wpe") {
-      return "embedding (default exclusion)";
+      return ModuleRole::kEmbedding;
     }
   }
   // T5/BART's shared token embedding ("shared", "model.shared").
-  if (leaf == "shared" && parts.size() <= 2) return "embedding (default exclusion)";
+  if (leaf == "shared" && parts.size() <= 2) return ModuleRole::kEmbedding;
   if (absl::StrContains(leaf, "norm") || absl::StartsWith(leaf, "ln_") || leaf == "ln") {
-    return "norm (default exclusion)";
+    return ModuleRole::kNorm;
   }
   if (leaf == "gate" || absl::StrContains(leaf, "router") || leaf == "shared_expert_gate") {
-    return "router/gate (default exclusion)";
+    return ModuleRole::kRouter;
+  }
+  return ModuleRole::kLinear;
+}
+
+std::string DefaultExclusionReason(std::string_view module) {
+  switch (DefaultModuleRole(module)) {
+    case ModuleRole::kLinear:
+      return "";
+    case ModuleRole::kVisionTower:
+      return "vision tower (default exclusion)";
+    case ModuleRole::kAudioTower:
+      return "audio tower (default exclusion)";
+    case ModuleRole::kLmHead:
+      return "lm_head (default exclusion)";
+    case ModuleRole::kClassificationHead:
+      return "classification head (default exclusion)";
+    case ModuleRole::kEmbedding:
+      return "embedding (default exclusion)";
+    case ModuleRole::kNorm:
+      return "norm (default exclusion)";
+    case ModuleRole::kRouter:
+      return "router/gate (default exclusion)";
   }
   return "";
 }

@@ -80,6 +80,19 @@ struct CheckpointPlan {
 absl::StatusOr<CheckpointPlan> BuildCheckpointPlan(const SourceCheckpoint& source,
                                                    const PlanOptions& options);
 
+// What the default rules take a module (a 2-D float weight's name without ".weight") for.
+enum class ModuleRole {
+  kLinear,  // quantized by default
+  kVisionTower,
+  kAudioTower,
+  kLmHead,              // built by vLLM as an embedding (ParallelLMHead)
+  kClassificationHead,  // classifier / score
+  kEmbedding,
+  kNorm,
+  kRouter,  // MoE router or gate
+};
+ModuleRole DefaultModuleRole(std::string_view module);
+
 // The default rule alone: why `module` (2-D float weight) is not quantized, or "" if it is.
 std::string DefaultExclusionReason(std::string_view module);
 
